@@ -1,0 +1,1 @@
+"""Text-guided ROI localization (BiomedCLIP + SAM) into the ROI cache."""

@@ -1,0 +1,1 @@
+"""SparK-style masked image modelling with differentiated ROI masking."""
