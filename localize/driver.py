@@ -1,0 +1,158 @@
+"""Runs the localization job over a corpus: in this process, on a local Dask cluster, or on an existing one.
+
+With Dask, each worker holds one copy of the models (a WorkerPlugin loads them once) and processes whole
+shards; workers report progress through Dask's event topics so the client shows items/s and an ETA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from data.manifest import read_manifest, scan_corpus
+from data.roi_cache import RoiCache
+from localize.config import LocalizeConfig
+from localize.job import RunSummary, WorkUnit, item_progress_bar, plan_units, process_unit, summarize, unit_sizes
+from localize.localizer import Localizer, localizer_provenance
+
+log = logging.getLogger(__name__)
+PLUGIN_NAME = "mwm-localizer"
+PROGRESS_TOPIC = "mwm-localize-progress"
+
+
+def open_or_create_cache(
+    config: LocalizeConfig, corpus: Path, cache_path: Path, manifest_path: Path | None, provenance: dict[str, Any]
+) -> RoiCache:
+    """Resume a cache made with the same provenance, or scan the corpus and create one."""
+    if cache_path.exists():
+        cache = RoiCache.open(cache_path, mode="r+", provenance=provenance)
+        log.info("resuming %s (%d items)", cache_path, cache.n_items)
+        return cache
+    if manifest_path is not None:
+        manifest = read_manifest(manifest_path)
+    else:
+        manifest, failures = scan_corpus(corpus)
+        if len(failures):
+            log.warning("%d files could not be read during the scan and are not in the cache", len(failures))
+    return RoiCache.create(
+        cache_path, manifest, provenance,
+        mask_size=config.mask_size, max_boxes=config.max_boxes, shard_items=config.shard_items,
+        info={"corpus_files_failed_at_scan": 0 if manifest_path else int(len(failures))},
+    )  # fmt: skip
+
+
+def run_localization(
+    config: LocalizeConfig,
+    corpus: str | Path,
+    cache_path: str | Path,
+    *,
+    manifest_path: str | Path | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> RunSummary:
+    """Localize every pending item of the corpus into the cache and return the run's summary.
+
+    workers=0 runs in this process (no Dask); workers=None sizes a local Dask cluster to the machine
+    (one worker per GPU, else a few CPU workers); `scheduler` connects to an existing Dask cluster.
+    """
+    started = time.perf_counter()
+    corpus, cache_path = Path(corpus), Path(cache_path)
+    provenance = localizer_provenance(config)
+    cache = open_or_create_cache(config, corpus, cache_path, Path(manifest_path) if manifest_path else None,
+                                 provenance)  # fmt: skip
+    units = plan_units(cache, config.batch_size, retry_failed=retry_failed)
+    total = unit_sizes(units)
+    if total == 0:
+        log.info("nothing to do: every item of %s is done", cache_path)
+        return summarize(cache, 0, started)
+    manifest = cache.manifest()
+    bar = item_progress_bar(total, progress)
+    try:
+        if scheduler is None and workers == 0:
+            localizer = Localizer.from_config(config, _pick_device())
+            for unit in units:
+                process_unit(unit, localizer, cache, corpus, manifest, on_progress=bar.update)
+        else:
+            _run_on_dask(config, units, cache_path, corpus, manifest, workers, scheduler, bar)
+    finally:
+        bar.close()
+    return summarize(RoiCache.open(cache_path), total, started)
+
+
+def _pick_device(index: int = 0) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", index % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------------------ Dask
+class LocalizerPlugin(WorkerPlugin):
+    """Loads the models once per Dask worker; tasks find them at `worker.plugins[PLUGIN_NAME].localizer`."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, config: dict[str, Any], threads: int | None) -> None:
+        self.config = config
+        self.threads = threads
+        self.localizer: Localizer | None = None
+
+    def setup(self, worker) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        # One GPU per worker: local workers are named 0..n-1; elsewhere use the worker's visible device.
+        index = worker.name if isinstance(worker.name, int) else 0
+        self.localizer = Localizer.from_config(LocalizeConfig(**self.config), _pick_device(index))
+
+
+def _dask_unit(unit: WorkUnit, cache_path: str, corpus: str) -> dict[str, int]:
+    from distributed import get_worker
+
+    worker = get_worker()
+    localizer = worker.plugins[PLUGIN_NAME].localizer
+    cache = RoiCache.open(cache_path, mode="r+")
+    return process_unit(
+        unit, localizer, cache, Path(corpus), cache.manifest(),
+        on_progress=lambda n: worker.log_event(PROGRESS_TOPIC, {"n": n}),
+    )  # fmt: skip
+
+
+def local_cluster_size() -> tuple[int, int]:
+    """(workers, torch threads per worker) for a local cluster sized to this machine."""
+    if torch.cuda.is_available():
+        return torch.cuda.device_count(), max(1, (os.cpu_count() or 1) // torch.cuda.device_count())
+    cores = os.cpu_count() or 1
+    workers = max(1, min(4, cores // 2))
+    return workers, max(1, cores // workers)
+
+
+def _run_on_dask(config, units, cache_path, corpus, manifest: pd.DataFrame, workers, scheduler, bar) -> None:
+    from distributed import Client, LocalCluster, as_completed
+
+    threads = None
+    if scheduler is None:
+        n, threads = local_cluster_size()
+        n = n if workers is None else workers
+        threads = threads if workers is None else max(1, (os.cpu_count() or 1) // n)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    else:
+        cluster, client = None, Client(scheduler)
+    try:
+        client.register_plugin(LocalizerPlugin(config.to_dict(), threads), name=PLUGIN_NAME)
+        client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.update(event[1]["n"]))
+        futures = [client.submit(_dask_unit, u, str(cache_path), str(corpus), pure=False) for u in units]
+        for future in as_completed(futures):
+            future.result()  # re-raise a worker's unexpected error here
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,161 @@
+"""The localization job: pending cache items -> images -> Localizer -> ROI cache, in units of whole shards.
+
+A unit of work is one cache shard (`RoiCache.shards()`), so parallel writers never share a file. Inside a
+unit, batches are fixed slots of `batch_size` consecutive items aligned to the shard start; a slot that
+holds any pending item is recomputed whole. A resumed run therefore feeds the models exactly the batches
+an uninterrupted run would have, and the final cache is the same. Status is written last per batch
+(RoiCache.write), so killing the job at any moment loses at most the batches in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data.readers import load_image
+from data.roi_cache import FAILED, FLAG_EMPTY_ROI, PENDING, RoiCache
+from localize.localizer import Localizer
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Items of one shard still to do, and the fixed batch slots that cover them."""
+
+    shard: int
+    slots: tuple[tuple[int, ...], ...]
+
+    @property
+    def n_items(self) -> int:
+        return sum(len(s) for s in self.slots)
+
+
+def plan_units(cache: RoiCache, batch_size: int, *, retry_failed: bool = False) -> list[WorkUnit]:
+    """One WorkUnit per shard with pending items (and failed ones when `retry_failed`)."""
+    status = cache.status()
+    todo = status == PENDING
+    if retry_failed:
+        todo |= status == FAILED
+    units = []
+    for shard, items in enumerate(cache.shards()):
+        if not todo[items.start : items.stop].any():
+            continue
+        slots = []
+        for lo in range(items.start, items.stop, batch_size):
+            slot = range(lo, min(lo + batch_size, items.stop))
+            if todo[slot.start : slot.stop].any():
+                # failed items stay out of the slot unless retried, in every run alike
+                slots.append(tuple(i for i in slot if status[i] != FAILED or retry_failed))
+        units.append(WorkUnit(shard, tuple(s for s in slots if s)))
+    return units
+
+
+def process_unit(
+    unit: WorkUnit,
+    localizer: Localizer,
+    cache: RoiCache,
+    corpus: Path,
+    manifest: pd.DataFrame,
+    on_progress: Progress | None = None,
+) -> dict[str, int]:
+    """Localize every slot of `unit` and write it to `cache`; returns counts (done, empty_roi, failed)."""
+    counts = {"done": 0, "empty_roi": 0, "failed": 0}
+    for slot in unit.slots:
+        images, ok, failed, reasons = [], [], [], []
+        for index in slot:
+            row = manifest.iloc[index]
+            try:
+                images.append(load_image(corpus, row["path"], int(row["frame"]), row["modality"]))
+                ok.append(index)
+            except Exception as e:  # one unreadable item must not stop the shard
+                failed.append(index)
+                reasons.append(_reason(e))
+        results = _localize_or_isolate(localizer, images, ok, manifest, failed, reasons)
+        if failed:
+            cache.write_failed(failed, reasons)
+            for index, reason in zip(failed, reasons, strict=True):
+                log.warning("item %s failed: %s", manifest.item_id[index], reason)
+        if results:
+            done = [i for i, _ in results]
+            items = [r for _, r in results]
+            cache.write(
+                done,
+                [r.roi_hw for r in items],
+                [r.saliency_hw for r in items],
+                [r.boxes_k4 for r in items],
+                [r.score for r in items],
+                [FLAG_EMPTY_ROI if r.empty else 0 for r in items],
+            )
+            counts["done"] += len(done)
+            counts["empty_roi"] += sum(r.empty for r in items)
+        counts["failed"] += len(failed)
+        if on_progress is not None:
+            on_progress(len(slot))
+    return counts
+
+
+def _localize_or_isolate(localizer, images, ok, manifest, failed, reasons):
+    """Run the batch; if it raises, run its items one by one so only the culprit fails."""
+    if not ok:
+        return []
+    modalities = [manifest.modality[i] for i in ok]
+    try:
+        return list(zip(ok, localizer(images, modalities), strict=True))
+    except Exception as e:
+        log.warning("batch of %d failed (%s); retrying item by item", len(ok), _reason(e))
+    results = []
+    for index, image, modality in zip(ok, images, modalities, strict=True):
+        try:
+            results.append((index, localizer([image], [modality])[0]))
+        except Exception as e:
+            failed.append(index)
+            reasons.append(f"localizer error: {_reason(e)}")
+    return results
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}"[:300] if text else type(e).__name__
+
+
+@dataclass
+class RunSummary:
+    items: int
+    done: int
+    empty_roi: int
+    failed: int
+    pending: int
+    processed: int
+    wall_s: float
+
+    def line(self) -> str:
+        rate = self.processed / self.wall_s if self.wall_s > 0 else 0.0
+        return (
+            f"localize: {self.done}/{self.items} done ({self.empty_roi} with empty ROI), {self.failed} failed, "
+            f"{self.pending} pending; processed {self.processed} items in {self.wall_s:.1f} s ({rate:.1f} items/s)"
+        )
+
+
+def summarize(cache: RoiCache, processed: int, started: float) -> RunSummary:
+    s = cache.summary()
+    return RunSummary(s["items"], s["done"], s["empty_roi"], s["failed"], s["pending"], processed,
+                      time.perf_counter() - started)  # fmt: skip
+
+
+def item_progress_bar(total: int, enabled: bool):
+    """tqdm bar in items with rate and ETA, on stderr."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="localize", disable=not enabled, smoothing=0.1)
+
+
+def unit_sizes(units: list[WorkUnit]) -> int:
+    return int(np.sum([u.n_items for u in units])) if units else 0

@@ -1,0 +1,123 @@
+"""One batch of images -> ROIs: prompts per modality, batched saliency, combination, SAM refinement."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from localize.clip_loader import LoadedClip, _check_local_folder, file_sha256, load_biomedclip
+from localize.config import LocalizeConfig
+from localize.prompts import PromptConfig, combine_saliency
+from localize.refine import RefineConfig, RoiResult, refine_batch
+from localize.saliency import SaliencyMethod, build_saliency, encode_prompts, image_text_scores
+from localize.sam_loader import load_sam, parse_sam_spec
+
+CODE_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class LocalizedItem:
+    """What the cache stores for one image: ROI and saliency at the image's size, SAM boxes, score."""
+
+    roi_hw: np.ndarray
+    saliency_hw: np.ndarray
+    boxes_k4: np.ndarray
+    score: float
+    empty: bool
+
+
+class Localizer:
+    """Holds the frozen models and turns a batch of images (float [0, 1], any sizes) into ROIs."""
+
+    def __init__(
+        self,
+        clip: LoadedClip,
+        sam: torch.nn.Module | None,
+        saliency: SaliencyMethod,
+        refine: RefineConfig,
+        prompts: PromptConfig,
+        device: torch.device,
+    ) -> None:
+        self.clip, self.sam, self.saliency, self.refine, self.prompts = clip, sam, saliency, refine, prompts
+        self.device = device
+        self._text: dict[str, torch.Tensor] = {}  # prompt -> unit-norm embedding, computed once
+
+    @classmethod
+    def from_config(cls, config: LocalizeConfig, device: torch.device | str = "cpu") -> Localizer:
+        device = torch.device(device)
+        refine = RefineConfig(**config.refine)
+        sam = load_sam(config.sam, device) if refine.use_sam else None
+        return cls(load_biomedclip(config.clip, device), sam, build_saliency(config.saliency), refine,
+                   PromptConfig.load(config.prompts), device)  # fmt: skip
+
+    def __call__(self, images: Sequence[np.ndarray], modalities: Sequence[str]) -> list[LocalizedItem]:
+        # 1. CLIP input for the whole batch. A blank image (no dynamic range, e.g. the empty end slices of a
+        #    volume) shows nothing: its saliency is empty by definition, so the models never see it.
+        images_b3hw = self.clip.preprocess(list(images), self.device)
+        blank = [float(np.ptp(image)) <= 1e-6 for image in images]
+        saliency_bhw: list[torch.Tensor | None] = [
+            torch.zeros(images_b3hw.shape[-2:]) if b else None for b in blank
+        ]
+        # 2. Saliency on images x prompts, one call per prompt set (per modality), then combined per image.
+        for modality in dict.fromkeys(modalities):
+            rows = [i for i, m in enumerate(modalities) if m == modality and not blank[i]]
+            if not rows:
+                continue
+            entry = self.prompts.for_modality(modality)
+            text_pd = self._embed(entry.prompts)
+            group_b3hw = images_b3hw[rows]
+            maps_bphw = self.saliency(self.clip.model, group_b3hw, text_pd)
+            scores_bp = image_text_scores(self.clip.model, group_b3hw, text_pd) if entry.combine == "best" else None
+            combined_bhw = combine_saliency(maps_bphw, entry.combine, scores_bp)
+            for j, i in enumerate(rows):
+                saliency_bhw[i] = combined_bhw[j].float().cpu()
+        # 3. Threshold, components, SAM box prompts on a stacked batch, union.
+        rois: list[RoiResult] = refine_batch(saliency_bhw, images, self.sam, self.refine)
+        return [
+            LocalizedItem(r.roi_hw, s.numpy(), r.boxes_k4, r.score, r.empty)
+            for r, s in zip(rois, saliency_bhw, strict=True)
+        ]
+
+    def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        missing = [p for p in prompts if p not in self._text]
+        if missing:
+            for prompt, emb_d in zip(missing, encode_prompts(self.clip.model, self.clip.tokenizer, missing),
+                                     strict=True):  # fmt: skip
+                self._text[prompt] = emb_d
+        return torch.stack([self._text[p] for p in prompts])
+
+
+def localizer_provenance(config: LocalizeConfig) -> dict[str, Any]:
+    """What decides the cache's content, without loading the models: checkpoints by hash, not by path,
+    so moving model files between machines keeps a cache resumable."""
+    refine = RefineConfig(**config.refine)
+    provenance: dict[str, Any] = {
+        "clip": _clip_fingerprint(config.clip),
+        "sam": _sam_fingerprint(config.sam) if refine.use_sam else None,
+        "saliency": build_saliency(config.saliency).provenance(),
+        "refine": refine.provenance(),
+        "prompts": PromptConfig.load(config.prompts).to_dict(),
+        "untrained": bool(config.untrained),
+        "mask_size": config.mask_size,
+        "code_version": CODE_VERSION,
+    }
+    return provenance
+
+
+def _clip_fingerprint(spec: str) -> dict[str, str]:
+    if spec.startswith("local-dir:"):
+        weights = _check_local_folder(Path(spec.removeprefix("local-dir:")).expanduser())
+        return {"source": "local-dir", "weights": weights.name, "sha256": file_sha256(weights)}
+    return {"source": spec}
+
+
+def _sam_fingerprint(spec: str | dict[str, Any]) -> dict[str, str]:
+    arch, checkpoint = parse_sam_spec(spec)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"SAM checkpoint not found: {checkpoint}")
+    return {"arch": arch, "sha256": file_sha256(checkpoint)}
