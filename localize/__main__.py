@@ -1,4 +1,4 @@
-"""`python -m localize {run,stand-ins,eval}`: text-guided ROI localization into the ROI cache."""
+"""`python -m localize {run,stand-ins,eval,inspect}`: text-guided ROI localization into the ROI cache."""
 
 from __future__ import annotations
 
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_eval)
 
     sub.add_parser("stand-ins", help="write tiny untrained BiomedCLIP/SAM checkpoints + localize.yaml", add_help=False)
+    sub.add_parser("inspect", help="overlay panels + statistics of a cache, as PNGs and one HTML page", add_help=False)
     return parser
 
 
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         from localize.standins import standins_main
 
         return standins_main(argv[1:])
+    if argv and argv[0] == "inspect":
+        from localize.inspect import main as inspect_main
+
+        return inspect_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from localize.clip_loader import LoadedClip, _check_local_folder, file_sha256, load_biomedclip
+from localize.clip_loader import LoadedClip, check_clip_folder, file_sha256, load_biomedclip
 from localize.config import LocalizeConfig
 from localize.prompts import PromptConfig, combine_saliency
 from localize.refine import RefineConfig, RoiResult, refine_batch
@@ -22,7 +22,8 @@ CODE_VERSION = "0.1.0"
 
 @dataclass(frozen=True)
 class LocalizedItem:
-    """What the cache stores for one image: ROI and saliency at the image's size, SAM boxes, score."""
+    """What the cache stores for one image: ROI at the image's size, combined saliency at CLIP resolution
+    (the cache resizes it), SAM prompt boxes in image pixels, score (mean saliency inside the ROI)."""
 
     roi_hw: np.ndarray
     saliency_hw: np.ndarray
@@ -111,7 +112,7 @@ def localizer_provenance(config: LocalizeConfig) -> dict[str, Any]:
 
 def _clip_fingerprint(spec: str) -> dict[str, str]:
     if spec.startswith("local-dir:"):
-        weights = _check_local_folder(Path(spec.removeprefix("local-dir:")).expanduser())
+        weights = check_clip_folder(Path(spec.removeprefix("local-dir:")).expanduser())
         return {"source": "local-dir", "weights": weights.name, "sha256": file_sha256(weights)}
     return {"source": spec}
 

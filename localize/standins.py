@@ -1,0 +1,142 @@
+"""Tiny UNTRAINED BiomedCLIP- and SAM-architecture checkpoints in the real on-disk layouts.
+
+They let the whole localization pipeline run (tests, demo, CI) on machines without model downloads. Their outputs
+are meaningless by construction: the written ``localize.yaml`` carries ``untrained: true`` and everything produced
+with it must be labelled untrained. They are loaded by the same loaders a user's real checkpoints take.
+
+Layout written under ``out_dir``::
+
+    biomedclip/   open_clip_config.json  open_clip_model.safetensors   (timm 'test_vit' + 2-layer BERT)
+                  config.json  vocab.txt  tokenizer.json  tokenizer_config.json  special_tokens_map.json
+    sam_tiny.pth  sam_tiny.json                                         (custom SAM, ~60k parameters)
+    localize.yaml                                                       (config for `python -m localize run`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from localize.prompts import DEFAULT_PROMPTS_PATH, PromptConfig
+from localize.sam_loader import build_custom_sam
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+TINY_SAM_ARCH: dict[str, Any] = {
+    "image_encoder": {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+                      "mlp_ratio": 2, "out_chans": 32, "use_rel_pos": True, "window_size": 4,
+                      "global_attn_indexes": [1], "norm_eps": 1e-6},
+    "prompt_encoder": {"embed_dim": 32, "image_embedding_size": [8, 8], "input_image_size": [64, 64],
+                       "mask_in_chans": 8},
+    "mask_decoder": {"transformer_dim": 32, "num_multimask_outputs": 3, "iou_head_depth": 3,
+                     "iou_head_hidden_dim": 32,
+                     "transformer": {"depth": 2, "embedding_dim": 32, "num_heads": 2, "mlp_dim": 64}},
+    "pixel_mean": [123.675, 116.28, 103.53],
+    "pixel_std": [58.395, 57.12, 57.375],
+}
+
+# BiomedCLIP's layout (timm ViT, pool '', linear proj; HF BERT, mlp proj, CLS pooler) at toy size.
+TINY_VISION_CFG = {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "",
+                   "timm_proj": "linear", "image_size": 160}  # test_vit: 160 px, patch 16, width 64, depth 6
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+             "max_position_embeddings": 64}
+TINY_CONTEXT_LENGTH = 32
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def write_standins(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the stand-in checkpoints and ``localize.yaml`` into ``out_dir``; returns the yaml's path."""
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = PromptConfig.load(DEFAULT_PROMPTS_PATH)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
+        torch.manual_seed(seed)
+        clip_dir = write_tiny_biomedclip(out / "biomedclip", vocabulary=prompts.all_prompts())
+        sam_ckpt = write_tiny_sam(out / "sam_tiny.pth")
+    config = {
+        "clip": f"local-dir:{clip_dir}",
+        "sam": {"arch": "custom", "checkpoint": str(sam_ckpt)},
+        # test_vit has 6 blocks; block 3 sits where the paper's block 7 of 12 does.
+        "saliency": {"method": "m2ib", "layer": 3, "beta": 0.1, "noise_var": 1.0, "steps": 10, "lr": 1.0},
+        "refine": {"threshold": 0.3, "top_k": 2, "box_expansion": None, "use_sam": True},
+        "prompts": prompts.to_dict(),
+        "untrained": True,
+    }
+    path = out / "localize.yaml"
+    header = "# Tiny UNTRAINED stand-in models: outputs are meaningless and labelled untrained.\n"
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def write_tiny_biomedclip(folder: Path, vocabulary: list[str] = ()) -> Path:
+    """A BiomedCLIP-layout local-dir folder with random weights, created by open_clip from its own config."""
+    import open_clip
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for text in vocabulary for w in text.lower().split()})
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars), *(w for w in words if w not in chars)]
+    # transformers 5 takes the vocabulary itself; save_pretrained writes vocab.txt + tokenizer.json + configs.
+    BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")  # as in the hub repos
+    BertConfig(vocab_size=len(vocab), **TINY_BERT).save_pretrained(folder)
+    clip_config = {
+        "model_cfg": {
+            "embed_dim": 32,
+            "vision_cfg": TINY_VISION_CFG,
+            # Offline layout: the text tower's config and tokenizer are this folder (see clip_loader).
+            "text_cfg": {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "hf_proj_type": "mlp",
+                         "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": TINY_CONTEXT_LENGTH},
+        },
+        "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)},
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(clip_config, indent=2), encoding="utf-8")
+    # No weights file yet, so open_clip builds a randomly initialised model from the config (what we want here;
+    # its warnings about that are dropped).
+    with _without_log_records("no CLIP weights found", "initialized randomly"):
+        model = open_clip.create_model(f"local-dir:{folder}", pretrained_text=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    return folder
+
+
+def write_tiny_sam(checkpoint: Path) -> Path:
+    """A randomly initialised tiny SAM: ``checkpoint`` (.pth state dict) + its architecture ``.json``."""
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.with_suffix(".json").write_text(json.dumps(TINY_SAM_ARCH, indent=2), encoding="utf-8")
+    sam = build_custom_sam(TINY_SAM_ARCH, source="TINY_SAM_ARCH")
+    torch.save(sam.state_dict(), checkpoint)
+    return checkpoint
+
+
+@contextlib.contextmanager
+def _without_log_records(*fragments: str) -> Iterator[None]:
+    """Drop root-logger records containing any of ``fragments`` (open_clip logs through the root logger)."""
+    drop = logging.Filter()
+    drop.filter = lambda record: not any(f in record.getMessage() for f in fragments)
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def standins_main(argv: list[str] | None = None) -> int:
+    """``python -m localize stand-ins --out DIR``: write the stand-ins, print the config path."""
+    parser = argparse.ArgumentParser(prog="python -m localize stand-ins", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="folder to write the stand-ins into")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    args = parser.parse_args(argv)
+    print(write_standins(args.out, seed=args.seed))
+    return 0

@@ -1,0 +1,128 @@
+"""Saliency methods on the tiny BiomedCLIP stand-in: shapes, ranges, batching, determinism, real optimisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from localize.saliency import (
+    M2IBSaliency,
+    PatchSimilaritySaliency,
+    build_saliency,
+    encode_prompts,
+    image_text_scores,
+)
+
+pytest_plugins = ["tests.localize_fixtures"]  # fixtures: standins, clip, clip_dir, sam
+
+PROMPTS = ["brain tumor", "left and right lungs", "lung nodule"]
+M2IB = M2IBSaliency(layer=3, steps=4)
+
+
+@pytest.fixture(scope="module")
+def batch(clip):
+    model, tokenizer, preprocess, _ = clip
+    rng = np.random.default_rng(0)
+    images = [rng.random((48, 64)).astype(np.float32), rng.random((40, 40, 3)).astype(np.float32)]
+    return preprocess(images), encode_prompts(model, tokenizer, PROMPTS)
+
+
+@pytest.mark.parametrize("method", [M2IB, PatchSimilaritySaliency()], ids=["m2ib", "similarity"])
+def test_shape_range_and_batched_equals_one_at_a_time(clip, batch, method):
+    model = clip.model
+    images, text = batch
+    saliency = method(model, images, text)
+    assert saliency.shape == (2, 3, 160, 160) and saliency.dtype == torch.float32
+    flat = saliency.flatten(2)
+    assert torch.allclose(flat.amin(-1), torch.zeros(2, 3)) and torch.allclose(flat.amax(-1), torch.ones(2, 3))
+    one_at_a_time = torch.stack([torch.cat([method(model, images[b:b + 1], text[p:p + 1]) for p in range(3)], 1)[0]
+                                 for b in range(2)])
+    assert torch.allclose(saliency, one_at_a_time, atol=1e-4)
+    assert not torch.allclose(saliency[0, 0], saliency[1, 0], atol=1e-2)  # maps depend on the image
+
+
+def test_m2ib_is_deterministic_given_its_seed(clip, batch):
+    images, text = batch
+    first, again = M2IB(clip.model, images, text), M2IB(clip.model, images, text)
+    assert torch.equal(first, again)
+    other_seed = M2IBSaliency(layer=3, steps=4, seed=1)(clip.model, images, text)
+    assert not torch.allclose(first, other_seed, atol=1e-3)
+
+
+def test_m2ib_really_optimises_its_mask(clip, batch):
+    images, text = batch
+    run = M2IBSaliency(layer=3, steps=10).run(clip.model, images[:1], text[:1])
+    initial = torch.sigmoid(torch.tensor(5.0))
+    assert run.lambda_ntc.shape == (1, 101, 64)  # 1 item, 1 + 10x10 tokens, 64 channels (test_vit)
+    assert (run.lambda_ntc - initial).abs().max() > 0.1
+    assert run.loss_s.shape == (10,) and run.loss_s[-1] < run.loss_s[0]
+    # More steps give a different map: the map is the learnt information, not a fixed function of the features.
+    shorter = M2IBSaliency(layer=3, steps=1)(clip.model, images[:1], text[:1])
+    assert not torch.allclose(run.saliency_bphw, shorter, atol=1e-3)
+
+
+def test_m2ib_leaves_the_model_as_it_was(clip, batch):
+    model = clip.model
+    images, text = batch
+    reference = image_text_scores(model, images, text)
+    M2IB(model, images, text)
+    assert all(not block._forward_hooks for block in model.visual.trunk.blocks)
+    assert all(p.grad is None and not p.requires_grad for p in model.parameters())
+    assert torch.equal(image_text_scores(model, images, text), reference)
+
+
+def test_m2ib_layer_beyond_depth_is_clamped_with_a_warning(clip, batch):
+    images, text = batch
+    with pytest.warns(UserWarning, match="using the last block"):
+        clamped = M2IBSaliency(layer=7, steps=2)(clip.model, images[:1], text[:1])
+        assert M2IBSaliency(layer=7).provenance(clip.model)["effective_layer"] == 5
+    last = M2IBSaliency(layer=5, steps=2)(clip.model, images[:1], text[:1])
+    assert torch.equal(clamped, last)
+    assert M2IBSaliency(layer=3).provenance(clip.model)["effective_layer"] == 3
+
+
+def test_similarity_peaks_where_the_patch_matches_the_text(clip, batch):
+    model = clip.model
+    images, _ = batch
+    trunk = model.visual.trunk
+    with torch.no_grad():
+        patches = model.visual.head(trunk.forward_features(images[:1])[:, trunk.num_prefix_tokens:])
+    row, col = 2, 7  # on the 10x10 patch grid of 16 px patches
+    text = F.normalize(patches[0, row * 10 + col][None], dim=-1)
+    saliency = PatchSimilaritySaliency()(model, images[:1], text)[0, 0]
+    y, x = divmod(int(saliency.argmax()), 160)
+    assert (y // 16, x // 16) == (row, col)
+
+
+def test_prompt_embeddings_and_scores(clip, batch):
+    images, text = batch
+    assert text.shape == (3, 32) and torch.allclose(text.norm(dim=-1), torch.ones(3))
+    scores = image_text_scores(clip.model, images, text)
+    assert scores.shape == (2, 3) and (scores.abs() <= 1).all()
+
+
+def test_build_saliency_from_config():
+    method = build_saliency({"method": "m2ib", "layer": 7, "beta": 0.1, "noise_var": 1.0, "steps": 10, "lr": 1.0})
+    assert method == M2IBSaliency() and method.provenance()["gradient_free"] is False
+    assert build_saliency({"method": "similarity"}).provenance() == {"method": "similarity", "gradient_free": True}
+    with pytest.raises(ValueError, match="Unknown saliency method"):
+        build_saliency({"method": "gradcam"})
+    with pytest.raises(ValueError, match="Bad parameters"):
+        build_saliency({"method": "m2ib", "layers": 7})
+    with pytest.raises(ValueError, match="steps >= 1"):
+        build_saliency({"method": "m2ib", "steps": 0})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_bf16_on_gpu_matches_cpu_roughly(clip, batch):
+    images, text = batch
+    model_gpu = clip.model.to("cuda")
+    try:
+        for method in (M2IB, PatchSimilaritySaliency()):
+            on_gpu = method(model_gpu, images.cuda(), text.cuda()).cpu()
+            assert on_gpu.shape == (2, 3, 160, 160) and on_gpu.dtype == torch.float32
+            assert 0 <= on_gpu.min() and on_gpu.max() <= 1
+    finally:
+        clip.model.to("cpu")
