@@ -19,6 +19,7 @@ Layout (other components rely on it; the modality is inferred from the path toke
     DIR/labels.csv                         item_id,path,frame,modality,label,split
     DIR/coco/instances.json                COCO instances: one annotation per lesion (tumour / nodule / opacity)
     DIR/README.txt                         what this is
+    DIR/.scanignore                        keeps truth/, coco/, labels.csv, README.txt out of `data scan`
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, ExplicitVRLittle
 from tqdm import tqdm
 
 from data.ids import make_item_id
+from data.manifest import SCANIGNORE
 
 README_MARKER = "MWM synthetic sample corpus"
 MIN_N = 3  # CT needs a multi-frame file with >= 2 frames and at least one single-frame slice
@@ -712,7 +714,7 @@ def _clear_previous(out: Path) -> None:
     if readme.is_file() and readme.read_text(errors="replace").startswith(README_MARKER):
         for name in [m.folder for m in MODALITIES] + ["truth", "coco"]:
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("labels.csv", "README.txt"):
+        for name in ("labels.csv", "README.txt", SCANIGNORE):
             (out / name).unlink(missing_ok=True)
     elif any(out.iterdir()):
         raise FileExistsError(f"{out}: folder is not empty and holds no sample corpus; choose a new or empty folder")
@@ -758,6 +760,8 @@ def write_sample_corpus(out: Path, n: int = 12, seed: int = 0, *, size: int = 12
     coco_json = out / "coco" / "instances.json"
     _write_bytes(coco_json, json.dumps(coco).encode())
     (out / "README.txt").write_text(_readme(n, seed, size))
+    # Annotations live beside the images; `data scan` must not take them for corpus images.
+    (out / SCANIGNORE).write_text("truth/\ncoco/\nlabels.csv\nREADME.txt\n")
 
     return SampleSummary(
         root=out,

@@ -1,0 +1,151 @@
+"""Intensity normalisation: physical pixel values -> float32 in [0, 1], per modality.
+
+CT is windowed in Hounsfield units (a fixed level/width, so the same tissue maps to the same value in every
+image); other grey modalities are scaled per image between two percentiles (MR and X-ray intensities have no
+absolute meaning); RGB images in the 8-bit range are divided by 255 (their values are already display values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    # name -> (level, width) in HU
+    "lung": (-600.0, 1500.0),
+    "soft_tissue": (40.0, 400.0),
+    "brain": (40.0, 80.0),
+    "bone": (400.0, 1800.0),
+}
+
+
+@dataclass(frozen=True)
+class IntensityRule:
+    """How one modality's values map to [0, 1]; set exactly one field.
+
+    window:      a CT window, by name (see CT_WINDOWS) or (level, width) in physical units.
+    percentiles: (low, high) percentiles of the image's finite values map to 0 and 1.
+    value_range: fixed (low, high) values map to 0 and 1 (e.g. (0, 255) for display-ready 8-bit images).
+    Values outside the mapped interval are clipped.
+    """
+
+    window: str | tuple[float, float] | None = None
+    percentiles: tuple[float, float] | None = None
+    value_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        chosen = [name for name in ("window", "percentiles", "value_range") if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise ValueError(f"IntensityRule needs exactly one of window, percentiles, value_range; got {chosen}")
+        if self.window is not None:
+            level, width = window_level_width(self.window)
+            if width <= 0:
+                raise ValueError(f"CT window width must be positive, got {width}")
+        if self.percentiles is not None:
+            low, high = self.percentiles
+            if not 0 <= low < high <= 100:
+                raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        if self.value_range is not None and not self.value_range[0] < self.value_range[1]:
+            raise ValueError(f"value_range must satisfy low < high, got {self.value_range}")
+
+    def bounds(self, finite_values: np.ndarray) -> tuple[float, float]:
+        """The (low, high) values that map to 0 and 1 for an image with these finite values."""
+        if self.window is not None:
+            level, width = window_level_width(self.window)
+            return level - width / 2, level + width / 2
+        if self.value_range is not None:
+            return float(self.value_range[0]), float(self.value_range[1])
+        if finite_values.size == 0:
+            return 0.0, 1.0
+        low, high = np.percentile(finite_values, self.percentiles)
+        if high <= low:  # a mostly flat image (e.g. 99.5% background): fall back to its full range
+            low, high = finite_values.min(), finite_values.max()
+        return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class IntensityConfig:
+    """Per-modality intensity rules.
+
+    ct_window:    the CT window, a CT_WINDOWS name or (level, width) in HU.
+    percentiles:  the percentile rule of every other grey modality (MR, XR, MG, US, OT).
+    per_modality: overrides keyed by normalised modality ('CT', 'MR', 'XR', 'MG', 'US', 'OT'); values are
+                  IntensityRule or a mapping of its fields (YAML-friendly), e.g. {'XR': {'percentiles': [1, 99]},
+                  'US': {'value_range': [0, 255]}}.
+    An override applies to grey and RGB images of its modality alike. Without one, RGB images whose values lie in
+    [0, 255] are divided by 255 and other RGB images get the percentile rule over all channels jointly.
+    """
+
+    ct_window: str | tuple[float, float] = "soft_tissue"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    per_modality: Mapping[str, IntensityRule | Mapping[str, Any]] | None = field(default=None, hash=False)
+
+    def __post_init__(self) -> None:
+        # Frozen dataclass: normalise fields once (YAML gives lists, not tuples), read-only afterwards.
+        if not isinstance(self.ct_window, str):
+            object.__setattr__(self, "ct_window", tuple(float(v) for v in self.ct_window))
+        object.__setattr__(self, "percentiles", tuple(float(v) for v in self.percentiles))
+        IntensityRule(window=self.ct_window)  # validates early, naming the bad value
+        IntensityRule(percentiles=self.percentiles)
+        rules = {
+            str(modality).upper(): rule if isinstance(rule, IntensityRule) else _rule_from_mapping(rule)
+            for modality, rule in (self.per_modality or {}).items()
+        }
+        object.__setattr__(self, "per_modality", MappingProxyType(rules))
+
+    def rule_for(self, modality: str, rgb: bool = False, max_value: float = 0.0) -> IntensityRule:
+        """The rule for an image of `modality`; `rgb` and `max_value` pick the RGB default."""
+        modality = modality.upper()
+        if modality in self.per_modality:
+            return self.per_modality[modality]
+        if rgb and max_value <= 255:
+            return IntensityRule(value_range=(0.0, 255.0))
+        if rgb:
+            return IntensityRule(percentiles=self.percentiles)
+        if modality == "CT":
+            return IntensityRule(window=self.ct_window)
+        return IntensityRule(percentiles=self.percentiles)
+
+
+def window_level_width(window: str | tuple[float, float]) -> tuple[float, float]:
+    """(level, width) of a CT window given by name or as a pair."""
+    if isinstance(window, str):
+        if window not in CT_WINDOWS:
+            raise ValueError(f"unknown CT window {window!r}; known: {sorted(CT_WINDOWS)}")
+        return CT_WINDOWS[window]
+    level, width = window
+    return float(level), float(width)
+
+
+def normalize(pixels: np.ndarray, modality: str, config: IntensityConfig = IntensityConfig()) -> np.ndarray:
+    """Map physical pixel values (H, W) or (H, W, 3) to float32 in [0, 1] by the modality's rule.
+
+    NaN and -Inf become 0 and +Inf becomes 1; they are ignored when percentiles are computed.
+    A flat image maps to zeros under the percentile rule.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
+        raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {pixels.shape}")
+    pixels = pixels.astype(np.float32, copy=False)
+    finite = np.isfinite(pixels)
+    all_finite = bool(finite.all())
+    finite_values = pixels if all_finite else pixels[finite]
+    max_value = float(finite_values.max()) if finite_values.size else 0.0
+    rule = config.rule_for(modality, rgb=pixels.ndim == 3, max_value=max_value)
+    low, high = rule.bounds(finite_values)
+
+    scale = np.float32(1.0 / (high - low)) if high > low else np.float32(0.0)
+    out = (pixels - np.float32(low)) * scale
+    if not all_finite:
+        out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def _rule_from_mapping(spec: Mapping[str, Any]) -> IntensityRule:
+    fields = {key: tuple(value) if isinstance(value, list | tuple) else value for key, value in spec.items()}
+    return IntensityRule(**fields)

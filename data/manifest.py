@@ -1,0 +1,220 @@
+"""The manifest: one row per 2-D image of a corpus, and the failures table of the scan that built it.
+
+Row i of the manifest is item i everywhere downstream (ROI cache, datasets), so the manifest is sorted by
+(path, frame) and has a RangeIndex. Columns (MANIFEST_COLUMNS):
+  item_id        pseudonymous id, `data.ids.make_item_id(path, frame)`
+  path           POSIX path of the file, relative to the corpus root
+  frame          frame / slice / page index in the file (see `data.readers.Frame`)
+  modality       'CT' | 'MR' | 'XR' | 'MG' | 'US' | 'OT'
+  height, width  pixel size of the frame
+  source_format  'dicom' | 'nifti' | 'png' | 'jpeg' | 'tiff'
+Nothing derived from DICOM patient or study tags is stored.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from data.ids import make_item_id
+from data.readers import NiftiVolumes, UnreadableImage, iter_frames, source_format
+from data.readers import infer_modality as infer_modality_from_path
+
+MANIFEST_COLUMNS = ("item_id", "path", "frame", "modality", "height", "width", "source_format")
+# A file in the corpus root listing glob patterns of files that are not images to scan (masks, labels, ...).
+SCANIGNORE = ".scanignore"
+FAILURE_COLUMNS = ("path", "reason")
+_INT_COLUMNS = ("frame", "height", "width")
+
+# One file's scan result: (relpath, [(frame, height, width, modality, source_format), ...], failure reason).
+_FileResult = tuple[str, list[tuple[int, int, int, str, str]], str | None]
+
+
+def scan_corpus(
+    root: str | os.PathLike,
+    *,
+    nifti_volumes: NiftiVolumes = "all",
+    workers: int | None = None,
+    progress: bool = True,
+    exclude: Iterable[str | os.PathLike] = (),
+    ignore: Iterable[str] = (),
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Decode every file under `root` once; return (manifest, failures).
+
+    Every frame is decoded (so a truncated payload is caught) and its pixels dropped; only geometry is kept.
+    Skipped: hidden files and folders (name starting with '.'), the paths in `exclude`, and files matching the
+    glob patterns in `ignore` or in ROOT/.scanignore (see `list_corpus_files`). A file with an unsupported
+    suffix and no DICOM marker is a failure 'unsupported file type (.xyz)'. Files are read in `workers`
+    processes (default: all cores; <= 1: in this process); the output order does not depend on it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: corpus is not a directory")
+    relpaths = list_corpus_files(root, exclude=exclude, ignore=ignore)
+    workers = min(os.cpu_count() or 1, 32) if workers is None else workers
+    bar = tqdm(total=len(relpaths), desc="scan", unit="file", file=sys.stderr, disable=not progress)
+    tasks = [(str(root), relpath, nifti_volumes) for relpath in relpaths]
+    results: list[_FileResult] = []
+    with bar:
+        if workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                results.append(_scan_file(task))
+                bar.update()
+        else:
+            chunksize = max(1, min(64, len(tasks) // (workers * 8)))
+            with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+                for result in pool.map(_scan_file, tasks, chunksize=chunksize):
+                    results.append(result)
+                    bar.update()
+    return _manifest_frame(results), _failures_frame(results)
+
+
+def list_corpus_files(
+    root: str | os.PathLike, exclude: Iterable[str | os.PathLike] = (), ignore: Iterable[str] = ()
+) -> list[str]:
+    """Sorted POSIX paths, relative to `root`, of the files a scan considers.
+
+    Skipped: hidden files and folders, the paths in `exclude`, and what matches a glob pattern of `ignore` or of
+    ROOT/.scanignore (one pattern a line, '#' comments). Patterns work like .gitignore's, simplified: a pattern
+    with a '/' before its end matches the path from the root, one without matches a name at any depth, and a
+    trailing '/' matches folders only: e.g. 'truth/', 'coco/*.json', '*.csv'.
+    """
+    root = Path(root)
+    excluded = {Path(p).resolve() for p in exclude}
+    folder_rules, file_rules = [], []
+    for pattern in [*ignore, *_read_scanignore(root)]:
+        rules = folder_rules if pattern.endswith("/") else file_rules
+        pattern = pattern.strip("/") if pattern.endswith("/") else pattern.lstrip("/")
+        rules.append((pattern, "/" in pattern))  # (glob, matched against the path rather than the name)
+    relpaths = []
+    for folder, dirnames, filenames in os.walk(root):
+        rel_folder = Path(folder).relative_to(root).as_posix()
+        dirnames[:] = [
+            name
+            for name in dirnames
+            if not name.startswith(".") and not _matches(name, _join(rel_folder, name), folder_rules)
+        ]
+        for name in filenames:
+            relpath = _join(rel_folder, name)
+            if name.startswith(".") or _matches(name, relpath, file_rules):
+                continue
+            if (Path(folder) / name).resolve() not in excluded:
+                relpaths.append(relpath)
+    return sorted(relpaths)
+
+
+def _read_scanignore(root: Path) -> list[str]:
+    path = root / SCANIGNORE
+    if not path.is_file():
+        return []
+    lines = (line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _join(folder: str, name: str) -> str:
+    return name if folder == "." else f"{folder}/{name}"
+
+
+def _matches(name: str, relpath: str, rules: list[tuple[str, bool]]) -> bool:
+    return any(fnmatch.fnmatchcase(relpath if by_path else name, pattern) for pattern, by_path in rules)
+
+
+def write_manifest(manifest: pd.DataFrame, failures: pd.DataFrame, out: str | os.PathLike) -> Path:
+    """Write the manifest parquet at `out` and the failures next to it (.failures.parquet and .csv); return `out`.
+
+    Each file is written to a temporary name first and renamed, so a reader never sees a half-written file.
+    """
+    out = Path(out)
+    _check_columns(manifest, MANIFEST_COLUMNS, "manifest")
+    _check_columns(failures, FAILURE_COLUMNS, "failures table")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    failures_parquet = failures_path(out)
+    _replace(out, lambda tmp: manifest.loc[:, list(MANIFEST_COLUMNS)].to_parquet(tmp, index=False))
+    failures = failures.loc[:, list(FAILURE_COLUMNS)]
+    _replace(failures_parquet, lambda tmp: failures.to_parquet(tmp, index=False))
+    _replace(failures_parquet.with_suffix(".csv"), lambda tmp: failures.to_csv(tmp, index=False))
+    return out
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and validate a manifest written by `write_manifest`; errors name the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest there (write one with `python -m data scan CORPUS --out {path}`)")
+    try:
+        manifest = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a non-parquet file
+        raise ValueError(f"{path}: not a readable parquet manifest ({type(exc).__name__})") from exc
+    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
+    if missing:
+        raise ValueError(f"{path}: not a manifest, missing columns {missing} (expected {list(MANIFEST_COLUMNS)})")
+    for column in _INT_COLUMNS:
+        if not pd.api.types.is_integer_dtype(manifest[column]):
+            raise ValueError(f"{path}: manifest column {column!r} is {manifest[column].dtype}, expected integers")
+    if manifest["item_id"].duplicated().any():
+        raise ValueError(f"{path}: manifest has duplicate item ids")
+    return manifest.reset_index(drop=True)
+
+
+def failures_path(manifest_path: str | os.PathLike) -> Path:
+    """Where `write_manifest` puts the failures parquet of the manifest at `manifest_path` (the .csv is beside)."""
+    manifest_path = Path(manifest_path)
+    return manifest_path.with_name(manifest_path.stem + ".failures.parquet")
+
+
+def _scan_file(task: tuple[str, str, str]) -> _FileResult:
+    """Decode one file; its frames' geometry, or the reason it failed. Runs in a worker process."""
+    root, relpath, nifti_volumes = task
+    path = Path(root) / relpath
+    # Non-DICOM files carry no modality: name it from the corpus-relative path, not the root's location.
+    modality = None if source_format(path) in (None, "dicom") else infer_modality_from_path(relpath)
+    try:
+        frames = [
+            (frame.frame, frame.pixels.shape[0], frame.pixels.shape[1], frame.modality, frame.source_format)
+            for frame in iter_frames(path, nifti_volumes=nifti_volumes, modality=modality)
+        ]
+    except UnreadableImage as exc:
+        return relpath, [], exc.reason
+    except Exception as exc:  # noqa: BLE001 - one bad file must not stop the scan
+        return relpath, [], f"unexpected error ({type(exc).__name__})"
+    if not frames:
+        return relpath, [], "no frames"
+    return relpath, frames, None
+
+
+def _manifest_frame(results: list[_FileResult]) -> pd.DataFrame:
+    rows = [
+        (make_item_id(relpath, frame), relpath, frame, modality, height, width, fmt)
+        for relpath, frames, _ in results
+        for frame, height, width, modality, fmt in frames
+    ]
+    manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    manifest = manifest.astype({column: "int64" for column in _INT_COLUMNS})
+    return manifest.sort_values(["path", "frame"], kind="stable").reset_index(drop=True)
+
+
+def _failures_frame(results: list[_FileResult]) -> pd.DataFrame:
+    rows = [(relpath, reason) for relpath, _, reason in results if reason is not None]
+    return pd.DataFrame(rows, columns=list(FAILURE_COLUMNS)).sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def _check_columns(table: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise ValueError(f"{what} lacks columns {missing}")
+
+
+def _replace(target: Path, write) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
