@@ -6,7 +6,7 @@ CACHE   ?= $(WORK)/roi_cache.zarr
 LOCALIZE_CONFIG ?= $(WORK)/standins/localize.yaml
 PRETRAIN_CONFIG ?= configs/pretrain/tiny_cpu.yaml
 
-.PHONY: install test sample localize inspect pretrain finetune demo bench lint
+.PHONY: install test sample standins localize eval inspect pretrain export finetune demo bench lint
 
 install:
 	python3 -m venv .venv
@@ -21,17 +21,51 @@ test:
 sample:
 	$(PY) -m data sample --out $(CORPUS)
 
+standins:
+	$(PY) -m localize stand-ins --out $(WORK)/standins
+
+# Uses $(LOCALIZE_CONFIG); without one, the untrained stand-ins (and says so).
 localize:
+	@test -f $(LOCALIZE_CONFIG) || $(MAKE) --no-print-directory standins
 	$(PY) -m localize run --config $(LOCALIZE_CONFIG) --corpus $(CORPUS) --cache $(CACHE)
 
+eval:
+	$(PY) -m localize eval --cache $(CACHE) --truth $(CORPUS)/truth --out $(WORK)/localize_eval.json
+
 inspect:
-	$(PY) -m localize inspect --cache $(CACHE) --out $(WORK)/inspect
+	$(PY) -m localize inspect --cache $(CACHE) --corpus $(CORPUS) --out $(WORK)/inspect
 
 pretrain:
 	$(PY) -m pretrain fit --config $(PRETRAIN_CONFIG) --data.corpus $(CORPUS) --data.cache $(CACHE)
 
+export:
+	$(PY) -m pretrain export $(WORK)/pretrain/last.ckpt --out $(WORK)/backbone.pt
+
 finetune:
 	$(PY) -m finetune classify fit --config configs/finetune/classify_tiny.yaml
+
+# The newcomer's end-to-end path on CPU, no network: sample corpus -> localize -> inspect -> pretrain -> probe.
+# Set LOCALIZE_CONFIG to a config with real BiomedCLIP + SAM weights to use them.
+demo:
+	$(PY) -m data sample --out $(CORPUS)
+	@if [ -f "$(LOCALIZE_CONFIG)" ] && ! grep -q '^untrained: true' "$(LOCALIZE_CONFIG)"; then \
+	  echo "demo: localizing with $(LOCALIZE_CONFIG)"; \
+	else \
+	  echo "demo: no BiomedCLIP/SAM weights configured: using UNTRAINED stand-in models; their ROIs carry no meaning."; \
+	  $(MAKE) --no-print-directory standins; \
+	fi
+	$(MAKE) --no-print-directory localize eval inspect
+	$(MAKE) --no-print-directory pretrain export
+	$(PY) -m finetune classify fit --config configs/finetune/classify_tiny.yaml \
+	  --data.root $(CORPUS) --model.backbone_weights $(WORK)/backbone.pt --trainer.default_root_dir $(WORK)/finetune
+	@echo "demo artefacts:"
+	@echo "  corpus           $(CORPUS)"
+	@echo "  ROI cache        $(CACHE)"
+	@echo "  localize eval    $(WORK)/localize_eval.json"
+	@echo "  inspect page     $(WORK)/inspect/index.html"
+	@echo "  pretraining      $(WORK)/pretrain"
+	@echo "  backbone         $(WORK)/backbone.pt"
+	@echo "  linear probe     $(WORK)/finetune"
 
 bench:
 	$(PY) bench/cache_io.py
