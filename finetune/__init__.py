@@ -1,1 +1,19 @@
-"""Downstream tasks on an exported backbone."""
+"""Downstream tasks on an exported backbone: classification, detection + instance segmentation, segmentation.
+
+    python -m finetune classify fit --config configs/finetune/classify_tiny.yaml     # accuracy, AUROC, AUPRC, F1
+    python -m finetune detect   fit --config configs/finetune/detect_tiny.yaml       # BoxAP, MaskAP (+ AP50, AP75)
+    python -m finetune segment  fit --config configs/finetune/segment_tiny.yaml      # Dice, IoU
+
+Every run starts from `--model.init` = scratch | imagenet (timm weights already on disk) | imagenet:FILE |
+a backbone exported by `python -m pretrain export` (finetune.backbone), trains, tests on the test split and writes
+one results JSON (finetune.results documents the format) to `--results_dir`. `--train-fraction 0.01|0.1|1.0`
+trains on a seeded, stratified subset of the training split for label-efficiency studies.
+
+Plugging in another timm backbone: set `--model.backbone` to any timm convnet name. Classification uses
+`timm.create_model(name, num_classes=K)`; segmentation uses timm's `features_only` extractor under a UNet decoder
+(finetune.unet); detection uses torchvision's `resnet_fpn_backbone` for ResNets (timm and torchvision name their
+parameters alike) and otherwise `finetune.maskrcnn.TimmFpnBackbone` (timm features_only + torchvision's
+FeaturePyramidNetwork, the BackboneWithFPN contract: `out_channels` and an OrderedDict of stride 4..64 maps). The
+backbone needs feature levels at strides 4, 8, 16 and 32 for detection; its exported state dict must use the
+names of `timm.create_model(name)`.
+"""

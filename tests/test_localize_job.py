@@ -16,7 +16,7 @@ import zarr
 
 from data.manifest import scan_corpus
 from data.readers import load_image
-from data.roi_cache import DONE, FAILED, FLAG_EMPTY_ROI, RoiCache
+from data.roi_cache import DONE, FLAG_EMPTY_ROI, RoiCache
 from data.sample import write_sample_corpus
 from localize.config import LocalizeConfig
 from localize.driver import run_localization
@@ -115,7 +115,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, standins, corpu
     resumed = _run_cli("run", "--cache", str(killed), *common)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    assert f"processed {partial['items'] - partial['done']} items" in out or partial["done"] % 1 == 0
+    assert f"processed {partial['items'] - partial['done']} items" in out  # only what was missing
     straight = _run_cli("run", "--cache", str(tmp_path / "straight.zarr"), *common)
     _, err = straight.communicate(timeout=300)
     assert straight.returncode == 0, err
