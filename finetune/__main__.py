@@ -1,0 +1,46 @@
+"""`python -m finetune {classify,detect,segment} {fit,test,validate,predict} --config configs/finetune/X.yaml ...`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# task -> (module, LightningModule class, LightningDataModule class)
+TASKS = {
+    "classify": ("finetune.classify", "ClassificationModule", "ClassificationData"),
+    "detect": ("finetune.detect", "DetectionModule", "DetectionData"),
+    "segment": ("finetune.segment", "SegmentationModule", "SegmentationData"),
+}
+
+USAGE = """usage: python -m finetune {classify,detect,segment} {fit,test} --config configs/finetune/X.yaml [options]
+
+  classify  image classification (fine-tune or linear probe): accuracy, macro AUROC / AUPRC / F1
+  detect    Mask R-CNN + FPN on COCO data: BoxAP, MaskAP (AP, AP50, AP75)
+  segment   UNet decoder on the backbone's features: Dice, IoU
+
+`fit` trains, tests on the test split and writes one results JSON to --results_dir.
+Run `python -m finetune TASK fit --help` for every option."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(USAGE)
+        return 0 if argv else 2
+    task, rest = argv[0], argv[1:]
+    if task not in TASKS:
+        print(f"unknown task {task!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    module_name, model_name, data_name = TASKS[task]
+    module = importlib.import_module(module_name)
+    from finetune.cli import FinetuneCLI
+
+    if from_command_line:  # LightningCLI reads sys.argv itself; its usage line then names the task
+        sys.argv = [f"python -m finetune {task}", *rest]
+    FinetuneCLI(getattr(module, model_name), getattr(module, data_name), args=None if from_command_line else rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""Downstream datasets: labelled images (CSV or ImageFolder), image + mask pairs, COCO instances; splits and subsets.
+
+Pixels are always read through `data.readers.load_image`, so DICOM, NIfTI and 16-bit PNG get the same intensity
+handling as in pretraining; plain 8-bit PNG/JPEG work the same way. Images come out as float32 (3, H, W) in [0, 1]
+(grey repeated to three channels).
+
+Tables (pandas) have one row per 2-D image with columns path (relative to the data root), frame (int), modality
+(str, '' = infer from the file), plus label / split / mask_path / item_id where the task needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from data.ids import make_item_id
+from data.readers import load_image
+
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
+
+
+def read_image_chw(root: str | Path, relpath: str, frame: int = 0, modality: str | None = None) -> torch.Tensor:
+    """Frame `frame` of `root/relpath` as float32 (3, H, W) in [0, 1]; grey is repeated to three channels."""
+    pixels = load_image(root, relpath, int(frame), modality or None)
+    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+    x = x[None].expand(3, -1, -1) if x.ndim == 2 else x.permute(2, 0, 1)
+    return x.contiguous()
+
+
+def read_mask_hw(path: str | Path, num_classes: int = 2) -> torch.Tensor:
+    """A label mask image as int64 (H, W): binary (num_classes == 2) -> value > 0, else values are class ids."""
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise FileNotFoundError(f"{path}: mask not found or not an image")
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if num_classes == 2:
+        return torch.from_numpy((mask > 0).astype(np.int64))
+    if int(mask.max()) >= num_classes:
+        raise ValueError(f"{path}: mask holds value {int(mask.max())}, but num_classes is {num_classes}")
+    return torch.from_numpy(mask.astype(np.int64))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def read_label_csv(csv_path: str | Path, modalities: Sequence[str] | None = None) -> pd.DataFrame:
+    """A CSV of labelled images: columns path, label; optional frame (default 0), modality, split, item_id.
+
+    `modalities` keeps only rows of those modalities (needs a modality column).
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"{csv_path}: label CSV not found (the sample corpus is written by `make sample`)")
+    table = pd.read_csv(csv_path, dtype={"path": str, "label": str, "modality": str, "split": str, "item_id": str},
+                        keep_default_na=False)
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; have {list(table.columns)}")
+    table["frame"] = table["frame"].astype(int) if "frame" in table.columns else 0
+    if "modality" not in table.columns:
+        table["modality"] = ""
+    if "split" in table.columns:
+        bad = sorted(set(table["split"]) - set(SPLITS))
+        if bad:
+            raise ValueError(f"{csv_path}: split values must be {SPLITS}, found {bad}")
+    if modalities:
+        if not table["modality"].astype(bool).any():
+            raise ValueError(f"{csv_path}: filtering by modality needs a modality column")
+        table = table[table["modality"].isin(list(modalities))]
+        if table.empty:
+            raise ValueError(f"{csv_path}: no rows with modality in {list(modalities)}")
+    return table.reset_index(drop=True)
+
+
+def scan_image_folder(root: str | Path) -> pd.DataFrame:
+    """An ImageFolder tree as a table: root/<class>/**/<image>, or root/{train,val,test}/<class>/**/<image>.
+
+    Columns path (relative to root), frame (0), modality (''), label (the class folder), split (when the tree
+    has split folders).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: image folder not found")
+    split_dirs = [d for d in SPLITS if (root / d).is_dir()]
+    rows = []
+    for split in split_dirs or [None]:
+        base = root / split if split else root
+        for class_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+            for path in sorted(class_dir.rglob("*")):
+                if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
+                    row = {"path": path.relative_to(root).as_posix(), "frame": 0, "modality": "",
+                           "label": class_dir.name}
+                    if split:
+                        row["split"] = split
+                    rows.append(row)
+    if not rows:
+        raise ValueError(f"{root}: no images in class sub-folders (suffixes {IMAGE_SUFFIXES})")
+    return pd.DataFrame(rows)
+
+
+def assign_splits(strata: Sequence[Hashable], *, seed: int, val_share: float = 0.2,
+                  test_share: float = 0.2) -> np.ndarray:
+    """Seeded, stratified train/val/test split labels (a str array aligned with `strata`)."""
+    if not (0 <= val_share < 1 and 0 < test_share < 1 and val_share + test_share < 1):
+        raise ValueError(f"need 0 <= val_share, 0 < test_share and val_share + test_share < 1; "
+                         f"got {val_share}, {test_share}")
+    strata = np.asarray([str(s) for s in strata])
+    out = np.empty(len(strata), dtype=object)
+    rng = np.random.default_rng(seed)
+    for stratum in sorted(set(strata)):
+        members = np.flatnonzero(strata == stratum)
+        order = members[rng.permutation(len(members))]
+        q = (np.arange(len(order)) + 0.5) / len(order)  # rank quantile, so each split gets its share per stratum
+        out[order] = np.where(q < test_share, "test", np.where(q < test_share + val_share, "val", "train"))
+    return out.astype(str)
+
+
+def stratified_subset(strata: Sequence[Hashable], fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded, stratified `fraction` of the items, at least one of every stratum.
+
+    Per stratum (in sorted order) one seeded permutation is drawn and its first max(1, round(fraction * n)) members
+    are kept, so the subset depends only on (strata, fraction, seed), and a smaller fraction's subset is contained
+    in a larger one's.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
+    strata = np.asarray([str(s) for s in strata])
+    if fraction == 1:
+        return np.arange(len(strata))
+    rng = np.random.default_rng(seed)
+    keep: list[np.ndarray] = []
+    for stratum in sorted(set(strata)):
+        members = np.flatnonzero(strata == stratum)
+        order = members[rng.permutation(len(members))]
+        keep.append(order[: max(1, int(round(fraction * len(members))))])
+    return np.sort(np.concatenate(keep)) if keep else np.arange(0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Datasets
+
+
+Transform = Callable[..., object]
+
+
+class LabelledImages(Dataset):
+    """Rows of a label table -> (image float32 (3, H, W), class index int64); `transform` maps the image."""
+
+    def __init__(self, root: str | Path, table: pd.DataFrame, class_names: Sequence[str],
+                 transform: Transform | None = None) -> None:
+        self.root = Path(root)
+        self.table = table.reset_index(drop=True)
+        self.class_index = {name: i for i, name in enumerate(class_names)}
+        unknown = sorted(set(self.table["label"]) - set(self.class_index))
+        if unknown:
+            raise ValueError(f"labels {unknown} are not among the classes {list(class_names)}")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.table.iloc[i]
+        image = tv_tensors.Image(read_image_chw(self.root, row["path"], row["frame"], row["modality"]))
+        if self.transform is not None:
+            image = self.transform(image)
+        return image.as_subclass(torch.Tensor), torch.tensor(self.class_index[row["label"]])
+
+
+class MaskedImages(Dataset):
+    """Rows with path, frame, modality, mask_path -> (image float32 (3, H, W), mask int64 (H, W)).
+
+    `transform` is a torchvision v2 transform called as `transform(image, mask)` so the mask moves with the image.
+    """
+
+    def __init__(self, root: str | Path, table: pd.DataFrame, num_classes: int = 2,
+                 transform: Transform | None = None) -> None:
+        self.root = Path(root)
+        self.table = table.reset_index(drop=True)
+        self.num_classes = num_classes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.table.iloc[i]
+        image_chw = read_image_chw(self.root, row["path"], row["frame"], row["modality"])
+        mask_hw = read_mask_hw(row["mask_path"], self.num_classes)
+        if tuple(mask_hw.shape) != tuple(image_chw.shape[-2:]):
+            raise ValueError(f"{row['mask_path']}: mask is {tuple(mask_hw.shape)} but its image "
+                             f"{row['path']} (frame {row['frame']}) is {tuple(image_chw.shape[-2:])}")
+        image, mask = tv_tensors.Image(image_chw), tv_tensors.Mask(mask_hw[None])
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)[0].long()
+
+
+def corpus_mask_table(corpus: str | Path, labels_csv: str | Path | None = None,
+                      modalities: Sequence[str] | None = None) -> pd.DataFrame:
+    """Image + truth-mask table of a corpus in the sample layout: labels.csv items with truth/<item_id>.png."""
+    corpus = Path(corpus)
+    table = read_label_csv(labels_csv or corpus / "labels.csv", modalities)
+    if "item_id" not in table.columns:
+        table["item_id"] = [make_item_id(p, f) for p, f in zip(table["path"], table["frame"], strict=True)]
+    table["mask_path"] = [str(corpus / "truth" / f"{item_id}.png") for item_id in table["item_id"]]
+    absent = [p for p in table["mask_path"] if not Path(p).is_file()]
+    if absent:
+        raise FileNotFoundError(f"{len(absent)} truth mask(s) missing, e.g. {absent[0]}")
+    return table
+
+
+def folder_mask_table(images_dir: str | Path, masks_dir: str | Path) -> pd.DataFrame:
+    """Image + mask table of two folders; a mask is matched to the image with the same file stem."""
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    masks = {_stem(p): p for p in masks_dir.iterdir() if p.is_file()} if masks_dir.is_dir() else {}
+    if not masks:
+        raise ValueError(f"{masks_dir}: no mask images")
+    rows, unmatched = [], []
+    for path in sorted(p for p in images_dir.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)):
+        mask = masks.get(_stem(path))
+        if mask is None:
+            unmatched.append(path.name)
+            continue
+        rows.append({"path": path.relative_to(images_dir).as_posix(), "frame": 0, "modality": "",
+                     "mask_path": str(mask)})
+    if not rows:
+        raise ValueError(f"{images_dir}: no image has a mask of the same name in {masks_dir}")
+    if unmatched:
+        raise ValueError(f"{images_dir}: {len(unmatched)} image(s) without a mask in {masks_dir}, e.g. {unmatched[0]}")
+    return pd.DataFrame(rows)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
+def load_coco(ann_file: str | Path):
+    """pycocotools COCO object of `ann_file` (quietly), with a clear error naming the file."""
+    from pycocotools.coco import COCO
+
+    ann_file = Path(ann_file)
+    try:
+        dataset = json.loads(ann_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{ann_file}: cannot read COCO json ({err})") from err
+    missing = {"images", "annotations", "categories"} - set(dataset)
+    if missing:
+        raise ValueError(f"{ann_file}: not a COCO instances file, missing {sorted(missing)}")
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+class CocoInstances(Dataset):
+    """COCO images -> (image float32 (3, H, W), target) for torchvision's Mask R-CNN.
+
+    target: boxes (N, 4) float32 xyxy in pixels, labels (N,) int64 in 1..K (contiguous; 0 is background),
+    masks (N, H, W) uint8, image_id (int). Crowd and degenerate (< 1 px) annotations are left out of training
+    targets (COCO evaluation still sees them). An image entry's optional 'frame' and 'modality' fields say which
+    2-D frame of a DICOM/NIfTI file it is. `transform(image, target)` is a torchvision v2 transform.
+    """
+
+    def __init__(self, root: str | Path, coco, image_ids: Sequence[int] | None = None,
+                 transform: Transform | None = None) -> None:
+        self.root = Path(root)
+        self.coco = coco
+        self.image_ids = list(image_ids) if image_ids is not None else sorted(coco.getImgIds())
+        self.category_ids = sorted(coco.getCatIds())
+        self.label_of = {cat: i + 1 for i, cat in enumerate(self.category_ids)}
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
+        image_id = self.image_ids[i]
+        info = self.coco.imgs[image_id]
+        image_chw = read_image_chw(self.root, info["file_name"], info.get("frame", 0), info.get("modality"))
+        h, w = image_chw.shape[-2:]
+        if (info.get("height", h), info.get("width", w)) != (h, w):
+            raise ValueError(f"{self.root / info['file_name']}: image is {h}x{w} but the COCO json says "
+                             f"{info['height']}x{info['width']} (image id {image_id})")
+        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)
+                and a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
+        boxes = torch.tensor([[x, y, x + bw, y + bh] for x, y, bw, bh in (a["bbox"] for a in anns)],
+                             dtype=torch.float32).reshape(-1, 4)
+        masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
+            "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64),
+            "masks": tv_tensors.Mask(torch.from_numpy(masks)),
+            "image_id": image_id,
+        }
+        image = tv_tensors.Image(image_chw)
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        target["boxes"] = target["boxes"].as_subclass(torch.Tensor)
+        target["masks"] = target["masks"].as_subclass(torch.Tensor)
+        return image.as_subclass(torch.Tensor), target
+
+
+def primary_category(coco, image_id: int) -> int:
+    """The most frequent category of an image's annotations (0 when it has none): a stratum for splits."""
+    cats = [a["category_id"] for a in coco.imgToAnns.get(image_id, [])]
+    return max(set(cats), key=lambda c: (cats.count(c), -c)) if cats else 0
+
+
+def collate_lists(batch: list) -> tuple[list, list]:
+    """Detection batches: (list of images, list of targets); images keep their own sizes."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)

@@ -1,0 +1,234 @@
+"""Detection + instance segmentation: torchvision's Mask R-CNN with an FPN on our backbone, COCO BoxAP / MaskAP.
+
+`python -m finetune detect fit --config configs/finetune/detect_tiny.yaml` trains, evaluates the test split with
+pycocotools and writes the results JSON. Data: COCO instances json (boxes + polygon or RLE masks) with images
+under `root`; an image entry may carry 'frame' (the 2-D frame of a DICOM/NIfTI file) and 'modality', as the
+sample corpus's coco/instances.json does. Plain COCO datasets with ordinary image files work the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from data.ids import make_item_id
+from finetune.coco_eval import coco_evaluate, predictions_to_coco
+from finetune.data import CocoInstances, assign_splits, collate_lists, load_coco, primary_category, stratified_subset
+from finetune.maskrcnn import build_mask_rcnn
+from finetune.task import IMAGENET_MEAN, IMAGENET_STD, FinetuneData, FinetuneTask
+
+
+class DetectionData(FinetuneData):
+    """COCO instances split into train / val / test.
+
+    root:          folder the images' file_name are relative to.
+    ann_file:      COCO instances json (a relative path is looked up under `root` first).
+    test_ann_file: optional separate test json (standard COCO train/val files); then every image of `ann_file`
+                   is used for training, unless a split is given.
+    split_csv:     optional CSV with a split column and item_id (matched to the images' 'item_id' field) or
+                   path[, frame] (matched to file_name, frame); e.g. the sample corpus's labels.csv. Without it,
+                   images' own 'split' fields are used, else a seeded split stratified by each image's most
+                   frequent category.
+    modalities:    keep only images whose 'modality' field is one of these.
+    train_fraction: seeded subset of the training images, stratified the same way (>= 1 per stratum).
+    """
+
+    def __init__(self, root: str = "work/corpus", ann_file: str = "coco/instances.json",
+                 test_ann_file: str | None = None, split_csv: str | None = None,
+                 modalities: list[str] | None = None, batch_size: int = 2, num_workers: int = 0,
+                 augment: bool = True, train_fraction: float = 1.0, subset_seed: int = 0, split_seed: int = 0,
+                 val_share: float = 0.2, test_share: float = 0.2) -> None:
+        super().__init__(train_fraction, subset_seed)
+        self.root = Path(root)
+        self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
+        self.coco = load_coco(self._under_root(ann_file))
+        self.test_coco = load_coco(self._under_root(test_ann_file)) if test_ann_file else self.coco
+        self.category_ids: list[int] = sorted(self.coco.getCatIds())
+        if test_ann_file and sorted(self.test_coco.getCatIds()) != self.category_ids:
+            raise ValueError(f"{test_ann_file}: categories differ from {ann_file}'s")
+        images = self._image_table(self.coco, modalities)
+        splits = self._splits(images, split_csv, split_seed, val_share, 0.0 if test_ann_file else test_share)
+        train = images[splits == "train"]
+        keep = stratified_subset(train["stratum"], train_fraction, subset_seed)
+        self.image_ids: dict[str, list[int]] = {
+            "train": train["id"].to_numpy()[keep].tolist(),
+            "val": images.loc[splits == "val", "id"].tolist(),
+            "test": (self._image_table(self.test_coco, modalities)["id"].tolist() if test_ann_file
+                     else images.loc[splits == "test", "id"].tolist()),
+        }
+        if not self.image_ids["train"]:
+            raise ValueError(f"{ann_file}: the training split is empty")
+
+    def _under_root(self, path: str) -> Path:
+        path = Path(path)
+        under_root = not path.is_absolute() and ((self.root / path).is_file() or not path.is_file())
+        return self.root / path if under_root else path  # relative paths: under the data root first
+
+    @staticmethod
+    def _image_table(coco, modalities: list[str] | None) -> pd.DataFrame:
+        rows = [{"id": i, "file_name": info["file_name"], "frame": int(info.get("frame", 0)),
+                 "item_id": info.get("item_id", ""), "modality": info.get("modality", ""),
+                 "split": info.get("split", ""), "stratum": primary_category(coco, i)}
+                for i, info in sorted(coco.imgs.items())]
+        table = pd.DataFrame(rows)
+        if modalities:
+            table = table[table["modality"].isin(list(modalities))].reset_index(drop=True)
+        if table.empty:
+            raise ValueError(f"no COCO images (modalities {modalities})")
+        return table
+
+    def _splits(self, images: pd.DataFrame, split_csv: str | None, seed: int, val_share: float,
+                test_share: float) -> np.ndarray:
+        if split_csv is not None:
+            return self._splits_from_csv(images, self._under_root(split_csv))
+        if images["split"].astype(bool).all():
+            return images["split"].to_numpy().astype(str)
+        if test_share == 0.0 and val_share == 0.0:
+            return np.full(len(images), "train")
+        if test_share == 0.0:  # separate test file: split off validation only
+            return np.where(assign_splits(images["stratum"], seed=seed, val_share=0.0, test_share=val_share)
+                            == "test", "val", "train")
+        return assign_splits(images["stratum"], seed=seed, val_share=val_share, test_share=test_share)
+
+    @staticmethod
+    def _splits_from_csv(images: pd.DataFrame, csv_path: Path) -> np.ndarray:
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"{csv_path}: split CSV not found")
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        if "split" not in table.columns:
+            raise ValueError(f"{csv_path}: no split column")
+        if "item_id" not in table.columns:
+            if "path" not in table.columns:
+                raise ValueError(f"{csv_path}: needs an item_id or a path column to match COCO images")
+            frames = table["frame"].astype(int) if "frame" in table.columns else [0] * len(table)
+            table["item_id"] = [make_item_id(p, f) for p, f in zip(table["path"], frames, strict=True)]
+        split_of = dict(zip(table["item_id"], table["split"], strict=True))
+        keys = zip(images["item_id"], images["file_name"], images["frame"], strict=True)
+        ids = [item or make_item_id(name, frame) for item, name, frame in keys]
+        unknown = [i for i in ids if i not in split_of]
+        if unknown:
+            raise ValueError(f"{csv_path}: {len(unknown)} COCO image(s) have no split row (e.g. item {unknown[0]})")
+        return np.array([split_of[i] for i in ids])
+
+    @property
+    def num_classes(self) -> int:
+        """Object categories + 1 (background), as torchvision's detection models count them."""
+        return len(self.category_ids) + 1
+
+    @property
+    def n_train(self) -> int:
+        return len(self.image_ids["train"])
+
+    @property
+    def n_test(self) -> int:
+        return len(self.image_ids["test"])
+
+    def evaluation_source(self, split: str) -> tuple[Any, list[int]]:
+        """(COCO ground truth, image ids) that the predictions on `split` are evaluated against."""
+        return (self.test_coco if split == "test" else self.coco), self.image_ids[split]
+
+    def _loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        transform = v2.RandomHorizontalFlip() if train and self.augment else None
+        coco, ids = self.evaluation_source(split)
+        dataset = CocoInstances(self.root, coco, ids, transform)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
+                          collate_fn=collate_lists, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val") if self.image_ids["val"] else []
+
+    def test_dataloader(self) -> DataLoader:
+        if not self.image_ids["test"]:
+            raise ValueError("the test split is empty")
+        return self._loader("test")
+
+
+class DetectionModule(FinetuneTask):
+    """Mask R-CNN + FPN on the backbone (see finetune.maskrcnn); AdamW; COCO evaluation on val / test.
+
+    num_classes:  categories + 1 (linked from the data); category_ids: the COCO ids of labels 1..K (linked).
+    min_size / max_size: Mask R-CNN's internal resize (800 / 1333 for COCO-sized images; small for tests).
+    COCO evaluation gathers predictions in this process: run evaluation on one device (the configs use devices: 1).
+    maskrcnn_kwargs: further torchvision MaskRCNN arguments (e.g. box_batch_size_per_image,
+                  rpn_post_nms_top_n_train, box_detections_per_img); fewer sampled RoIs make CPU runs fast.
+    """
+
+    task = "detect"
+
+    def __init__(self, backbone: str = "resnet50", init: str = "scratch", num_classes: int = 2,
+                 category_ids: list[int] | None = None, min_size: int = 800, max_size: int = 1333,
+                 trainable_layers: int = 3, lr: float = 1e-4, weight_decay: float = 1e-4,
+                 warmup_fraction: float = 0.05, mask_threshold: float = 0.5, strict_load: bool = True,
+                 maskrcnn_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__(backbone, init, lr, weight_decay, warmup_fraction)
+        self.save_hyperparameters()
+        self.category_ids = list(category_ids) if category_ids else list(range(1, num_classes))
+        if len(self.category_ids) != num_classes - 1:
+            raise ValueError(f"{len(self.category_ids)} category ids for {num_classes - 1} object classes")
+        self.model, self.load_report = build_mask_rcnn(
+            backbone, init, num_classes, min_size=min_size, max_size=max_size, trainable_layers=trainable_layers,
+            image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, strict=strict_load, **(maskrcnn_kwargs or {}))
+        self.mask_threshold = mask_threshold
+        self._results: list[dict] = []
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return self.model(images)
+
+    def training_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self.model(images, [{k: t[k] for k in ("boxes", "labels", "masks")} for t in targets])
+        loss = sum(losses.values())
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(images))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def _predict(self, batch: tuple[list[torch.Tensor], list[dict]]) -> None:
+        images, targets = batch
+        outputs = self.model(images)
+        self._results.extend(predictions_to_coco(outputs, [t["image_id"] for t in targets], self.category_ids,
+                                                 self.mask_threshold))
+
+    def _evaluate(self, split: str) -> dict[str, float]:
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "evaluation_source"):
+            raise RuntimeError("detection evaluation needs the DetectionData module (its COCO ground truth)")
+        coco_gt, image_ids = datamodule.evaluation_source(split)
+        metrics = coco_evaluate(coco_gt, self._results, image_ids)
+        self._results = []
+        return metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self._results = []
+
+    def validation_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> None:
+        self._predict(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self._evaluate("val")
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=True)
+
+    def on_test_epoch_start(self) -> None:
+        self._results = []
+
+    def test_step(self, batch: tuple[list[torch.Tensor], list[dict]], batch_idx: int) -> None:
+        self._predict(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_metrics_out = self._evaluate("test")
+        self.log_dict({f"test/{k}": v for k, v in self.test_metrics_out.items()})
+
+    def results_details(self) -> dict[str, Any]:
+        details = super().results_details()
+        details.update(category_ids=self.category_ids, min_size=self.hparams.min_size,
+                       max_size=self.hparams.max_size)
+        return details
