@@ -1,0 +1,201 @@
+"""Corpus + ROI cache as a LightningDataModule, with joint image/ROI augmentation and resumable randomness.
+
+Images come out of the loader in [0, 1] (RoiDataset's contract); ImageNet mean/std normalisation happens in
+`MaskedPretraining` on the training device, so panels and metrics can use the raw batch.
+
+Randomness: the training order is a permutation seeded by (seed, epoch), split across ranks like
+DistributedSampler does; item i of epoch e is augmented under torch's RNG seeded by (seed, e, i). Data order
+and augmentations are thus functions of the run's position, not of a generator's history: a run resumed at
+an epoch boundary sees exactly the batches an uninterrupted run would see, whatever the number of workers.
+(From a mid-epoch checkpoint, step, optimizer, schedules and masks resume exactly, but the rest of that epoch
+is drawn from the start of its permutation; Lightning warns about it. Prefer epoch-end checkpoints.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.transforms import v2
+
+from data.dataset import RoiDataset
+from data.roi_cache import RoiCache
+from pretrain.seeding import derive_seed, unit_interval
+
+
+def joint_augmentation(
+    input_size: int, scale: Sequence[float], ratio: Sequence[float], hflip: float
+) -> v2.Transform:
+    """Random resized crop to `input_size`² + horizontal flip, applied alike to the image and its ROI mask
+    (v2 transforms resize a tv_tensors.Mask with nearest interpolation)."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(input_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True),
+            v2.RandomHorizontalFlip(hflip),
+        ]
+    )
+
+
+def eval_transform(input_size: int) -> v2.Transform:
+    """Deterministic: shorter side to `input_size`, centre crop."""
+    return v2.Compose([v2.Resize(input_size, antialias=True), v2.CenterCrop(input_size)])
+
+
+class EpochSampler(DistributedSampler):
+    """DistributedSampler yielding `(epoch, index)`, so that the dataset can seed each item's augmentation.
+
+    Works without a process group when `num_replicas` and `rank` are given (one device: 1 and 0). Lightning
+    keeps a DistributedSampler it is handed and calls `set_epoch` every epoch.
+    """
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch = self.epoch
+        return ((epoch, int(i)) for i in super().__iter__())
+
+
+class SeededItems(Dataset):
+    """`dataset[i]` drawn under torch's CPU RNG seeded by (seed, epoch, i); keys are `(epoch, i)` or `i`.
+
+    The global RNG is forked, not reseeded: the caller's generator state is untouched.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, "augment", epoch, i))
+            return self.dataset[i]
+
+
+class RoiDataModule(pl.LightningDataModule):
+    """Images of `corpus` with their ROI masks from the cache at `cache`, jointly augmented.
+
+    Args:
+        corpus: corpus root folder (paths in the manifest are relative to it).
+        cache: ROI cache (Zarr store) made by `python -m localize run`.
+        manifest: optional manifest file; default: the cache's own manifest (`RoiCache.manifest()`).
+        input_size: square crop size fed to the model (linked to `model.input_size` by the CLI).
+        batch_size: per device; the module scales the learning rate by the effective batch.
+        scale, ratio: RandomResizedCrop area fraction and aspect ranges; hflip: flip probability.
+        only_done: keep only items the localizer finished; False also trains on pending/failed items,
+            whose ROI is then empty (they are masked like background).
+        modalities: keep only these manifest modalities (e.g. ['MR']); None keeps all.
+        val_fraction: share of items held out for validation, chosen by a hash of the item id (stable as
+            the cache grows); 0 disables validation.
+        num_workers, persistent_workers, pin_memory (None: when training on a GPU): DataLoader settings.
+        seed: seeds data order, augmentation and the validation split.
+    """
+
+    def __init__(
+        self,
+        corpus: str | Path,
+        cache: str | Path,
+        manifest: str | Path | None = None,
+        input_size: int = 224,
+        batch_size: int = 64,
+        scale: tuple[float, float] = (0.5, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: float = 0.5,
+        only_done: bool = True,
+        modalities: list[str] | None = None,
+        val_fraction: float = 0.0,
+        num_workers: int = 8,
+        persistent_workers: bool = True,
+        pin_memory: bool | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        # paths as plain strings: checkpoints stay loadable with torch.load(weights_only=True)
+        self.save_hyperparameters(ignore=["corpus", "cache", "manifest"])
+        self.hparams.update(corpus=str(corpus), cache=str(cache), manifest=None if manifest is None else str(manifest))
+        self.corpus, self.cache_path = Path(corpus), Path(cache)
+        self.manifest_path = None if manifest is None else Path(manifest)
+        self.batch_size = batch_size
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        if not self.cache_path.exists():
+            raise FileNotFoundError(f"{self.cache_path}: no ROI cache here; make one with `python -m localize run`")
+        cache = RoiCache.open(self.cache_path, mode="r")
+
+        def dataset(transform: v2.Transform) -> RoiDataset:
+            return RoiDataset(self.corpus, self.manifest_path, cache, transform=transform,
+                              only_done=hp.only_done, modalities=hp.modalities)
+
+        train_full = dataset(joint_augmentation(hp.input_size, hp.scale, hp.ratio, hp.hflip))
+        if len(train_full) == 0:
+            what = "done" if hp.only_done else "selected"
+            raise ValueError(f"{self.cache_path}: no {what} items to train on (localize the corpus first, "
+                             "or set data.only_done false to train on every item with an empty ROI)")
+        item_ids = train_full.manifest["item_id"].to_numpy()[train_full.indices]
+        is_val = np.array([unit_interval(hp.seed, "val", str(i)) < hp.val_fraction for i in item_ids], dtype=bool)
+        if is_val.all():
+            raise ValueError(f"{self.cache_path}: val_fraction {hp.val_fraction} leaves no training item "
+                             f"out of {len(item_ids)}")
+        if hp.val_fraction > 0 and not is_val.any():
+            rank_zero_warn(f"val_fraction {hp.val_fraction} selects none of {len(item_ids)} items: no validation")
+        self.train_set = Subset(train_full, np.flatnonzero(~is_val).tolist())
+        if is_val.any():
+            self.val_set = Subset(dataset(eval_transform(hp.input_size)), np.flatnonzero(is_val).tolist())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return [] if self.val_set is None else self._loader(self.val_set, shuffle=False)
+
+    def _loader(self, items: Dataset | None, *, shuffle: bool) -> DataLoader:
+        if items is None:
+            raise RuntimeError("RoiDataModule.setup() has not run")
+        hp = self.hparams
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        n_items = len(items)
+        if shuffle and math.ceil(n_items / world) < self.batch_size:
+            raise ValueError(f"{self.cache_path}: {n_items} training items over {world} device(s) do not fill "
+                             f"one batch of {self.batch_size}; lower data.batch_size")
+        sampler = EpochSampler(items, num_replicas=world, rank=rank, shuffle=shuffle, seed=hp.seed)
+        sampler.set_epoch(_epoch_to_run(trainer) if shuffle else 0)
+        on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        return DataLoader(
+            SeededItems(items, hp.seed),
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            pin_memory=on_gpu if hp.pin_memory is None else hp.pin_memory,
+            drop_last=shuffle,  # equal batches for training (BatchNorm); every item for validation
+        )
+
+
+def _epoch_to_run(trainer: pl.Trainer | None) -> int:
+    """The epoch the fit loop will run next: the one it passes to `set_epoch`.
+
+    Worker processes draw their first indices as soon as the loader's iterator exists, and Lightning makes
+    that iterator before it calls `set_epoch` (on a resumed run: right after restoring the loops, which is
+    when it asks for this loader; the module takes care not to ask earlier). A resumed run must therefore
+    start the sampler at the right epoch itself. `current_epoch` would be one short after an end-of-epoch
+    checkpoint (the epoch was processed, not yet marked completed).
+    """
+    if trainer is None:
+        return 0
+    return trainer.fit_loop.epoch_progress.current.processed

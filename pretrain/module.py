@@ -1,0 +1,182 @@
+"""The Lightning module of masked pretraining: SparkMIM + a mask sampler + SparK's optimisation recipe.
+
+Normalisation: batches arrive in [0, 1] (RoiDataModule); this module subtracts the ImageNet mean and divides
+by the ImageNet std on the training device before the model sees them. `SparkMIM` is normalisation-agnostic
+(its target is the same image, normalised per patch), so `recon_b3HW` comes back in the normalised space and
+`denormalise` brings it back to [0, 1] for panels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.optim import Lamb, param_groups_weight_decay
+
+from pretrain.masking import DifferentiatedMasking, RandomMasking
+from pretrain.schedules import WarmupCosineSchedule
+from pretrain.seeding import seeded_generator
+from pretrain.spark import SparkMIM
+
+# Besides every 1-D parameter (norm weights) and every bias, these never decay (fnmatch patterns).
+NO_WEIGHT_DECAY = ("*mask_token*",)
+MASK_STATS = ("mask/expected_ratio", "mask/realised_ratio", "mask/empty_roi_share")
+
+
+class MaskedPretraining(pl.LightningModule):
+    """SparK-style masked image modelling with random (SparK) or differentiated ROI (MWM) masking.
+
+    Args:
+        backbone, input_size, decoder_width: passed to `SparkMIM` (timm convnet name, square input side,
+            decoder width at the coarsest level).
+        sync_bn: all-reduce BatchNorm statistics across processes; None = on when the trainer's world size > 1.
+        masking: "differentiated" (MWM: ROI cells masked at `r_roi`, background at `r_bg`; a cell is ROI by
+            `roi_rule` / `roi_min_fraction`) or "random" (SparK: uniform at `mask_ratio`).
+        optimizer: "lamb" (timm's LAMB, SparK's choice) or "adamw"; `betas` for both.
+        base_lr: lr per 256 images; the lr is base_lr x effective batch / 256 (per-device batch x devices x
+            nodes x gradient accumulation) unless `lr` gives it outright.
+        weight_decay, weight_decay_end: cosine ramp over the run (norms, biases, mask tokens: none).
+        warmup_epochs: linear lr warm-up (fractions allowed), then cosine down to `min_lr_ratio` x lr, per step.
+        seed: seeds the masks, drawn per batch from (seed, epoch, batch, rank), so a resumed run draws the
+            masks of the uninterrupted one (the CLI passes the same seed to the data module).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        input_size: int = 224,
+        decoder_width: int = 512,
+        sync_bn: bool | None = None,
+        masking: Literal["differentiated", "random"] = "differentiated",
+        r_roi: float = 0.8,
+        r_bg: float = 0.4,
+        roi_rule: Literal["any", "fraction"] = "any",
+        roi_min_fraction: float = 0.0,
+        mask_ratio: float = 0.6,
+        optimizer: Literal["lamb", "adamw"] = "lamb",
+        base_lr: float = 2e-4,
+        lr: float | None = None,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.04,
+        weight_decay_end: float = 0.2,
+        warmup_epochs: float = 40.0,
+        min_lr_ratio: float = 1e-3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # plain values only: checkpoints stay loadable with weights_only=True
+        self.model = SparkMIM(backbone, input_size, decoder_width, sync_bn=bool(sync_bn))
+        self.masking = build_masking(masking, r_roi=r_roi, r_bg=r_bg, roi_rule=roi_rule,
+                                     roi_min_fraction=roi_min_fraction, mask_ratio=mask_ratio)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------------ model
+    def setup(self, stage: str) -> None:
+        # Runs before checkpoint weights are restored and before the optimizer is built.
+        want_sync = self.hparams.sync_bn if self.hparams.sync_bn is not None else self.trainer.world_size > 1
+        if want_sync and not self._sync_bn:
+            hp = self.hparams
+            synced = SparkMIM(hp.backbone, hp.input_size, hp.decoder_width, sync_bn=True)
+            synced.load_state_dict(self.model.state_dict())  # same names; keeps weights loaded before fit
+            self.model = synced.to(self.device)
+            rank_zero_info("MaskedPretraining: BatchNorm statistics synchronised across processes (sync_bn)")
+
+    @property
+    def _sync_bn(self) -> bool:
+        return any(getattr(m, "sync", False) for m in self.model.modules())
+
+    def normalise(self, img_b3HW: torch.Tensor) -> torch.Tensor:
+        return (img_b3HW - self.pixel_mean) / self.pixel_std
+
+    def denormalise(self, img_b3HW: torch.Tensor) -> torch.Tensor:
+        return img_b3HW.float() * self.pixel_std + self.pixel_mean
+
+    def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Mask one batch and reconstruct it -> SparkMIM's outputs + `active_b1hw` + the mask statistics."""
+        img_b3HW = self.normalise(batch["image"])
+        # ROI (input resolution) -> visible cells on the encoder grid, sampled on this device
+        grid_hw = self.model.grid_hw(tuple(img_b3HW.shape[-2:]))
+        active_b1hw, stats = self.masking(batch["roi"], grid_hw, generator=generator)
+        out = self.model(img_b3HW, active_b1hw)
+        return {**out, **stats, "active_b1hw": active_b1hw}
+
+    # ------------------------------------------------------------------ steps
+    def _mask_generator(self, *where: int | str) -> torch.Generator:
+        return seeded_generator(self.device, self.hparams.seed, "mask", *where, self.global_rank)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        out = self(batch, self._mask_generator("train", self.current_epoch, batch_idx))
+        self.log("train/loss", out["loss"], prog_bar=True)
+        for name in MASK_STATS:
+            self.log(name, out[name])
+        groups = self.trainer.optimizers[0].param_groups  # the values this step's update uses
+        self.log("lr", groups[0]["lr"])
+        self.log("wd", max(g["weight_decay"] for g in groups))
+        # recon and mask go to callbacks (ReconstructionPanel) through `outputs`; no second forward pass
+        return {"loss": out["loss"], "recon_b3HW": out["recon_b3HW"].detach(), "active_b1hw": out["active_b1hw"]}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # the same masks every epoch, so validation losses are comparable across epochs
+        out = self(batch, self._mask_generator("val", batch_idx))
+        self.log("val/loss", out["loss"], sync_dist=True, batch_size=batch["image"].shape[0])
+        self.log("val/realised_ratio", out["mask/realised_ratio"], sync_dist=True, batch_size=batch["image"].shape[0])
+        return out["loss"]
+
+    # ------------------------------------------------------------------ optimisation
+    def effective_batch_size(self) -> int:
+        """Images per optimizer step: per-device batch x devices x nodes x gradient accumulation."""
+        trainer = self.trainer
+        datamodule = trainer.datamodule
+        per_device = getattr(datamodule, "batch_size", None)
+        if per_device is None and trainer.train_dataloader is not None:
+            per_device = trainer.train_dataloader.batch_size
+        if per_device is None:
+            raise ValueError("cannot tell the batch size to scale the learning rate: train with a datamodule "
+                             "that has `batch_size` or set model.lr")
+        return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
+
+    def learning_rate(self) -> float:
+        if self.hparams.lr is not None:
+            return self.hparams.lr
+        return self.hparams.base_lr * self.effective_batch_size() / 256
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        lr = self.learning_rate()
+        groups = param_groups_weight_decay(self.model, hp.weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY)
+        if hp.optimizer == "lamb":
+            # gradient clipping is the trainer's (gradient_clip_val), not LAMB's own global-norm clip
+            optimizer = Lamb(groups, lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, max_grad_norm=None)
+        elif hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {hp.optimizer!r}; use 'lamb' or 'adamw'")
+        # The horizon is set in on_train_start: asking the trainer for it here would build the train loader
+        # before a resumed run restores its epoch (see RoiDataModule).
+        scheduler = WarmupCosineSchedule(optimizer, weight_decay_end=hp.weight_decay_end,
+                                         min_lr_ratio=hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        trainer = self.trainer
+        total_steps = trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ValueError("the lr schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        scheduler = self.lr_schedulers()
+        scheduler.set_horizon(int(total_steps), round(self.hparams.warmup_epochs * steps_per_epoch))
+
+
+def build_masking(
+    kind: str, *, r_roi: float, r_bg: float, roi_rule: str, roi_min_fraction: float, mask_ratio: float
+) -> RandomMasking | DifferentiatedMasking:
+    if kind == "differentiated":
+        return DifferentiatedMasking(r_roi=r_roi, r_bg=r_bg, rule=roi_rule, min_fraction=roi_min_fraction)
+    if kind == "random":
+        return RandomMasking(ratio=mask_ratio)
+    raise ValueError(f"unknown masking {kind!r}; use 'differentiated' or 'random'")
