@@ -5,6 +5,7 @@ CORPUS  ?= $(WORK)/corpus
 CACHE   ?= $(WORK)/roi_cache.zarr
 LOCALIZE_CONFIG ?= $(WORK)/standins/localize.yaml
 PRETRAIN_CONFIG ?= configs/pretrain/tiny_cpu.yaml
+FINETUNE_CONFIG ?= configs/finetune/classify_tiny.yaml
 
 .PHONY: install test sample standins localize eval inspect pretrain export finetune demo bench lint
 
@@ -36,13 +37,17 @@ inspect:
 	$(PY) -m localize inspect --cache $(CACHE) --corpus $(CORPUS) --out $(WORK)/inspect
 
 pretrain:
-	$(PY) -m pretrain fit --config $(PRETRAIN_CONFIG) --data.corpus $(CORPUS) --data.cache $(CACHE)
+	$(PY) -m pretrain fit --config $(PRETRAIN_CONFIG) --data.corpus $(CORPUS) --data.cache $(CACHE) \
+	  --trainer.default_root_dir $(WORK)/pretrain
 
+# The newest last.ckpt under $(WORK)/pretrain unless PRETRAIN_CKPT is given.
 export:
-	$(PY) -m pretrain export $(WORK)/pretrain/last.ckpt --out $(WORK)/backbone.pt
+	$(PY) -m pretrain export $${PRETRAIN_CKPT:-$$(ls -t $(WORK)/pretrain/logs/version_*/checkpoints/last.ckpt | head -n 1)} \
+	  --out $(WORK)/backbone.pt
 
 finetune:
-	$(PY) -m finetune classify fit --config configs/finetune/classify_tiny.yaml
+	$(PY) -m finetune classify fit --config $(FINETUNE_CONFIG) --data.root $(CORPUS) \
+	  --trainer.default_root_dir $(WORK)/finetune --results_dir $(WORK)/results/finetune
 
 # The newcomer's end-to-end path on CPU, no network: sample corpus -> localize -> inspect -> pretrain -> probe.
 # Set LOCALIZE_CONFIG to a config with real BiomedCLIP + SAM weights to use them.
@@ -56,16 +61,17 @@ demo:
 	fi
 	$(MAKE) --no-print-directory localize eval inspect
 	$(MAKE) --no-print-directory pretrain export
-	$(PY) -m finetune classify fit --config configs/finetune/classify_tiny.yaml \
-	  --data.root $(CORPUS) --model.backbone_weights $(WORK)/backbone.pt --trainer.default_root_dir $(WORK)/finetune
+	$(PY) -m finetune classify fit --config $(FINETUNE_CONFIG) --data.root $(CORPUS) \
+	  --model.init $(WORK)/backbone.pt --model.mode linear_probe \
+	  --trainer.default_root_dir $(WORK)/finetune --results_dir $(WORK)/results/finetune
 	@echo "demo artefacts:"
 	@echo "  corpus           $(CORPUS)"
 	@echo "  ROI cache        $(CACHE)"
 	@echo "  localize eval    $(WORK)/localize_eval.json"
 	@echo "  inspect page     $(WORK)/inspect/index.html"
-	@echo "  pretraining      $(WORK)/pretrain"
+	@echo "  pretraining      $(WORK)/pretrain/logs (TensorBoard + CSV, checkpoints, panels)"
 	@echo "  backbone         $(WORK)/backbone.pt"
-	@echo "  linear probe     $(WORK)/finetune"
+	@echo "  linear probe     $(WORK)/results/finetune (results JSON + confusion matrix)"
 
 bench:
 	$(PY) bench/cache_io.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from localize.config import SALIENCY_DEFAULTS, ConfigError, LocalizeConfig
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("localize", "data"):
         logging.getLogger(name).setLevel(logging.INFO)
+    # Dask's scheduler/nanny start-stop chatter; read by distributed at import, inherited by local workers.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     if argv and argv[0] == "stand-ins":
         from localize.standins import standins_main
 
