@@ -51,6 +51,15 @@ def test_m2ib_is_deterministic_given_its_seed(clip, batch):
     assert not torch.allclose(first, other_seed, atol=1e-3)
 
 
+def test_m2ib_prefix_reuse_equals_the_full_tower_every_step(clip, batch):
+    images, text = batch
+    reused = M2IBSaliency(layer=3, steps=4).run(clip.model, images, text)
+    full = M2IBSaliency(layer=3, steps=4, reuse_prefix=False).run(clip.model, images, text)
+    torch.testing.assert_close(reused.saliency_bphw, full.saliency_bphw, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(reused.loss_s, full.loss_s, atol=1e-5, rtol=1e-4)
+    assert "reuse_prefix" not in M2IBSaliency().provenance()
+
+
 def test_m2ib_really_optimises_its_mask(clip, batch):
     images, text = batch
     run = M2IBSaliency(layer=3, steps=10).run(clip.model, images[:1], text[:1])

@@ -13,6 +13,8 @@ Choices (documented differences to the authors' release):
   - One noise sample per step (the release averages 10 copies); the noise is drawn once from a generator seeded
     by ``seed`` and shared by every item, so a batched result equals the one-image result.
   - The map is read at the final lambda (after the last update).
+  - The blocks before the bottleneck do not depend on the mask, so they run once and each step runs only the rest
+    of the tower (``reuse_prefix``; checked against the model's own embedding, else the whole tower runs per step).
   - ``layer`` counts blocks from 0 (the release's layer 7 of 12 is ``layer=7``); a layer beyond the tower's depth
     is clamped to the last block with a warning.
 """
@@ -55,6 +57,22 @@ class _BottleneckHook:
         return self.bottleneck(out_ntc, self.eps_stc[self.step])
 
 
+class _VisionSuffix(nn.Module):
+    """The vision tower after block `layer`: remaining blocks, final norm, timm head (pooling), open_clip head.
+
+    `bottleneck_site` is an identity module at its entrance where the bottleneck hook attaches.
+    """
+
+    def __init__(self, model: nn.Module, trunk: nn.Module, layer: int) -> None:
+        super().__init__()
+        self.bottleneck_site = nn.Identity()
+        self._parts = (trunk.blocks[layer + 1 :], trunk.norm, trunk.forward_head, model.visual.head)
+
+    def forward(self, feat_ntc: torch.Tensor) -> torch.Tensor:
+        blocks, norm, trunk_head, clip_head = self._parts
+        return clip_head(trunk_head(norm(blocks(self.bottleneck_site(feat_ntc)))))
+
+
 @dataclass(frozen=True)
 class M2IBRun:
     """Everything one M2IB call learnt: saliency (B,P,H,W), final lambda (B*P,T,C), loss per step (steps,)."""
@@ -75,6 +93,8 @@ class M2IBSaliency:
     lr: float = 1.0
     seed: int = 0
     noise_stats: str = "empirical"
+    # Run the blocks before `layer` once instead of every step (exact, so not part of the provenance).
+    reuse_prefix: bool = True
 
     def __post_init__(self) -> None:
         if self.layer < 0 or self.steps < 1 or self.noise_var <= 0 or self.lr <= 0 or self.beta < 0:
@@ -84,7 +104,9 @@ class M2IBSaliency:
 
     def provenance(self, model: nn.Module | None = None) -> dict:
         """Method and parameters; with ``model``, also the block actually used (``effective_layer``)."""
-        described = {"method": "m2ib", "gradient_free": False, **asdict(self)}
+        params = asdict(self)
+        params.pop("reuse_prefix")  # a speed option: results are identical either way
+        described = {"method": "m2ib", "gradient_free": False, **params}
         if model is not None:
             described["effective_layer"] = self.effective_layer(model)
         return described
@@ -110,8 +132,15 @@ class M2IBSaliency:
         # 1. The layer's clean output -> per-image standardisation statistics.
         captured: list[torch.Tensor] = []
         with torch.no_grad(), autocast_for(device), forward_hook(block, lambda m, i, out: captured.append(out)):
-            model.encode_image(images_b3hw)
+            clean_bd = model.encode_image(images_b3hw)
         feat_btc = captured[0].float()
+        # The blocks up to `layer` do not depend on the mask: run only the rest of the tower per step when that
+        # reproduces the model's own embedding (timm ViT + open_clip head); otherwise re-run the whole tower.
+        suffix = _VisionSuffix(model, trunk, self.effective_layer(model))
+        use_suffix = False
+        if self.reuse_prefix:
+            with torch.no_grad(), autocast_for(device):
+                use_suffix = torch.allclose(suffix(captured[0]).float(), clean_bd.float(), rtol=1e-3, atol=1e-4)
         if self.noise_stats == "empirical":
             mean_b1c = feat_btc.mean(dim=1, keepdim=True)
             std_b1c = feat_btc.std(dim=1, keepdim=True).clamp_min(1e-6)
@@ -130,12 +159,13 @@ class M2IBSaliency:
 
         # 3. Optimise the mask: the hook swaps the block's output for the bottleneck's z.
         hook = _BottleneckHook(bottleneck, eps_stc)
+        feat_ntc = captured[0].repeat_interleave(n_txt, 0) if use_suffix else None
         losses = []
-        with forward_hook(block, hook):
+        with forward_hook(block if not use_suffix else suffix.bottleneck_site, hook):
             for step in range(self.steps):
                 hook.step = step
                 with torch.enable_grad(), autocast_for(device):
-                    image_nd = model.encode_image(images_n3hw)
+                    image_nd = suffix(feat_ntc) if use_suffix else model.encode_image(images_n3hw)
                     fitting_n = F.cosine_similarity(image_nd.float(), text_nd, dim=-1)
                     # Sum over items: each item's gradient reaches only its own mask, so batching changes nothing.
                     loss = (self.beta * hook.capacity_ntc.mean(dim=(1, 2)) - fitting_n).sum()

@@ -1,0 +1,84 @@
+"""Real-size, random-weight BiomedCLIP and SAM checkpoints for timing (no trained weights needed to measure speed).
+
+``write_real_size_models(out_dir) -> (clip_spec, sam_spec)`` writes, in the same on-disk layouts a user's downloaded
+checkpoints have, and returns the specs the project's loaders take (``load_biomedclip`` / ``load_sam``):
+
+    biomedclip/   open_clip_config.json  open_clip_model.safetensors   BiomedCLIP's architecture: timm
+                  config.json  vocab.txt  tokenizer.json ...           vit_base_patch16_224 (pool '', linear proj),
+                                                                       BERT-base text tower (mlp proj, CLS pooler,
+                                                                       context 256), embed_dim 512
+    sam_vit_b_random.pth                                               segment_anything's vit_b, built without a
+                                                                       checkpoint
+
+Only the text vocabulary is cut (a few hundred tokens built from the prompts, as the stand-ins do): its size only
+changes the embedding lookup, not the cost of a forward pass. Outputs are meaningless; use for timing only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from localize.prompts import DEFAULT_PROMPTS_PATH, PromptConfig
+from localize.standins import OPENAI_MEAN, OPENAI_STD, SPECIAL_TOKENS
+
+# microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224's open_clip_config.json (model part).
+BIOMEDCLIP_EMBED_DIM = 512
+BIOMEDCLIP_VISION_CFG = {"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": False,
+                         "timm_pool": "", "timm_proj": "linear", "image_size": 224}
+BIOMEDCLIP_CONTEXT_LENGTH = 256
+# BiomedBERT-base (PubMedBERT) sizes, vocabulary aside.
+BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+             "max_position_embeddings": 512, "type_vocab_size": 2}
+
+
+def write_real_size_models(out_dir: str | Path, seed: int = 0) -> tuple[str, str]:
+    """Write random-weight BiomedCLIP (ViT-B/16 + BERT-base) and SAM vit_b; returns (clip spec, sam spec)."""
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
+        torch.manual_seed(seed)
+        clip_dir = write_real_size_biomedclip(out / "biomedclip", PromptConfig.load(DEFAULT_PROMPTS_PATH).all_prompts())
+        sam_ckpt = write_random_sam_vit_b(out / "sam_vit_b_random.pth")
+    return f"local-dir:{clip_dir}", f"vit_b:{sam_ckpt}"
+
+
+def write_real_size_biomedclip(folder: Path, vocabulary: list[str] = ()) -> Path:
+    """A local-dir folder in BiomedCLIP's hub layout, real architecture, random weights, small vocabulary."""
+    import open_clip
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for text in vocabulary for w in text.lower().split()})
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars), *(w for w in words if w not in chars)]
+    BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertConfig(vocab_size=len(vocab), **BERT_BASE).save_pretrained(folder)
+    clip_config = {
+        "model_cfg": {
+            "embed_dim": BIOMEDCLIP_EMBED_DIM,
+            "vision_cfg": BIOMEDCLIP_VISION_CFG,
+            "text_cfg": {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "hf_proj_type": "mlp",
+                         "hf_pooler_type": "cls_last_hidden_state_pooler",
+                         "context_length": BIOMEDCLIP_CONTEXT_LENGTH},
+        },
+        "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)},
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(clip_config, indent=2), encoding="utf-8")
+    # No weights file yet: open_clip builds the randomly initialised model from the config alone.
+    model = open_clip.create_model(f"local-dir:{folder}", pretrained_text=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    return folder
+
+
+def write_random_sam_vit_b(checkpoint: Path) -> Path:
+    """segment_anything's vit_b with its own random initialisation, saved as a plain state dict."""
+    from segment_anything import sam_model_registry
+
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sam_model_registry["vit_b"](checkpoint=None).state_dict(), checkpoint)
+    return checkpoint
