@@ -73,8 +73,11 @@ demo:
 	@echo "  backbone         $(WORK)/backbone.pt"
 	@echo "  linear probe     $(WORK)/results/finetune (results JSON + confusion matrix)"
 
+# Each prints one JSON object; ratios are against baselines measured in the same run.
 bench:
 	$(PY) bench/cache_io.py
+	$(PY) bench/pretrain_step.py
+	$(PY) bench/localize.py --size tiny
 
 lint:
 	$(PY) -m ruff check .

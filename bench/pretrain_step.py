@@ -1,0 +1,174 @@
+"""One MWM pretraining step against one dense supervised step of the same timm backbone.
+
+Prints one JSON object. The MWM step is differentiated mask sampling + SparkMIM forward + backward +
+optimizer step; the baseline is `timm.create_model(backbone)` with a classification loss, same batch,
+input size and optimizer, measured in the same run. The two are interleaved step by step after warm-up so
+that load from other processes hits both alike; medians are reported.
+
+    python bench/pretrain_step.py [--backbone resnet18] [--size 128] [--batch 16] [--steps 20] [--device auto]
+
+`step_ratio_vs_dense` = MWM step time / dense step time; `mask_share` = mask sampling time / MWM step time.
+With `--corpus DIR --cache CACHE.zarr`, `loader_images_per_s` is the throughput of a DataLoader over
+`data.dataset.RoiDataset` with the pretraining augmentation (2 workers), measured before the steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import timm
+import torch
+import torch.nn.functional as F
+
+from pretrain.masking import DifferentiatedMasking
+from pretrain.spark import SparkMIM
+
+
+def synthetic_batch(batch: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fixed random images, one elliptic ROI per image (a few images with an empty ROI), random labels."""
+    gen = torch.Generator().manual_seed(seed)
+    img = torch.rand(batch, 3, size, size, generator=gen)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    centre = torch.rand(batch, 2, generator=gen) * 0.5 + 0.25
+    radius = torch.rand(batch, 2, generator=gen) * 0.25 + 0.05
+    inside = ((yy - centre[:, 0, None, None]) / radius[:, 0, None, None]) ** 2 + \
+             ((xx - centre[:, 1, None, None]) / radius[:, 1, None, None]) ** 2 < 1
+    inside[::8] = False  # empty ROIs occur in real caches
+    labels = torch.randint(0, 10, (batch,), generator=gen)
+    return img, inside[:, None].to(torch.uint8), labels
+
+
+def loader_images_per_s(corpus: str, cache: str, size: int, batch: int, batches: int, workers: int) -> float:
+    """Images/s of the pretraining input pipeline (decode + ROI read + joint augmentation + collate)."""
+    from torch.utils.data import DataLoader
+
+    from data.dataset import RoiDataset
+    from pretrain.datamodule import joint_augmentation
+
+    dataset = RoiDataset(corpus, cache=cache, transform=joint_augmentation(size, (0.5, 1.0), (3 / 4, 4 / 3), 0.5))
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                        persistent_workers=workers > 0)
+    if len(loader) < 2:
+        raise ValueError(f"{corpus}: too few cached items for batches of {batch}")
+    n_images, t0 = 0, None
+    while n_images < batches * batch:  # as many epochs as needed
+        for items in loader:
+            if t0 is None:  # the first batch pays for the worker start-up
+                t0 = time.perf_counter()
+                continue
+            n_images += items["image"].shape[0]
+            if n_images >= batches * batch:
+                break
+    return n_images / (time.perf_counter() - t0)
+
+
+def make_optimizer(name: str, params) -> torch.optim.Optimizer:
+    if name == "lamb":
+        return timm.optim.Lamb(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.04)
+    return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.04)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps of each kind (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--decoder-width", type=int, default=512)
+    parser.add_argument("--optimizer", choices=["adamw", "lamb"], default="adamw")
+    parser.add_argument("--r-roi", type=float, default=0.8)
+    parser.add_argument("--r-bg", type=float, default=0.4)
+    parser.add_argument("--corpus", help="corpus folder: also measure the DataLoader (needs --cache)")
+    parser.add_argument("--cache", help="ROI cache of the corpus (.zarr)")
+    parser.add_argument("--loader-batches", type=int, default=20)
+    args = parser.parse_args()
+    if bool(args.corpus) != bool(args.cache):
+        parser.error("--corpus and --cache go together")
+
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    torch.manual_seed(0)
+    loader = (loader_images_per_s(args.corpus, args.cache, args.size, args.batch, args.loader_batches, workers=2)
+              if args.corpus else None)
+
+    mim = SparkMIM(args.backbone, input_size=args.size, decoder_width=args.decoder_width).to(device).train()
+    dense = timm.create_model(args.backbone, num_classes=10).to(device).train()
+    mim_opt, dense_opt = make_optimizer(args.optimizer, mim.parameters()), make_optimizer(args.optimizer,
+                                                                                         dense.parameters())
+    masking = DifferentiatedMasking(args.r_roi, args.r_bg)
+    img, roi, labels = (t.to(device) for t in synthetic_batch(args.batch, args.size))
+    grid_hw = mim.grid_hw((args.size, args.size))
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def mwm_step() -> tuple[float, float]:
+        sync()
+        t0 = time.perf_counter()
+        active, _ = masking(roi, grid_hw, generator=gen)
+        sync()
+        t1 = time.perf_counter()
+        with autocast:
+            loss = mim(img, active)["loss"]
+        loss.backward()
+        mim_opt.step()
+        mim_opt.zero_grad(set_to_none=True)
+        sync()
+        return time.perf_counter() - t0, t1 - t0
+
+    def dense_step() -> float:
+        sync()
+        t0 = time.perf_counter()
+        with autocast:
+            loss = F.cross_entropy(dense(img), labels)
+        loss.backward()
+        dense_opt.step()
+        dense_opt.zero_grad(set_to_none=True)
+        sync()
+        return time.perf_counter() - t0
+
+    step_s, mask_s, dense_s = [], [], []
+    for i in range(args.warmup + args.steps):
+        # alternate the order so neither kind always runs right after the other
+        order = (mwm_step, dense_step) if i % 2 == 0 else (dense_step, mwm_step)
+        for fn in order:
+            result = fn()
+            if i < args.warmup:
+                continue
+            if fn is mwm_step:
+                step_s.append(result[0])
+                mask_s.append(result[1])
+            else:
+                dense_s.append(result)
+
+    step, dense_step_s, mask = statistics.median(step_s), statistics.median(dense_s), statistics.median(mask_s)
+    result = {
+        "step_ratio_vs_dense": round(step / dense_step_s, 3),
+        "mask_share": round(mask / step, 4),
+        "step_images_per_s": round(args.batch / step, 2),
+        "dense_images_per_s": round(args.batch / dense_step_s, 2),
+        "step_s_median": round(step, 4),
+        "dense_s_median": round(dense_step_s, 4),
+        "mask_ms_median": round(mask * 1e3, 3),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({args.threads} threads)",
+        "config": {"backbone": args.backbone, "size": args.size, "batch": args.batch, "steps": args.steps,
+                   "warmup": args.warmup, "decoder_width": args.decoder_width, "optimizer": args.optimizer,
+                   "r_roi": args.r_roi, "r_bg": args.r_bg, "autocast": "bf16" if device.type == "cuda" else "fp32",
+                   "torch": torch.__version__, "timm": timm.__version__},
+    }
+    if loader is not None:
+        result["loader_images_per_s"] = round(loader, 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

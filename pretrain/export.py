@@ -1,0 +1,137 @@
+"""Export the pretrained encoder as a plain timm state dict, and load it back into a timm model.
+
+The exported file is what `torch.save(state_dict)` writes: tensors under the names of
+`timm.create_model(backbone)`, classifier head absent. Loading it with `strict=False` reports no unexpected
+key and, as missing, exactly the head: `fc.*` for ResNets, `head.norm.*` and `head.fc.*` for ConvNeXts (the
+head LayerNorm is not used by pretraining and stays freshly initialised). `load_backbone` does that load and
+checks it. A JSON sidecar (`<out>.json`) records the backbone name and the export summary.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from pretrain.spark import ENCODER_PREFIX
+from pretrain.sparse_encoder import build_timm_trunk
+
+# The LightningModule keeps SparkMIM at attribute `model`.
+CHECKPOINT_PREFIX = "model." + ENCODER_PREFIX
+
+
+def head_keys(backbone: str) -> set[str]:
+    """Keys of `timm.create_model(backbone)` that the exported encoder does not have (the classifier head)."""
+    with torch.device("meta"):  # names only: no memory, no init time
+        full = timm.create_model(backbone, pretrained=False)
+        trunk, _ = build_timm_trunk(backbone)
+    return set(full.state_dict()) - set(trunk.state_dict())
+
+
+def backbone_from_hparams(hparams: Mapping[str, Any], source: str) -> str:
+    """The timm name saved by the LightningModule: hparams['backbone'] or hparams['model']['backbone']."""
+    if isinstance(hparams.get("backbone"), str):
+        return hparams["backbone"]
+    model = hparams.get("model")
+    if isinstance(model, Mapping) and isinstance(model.get("backbone"), str):
+        return model["backbone"]
+    raise ValueError(f"{source}: cannot tell the backbone: the checkpoint's hyper_parameters have neither "
+                     f"'backbone' nor 'model.backbone' (keys: {sorted(hparams)})")
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        # Lightning stores Path-typed hyper-parameters (e.g. corpus folders) as pathlib objects
+        with torch.serialization.safe_globals([pathlib.PosixPath, pathlib.WindowsPath]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file and the reason
+        raise ValueError(f"{path}: cannot load as a weights-only checkpoint ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0]})") from err
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), Mapping):
+        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    return ckpt
+
+
+def check_timm_compatible(state_dict: Mapping[str, torch.Tensor], backbone: str, source: str) -> list[str]:
+    """Load `state_dict` into `timm.create_model(backbone)` (non-strict); raise unless the only problem is
+    the documented missing head. Returns the missing (head) keys."""
+    with torch.device("meta"):
+        model = timm.create_model(backbone, pretrained=False)
+    return _checked_load(model, state_dict, backbone, source, assign=True)
+
+
+def _checked_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor], backbone: str, source: str,
+                  assign: bool = False) -> list[str]:
+    try:
+        result = model.load_state_dict(state_dict, strict=False, assign=assign)
+    except RuntimeError as err:  # shape mismatches raise even when not strict
+        raise ValueError(f"{source}: weights do not fit timm '{backbone}': {str(err).splitlines()[-1].strip()}") \
+            from err
+    unexpected, missing = list(result.unexpected_keys), sorted(result.missing_keys)
+    not_head = sorted(set(missing) - head_keys(backbone))
+    if unexpected or not_head:
+        raise ValueError(f"{source}: weights do not fit timm '{backbone}': unexpected keys {unexpected[:5]}, "
+                         f"missing non-head keys {not_head[:5]}")
+    return missing
+
+
+def export_backbone(ckpt_path: str | Path, out_path: str | Path) -> dict[str, Any]:
+    """Write the encoder of a pretraining checkpoint as a plain timm state dict; return a summary.
+
+    The checkpoint is a Lightning checkpoint whose module holds `SparkMIM` at attribute `model` and saved the
+    timm name as hyper-parameter `backbone` (or `model.backbone`). Loaded with `weights_only=True`.
+    """
+    ckpt_path, out_path = Path(ckpt_path), Path(out_path)
+    ckpt = _load_checkpoint(ckpt_path)
+    backbone = backbone_from_hparams(ckpt.get("hyper_parameters") or {}, str(ckpt_path))
+    state_dict = {k[len(CHECKPOINT_PREFIX):]: v for k, v in ckpt["state_dict"].items()
+                  if k.startswith(CHECKPOINT_PREFIX)}
+    if not state_dict:
+        raise ValueError(f"{ckpt_path}: no weights under '{CHECKPOINT_PREFIX}' (is SparkMIM stored at the "
+                         "LightningModule's attribute 'model'?)")
+    missing = check_timm_compatible(state_dict, backbone, str(ckpt_path))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state_dict, out_path)
+    summary = {
+        "backbone": backbone,
+        "out": str(out_path),
+        "source": ckpt_path.name,
+        "epoch": ckpt.get("epoch"),
+        "global_step": ckpt.get("global_step"),
+        "n_tensors": len(state_dict),
+        "n_parameters": int(sum(v.numel() for k, v in state_dict.items() if v.is_floating_point()
+                                and not k.endswith(("running_mean", "running_var")))),
+        "missing_in_timm_model": missing,
+    }
+    sidecar_path(out_path).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def sidecar_path(out_path: str | Path) -> Path:
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + ".json")
+
+
+def load_backbone(path: str | Path, backbone: str | None = None, num_classes: int = 0, **timm_kwargs) -> nn.Module:
+    """A `timm.create_model(backbone, num_classes=num_classes, **timm_kwargs)` with the exported weights.
+
+    `backbone` defaults to the one recorded in the export's JSON sidecar. The load is checked: no unexpected
+    key, and missing keys only in the head (none at all for a ResNet with num_classes=0).
+    """
+    path = Path(path)
+    if backbone is None:
+        meta = sidecar_path(path)
+        if not meta.is_file():
+            raise ValueError(f"{path}: no sidecar {meta.name}; pass the backbone name")
+        backbone = json.loads(meta.read_text())["backbone"]
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    model = timm.create_model(backbone, pretrained=False, num_classes=num_classes, **timm_kwargs)
+    _checked_load(model, state_dict, backbone, str(path))
+    return model

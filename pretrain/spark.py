@@ -1,0 +1,126 @@
+"""SparK masked image modelling: sparse encoder -> densify -> light decoder -> loss on masked patches."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from pretrain.decoder import Densify, LightDecoder
+from pretrain.sparse_encoder import SparseEncoder
+
+# Prefix of the timm encoder's keys in `SparkMIM.state_dict()` (export strips it).
+ENCODER_PREFIX = "encoder.model."
+_PATCH_EPS = 1e-6
+
+
+class PatchTarget(NamedTuple):
+    """Per-patch normalised input and the per-patch statistics, shaped (B,C,h,1,w,1) to broadcast over
+    the patchified image (B,C,h,p,w,p)."""
+    normalised_bchpwp: torch.Tensor
+    mean_bch1w1: torch.Tensor
+    std_bch1w1: torch.Tensor
+
+
+def patch_target(img_bCHW: torch.Tensor, patch: int) -> PatchTarget:
+    """Normalise each p x p patch of each channel to zero mean, unit variance (unbiased var + 1e-6).
+
+    SparK normalises a patch over all its channels jointly; here each channel of a patch is normalised on
+    its own. For grey images repeated to 3 channels (our medical inputs) the two are identical.
+    """
+    b, c, H, W = img_bCHW.shape
+    if H % patch or W % patch:
+        raise ValueError(f"image size {(H, W)} is not a multiple of the patch size {patch}")
+    x = img_bCHW.float().reshape(b, c, H // patch, patch, W // patch, patch)
+    mean = x.mean(dim=(3, 5), keepdim=True)
+    std = (x.var(dim=(3, 5), keepdim=True) + _PATCH_EPS).sqrt()
+    return PatchTarget((x - mean) / std, mean, std)
+
+
+def masked_patch_loss(pred_bCHW: torch.Tensor, target: PatchTarget,
+                      active_b1hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MSE between the prediction and the per-patch normalised input, on masked patches only.
+
+    Returns (loss over all masked patches of the batch, loss per image (B,) over its masked patches; 0 for an
+    image with none). Visible patches take no part: neither their prediction nor their target matters.
+    """
+    b, c, h, p, w, _ = target.normalised_bchpwp.shape
+    pred = pred_bCHW.float().reshape(b, c, h, p, w, p)
+    err_bhw = (pred - target.normalised_bchpwp).square().mean(dim=(1, 3, 5))
+    masked_bhw = ~active_b1hw[:, 0]
+    err_bhw = torch.where(masked_bhw, err_bhw, 0.0)  # where, not a product: a visible patch cannot even add NaN
+    n_masked_b = masked_bhw.sum(dim=(1, 2)).float()
+    loss = err_bhw.sum() / n_masked_b.sum().clamp_min(1.0)
+    loss_per_image_b = err_bhw.sum(dim=(1, 2)) / n_masked_b.clamp_min(1.0)
+    return loss, loss_per_image_b
+
+
+class SparkMIM(nn.Module):
+    """SparK-style masked image modelling on a timm convnet.
+
+    Args:
+        backbone: timm model name with hierarchical features (resnet18/50, convnext_tiny/small, ...).
+        input_size: default training input side (multiple of the downsample ratio, 32).
+        decoder_width: decoder channels at the coarsest level (stride 32); they halve at each finer level
+            (min 8).
+        sync_bn: all-reduce BatchNorm statistics over DDP processes (use this, not Trainer(sync_batchnorm)).
+
+    Inputs to `forward` are images (B,3,H,W) normalised as the caller wishes (the loss target is the same
+    image, normalised per patch) and the visible-cell mask (B,1,H/32,W/32), True = visible. The encoder
+    zeroes masked pixels itself. Decoder: `pretrain.decoder.LightDecoder` (x2 upsampling blocks with skips
+    up to stride 4, then a pixel-shuffle head). `loss` averages over all masked patches of the batch, as
+    SparK does; `loss_per_image_b` averages over each image's own masked patches.
+    """
+
+    def __init__(self, backbone: str = "resnet50", input_size: int = 224, decoder_width: int = 512,
+                 sync_bn: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.encoder = SparseEncoder(backbone, sync_bn=sync_bn)
+        self.downsample_ratio: int = self.encoder.downsample_ratio
+        self.input_size = input_size
+        self.grid_hw((input_size, input_size))  # validates input_size
+        enc_channels = self.encoder.channels[::-1]  # coarse to fine
+        widths = [max(decoder_width // 2**i, 8) for i in range(len(enc_channels))]
+        self.densify = Densify(enc_channels, widths, norm="layer" if self.encoder.uses_layer_norm else "batch",
+                               sync_bn=sync_bn)
+        self.decoder = LightDecoder(widths, head_upsample=self.encoder.reductions[0], out_channels=3,
+                                    sync_bn=sync_bn)
+
+    def grid_hw(self, input_hw: tuple[int, int]) -> tuple[int, int]:
+        """Mask grid (h, w) for an input of size `input_hw`."""
+        return self.encoder.grid_hw(tuple(input_hw))
+
+    def forward(self, img_b3HW: torch.Tensor, active_b1hw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """-> dict(loss, recon_b3HW, loss_per_image_b); see `masked_patch_loss` and `reconstruction`."""
+        # 1. encode the visible cells: sparse features, zero at masked positions, fine to coarse
+        feats_bchw = self.encoder(img_b3HW, active_b1hw)
+        # 2. densify, coarsest first: masked positions get a learned mask token
+        dense_bchw = self.densify(feats_bchw[::-1], active_b1hw)
+        # 3. decode to an image of per-patch normalised pixels
+        pred_b3HW = self.decoder(dense_bchw)
+        # 4. loss on masked patches only
+        target = patch_target(img_b3HW, self.downsample_ratio)
+        loss, loss_per_image_b = masked_patch_loss(pred_b3HW, target, active_b1hw)
+        with torch.no_grad():
+            recon_b3HW = self.reconstruction(pred_b3HW, img_b3HW, target, active_b1hw)
+        return {"loss": loss, "recon_b3HW": recon_b3HW, "loss_per_image_b": loss_per_image_b.detach()}
+
+    def reconstruction(self, pred_b3HW: torch.Tensor, img_b3HW: torch.Tensor, target: PatchTarget,
+                       active_b1hw: torch.Tensor) -> torch.Tensor:
+        """Prediction brought back to pixel values with each patch's own mean/std; visible patches are the
+        input itself (for visualisation)."""
+        b, c, h, p, w, _ = target.normalised_bchpwp.shape
+        pred = pred_b3HW.float().reshape(b, c, h, p, w, p) * target.std_bch1w1 + target.mean_bch1w1
+        pred_b3HW = pred.reshape(img_b3HW.shape)
+        active_b1HW = active_b1hw.repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
+        return torch.where(active_b1HW, img_b3HW.float(), pred_b3HW).to(img_b3HW.dtype)
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """The encoder's weights with plain timm names (classifier head absent).
+
+        `timm.create_model(backbone).load_state_dict(sd, strict=False)` reports no unexpected key and, as
+        missing, only the head: `fc.*` for ResNets; `head.norm.*` and `head.fc.*` for ConvNeXts (their head
+        LayerNorm is not used by the pretraining). See `pretrain.export.load_backbone` for a checked load.
+        """
+        return {k: v.detach().clone() for k, v in self.encoder.model.state_dict().items()}

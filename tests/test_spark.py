@@ -1,0 +1,157 @@
+"""SparkMIM: the masked-patch loss, the reconstruction, and that optimisation reduces the loss."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain.masking import DifferentiatedMasking, sample_random_mask
+from pretrain.spark import SparkMIM, masked_patch_loss, patch_target
+from pretrain.sparse_norm import SparseBatchNorm2d, SparseLayerNorm
+
+P = 32
+
+
+def reference_loss(pred: np.ndarray, img: np.ndarray, active: np.ndarray) -> tuple[float, list[float]]:
+    """Patch by patch, channel by channel, in float64."""
+    total, count, per_image = 0.0, 0, []
+    for b in range(img.shape[0]):
+        errs = []
+        for i in range(active.shape[2]):
+            for j in range(active.shape[3]):
+                if active[b, 0, i, j]:
+                    continue
+                sl = (b, slice(None), slice(i * P, (i + 1) * P), slice(j * P, (j + 1) * P))
+                x, y = img[sl].reshape(3, -1), pred[sl].reshape(3, -1)
+                t = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, ddof=1, keepdims=True) + 1e-6)
+                errs.append(((y - t) ** 2).mean())
+        total, count = total + sum(errs), count + len(errs)
+        per_image.append(float(np.mean(errs)) if errs else 0.0)
+    return total / max(count, 1), per_image
+
+
+@pytest.fixture()
+def batch():
+    gen = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 3, 64, 96, generator=gen) * torch.rand(3, 3, 1, 1, generator=gen) * 4
+    pred = torch.randn(3, 3, 64, 96, generator=gen)
+    active = torch.tensor([[[1, 0, 0], [0, 1, 1]], [[1, 1, 1], [1, 1, 1]], [[0, 0, 1], [0, 0, 0]]],
+                          dtype=torch.bool)[:, None]
+    return img, pred, active
+
+
+def test_loss_matches_a_patch_by_patch_reference(batch):
+    img, pred, active = batch
+    loss, per_image = masked_patch_loss(pred, patch_target(img, P), active)
+    ref, ref_per_image = reference_loss(pred.double().numpy(), img.double().numpy(), active.numpy())
+    assert loss.item() == pytest.approx(ref, rel=1e-4)
+    assert per_image.tolist() == pytest.approx(ref_per_image, rel=1e-4)
+    assert per_image[1] == 0.0  # no masked patch in image 1
+
+
+def test_loss_ignores_visible_patches(batch):
+    img, pred, active = batch
+    loss = masked_patch_loss(pred, patch_target(img, P), active)[0]
+    visible = active.repeat_interleave(P, 2).repeat_interleave(P, 3).expand_as(img)
+    # any prediction at visible patches, even NaN, changes nothing
+    pred_changed = torch.where(visible, torch.full_like(pred, float("nan")), pred)
+    assert masked_patch_loss(pred_changed, patch_target(img, P), active)[0].item() == loss.item()
+    # nor does the target at visible patches: normalisation is per patch
+    img_changed = torch.where(visible, torch.rand_like(img) * 100, img)
+    assert masked_patch_loss(pred, patch_target(img_changed, P), active)[0].item() == pytest.approx(loss.item())
+    # a masked patch's prediction does count
+    pred_masked = pred.clone()
+    pred_masked[0, :, :P, P:2 * P] += 1.0  # image 0, cell (0, 1) is masked
+    assert masked_patch_loss(pred_masked, patch_target(img, P), active)[0].item() > loss.item() + 1e-3
+
+
+def test_target_is_normalised_per_masked_patch_and_channel(batch):
+    img, pred, active = batch
+    loss = masked_patch_loss(pred, patch_target(img, P), active)[0]
+    img_affine = img.clone()
+    img_affine[2, 0, :P, :P] = img_affine[2, 0, :P, :P] * 7.0 + 3.0  # one channel of one masked patch
+    img_affine[2, 1, P:, P:2 * P] -= 5.0
+    assert masked_patch_loss(pred, patch_target(img_affine, P), active)[0].item() == pytest.approx(loss.item(),
+                                                                                                rel=1e-5)
+    target = patch_target(img, P).normalised_bchpwp
+    assert torch.allclose(target.mean(dim=(3, 5)), torch.zeros(()), atol=1e-5)
+
+
+def test_reconstruction_pastes_visible_patches_and_denormalises(batch):
+    img, _, active = batch
+    model = SparkMIM("resnet18", input_size=64, decoder_width=32)
+    target = patch_target(img, P)
+    perfect_pred = target.normalised_bchpwp.reshape(img.shape)
+    recon = model.reconstruction(perfect_pred, img, target, active)
+    torch.testing.assert_close(recon, img, rtol=1e-4, atol=1e-4)
+    assert masked_patch_loss(perfect_pred, target, active)[0].item() == pytest.approx(0.0, abs=1e-8)
+    recon_zero = model.reconstruction(torch.zeros_like(img), img, target, active)
+    visible = active.repeat_interleave(P, 2).repeat_interleave(P, 3).expand_as(img)
+    assert torch.equal(recon_zero[visible], img[visible])
+    mean_image = target.mean_bch1w1.expand_as(target.normalised_bchpwp).reshape(img.shape)
+    torch.testing.assert_close(recon_zero[~visible], mean_image[~visible])
+
+
+def test_forward_outputs_and_gradients():
+    model = SparkMIM("resnet18", input_size=64, decoder_width=64)
+    assert model.downsample_ratio == 32 and model.grid_hw((64, 96)) == (2, 3)
+    img = torch.rand(2, 3, 64, 96)
+    active = sample_random_mask(2, (2, 3), 0.5, generator=torch.Generator().manual_seed(0))
+    out = model(img, active)
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    assert out["recon_b3HW"].shape == img.shape and out["loss_per_image_b"].shape == (2,)
+    out["loss"].backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert model.encoder.model.conv1.weight.grad.abs().sum() > 0
+    assert all(t.grad.abs().sum() > 0 for t in model.densify.mask_tokens)
+    with pytest.raises(ValueError, match="multiple"):
+        SparkMIM("resnet18", input_size=100)
+
+
+def test_convnext_uses_layer_norm_densify():
+    model = SparkMIM("convnext_tiny", input_size=64, decoder_width=32)
+    assert all(isinstance(n, SparseLayerNorm) for n in model.densify.norms)
+    img = torch.rand(2, 3, 64, 64)
+    roi = torch.zeros(2, 1, 64, 64)
+    roi[0, :, :20, :20] = 1
+    active, _ = DifferentiatedMasking(0.8, 0.4)(roi, model.grid_hw((64, 64)))
+    out = model(img, active)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and model.encoder.model.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_sync_bn_flag_reaches_every_batch_norm():
+    model = SparkMIM("resnet18", input_size=64, decoder_width=32, sync_bn=True)
+    bns = [m for m in model.modules() if isinstance(m, SparseBatchNorm2d)]
+    assert bns and all(m.sync for m in bns)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def test_a_few_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    model = SparkMIM("resnet18", input_size=64, decoder_width=256)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    img = torch.stack([torch.sin(6 * xx * (k + 1)) * torch.cos(4 * yy) for k in range(4)])[:, None].expand(4, 3, 64, 64)
+    active = sample_random_mask(4, (2, 2), 0.5, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(12):
+        loss = model(img, active)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_bf16_autocast_forward_backward():
+    model = SparkMIM("resnet18", input_size=64, decoder_width=32)
+    img = torch.rand(2, 3, 64, 64)
+    active = sample_random_mask(2, (2, 2), 0.5, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(img, active)
+    out["loss"].backward()
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    assert out["recon_b3HW"].dtype == img.dtype
+    assert torch.isfinite(model.encoder.model.conv1.weight.grad).all()
