@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from torch.utils.data import DataLoader
+from torch.utils.data import Dataset
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
@@ -85,13 +85,8 @@ class ClassificationData(FinetuneData):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    @property
-    def n_train(self) -> int:
-        return len(self.tables["train"])
-
-    @property
-    def n_test(self) -> int:
-        return len(self.tables["test"])
+    def split_size(self, split: str) -> int:
+        return len(self.tables[split])
 
     def _transform(self, train: bool) -> v2.Transform:
         size = (self.image_size, self.image_size)
@@ -99,22 +94,9 @@ class ClassificationData(FinetuneData):
             if train and self.augment else [v2.Resize(size, antialias=True)]
         return v2.Compose([*geometry, v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
-    def _loader(self, split: str) -> DataLoader:
+    def split_dataset(self, split: str) -> Dataset:
         train = split == "train"
-        dataset = LabelledImages(self.root, self.tables[split], self.class_names, self._transform(train))
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
-                          drop_last=train and len(dataset) > self.batch_size, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val") if len(self.tables["val"]) else []
-
-    def test_dataloader(self) -> DataLoader:
-        if not len(self.tables["test"]):
-            raise ValueError("the test split is empty")
-        return self._loader("test")
+        return LabelledImages(self.root, self.tables[split], self.class_names, self._transform(train))
 
 
 class ClassificationModule(FinetuneTask):

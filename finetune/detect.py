@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from data.ids import make_item_id
@@ -38,6 +38,9 @@ class DetectionData(FinetuneData):
     modalities:    keep only images whose 'modality' field is one of these.
     train_fraction: seeded subset of the training images, stratified the same way (>= 1 per stratum).
     """
+
+    collate_fn = staticmethod(collate_lists)  # images of different sizes + per-image targets
+    drop_last_train = False
 
     def __init__(self, root: str = "work/corpus", ann_file: str = "coco/instances.json",
                  test_ann_file: str | None = None, split_csv: str | None = None,
@@ -121,36 +124,17 @@ class DetectionData(FinetuneData):
         """Object categories + 1 (background), as torchvision's detection models count them."""
         return len(self.category_ids) + 1
 
-    @property
-    def n_train(self) -> int:
-        return len(self.image_ids["train"])
-
-    @property
-    def n_test(self) -> int:
-        return len(self.image_ids["test"])
+    def split_size(self, split: str) -> int:
+        return len(self.image_ids[split])
 
     def evaluation_source(self, split: str) -> tuple[Any, list[int]]:
         """(COCO ground truth, image ids) that the predictions on `split` are evaluated against."""
         return (self.test_coco if split == "test" else self.coco), self.image_ids[split]
 
-    def _loader(self, split: str) -> DataLoader:
-        train = split == "train"
-        transform = v2.RandomHorizontalFlip() if train and self.augment else None
+    def split_dataset(self, split: str) -> Dataset:
+        transform = v2.RandomHorizontalFlip() if split == "train" and self.augment else None
         coco, ids = self.evaluation_source(split)
-        dataset = CocoInstances(self.root, coco, ids, transform)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
-                          collate_fn=collate_lists, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val") if self.image_ids["val"] else []
-
-    def test_dataloader(self) -> DataLoader:
-        if not self.image_ids["test"]:
-            raise ValueError("the test split is empty")
-        return self._loader("test")
+        return CocoInstances(self.root, coco, ids, transform)
 
 
 class DetectionModule(FinetuneTask):

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import Dataset
 from torchmetrics import MetricCollection
 from torchmetrics.segmentation import DiceScore, MeanIoU
 from torchvision.transforms import v2
@@ -91,13 +91,8 @@ class SegmentationData(FinetuneData):
             "test": table[table["split"] == "test"].reset_index(drop=True),
         }
 
-    @property
-    def n_train(self) -> int:
-        return len(self.tables["train"])
-
-    @property
-    def n_test(self) -> int:
-        return len(self.tables["test"])
+    def split_size(self, split: str) -> int:
+        return len(self.tables[split])
 
     def _transform(self, train: bool) -> v2.Transform:
         size = (self.image_size, self.image_size)
@@ -105,22 +100,9 @@ class SegmentationData(FinetuneData):
             if train and self.augment else [v2.Resize(size, antialias=True)]
         return v2.Compose([*geometry, v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # Mask: nearest, not normalised
 
-    def _loader(self, split: str) -> DataLoader:
+    def split_dataset(self, split: str) -> Dataset:
         train = split == "train"
-        dataset = MaskedImages(self.root, self.tables[split], self.num_classes, self._transform(train))
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
-                          drop_last=train and len(dataset) > self.batch_size, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val") if len(self.tables["val"]) else []
-
-    def test_dataloader(self) -> DataLoader:
-        if not len(self.tables["test"]):
-            raise ValueError("the test split is empty")
-        return self._loader("test")
+        return MaskedImages(self.root, self.tables[split], self.num_classes, self._transform(train))
 
 
 class SegmentationModule(FinetuneTask):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from finetune.backbone import LoadReport
 
@@ -73,10 +75,40 @@ class FinetuneData(pl.LightningDataModule):
         self.train_fraction = train_fraction
         self.subset_seed = subset_seed
 
-    @property
-    def n_train(self) -> int:
+    # Subclasses set these and implement split_size / split_dataset; the loaders below are shared.
+    batch_size: int
+    num_workers: int
+    collate_fn: Callable | None = None
+    drop_last_train: bool = True
+
+    def split_size(self, split: str) -> int:
+        raise NotImplementedError
+
+    def split_dataset(self, split: str) -> Dataset:
         raise NotImplementedError
 
     @property
+    def n_train(self) -> int:
+        return self.split_size("train")
+
+    @property
     def n_test(self) -> int:
-        raise NotImplementedError
+        return self.split_size("test")
+
+    def _loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        dataset = self.split_dataset(split)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
+                          collate_fn=self.collate_fn, persistent_workers=self.num_workers > 0,
+                          drop_last=train and self.drop_last_train and len(dataset) > self.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val") if self.split_size("val") else []
+
+    def test_dataloader(self) -> DataLoader:
+        if not self.split_size("test"):
+            raise ValueError("the test split is empty")
+        return self._loader("test")

@@ -1,4 +1,4 @@
-"""`python -m localize {run,stand-ins,eval,inspect}`: text-guided ROI localization into the ROI cache."""
+"""`python -m localize {run,stand-ins,eval,inspect,import}`: text-guided ROI localization into the ROI cache."""
 
 from __future__ import annotations
 
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stand-ins", help="write tiny untrained BiomedCLIP/SAM checkpoints + localize.yaml", add_help=False)
     sub.add_parser("inspect", help="overlay panels + statistics of a cache, as PNGs and one HTML page", add_help=False)
+    sub.add_parser("import", help="ROI masks from <item_id>.png files, or a shuffled-ROI control, into a cache",
+                   add_help=False)
     return parser
 
 
@@ -94,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         from localize.inspect import main as inspect_main
 
         return inspect_main(argv[1:])
+    if argv and argv[0] == "import":
+        from localize.import_masks import main as import_main
+
+        return import_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

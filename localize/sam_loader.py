@@ -4,17 +4,8 @@ Specs:
   ``'vit_b:/path/sam_vit_b_01ec64.pth'`` (also vit_l, vit_h) or ``{'arch': 'vit_b', 'checkpoint': '/path/...'}``
   ``'custom:/path/sam_tiny.pth'`` or ``{'arch': 'custom', 'checkpoint': ...}``: the architecture is read from
   ``sam_tiny.json`` (or ``.yaml``/``.yml``) beside the checkpoint, with the constructor arguments of
-  segment_anything's ImageEncoderViT / PromptEncoder / MaskDecoder (+ TwoWayTransformer)::
-
-    {"image_encoder": {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
-                       "mlp_ratio": 2, "out_chans": 32, "use_rel_pos": true, "window_size": 4,
-                       "global_attn_indexes": [1], "norm_eps": 1e-6},
-     "prompt_encoder": {"embed_dim": 32, "image_embedding_size": [8, 8], "input_image_size": [64, 64],
-                        "mask_in_chans": 8},
-     "mask_decoder": {"transformer_dim": 32, "num_multimask_outputs": 3, "iou_head_depth": 3,
-                      "iou_head_hidden_dim": 32,
-                      "transformer": {"depth": 2, "embedding_dim": 32, "num_heads": 2, "mlp_dim": 64}},
-     "pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375]}
+  segment_anything's ImageEncoderViT / PromptEncoder / MaskDecoder (+ TwoWayTransformer); see
+  ``localize.standins.TINY_SAM_ARCH`` for a complete example (the 77k-parameter stand-in).
 
 Weights are always read with ``torch.load(..., map_location='cpu', weights_only=True)`` and loaded strictly.
 """
