@@ -13,7 +13,7 @@ from pretrain.sparse_encoder import SparseEncoder, sparsify_
 from pretrain.sparse_layers import MaskContext, SparseConv2d
 from pretrain.sparse_norm import SparseBatchNorm2d, SparseLayerNorm
 
-BACKBONES = ["resnet18", "convnext_tiny"]
+BACKBONES = ["resnet18", "resnet50", "convnext_tiny", "convnext_small"]  # the list
 
 
 def upsample(active_b1hw: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
