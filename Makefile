@@ -7,7 +7,7 @@ LOCALIZE_CONFIG ?= $(WORK)/standins/localize.yaml
 PRETRAIN_CONFIG ?= configs/pretrain/tiny_cpu.yaml
 FINETUNE_CONFIG ?= configs/finetune/classify_tiny.yaml
 
-.PHONY: install test sample standins localize eval inspect pretrain export finetune demo bench lint
+.PHONY: install test sample standins localize eval inspect pretrain export finetune demo bench lint experiment
 
 install:
 	python3 -m venv .venv
@@ -72,6 +72,12 @@ demo:
 	@echo "  pretraining      $(WORK)/pretrain/logs (TensorBoard + CSV, checkpoints, panels)"
 	@echo "  backbone         $(WORK)/backbone.pt"
 	@echo "  linear probe     $(WORK)/results/finetune (results JSON + confusion matrix)"
+
+# The masking-strategy study (random vs differentiated masking, ROI sources, no pretraining) -> table + plot.
+# Resumable: finished runs are not rerun. The default is the CPU preset on the sample corpus (~20 min).
+EXPERIMENT_CONFIG ?= configs/experiment/cpu_sample.yaml
+experiment:
+	$(PY) -m pretrain experiment --config $(EXPERIMENT_CONFIG)
 
 # Each prints one JSON object; ratios are against baselines measured in the same run.
 bench:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from data.intensity import IntensityConfig
 from localize.clip_loader import BIOMEDCLIP_HUB_SPEC
 from localize.prompts import DEFAULT_PROMPTS_PATH
 
@@ -38,6 +39,8 @@ class LocalizeConfig:
         default_factory=lambda: {"threshold": 0.3, "top_k": 2, "box_expansion": None, "use_sam": True}
     )
     prompts: str | dict[str, Any] = str(DEFAULT_PROMPTS_PATH)
+    # data.intensity.IntensityConfig fields, e.g. {ct_window: lung}; {} = its defaults
+    intensity: dict[str, Any] = field(default_factory=dict)
     untrained: bool = False
     batch_size: int = 8
     seed: int = 0
@@ -81,6 +84,10 @@ class LocalizeConfig:
                 f"{source}: no SAM checkpoint. Set `sam: vit_b:/path/sam_vit_b_01ec64.pth` (or --sam), "
                 "or `refine.use_sam: false` to use the binarised saliency alone."
             )
+        try:
+            IntensityConfig(**self.intensity)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{source}: intensity: {e}") from e
         for name in ("batch_size", "mask_size", "max_boxes", "shard_items"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{source}: {name} must be >= 1")

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from data.intensity import IntensityConfig
 from data.manifest import read_manifest, scan_corpus
 from data.roi_cache import RoiCache
 from localize.config import LocalizeConfig
@@ -79,8 +80,9 @@ def run_localization(
     try:
         if scheduler is None and workers == 0:
             localizer = Localizer.from_config(config, _pick_device())
+            intensity = IntensityConfig(**config.intensity)
             for unit in units:
-                process_unit(unit, localizer, cache, corpus, manifest, on_progress=bar.update)
+                process_unit(unit, localizer, cache, corpus, manifest, on_progress=bar.update, intensity=intensity)
         else:
             _run_on_dask(config, units, cache_path, corpus, manifest, workers, scheduler, bar)
     finally:
@@ -117,11 +119,12 @@ def _dask_unit(unit: WorkUnit, cache_path: str, corpus: str) -> dict[str, int]:
     from distributed import get_worker
 
     worker = get_worker()
-    localizer = worker.plugins[PLUGIN_NAME].localizer
+    plugin = worker.plugins[PLUGIN_NAME]
     cache = RoiCache.open(cache_path, mode="r+")
     return process_unit(
-        unit, localizer, cache, Path(corpus), cache.manifest(),
+        unit, plugin.localizer, cache, Path(corpus), cache.manifest(),
         on_progress=lambda n: worker.log_event(PROGRESS_TOPIC, {"n": n}),
+        intensity=IntensityConfig(**plugin.config.get("intensity", {})),
     )  # fmt: skip
 
 

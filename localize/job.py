@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.intensity import IntensityConfig
 from data.readers import load_image
 from data.roi_cache import FAILED, FLAG_EMPTY_ROI, PENDING, RoiCache
 from localize.localizer import Localizer
@@ -65,6 +66,7 @@ def process_unit(
     corpus: Path,
     manifest: pd.DataFrame,
     on_progress: Progress | None = None,
+    intensity: IntensityConfig | None = None,
 ) -> dict[str, int]:
     """Localize every slot of `unit` and write it to `cache`; returns counts (done, empty_roi, failed)."""
     counts = {"done": 0, "empty_roi": 0, "failed": 0}
@@ -73,7 +75,7 @@ def process_unit(
         for index in slot:
             row = manifest.iloc[index]
             try:
-                images.append(load_image(corpus, row["path"], int(row["frame"]), row["modality"]))
+                images.append(load_image(corpus, row["path"], int(row["frame"]), row["modality"], intensity))
                 ok.append(index)
             except Exception as e:  # one unreadable item must not stop the shard
                 failed.append(index)

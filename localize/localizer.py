@@ -103,6 +103,7 @@ def localizer_provenance(config: LocalizeConfig) -> dict[str, Any]:
         "saliency": build_saliency(config.saliency).provenance(),
         "refine": refine.provenance(),
         "prompts": PromptConfig.load(config.prompts).to_dict(),
+        "intensity": config.intensity,  # the images the models see
         "untrained": bool(config.untrained),
         "mask_size": config.mask_size,
         "code_version": CODE_VERSION,

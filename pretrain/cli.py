@@ -89,11 +89,12 @@ def export_main(argv: Sequence[str]) -> int:
     return 0
 
 
-USAGE = """usage: python -m pretrain {fit,validate,export} ...
+USAGE = """usage: python -m pretrain {fit,validate,export,experiment} ...
 
   fit --config configs/pretrain/X.yaml [--data.corpus DIR --data.cache CACHE.zarr] [--ckpt_path last.ckpt]
   validate --config ... --ckpt_path CKPT
   export CKPT --out backbone.pt      the encoder as a timm state dict
+  experiment --config configs/experiment/X.yaml   the masking-strategy study (table + plot)
 
 Run `python -m pretrain fit --help` (or `--print_config`) for every option."""
 
@@ -106,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     if argv[0] == "export":
         return export_main(argv[1:])
+    if argv[0] == "experiment":
+        from pretrain.experiment import main as experiment_main
+
+        return experiment_main(argv[1:])
     PretrainCLI(
         MaskedPretraining,
         RoiDataModule,

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.transforms import v2
 
 from data.dataset import RoiDataset
+from data.intensity import IntensityConfig
 from data.roi_cache import RoiCache
 from pretrain.seeding import derive_seed, unit_interval
 
@@ -93,6 +94,8 @@ class RoiDataModule(pl.LightningDataModule):
         only_done: keep only items the localizer finished; False also trains on pending/failed items,
             whose ROI is then empty (they are masked like background).
         modalities: keep only these manifest modalities (e.g. ['MR']); None keeps all.
+        intensity: `data.intensity.IntensityConfig` fields, e.g. {ct_window: lung, percentiles: [1, 99]};
+            None = its defaults. Use the same as the localize run so images look alike in both phases.
         val_fraction: share of items held out for validation, chosen by a hash of the item id (stable as
             the cache grows); 0 disables validation.
         num_workers, persistent_workers, pin_memory (None: when training on a GPU): DataLoader settings.
@@ -111,6 +114,7 @@ class RoiDataModule(pl.LightningDataModule):
         hflip: float = 0.5,
         only_done: bool = True,
         modalities: list[str] | None = None,
+        intensity: dict[str, Any] | None = None,
         val_fraction: float = 0.0,
         num_workers: int = 8,
         persistent_workers: bool = True,
@@ -139,6 +143,7 @@ class RoiDataModule(pl.LightningDataModule):
 
         def dataset(transform: v2.Transform) -> RoiDataset:
             return RoiDataset(self.corpus, self.manifest_path, cache, transform=transform,
+                              intensity=IntensityConfig(**(hp.intensity or {})),
                               only_done=hp.only_done, modalities=hp.modalities)
 
         train_full = dataset(joint_augmentation(hp.input_size, hp.scale, hp.ratio, hp.hflip))

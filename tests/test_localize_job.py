@@ -18,7 +18,7 @@ from data.manifest import scan_corpus
 from data.readers import load_image
 from data.roi_cache import DONE, FLAG_EMPTY_ROI, RoiCache
 from data.sample import write_sample_corpus
-from localize.config import LocalizeConfig
+from localize.config import ConfigError, LocalizeConfig
 from localize.driver import run_localization
 from localize.evaluate import evaluate_cache
 from localize.localizer import Localizer
@@ -170,3 +170,18 @@ def test_two_worker_dask_run_equals_single_process(tmp_path, standins, corpus):
     dask = run_localization(config, corpus, tmp_path / "dask.zarr", workers=2, progress=False)
     assert single.done == dask.done == single.items
     assert_same_cache(tmp_path / "single.zarr", tmp_path / "dask.zarr")
+
+
+def test_intensity_settings_reach_the_models_and_the_provenance(tmp_path, standins, corpus):
+    lung = LocalizeConfig.load(standins, [*FAST, "intensity={ct_window: lung}"])
+    bone = LocalizeConfig.load(standins, [*FAST, "intensity={ct_window: bone}"])
+    run_localization(lung, corpus, tmp_path / "lung.zarr", workers=0, progress=False)
+    run_localization(bone, corpus, tmp_path / "bone.zarr", workers=0, progress=False)
+    a, b = RoiCache.open(tmp_path / "lung.zarr"), RoiCache.open(tmp_path / "bone.zarr")
+    assert a.provenance["intensity"] == {"ct_window": "lung"}
+    ct = np.flatnonzero(a.manifest().modality == "CT")
+    mr = np.flatnonzero(a.manifest().modality == "MR")
+    assert any(not np.array_equal(a.read_saliency(i), b.read_saliency(i)) for i in ct)  # CT images differ
+    assert all(np.array_equal(a.read_saliency(i), b.read_saliency(i)) for i in mr)  # a CT window leaves MR alone
+    with pytest.raises(ConfigError, match="intensity"):
+        LocalizeConfig.load(standins, ["intensity={ct_window: nosuchwindow}"])

@@ -171,6 +171,17 @@ def test_datamodule_keeps_done_items_and_splits_validation_stably(roi_data):
     assert pending["roi"].sum() == 0  # not localized: empty ROI
 
 
+def test_intensity_settings_reach_the_images(roi_data):
+    default = tiny_data(roi_data)
+    fixed = tiny_data(roi_data, intensity={"per_modality": {"OT": {"value_range": [0, 255]}}})
+    default.setup("fit")
+    fixed.setup("fit")
+    a, b = default.val_set[0], fixed.val_set[0]
+    assert a["index"] == b["index"] and a["item_id"] == b["item_id"]
+    assert not torch.allclose(a["image"], b["image"])  # percentile scaling vs a fixed 0..255 range
+    assert torch.equal(a["roi"], b["roi"])
+
+
 def test_joint_augmentation_moves_the_roi_with_the_image_and_is_seeded_by_epoch_and_item(roi_data):
     dm = tiny_data(roi_data, val_fraction=0.0, scale=(0.3, 1.0))
     dm.setup("fit")
