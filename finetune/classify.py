@@ -26,7 +26,7 @@ from torchmetrics.classification import (
 from torchvision.transforms import v2
 
 from finetune.backbone import create_backbone, head_keys
-from finetune.data import LabelledImages, assign_splits, read_label_csv, scan_image_folder, stratified_subset
+from finetune.data import LabelledImages, assign_splits, read_label_csv, scan_image_folder
 from finetune.task import IMAGENET_MEAN, IMAGENET_STD, FinetuneData, FinetuneTask
 
 
@@ -64,14 +64,7 @@ class ClassificationData(FinetuneData):
         self.class_names: list[str] = sorted(table["label"].unique())
         if len(self.class_names) < 2:
             raise ValueError(f"classification needs at least two classes, found {self.class_names}")
-        train = table[table["split"] == "train"].reset_index(drop=True)
-        if train.empty:
-            raise ValueError("the training split is empty")
-        self.tables: dict[str, pd.DataFrame] = {
-            "train": train.iloc[stratified_subset(train["label"], train_fraction, subset_seed)].reset_index(drop=True),
-            "val": table[table["split"] == "val"].reset_index(drop=True),
-            "test": table[table["split"] == "test"].reset_index(drop=True),
-        }
+        self.tables: dict[str, pd.DataFrame] = self.split_tables(table)
 
     def _read_table(self, labels_csv: str | None, modalities: list[str] | None) -> pd.DataFrame:
         if labels_csv is None:

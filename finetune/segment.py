@@ -25,7 +25,6 @@ from finetune.data import (
     corpus_mask_table,
     folder_mask_table,
     read_mask_hw,
-    stratified_subset,
 )
 from finetune.task import IMAGENET_MEAN, IMAGENET_STD, FinetuneData, FinetuneTask
 from finetune.unet import UNet
@@ -82,14 +81,7 @@ class SegmentationData(FinetuneData):
             table["label"] = ["fg" if read_mask_hw(p, num_classes).any() else "empty" for p in table["mask_path"]]
         if "split" not in table.columns:
             table["split"] = assign_splits(table["label"], seed=split_seed, val_share=val_share, test_share=test_share)
-        train = table[table["split"] == "train"].reset_index(drop=True)
-        if train.empty:
-            raise ValueError("the training split is empty")
-        self.tables: dict[str, pd.DataFrame] = {
-            "train": train.iloc[stratified_subset(train["label"], train_fraction, subset_seed)].reset_index(drop=True),
-            "val": table[table["split"] == "val"].reset_index(drop=True),
-            "test": table[table["split"] == "test"].reset_index(drop=True),
-        }
+        self.tables: dict[str, pd.DataFrame] = self.split_tables(table)
 
     def split_size(self, split: str) -> int:
         return len(self.tables[split])

@@ -7,11 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from finetune.backbone import LoadReport
+from finetune.data import stratified_subset
 
 # Images are normalised with ImageNet statistics, as timm's pretrained models and SparK's pretraining expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -80,6 +82,19 @@ class FinetuneData(pl.LightningDataModule):
     num_workers: int
     collate_fn: Callable | None = None
     drop_last_train: bool = True
+
+    def split_tables(self, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """Rows per split ('split' column); the training rows reduced to the seeded, stratified (by 'label')
+        train-fraction subset."""
+        train = table[table["split"] == "train"].reset_index(drop=True)
+        if train.empty:
+            raise ValueError("the training split is empty")
+        subset = stratified_subset(train["label"], self.train_fraction, self.subset_seed)
+        return {
+            "train": train.iloc[subset].reset_index(drop=True),
+            "val": table[table["split"] == "val"].reset_index(drop=True),
+            "test": table[table["split"] == "test"].reset_index(drop=True),
+        }
 
     def split_size(self, split: str) -> int:
         raise NotImplementedError
