@@ -206,7 +206,7 @@ class RoiCache:
         """
         idx = np.asarray(indices, dtype=np.int64)
         s, k = self.mask_size, self.max_boxes
-        masks_nss = np.stack([_to_square(np.asarray(m, dtype=np.uint8), s, cv2.INTER_NEAREST) for m in masks])
+        masks_nss = np.stack([_to_square(np.asarray(m, dtype=np.uint8), s, cv2.INTER_NEAREST_EXACT) for m in masks])
         sal_nss = np.stack([_to_square(_saliency_u8(x), s, cv2.INTER_LINEAR) for x in saliency])
         sizes = self._sizes()[idx]
         boxes_nk4 = np.full((len(idx), k, 4), np.nan, dtype=np.float32)
@@ -249,7 +249,7 @@ class RoiCache:
     def read_mask(self, index: int, size_hw: tuple[int, int] | None = None) -> np.ndarray:
         """ROI of item `index` as uint8 0/1, resized (nearest) to `size_hw` (default: the original image size)."""
         mask_ss = self._read_square("mask", index)
-        return _from_square(mask_ss, self._target_size(index, size_hw), cv2.INTER_NEAREST)
+        return _from_square(mask_ss, self._target_size(index, size_hw), cv2.INTER_NEAREST_EXACT)
 
     def read_saliency(self, index: int, size_hw: tuple[int, int] | None = None) -> np.ndarray:
         """Soft saliency of item `index` as float32 in [0, 1], resized (bilinear) to `size_hw`."""

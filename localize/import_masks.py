@@ -21,7 +21,6 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +31,11 @@ from tqdm.auto import tqdm
 
 from data.manifest import read_manifest, scan_corpus
 from data.roi_cache import DONE, FLAG_EMPTY_ROI, RoiCache
+from localize.job import RunSummary, summarize
 from localize.refine import saliency_components
 
 log = logging.getLogger(__name__)
 BATCH_ITEMS = 64  # items per cache write (status written last per write: an interrupted run redoes at most these)
-
-
-@dataclass
-class ImportSummary:
-    items: int
-    done: int
-    empty_roi: int
-    failed: int
-    pending: int
-    processed: int
-    wall_s: float
-
-    def line(self) -> str:
-        return (
-            f"import: {self.done}/{self.items} done ({self.empty_roi} with empty ROI), {self.failed} failed, "
-            f"{self.pending} pending; processed {self.processed} items in {self.wall_s:.1f} s"
-        )
 
 
 # ------------------------------------------------------------------------------------------ masks from files
@@ -78,7 +61,7 @@ def read_mask_file(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
     mask_hw = (mask > 0).astype(np.uint8)
     h, w = size_hw
     if mask_hw.shape != (h, w):
-        mask_hw = cv2.resize(mask_hw, (w, h), interpolation=cv2.INTER_NEAREST)
+        mask_hw = cv2.resize(mask_hw, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
     return mask_hw
 
 
@@ -92,7 +75,7 @@ def import_masks(
     max_boxes: int = 4,
     retry_failed: bool = False,
     progress: bool = True,
-) -> ImportSummary:
+) -> RunSummary:
     """Write `masks_dir/<item_id>.png` for every item of the corpus (or manifest) into the cache at `cache_path`.
 
     Boxes are the bounding boxes (xyxy, end-exclusive pixels) of the `max_boxes` largest 8-connected
@@ -125,7 +108,7 @@ def import_masks(
             batch = todo[start : start + BATCH_ITEMS]
             _import_batch(cache, manifest, masks_dir, batch)
             bar.update(len(batch))
-    return _summarize(cache, len(todo), started)
+    return summarize(cache, len(todo), started, "import")
 
 
 def _import_batch(cache: RoiCache, manifest: pd.DataFrame, masks_dir: Path, indices: np.ndarray) -> None:
@@ -171,7 +154,7 @@ def derangement_within(groups: Sequence[Any], rng: np.random.Generator) -> np.nd
 
 def shuffle_rois(
     source_path: str | Path, cache_path: str | Path, *, seed: int = 0, progress: bool = True
-) -> ImportSummary:
+) -> RunSummary:
     """A cache whose item i holds the ROI (mask, saliency, boxes, score, flags) of another done item of the
     same modality in the source cache; items not done in the source are failed here too, so both caches
     train on the same items."""
@@ -197,7 +180,7 @@ def shuffle_rois(
             batch = todo[start : start + BATCH_ITEMS]
             _shuffle_batch(source, cache, table, donor, sizes, batch)
             bar.update(len(batch))
-    return _summarize(cache, len(todo), started)
+    return summarize(cache, len(todo), started, "import")
 
 
 def _shuffle_batch(source: RoiCache, cache: RoiCache, table: pd.DataFrame, donor: np.ndarray,
@@ -224,12 +207,6 @@ def _shuffle_batch(source: RoiCache, cache: RoiCache, table: pd.DataFrame, donor
         cache.write_failed(failed, reasons)
     if done:
         cache.write(done, masks, saliency, boxes, scores, flags)
-
-
-def _summarize(cache: RoiCache, processed: int, started: float) -> ImportSummary:
-    s = cache.summary()
-    return ImportSummary(s["items"], s["done"], s["empty_roi"], s["failed"], s["pending"], processed,
-                         time.perf_counter() - started)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ command line

@@ -130,6 +130,8 @@ def _reason(e: BaseException) -> str:
 
 @dataclass
 class RunSummary:
+    """The state of a cache after a run that wrote into it (localize, import)."""
+
     items: int
     done: int
     empty_roi: int
@@ -137,19 +139,20 @@ class RunSummary:
     pending: int
     processed: int
     wall_s: float
+    command: str = "localize"
 
     def line(self) -> str:
         rate = self.processed / self.wall_s if self.wall_s > 0 else 0.0
         return (
-            f"localize: {self.done}/{self.items} done ({self.empty_roi} with empty ROI), {self.failed} failed, "
+            f"{self.command}: {self.done}/{self.items} done ({self.empty_roi} with empty ROI), {self.failed} failed, "
             f"{self.pending} pending; processed {self.processed} items in {self.wall_s:.1f} s ({rate:.1f} items/s)"
         )
 
 
-def summarize(cache: RoiCache, processed: int, started: float) -> RunSummary:
+def summarize(cache: RoiCache, processed: int, started: float, command: str = "localize") -> RunSummary:
     s = cache.summary()
     return RunSummary(s["items"], s["done"], s["empty_roi"], s["failed"], s["pending"], processed,
-                      time.perf_counter() - started)  # fmt: skip
+                      time.perf_counter() - started, command)  # fmt: skip
 
 
 def item_progress_bar(total: int, enabled: bool):

@@ -37,12 +37,11 @@ def test_import_round_trip_provenance_and_resume(corpus, tmp_path):
     for i, item_id in enumerate(manifest.item_id):
         truth = _truth(corpus, item_id)
         # stored aspect-free at S x S (nearest): exact there; at the item's own size up to resampling at edges
-        truth_ss = cv2.resize(truth, (S, S), interpolation=cv2.INTER_NEAREST)
+        truth_ss = cv2.resize(truth, (S, S), interpolation=cv2.INTER_NEAREST_EXACT)
         np.testing.assert_array_equal(cache.read_mask(i, (S, S)), truth_ss)
         assert ((cache.read_saliency(i, (S, S)) > 0.5) == truth_ss.astype(bool)).mean() > 0.97  # bilinear
-        # > 0.9, not exact: RoiCache resizes with cv2.INTER_NEAREST, which is not centre-aligned (a one-pixel
-        # shift on the way back); INTER_NEAREST_EXACT would round-trip exactly (reported to data/roi_cache.py)
-        assert cache.read_mask(i).shape == truth.shape and (cache.read_mask(i) == truth).mean() > 0.9
+        # items no larger than S x S come back exactly (nearest-exact resizing both ways)
+        np.testing.assert_array_equal(cache.read_mask(i), truth)
         assert table.empty_roi[i] == (not truth.any())
         boxes = cache.read_boxes(i)
         if truth.any():  # the largest component's box lies on the mask's bounding box

@@ -178,3 +178,14 @@ def test_plain_zarr_sees_status_and_provenance(tmp_path, manifest):
     assert group.attrs["provenance"] == PROVENANCE and group.attrs["schema_version"] == 1
     assert group["status"][4] == FAILED and group["status"][5] == PENDING
     assert list(group["item_id"][:3]) == list(manifest.item_id[:3])
+
+
+def test_masks_up_to_the_stored_size_round_trip_exactly(tmp_path):
+    """Nearest-exact resizing: a mask no larger than S x S comes back pixel for pixel, even pure noise."""
+    manifest = make_manifest(20, seed=3)  # heights and widths 40..89, stored at 96 x 96
+    cache = RoiCache.create(tmp_path / "c.zarr", manifest, PROVENANCE, mask_size=96)
+    rng = np.random.default_rng(0)
+    masks = [(rng.random((h, w)) > 0.5).astype(np.uint8) for h, w in zip(manifest.height, manifest.width, strict=True)]
+    cache.write(range(20), masks, masks, [np.zeros((0, 4))] * 20, [1.0] * 20)
+    for i, mask in enumerate(masks):
+        np.testing.assert_array_equal(cache.read_mask(i), mask)
