@@ -54,8 +54,9 @@ class ClassificationData(FinetuneData):
     def __init__(self, root: str = "work/corpus", labels_csv: str | None = "labels.csv",
                  modalities: list[str] | None = None, image_size: int = 224, batch_size: int = 32,
                  num_workers: int = 0, augment: bool = True, train_fraction: float = 1.0, subset_seed: int = 0,
-                 split_seed: int = 0, val_share: float = 0.2, test_share: float = 0.2) -> None:
-        super().__init__(train_fraction, subset_seed)
+                 split_seed: int = 0, val_share: float = 0.2, test_share: float = 0.2,
+                 intensity: dict[str, Any] | None = None) -> None:
+        super().__init__(train_fraction, subset_seed, intensity)
         self.root = Path(root)
         self.image_size, self.batch_size, self.num_workers, self.augment = image_size, batch_size, num_workers, augment
         table = self._read_table(labels_csv, modalities)
@@ -89,7 +90,7 @@ class ClassificationData(FinetuneData):
 
     def split_dataset(self, split: str) -> Dataset:
         train = split == "train"
-        return LabelledImages(self.root, self.tables[split], self.class_names, self._transform(train))
+        return LabelledImages(self.root, self.tables[split], self.class_names, self._transform(train), self.intensity)
 
 
 class ClassificationModule(FinetuneTask):

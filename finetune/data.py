@@ -24,15 +24,17 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from data.ids import make_item_id
+from data.intensity import IntensityConfig
 from data.readers import load_image
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
 
 
-def read_image_chw(root: str | Path, relpath: str, frame: int = 0, modality: str | None = None) -> torch.Tensor:
+def read_image_chw(root: str | Path, relpath: str, frame: int = 0, modality: str | None = None,
+                   intensity: IntensityConfig | None = None) -> torch.Tensor:
     """Frame `frame` of `root/relpath` as float32 (3, H, W) in [0, 1]; grey is repeated to three channels."""
-    pixels = load_image(root, relpath, int(frame), modality or None)
+    pixels = load_image(root, relpath, int(frame), modality or None, intensity)
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
     x = x[None].expand(3, -1, -1) if x.ndim == 2 else x.permute(2, 0, 1)
     return x.contiguous()
@@ -160,8 +162,8 @@ class LabelledImages(Dataset):
     """Rows of a label table -> (image float32 (3, H, W), class index int64); `transform` maps the image."""
 
     def __init__(self, root: str | Path, table: pd.DataFrame, class_names: Sequence[str],
-                 transform: Transform | None = None) -> None:
-        self.root = Path(root)
+                 transform: Transform | None = None, intensity: IntensityConfig | None = None) -> None:
+        self.root, self.intensity = Path(root), intensity
         self.table = table.reset_index(drop=True)
         self.class_index = {name: i for i, name in enumerate(class_names)}
         unknown = sorted(set(self.table["label"]) - set(self.class_index))
@@ -174,7 +176,7 @@ class LabelledImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.table.iloc[i]
-        image = tv_tensors.Image(read_image_chw(self.root, row["path"], row["frame"], row["modality"]))
+        image = tv_tensors.Image(read_image_chw(self.root, row["path"], row["frame"], row["modality"], self.intensity))
         if self.transform is not None:
             image = self.transform(image)
         return image.as_subclass(torch.Tensor), torch.tensor(self.class_index[row["label"]])
@@ -187,8 +189,8 @@ class MaskedImages(Dataset):
     """
 
     def __init__(self, root: str | Path, table: pd.DataFrame, num_classes: int = 2,
-                 transform: Transform | None = None) -> None:
-        self.root = Path(root)
+                 transform: Transform | None = None, intensity: IntensityConfig | None = None) -> None:
+        self.root, self.intensity = Path(root), intensity
         self.table = table.reset_index(drop=True)
         self.num_classes = num_classes
         self.transform = transform
@@ -198,7 +200,7 @@ class MaskedImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.table.iloc[i]
-        image_chw = read_image_chw(self.root, row["path"], row["frame"], row["modality"])
+        image_chw = read_image_chw(self.root, row["path"], row["frame"], row["modality"], self.intensity)
         mask_hw = read_mask_hw(row["mask_path"], self.num_classes)
         if tuple(mask_hw.shape) != tuple(image_chw.shape[-2:]):
             raise ValueError(f"{row['mask_path']}: mask is {tuple(mask_hw.shape)} but its image "
@@ -278,8 +280,8 @@ class CocoInstances(Dataset):
     """
 
     def __init__(self, root: str | Path, coco, image_ids: Sequence[int] | None = None,
-                 transform: Transform | None = None) -> None:
-        self.root = Path(root)
+                 transform: Transform | None = None, intensity: IntensityConfig | None = None) -> None:
+        self.root, self.intensity = Path(root), intensity
         self.coco = coco
         self.image_ids = list(image_ids) if image_ids is not None else sorted(coco.getImgIds())
         self.category_ids = sorted(coco.getCatIds())
@@ -292,7 +294,8 @@ class CocoInstances(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
         image_id = self.image_ids[i]
         info = self.coco.imgs[image_id]
-        image_chw = read_image_chw(self.root, info["file_name"], info.get("frame", 0), info.get("modality"))
+        image_chw = read_image_chw(self.root, info["file_name"], info.get("frame", 0), info.get("modality"),
+                                   self.intensity)
         h, w = image_chw.shape[-2:]
         if (info.get("height", h), info.get("width", w)) != (h, w):
             raise ValueError(f"{self.root / info['file_name']}: image is {h}x{w} but the COCO json says "

@@ -46,8 +46,8 @@ class DetectionData(FinetuneData):
                  test_ann_file: str | None = None, split_csv: str | None = None,
                  modalities: list[str] | None = None, batch_size: int = 2, num_workers: int = 0,
                  augment: bool = True, train_fraction: float = 1.0, subset_seed: int = 0, split_seed: int = 0,
-                 val_share: float = 0.2, test_share: float = 0.2) -> None:
-        super().__init__(train_fraction, subset_seed)
+                 val_share: float = 0.2, test_share: float = 0.2, intensity: dict[str, Any] | None = None) -> None:
+        super().__init__(train_fraction, subset_seed, intensity)
         self.root = Path(root)
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
         self.coco = load_coco(self._under_root(ann_file))
@@ -134,7 +134,7 @@ class DetectionData(FinetuneData):
     def split_dataset(self, split: str) -> Dataset:
         transform = v2.RandomHorizontalFlip() if split == "train" and self.augment else None
         coco, ids = self.evaluation_source(split)
-        return CocoInstances(self.root, coco, ids, transform)
+        return CocoInstances(self.root, coco, ids, transform, self.intensity)
 
 
 class DetectionModule(FinetuneTask):

@@ -65,8 +65,9 @@ class SegmentationData(FinetuneData):
     def __init__(self, root: str = "work/corpus", labels_csv: str | None = "labels.csv", masks_dir: str | None = None,
                  modalities: list[str] | None = None, num_classes: int = 2, image_size: int = 224,
                  batch_size: int = 8, num_workers: int = 0, augment: bool = True, train_fraction: float = 1.0,
-                 subset_seed: int = 0, split_seed: int = 0, val_share: float = 0.2, test_share: float = 0.2) -> None:
-        super().__init__(train_fraction, subset_seed)
+                 subset_seed: int = 0, split_seed: int = 0, val_share: float = 0.2, test_share: float = 0.2,
+                 intensity: dict[str, Any] | None = None) -> None:
+        super().__init__(train_fraction, subset_seed, intensity)
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
         self.root, self.num_classes = Path(root), num_classes
@@ -94,7 +95,7 @@ class SegmentationData(FinetuneData):
 
     def split_dataset(self, split: str) -> Dataset:
         train = split == "train"
-        return MaskedImages(self.root, self.tables[split], self.num_classes, self._transform(train))
+        return MaskedImages(self.root, self.tables[split], self.num_classes, self._transform(train), self.intensity)
 
 
 class SegmentationModule(FinetuneTask):

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from data.intensity import IntensityConfig
 from finetune.backbone import LoadReport
 from finetune.data import stratified_subset
 
@@ -70,8 +71,10 @@ class FinetuneTask(pl.LightningModule):
 class FinetuneData(pl.LightningDataModule):
     """Base of the task data modules: the train-fraction subset and the sizes the results JSON reports."""
 
-    def __init__(self, train_fraction: float, subset_seed: int) -> None:
+    def __init__(self, train_fraction: float, subset_seed: int, intensity: dict[str, Any] | None = None) -> None:
         super().__init__()
+        # data.intensity.IntensityConfig fields; use the pretraining run's so the backbone sees familiar images
+        self.intensity = IntensityConfig(**(intensity or {}))
         if not 0 < train_fraction <= 1:
             raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
         self.train_fraction = train_fraction

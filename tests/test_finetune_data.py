@@ -25,6 +25,7 @@ from finetune.data import (
     stratified_subset,
 )
 from finetune.detect import DetectionData
+from finetune.segment import SegmentationData
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +204,18 @@ def test_segmentation_data_from_image_and_mask_folders(tmp_path):
     assert set(data.tables["test"]["label"]) == {"fg", "empty"}  # stratified by empty / non-empty mask
     images, masks = next(iter(data.train_dataloader()))
     assert images.shape == (4, 3, 16, 16) and masks.shape == (4, 16, 16) and set(masks.unique().tolist()) <= {0, 1}
+
+
+def test_intensity_settings_reach_every_task_dataset(corpus):
+    """A CT window changes CT images and leaves MR alone, in classification, segmentation and detection data."""
+    lung, bone = {"ct_window": "lung"}, {"ct_window": "bone"}
+    for make in (lambda i: ClassificationData(str(corpus), "labels.csv", image_size=32, augment=False, intensity=i),
+                 lambda i: SegmentationData(str(corpus), "labels.csv", image_size=32, augment=False, intensity=i),
+                 lambda i: DetectionData(str(corpus), split_csv="labels.csv", augment=False, intensity=i)):
+        a, b = make(lung).split_dataset("train"), make(bone).split_dataset("train")
+        table = getattr(a, "table", None)
+        modalities = list(table["modality"]) if table is not None else [
+            a.coco.imgs[i]["modality"] for i in a.image_ids]
+        ct, mr = modalities.index("CT"), modalities.index("MR")
+        assert not torch.allclose(a[ct][0], b[ct][0])
+        assert torch.allclose(a[mr][0], b[mr][0])
