@@ -16,13 +16,12 @@ changes the embedding lookup, not the cost of a forward pass. Outputs are meanin
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from localize.prompts import DEFAULT_PROMPTS_PATH, PromptConfig
-from localize.standins import OPENAI_MEAN, OPENAI_STD, SPECIAL_TOKENS
+from localize.standins import write_biomedclip_folder
 
 # microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224's open_clip_config.json (model part).
 BIOMEDCLIP_EMBED_DIM = 512
@@ -47,32 +46,9 @@ def write_real_size_models(out_dir: str | Path, seed: int = 0) -> tuple[str, str
 
 def write_real_size_biomedclip(folder: Path, vocabulary: list[str] = ()) -> Path:
     """A local-dir folder in BiomedCLIP's hub layout, real architecture, random weights, small vocabulary."""
-    import open_clip
-    from safetensors.torch import save_file
-    from transformers import BertConfig, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    words = sorted({w for text in vocabulary for w in text.lower().split()})
-    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
-    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars), *(w for w in words if w not in chars)]
-    BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertConfig(vocab_size=len(vocab), **BERT_BASE).save_pretrained(folder)
-    clip_config = {
-        "model_cfg": {
-            "embed_dim": BIOMEDCLIP_EMBED_DIM,
-            "vision_cfg": BIOMEDCLIP_VISION_CFG,
-            "text_cfg": {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "hf_proj_type": "mlp",
-                         "hf_pooler_type": "cls_last_hidden_state_pooler",
-                         "context_length": BIOMEDCLIP_CONTEXT_LENGTH},
-        },
-        "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)},
-    }
-    (folder / "open_clip_config.json").write_text(json.dumps(clip_config, indent=2), encoding="utf-8")
-    # No weights file yet: open_clip builds the randomly initialised model from the config alone.
-    model = open_clip.create_model(f"local-dir:{folder}", pretrained_text=False)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
-    return folder
+    return write_biomedclip_folder(folder, vocabulary, embed_dim=BIOMEDCLIP_EMBED_DIM,
+                                   vision_cfg=BIOMEDCLIP_VISION_CFG, bert=BERT_BASE,
+                                   context_length=BIOMEDCLIP_CONTEXT_LENGTH)
 
 
 def write_random_sam_vit_b(checkpoint: Path) -> Path:

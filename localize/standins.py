@@ -78,7 +78,15 @@ def write_standins(out_dir: str | Path, seed: int = 0) -> Path:
 
 
 def write_tiny_biomedclip(folder: Path, vocabulary: list[str] = ()) -> Path:
-    """A BiomedCLIP-layout local-dir folder with random weights, created by open_clip from its own config."""
+    """A BiomedCLIP-layout local-dir folder with random weights at toy size."""
+    return write_biomedclip_folder(folder, vocabulary, embed_dim=32, vision_cfg=TINY_VISION_CFG, bert=TINY_BERT,
+                                   context_length=TINY_CONTEXT_LENGTH)
+
+
+def write_biomedclip_folder(folder: Path, vocabulary: list[str], *, embed_dim: int, vision_cfg: dict[str, Any],
+                            bert: dict[str, Any], context_length: int) -> Path:
+    """A local-dir folder in BiomedCLIP's layout (timm ViT + HF BERT, mlp proj, CLS pooler) with random weights,
+    created by open_clip from its own config; the vocabulary is built from `vocabulary`'s words."""
     import open_clip
     from safetensors.torch import save_file
     from transformers import BertConfig, BertTokenizerFast
@@ -90,14 +98,14 @@ def write_tiny_biomedclip(folder: Path, vocabulary: list[str] = ()) -> Path:
     # transformers 5 takes the vocabulary itself; save_pretrained writes vocab.txt + tokenizer.json + configs.
     BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")  # as in the hub repos
-    BertConfig(vocab_size=len(vocab), **TINY_BERT).save_pretrained(folder)
+    BertConfig(vocab_size=len(vocab), **bert).save_pretrained(folder)
     clip_config = {
         "model_cfg": {
-            "embed_dim": 32,
-            "vision_cfg": TINY_VISION_CFG,
+            "embed_dim": embed_dim,
+            "vision_cfg": vision_cfg,
             # Offline layout: the text tower's config and tokenizer are this folder (see clip_loader).
             "text_cfg": {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "hf_proj_type": "mlp",
-                         "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": TINY_CONTEXT_LENGTH},
+                         "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": context_length},
         },
         "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)},
     }
