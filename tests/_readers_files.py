@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
@@ -88,3 +90,11 @@ def cut(source: Path, target: Path, keep: int) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data[:keep])
     return target
+
+
+def pydicom_file(name: str) -> Path:
+    """A test file shipped with pydicom; the test is skipped when this installation lacks it."""
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"pydicom test file {name} is not installed")
+    return Path(path)

@@ -12,7 +12,6 @@ import numpy as np
 import pydicom
 import pytest
 from nibabel.testing import data_path as nibabel_data
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from data.intensity import CT_WINDOWS, IntensityConfig, IntensityRule, normalize
@@ -26,14 +25,7 @@ from data.readers import (
     load_image,
     read_frame,
 )
-from tests._readers_files import cut, write_dicom, write_nifti, write_opencv
-
-
-def pydicom_file(name: str) -> Path:
-    path = get_testdata_file(name, download=False)
-    if path is None:
-        pytest.skip(f"pydicom test file {name} is not installed")
-    return Path(path)
+from tests._readers_files import cut, pydicom_file, write_dicom, write_nifti, write_opencv
 
 
 def nibabel_file(name: str) -> Path:

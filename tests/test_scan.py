@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from pydicom.data import get_testdata_file
 
 from data.ids import make_item_id
 from data.manifest import MANIFEST_COLUMNS, failures_path, read_manifest, scan_corpus, write_manifest
 from data.scan import main
-from tests._readers_files import cut, write_dicom, write_nifti, write_opencv
+from tests._readers_files import cut, pydicom_file, write_dicom, write_nifti, write_opencv
 
 # path -> number of items expected with nifti_volumes='all'
 GOOD = {
@@ -39,13 +38,6 @@ BAD = {
     "bad/cut.nii.gz": "cannot read NIfTI",
     "notes.txt": "unsupported file type (.txt)",
 }
-
-
-def pydicom_file(name: str) -> Path:
-    path = get_testdata_file(name, download=False)
-    if path is None:
-        pytest.skip(f"pydicom test file {name} is not installed")
-    return Path(path)
 
 
 def build_corpus(root: Path) -> Path:
