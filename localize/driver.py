@@ -115,14 +115,14 @@ class LocalizerPlugin(WorkerPlugin):
         self.localizer = Localizer.from_config(LocalizeConfig(**self.config), _pick_device(index))
 
 
-def _dask_unit(unit: WorkUnit, cache_path: str, corpus: str) -> dict[str, int]:
+def _dask_unit(unit: WorkUnit, rows: pd.DataFrame, cache_path: str, corpus: str) -> dict[str, int]:
     from distributed import get_worker
 
     worker = get_worker()
     plugin = worker.plugins[PLUGIN_NAME]
     cache = RoiCache.open(cache_path, mode="r+")
     return process_unit(
-        unit, plugin.localizer, cache, Path(corpus), cache.manifest(),
+        unit, plugin.localizer, cache, Path(corpus), rows,
         on_progress=lambda n: worker.log_event(PROGRESS_TOPIC, {"n": n}),
         intensity=IntensityConfig(**plugin.config.get("intensity", {})),
     )  # fmt: skip
@@ -152,7 +152,9 @@ def _run_on_dask(config, units, cache_path, corpus, manifest: pd.DataFrame, work
     try:
         client.register_plugin(LocalizerPlugin(config.to_dict(), threads), name=PLUGIN_NAME)
         client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.update(event[1]["n"]))
-        futures = [client.submit(_dask_unit, u, str(cache_path), str(corpus), pure=False) for u in units]
+        # Each task gets its own rows of the manifest: no worker re-reads the whole item table per shard.
+        futures = [client.submit(_dask_unit, u, manifest.loc[u.items], str(cache_path), str(corpus), pure=False)
+                   for u in units]
         for future in as_completed(futures):
             future.result()  # re-raise a worker's unexpected error here
     finally:

@@ -38,6 +38,10 @@ class WorkUnit:
     def n_items(self) -> int:
         return sum(len(s) for s in self.slots)
 
+    @property
+    def items(self) -> list[int]:
+        return [i for slot in self.slots for i in slot]
+
 
 def plan_units(cache: RoiCache, batch_size: int, *, retry_failed: bool = False) -> list[WorkUnit]:
     """One WorkUnit per shard with pending items (and failed ones when `retry_failed`)."""
@@ -64,7 +68,7 @@ def process_unit(
     localizer: Localizer,
     cache: RoiCache,
     corpus: Path,
-    manifest: pd.DataFrame,
+    manifest: pd.DataFrame,  # indexed by item index; at least the unit's rows
     on_progress: Progress | None = None,
     intensity: IntensityConfig | None = None,
 ) -> dict[str, int]:
@@ -73,7 +77,7 @@ def process_unit(
     for slot in unit.slots:
         images, ok, failed, reasons = [], [], [], []
         for index in slot:
-            row = manifest.iloc[index]
+            row = manifest.loc[index]
             try:
                 images.append(load_image(corpus, row["path"], int(row["frame"]), row["modality"], intensity))
                 ok.append(index)
