@@ -79,6 +79,13 @@ def main() -> None:
         for i in order[:n_plain]:
             cv2.resize(plain[int(i)], (224, 224), interpolation=cv2.INTER_NEAREST_EXACT)
         plain_s = time.perf_counter() - t0
+        # Untimed: the fast path must read what zarr reads.
+        checked = order[: min(len(order), 200)]
+        reads_equal = all(
+            np.array_equal(reader.read_mask(int(i), (224, 224)),
+                           cv2.resize(plain[int(i)], (224, 224), interpolation=cv2.INTER_NEAREST_EXACT))
+            for i in checked
+        )  # fmt: skip
 
     print(json.dumps({
         "items": n, "mask_size": args.mask_size, "write_batch": args.batch,
@@ -86,6 +93,7 @@ def main() -> None:
         "reads_per_s": round(args.reads / read_s, 1),
         "zarr_reads_per_s": round(n_plain / plain_s, 1),
         "read_speedup_vs_zarr": round((args.reads / read_s) / (n_plain / plain_s), 2),
+        "reads_equal_zarr": reads_equal, "reads_compared": len(checked),
         "store_mb": round(store_mb, 2), "store_files": n_files,
     }))  # fmt: skip
 

@@ -14,6 +14,8 @@ from localize.saliency import (
     encode_prompts,
     image_text_scores,
 )
+from localize.saliency.common import vit_trunk
+from localize.saliency.vit_suffix import ClassTokenBlock, VisionSuffix
 
 pytest_plugins = ["tests.localize_fixtures"]  # fixtures: standins, clip, clip_dir, sam
 
@@ -53,11 +55,45 @@ def test_m2ib_is_deterministic_given_its_seed(clip, batch):
 
 def test_m2ib_prefix_reuse_equals_the_full_tower_every_step(clip, batch):
     images, text = batch
-    reused = M2IBSaliency(layer=3, steps=4).run(clip.model, images, text)
-    full = M2IBSaliency(layer=3, steps=4, reuse_prefix=False).run(clip.model, images, text)
+    first_block = vit_trunk(clip.model).blocks[0]
+    calls = []
+    handle = first_block.register_forward_hook(lambda m, i, out: calls.append(1))
+    try:
+        reused = M2IBSaliency(layer=3, steps=4).run(clip.model, images, text)
+        reused_calls = len(calls)
+        full = M2IBSaliency(layer=3, steps=4, reuse_prefix=False).run(clip.model, images, text)
+    finally:
+        handle.remove()
+    assert reused_calls == 1 and len(calls) - reused_calls == 1 + 4  # the prefix runs once, not once per step
     torch.testing.assert_close(reused.saliency_bphw, full.saliency_bphw, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(reused.loss_s, full.loss_s, atol=1e-5, rtol=1e-4)
     assert "reuse_prefix" not in M2IBSaliency().provenance()
+
+
+def test_vision_suffix_computes_the_class_token_only_and_exactly(clip, batch):
+    images, _ = batch
+    model = clip.model
+    trunk = vit_trunk(model)
+    captured = []
+    handle = trunk.blocks[3].register_forward_hook(lambda m, i, out: captured.append(out))
+    with torch.no_grad():
+        embedding_bd = model.encode_image(images)
+    handle.remove()
+    feat_btc = captured[0]
+    short, full = VisionSuffix(model, trunk, 3), VisionSuffix(model, trunk, 3, class_token_only=False)
+    assert isinstance(short._parts[0][-1], ClassTokenBlock)
+    assert not any(isinstance(b, ClassTokenBlock) for b in full._parts[0])
+    assert short.reproduces(feat_btc, embedding_bd) and full.reproduces(feat_btc, embedding_bd)
+    # The class token's row of the last block, computed alone, is that row of the whole block.
+    last = trunk.blocks[-1]
+    with torch.no_grad():
+        torch.testing.assert_close(ClassTokenBlock(last)(feat_btc), last(feat_btc)[:, :1], atol=1e-5, rtol=1e-4)
+    # Pooling that reads every token keeps the whole last block (the shortcut would be wrong there).
+    trunk.global_pool = "avg"
+    try:
+        assert not any(isinstance(b, ClassTokenBlock) for b in VisionSuffix(model, trunk, 3)._parts[0])
+    finally:
+        trunk.global_pool = "token"
 
 
 def test_m2ib_really_optimises_its_mask(clip, batch):

@@ -14,7 +14,8 @@ Choices (documented differences to the authors' release):
     by ``seed`` and shared by every item, so a batched result equals the one-image result.
   - The map is read at the final lambda (after the last update).
   - The blocks before the bottleneck do not depend on the mask, so they run once and each step runs only the rest
-    of the tower (``reuse_prefix``; checked against the model's own embedding, else the whole tower runs per step).
+    of the tower, its last block for the class token only (``reuse_prefix``, `vit_suffix.py`; checked against the
+    model's own embedding, else the whole tower runs per step).
   - ``layer`` counts blocks from 0 (the release's layer 7 of 12 is ``layer=7``); a layer beyond the tower's depth
     is clamped to the last block with a warning.
 """
@@ -32,6 +33,7 @@ from torch import nn
 
 from localize.saliency.bottleneck import TokenBottleneck
 from localize.saliency.common import autocast_for, tokens_to_image, vit_trunk
+from localize.saliency.vit_suffix import VisionSuffix
 
 
 @contextlib.contextmanager
@@ -55,22 +57,6 @@ class _BottleneckHook:
     def __call__(self, module: nn.Module, inputs: tuple, out_ntc: torch.Tensor) -> torch.Tensor:
         self.capacity_ntc = self.bottleneck.capacity(out_ntc)
         return self.bottleneck(out_ntc, self.eps_stc[self.step])
-
-
-class _VisionSuffix(nn.Module):
-    """The vision tower after block `layer`: remaining blocks, final norm, timm head (pooling), open_clip head.
-
-    `bottleneck_site` is an identity module at its entrance where the bottleneck hook attaches.
-    """
-
-    def __init__(self, model: nn.Module, trunk: nn.Module, layer: int) -> None:
-        super().__init__()
-        self.bottleneck_site = nn.Identity()
-        self._parts = (trunk.blocks[layer + 1 :], trunk.norm, trunk.forward_head, model.visual.head)
-
-    def forward(self, feat_ntc: torch.Tensor) -> torch.Tensor:
-        blocks, norm, trunk_head, clip_head = self._parts
-        return clip_head(trunk_head(norm(blocks(self.bottleneck_site(feat_ntc)))))
 
 
 @dataclass(frozen=True)
@@ -136,11 +122,11 @@ class M2IBSaliency:
         feat_btc = captured[0].float()
         # The blocks up to `layer` do not depend on the mask: run only the rest of the tower per step when that
         # reproduces the model's own embedding (timm ViT + open_clip head); otherwise re-run the whole tower.
-        suffix = _VisionSuffix(model, trunk, self.effective_layer(model))
+        suffix = VisionSuffix(model, trunk, self.effective_layer(model))
         use_suffix = False
         if self.reuse_prefix:
-            with torch.no_grad(), autocast_for(device):
-                use_suffix = torch.allclose(suffix(captured[0]).float(), clean_bd.float(), rtol=1e-3, atol=1e-4)
+            with autocast_for(device):
+                use_suffix = suffix.reproduces(captured[0], clean_bd)
         if self.noise_stats == "empirical":
             mean_b1c = feat_btc.mean(dim=1, keepdim=True)
             std_b1c = feat_btc.std(dim=1, keepdim=True).clamp_min(1e-6)
