@@ -84,6 +84,11 @@ def test_vision_suffix_computes_the_class_token_only_and_exactly(clip, batch):
     assert isinstance(short._parts[0][-1], ClassTokenBlock)
     assert not any(isinstance(b, ClassTokenBlock) for b in full._parts[0])
     assert short.reproduces(feat_btc, embedding_bd) and full.reproduces(feat_btc, embedding_bd)
+    # The check tolerates rounding at the precision the model runs at, and nothing more.
+    assert not short.reproduces(feat_btc, embedding_bd * 1.01)
+    assert short.reproduces(feat_btc, (embedding_bd * 1.01).bfloat16())
+    assert not short.reproduces(feat_btc, (embedding_bd * 1.2).bfloat16())
+    assert not short.reproduces(feat_btc, torch.roll(embedding_bd, 1, dims=0))
     # The class token's row of the last block, computed alone, is that row of the whole block.
     last = trunk.blocks[-1]
     with torch.no_grad():
@@ -169,5 +174,13 @@ def test_bf16_on_gpu_matches_cpu_roughly(clip, batch):
             on_gpu = method(model_gpu, images.cuda(), text.cuda()).cpu()
             assert on_gpu.shape == (2, 3, 160, 160) and on_gpu.dtype == torch.float32
             assert 0 <= on_gpu.min() and on_gpu.max() <= 1
+        # Under bf16 the suffix (class-token last block included) still passes its check: the prefix runs once.
+        calls = []
+        handle = vit_trunk(model_gpu).blocks[0].register_forward_hook(lambda m, i, out: calls.append(1))
+        try:
+            M2IB(model_gpu, images.cuda(), text.cuda())
+        finally:
+            handle.remove()
+        assert len(calls) == 1
     finally:
         clip.model.to("cpu")

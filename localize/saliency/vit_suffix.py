@@ -66,5 +66,9 @@ class VisionSuffix(nn.Module):
 
     @torch.no_grad()
     def reproduces(self, feat_ntc: torch.Tensor, embedding_nd: torch.Tensor) -> bool:
-        """Whether this suffix on block `layer`'s clean output gives the model's own embedding."""
-        return torch.allclose(self(feat_ntc).float(), embedding_nd.float(), rtol=1e-3, atol=1e-4)
+        """Whether this suffix on block `layer`'s clean output gives the model's own embedding, to the precision
+        it runs at: a wrong suffix is off by the embedding's own size, bf16 rounding by about 1%."""
+        out_nd = self(feat_ntc)
+        low_precision = any(t.dtype in (torch.bfloat16, torch.float16) for t in (out_nd, embedding_nd))
+        error = (out_nd.float() - embedding_nd.float()).abs().max() / embedding_nd.float().abs().max().clamp_min(1e-12)
+        return bool(error <= (3e-2 if low_precision else 1e-3))
