@@ -16,8 +16,10 @@ from __future__ import annotations
 import fnmatch
 import os
 import sys
+from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pandas as pd
@@ -68,12 +70,61 @@ def scan_corpus(
                 results.append(_scan_file(task))
                 bar.update()
         else:
-            chunksize = max(1, min(64, len(tasks) // (workers * 8)))
-            with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
-                for result in pool.map(_scan_file, tasks, chunksize=chunksize):
-                    results.append(result)
-                    bar.update()
+            results = _scan_in_processes(tasks, min(workers, len(tasks)), bar)
     return _manifest_frame(results), _failures_frame(results)
+
+
+def _scan_in_processes(tasks: list[tuple[str, str, str]], workers: int, bar: tqdm) -> list[_FileResult]:
+    """`_scan_file` over `tasks` in `workers` processes, results in task order.
+
+    A native decoder can kill its process outright (a segfault in a codec on a corrupt file) instead of raising.
+    Then the files in flight at that moment are rescanned one by one, each in its own process: the one that kills
+    its process again is recorded as failed, and the scan goes on in a fresh pool.
+    """
+    results: dict[int, _FileResult] = {}
+    queue = deque(range(len(tasks)))
+    while queue:
+        for i in _scan_until_crash(tasks, queue, workers, results, bar):
+            results[i] = _scan_alone(tasks[i])
+            bar.update()
+    return [results[i] for i in range(len(tasks))]
+
+
+def _scan_until_crash(tasks: list[tuple[str, str, str]], queue: deque[int], workers: int,
+                      results: dict[int, _FileResult], bar: tqdm) -> list[int]:
+    """Scan queued files (popped as they are submitted) into `results` until the queue is empty, or until a worker
+    dies: then return the files that were in flight and have no result."""
+    in_flight: dict[Future, int] = {}
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        try:
+            while queue or in_flight:
+                while queue and len(in_flight) < 4 * workers:  # bounded: a crash leaves few files in doubt
+                    i = queue.popleft()
+                    in_flight[pool.submit(_scan_file, tasks[i])] = i
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    results[in_flight[future]] = future.result()
+                    del in_flight[future]
+                    bar.update()
+        except BrokenProcessPool:
+            unresolved = []
+            for future, i in in_flight.items():
+                if future.done() and future.exception() is None:
+                    results[i] = future.result()
+                    bar.update()
+                else:
+                    unresolved.append(i)
+            return sorted(unresolved)
+    return []
+
+
+def _scan_alone(task: tuple[str, str, str]) -> _FileResult:
+    """`_scan_file` in a process of its own; a file that kills that process is a failure."""
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        try:
+            return pool.submit(_scan_file, task).result()
+        except BrokenProcessPool:
+            return task[1], [], "the decoder crashed the reading process"
 
 
 def list_corpus_files(

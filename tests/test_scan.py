@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import faulthandler
+import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import data.manifest
 from data.ids import make_item_id
 from data.manifest import MANIFEST_COLUMNS, failures_path, read_manifest, scan_corpus, write_manifest
+from data.readers import iter_frames as _iter_frames
 from data.scan import main
 from tests._readers_files import cut, pydicom_file, write_dicom, write_nifti, write_opencv
 
@@ -226,3 +231,25 @@ def test_read_manifest_errors_name_the_file(tmp_path):
 
 def test_failures_path():
     assert failures_path(Path("/x/manifest.parquet")) == Path("/x/manifest.failures.parquet")
+
+
+def _frames_or_segfault(path, **kwargs):
+    """iter_frames, except that a file named crash*.png kills its process as a native codec's segfault would."""
+    if path.name.startswith("crash"):
+        faulthandler.disable()  # no stack dump from the test's own "crash" in the test output
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return _iter_frames(path, **kwargs)
+
+
+def test_a_decoder_that_kills_its_process_fails_only_its_file(tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus"
+    for k in range(12):
+        write_opencv(corpus / f"xr/img_{k:02d}.png", np.full((8, 8), k, np.uint8))
+    for name in ("crash_a.png", "crash_b.png"):
+        write_opencv(corpus / "xr" / name, np.zeros((8, 8), np.uint8))
+    # Worker processes are forked from this one and so inherit the patched reader.
+    monkeypatch.setattr(data.manifest, "iter_frames", _frames_or_segfault)
+    manifest, failures = scan_corpus(corpus, workers=2, progress=False)
+    assert manifest.path.tolist() == [f"xr/img_{k:02d}.png" for k in range(12)]
+    assert failures.path.tolist() == ["xr/crash_a.png", "xr/crash_b.png"]
+    assert set(failures.reason) == {"the decoder crashed the reading process"}
