@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import warnings
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
@@ -603,8 +604,9 @@ def _read_tiff(path: str | os.PathLike, frame: int | None) -> list[np.ndarray]:
     import cv2
 
     with _decoding(path, "cannot decode TIFF"):
-        n_pages = cv2.imcount(str(path), cv2.IMREAD_UNCHANGED)
-        if n_pages == 0:
+        n_pages = _tiff_page_count(path)
+        # OpenCV counts the pages it can reach and stops quietly at a broken link; the chain walk above does not.
+        if cv2.imcount(str(path), cv2.IMREAD_UNCHANGED) != n_pages:
             raise UnreadableImage(path, "cannot decode TIFF (corrupt or truncated)")
         if frame is not None and frame >= n_pages:
             raise IndexError(f"{path}: frame {frame} out of range (the file has {n_pages} frames)")
@@ -613,6 +615,43 @@ def _read_tiff(path: str | os.PathLike, frame: int | None) -> list[np.ndarray]:
     if not ok or len(pages) != count:
         raise UnreadableImage(path, "cannot decode TIFF (corrupt or truncated)")
     return [_opencv_to_rgb(page, path) for page in pages]
+
+
+def _tiff_page_count(path: str | os.PathLike) -> int:
+    """Pages (image file directories) in a TIFF or BigTIFF, by walking the directory chain from the header.
+
+    Raises UnreadableImage when a directory lies past the end of the file (a truncated file), or the chain loops.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        magic = struct.unpack(order + "H", head[2:4])[0] if order and len(head) >= 8 else None
+        if magic == 42:  # classic TIFF: 2-byte entry count, 12-byte entries, 4-byte offsets
+            count_fmt, entry_size, offset_fmt = order + "H", 12, order + "I"
+            offset = struct.unpack(offset_fmt, head[4:8])[0]
+        elif magic == 43 and len(head) == 16:  # BigTIFF: 8-byte count, 20-byte entries, 8-byte offsets
+            count_fmt, entry_size, offset_fmt = order + "Q", 20, order + "Q"
+            offset = struct.unpack(offset_fmt, head[8:16])[0]
+        else:
+            raise UnreadableImage(path, "cannot decode TIFF (no TIFF header)")
+
+        def read(at: int, fmt: str) -> int:
+            fh.seek(at)
+            raw = fh.read(struct.calcsize(fmt))
+            if len(raw) != struct.calcsize(fmt):
+                raise UnreadableImage(path, f"truncated TIFF (page {len(seen)}'s directory lies past the end)")
+            return struct.unpack(fmt, raw)[0]
+
+        seen: set[int] = set()
+        while offset:
+            if offset in seen:
+                raise UnreadableImage(path, "cannot decode TIFF (its page directories form a loop)")
+            seen.add(offset)
+            entries_at = offset + struct.calcsize(count_fmt)
+            offset = read(entries_at + read(offset, count_fmt) * entry_size, offset_fmt)  # the next directory
+    if not seen:
+        raise UnreadableImage(path, "cannot decode TIFF (no pages)")
+    return len(seen)
 
 
 def _opencv_to_rgb(pixels: np.ndarray, path: str | os.PathLike) -> np.ndarray:

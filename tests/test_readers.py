@@ -321,6 +321,31 @@ def test_multi_page_tiff_16_bit(tmp_path):
     assert read_frame(float_path, 0).pixels[0, 0] == -2.5
 
 
+@pytest.mark.parametrize("keep", [0.4, 0.6, 0.8, 0.999])
+def test_truncated_multi_page_tiff_raises(tmp_path, keep):
+    import cv2
+
+    pages = [np.random.default_rng(k).integers(0, 255, (64, 64), dtype=np.uint8) for k in range(3)]
+    assert cv2.imwritemulti(str(tmp_path / "stack.tiff"), pages)
+    assert len(list(iter_frames(tmp_path / "stack.tiff"))) == 3
+    size = (tmp_path / "stack.tiff").stat().st_size
+    # OpenCV alone reads the pages before the cut and reports no error.
+    cut_path = cut(tmp_path / "stack.tiff", tmp_path / "cut.tiff", int(size * keep))
+    assert 0 < cv2.imcount(str(cut_path), cv2.IMREAD_UNCHANGED) < 3
+    with pytest.raises(UnreadableImage, match="truncated TIFF"):
+        list(iter_frames(cut_path))
+
+
+def test_bigtiff_and_big_endian_tiff(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    stack = np.arange(2 * 6 * 5, dtype=np.uint16).reshape(2, 6, 5)
+    for name, kwargs in (("big.tiff", {"bigtiff": True}), ("motorola.tif", {"byteorder": ">"})):
+        tifffile.imwrite(tmp_path / name, stack, photometric="minisblack", metadata=None, **kwargs)
+        frames = list(iter_frames(tmp_path / name))
+        assert [f.frame for f in frames] == [0, 1]
+        assert all(np.array_equal(f.pixels, page) for f, page in zip(frames, stack, strict=True))
+
+
 def test_corrupt_png_raises(tmp_path):
     source = write_opencv(tmp_path / "ok.png", np.zeros((64, 64), np.uint16) + 7)
     with pytest.raises(UnreadableImage, match="cannot decode PNG"):
