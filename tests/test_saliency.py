@@ -101,6 +101,24 @@ def test_vision_suffix_computes_the_class_token_only_and_exactly(clip, batch):
         trunk.global_pool = "token"
 
 
+def test_m2ib_noise_samples_average_several_draws_per_step(clip, batch):
+    images, text = batch
+    several = M2IBSaliency(layer=3, steps=3, noise_samples=3)
+    maps = several.run(clip.model, images, text)
+    # Every (image, prompt) item gets one mask whatever the number of draws, and batching still changes nothing.
+    assert maps.lambda_ntc.shape[0] == 2 * 3 and maps.saliency_bphw.shape == (2, 3, 160, 160)
+    alone = several(clip.model, images[1:], text[2:])
+    torch.testing.assert_close(maps.saliency_bphw[1:, 2:], alone, atol=1e-4, rtol=1e-4)
+    full = M2IBSaliency(layer=3, steps=3, noise_samples=3, reuse_prefix=False).run(clip.model, images, text)
+    torch.testing.assert_close(maps.saliency_bphw, full.saliency_bphw, atol=1e-5, rtol=1e-4)
+    # The first draw of each step is the one-sample run's draw: more samples change the learnt mask.
+    one = M2IBSaliency(layer=3, steps=3).run(clip.model, images, text)
+    assert not torch.allclose(one.lambda_ntc, maps.lambda_ntc, atol=1e-4)
+    assert several.provenance()["noise_samples"] == 3
+    with pytest.raises(ValueError, match="noise_samples >= 1"):
+        M2IBSaliency(noise_samples=0)
+
+
 def test_m2ib_really_optimises_its_mask(clip, batch):
     images, text = batch
     run = M2IBSaliency(layer=3, steps=10).run(clip.model, images[:1], text[:1])

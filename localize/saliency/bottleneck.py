@@ -32,10 +32,11 @@ class TokenBottleneck(nn.Module):
         mu = lam * (x_ntc.float() - self.mean_n1c) / self.std_n1c
         return 0.5 * (keep_noise.square() + mu.square() / self.noise_var - 1.0) - F.logsigmoid(-self.alpha_ntc)
 
-    def forward(self, x_ntc: torch.Tensor, eps_tc: torch.Tensor) -> torch.Tensor:
-        """z with the same dtype as x; ``eps_tc`` is standard-normal noise shared by all items (so an item's result
-        does not depend on the batch it is in)."""
-        lam, keep_noise = torch.sigmoid(self.alpha_ntc), torch.sigmoid(-self.alpha_ntc)
-        x_std = (x_ntc.float() - self.mean_n1c) / self.std_n1c
-        z_std = lam * x_std + keep_noise * (self.noise_var ** 0.5) * eps_tc
-        return (z_std * self.std_n1c + self.mean_n1c).to(x_ntc.dtype)
+    def forward(self, x_nstc: torch.Tensor, eps_stc: torch.Tensor) -> torch.Tensor:
+        """z (N,S,T,C) with the same dtype as x for S noise samples per item; ``eps_stc`` is standard-normal noise
+        shared by all items (so an item's result does not depend on the batch it is in)."""
+        lam, keep_noise = torch.sigmoid(self.alpha_ntc)[:, None], torch.sigmoid(-self.alpha_ntc)[:, None]
+        mean_n11c, std_n11c = self.mean_n1c[:, None], self.std_n1c[:, None]
+        x_std = (x_nstc.float() - mean_n11c) / std_n11c
+        z_std = lam * x_std + keep_noise * (self.noise_var ** 0.5) * eps_stc
+        return (z_std * std_n11c + mean_n11c).to(x_nstc.dtype)
