@@ -5,10 +5,11 @@ Images come out of the loader in [0, 1] (RoiDataset's contract); ImageNet mean/s
 
 Randomness: the training order is a permutation seeded by (seed, epoch), split across ranks like
 DistributedSampler does; item i of epoch e is augmented under torch's RNG seeded by (seed, e, i). Data order
-and augmentations are thus functions of the run's position, not of a generator's history: a run resumed at
-an epoch boundary sees exactly the batches an uninterrupted run would see, whatever the number of workers.
-(From a mid-epoch checkpoint, step, optimizer, schedules and masks resume exactly, but the rest of that epoch
-is drawn from the start of its permutation; Lightning warns about it. Prefer epoch-end checkpoints.)
+and augmentations are thus functions of the run's position, not of a generator's history: a resumed run sees
+exactly the batches an uninterrupted run would see, whatever the number of workers. From a mid-epoch checkpoint
+the sampler starts after the batches that epoch had already trained on (the position comes from the restored
+fit loop, so the loader itself has nothing to save). Resuming on another number of devices splits the
+permutation differently; that is warned about.
 """
 
 from __future__ import annotations
@@ -53,12 +54,34 @@ class EpochSampler(DistributedSampler):
     """DistributedSampler yielding `(epoch, index)`, so that the dataset can seed each item's augmentation.
 
     Works without a process group when `num_replicas` and `rank` are given (one device: 1 and 0). Lightning
-    keeps a DistributedSampler it is handed and calls `set_epoch` every epoch.
+    keeps a DistributedSampler it is handed and calls `set_epoch` every epoch. `skip_next(n)` makes the next
+    iteration start at this rank's n-th index of the epoch's permutation (a run resumed mid-epoch).
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._skip = 0
+
+    def skip_next(self, n_indices: int) -> None:
+        self._skip = n_indices
+
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        epoch = self.epoch
-        return ((epoch, int(i)) for i in super().__iter__())
+        epoch, skip, self._skip = self.epoch, self._skip, 0
+        return ((epoch, int(i)) for i in list(super().__iter__())[skip:])
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position Lightning may treat as restorable: it is set from the restored fit loop
+    (`EpochSampler.skip_next`), so the state kept here only guards against resuming on another device count."""
+
+    def state_dict(self) -> dict[str, int]:
+        return {"num_replicas": getattr(self.sampler, "num_replicas", 1)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        now = getattr(self.sampler, "num_replicas", 1)
+        if state.get("num_replicas", now) != now:
+            rank_zero_warn(f"Resuming on {now} device(s) a run checkpointed on {state['num_replicas']}: the rest of "
+                           "the epoch is split differently, so the data order is not that of an uninterrupted run.")
 
 
 class SeededItems(Dataset):
@@ -180,8 +203,10 @@ class RoiDataModule(pl.LightningDataModule):
                              f"one batch of {self.batch_size}; lower data.batch_size")
         sampler = EpochSampler(items, num_replicas=world, rank=rank, shuffle=shuffle, seed=hp.seed)
         sampler.set_epoch(_epoch_to_run(trainer) if shuffle else 0)
+        if shuffle:
+            sampler.skip_next(_batches_done_in_epoch(trainer) * self.batch_size)
         on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
-        return DataLoader(
+        return (ResumableLoader if shuffle else DataLoader)(
             SeededItems(items, hp.seed),
             batch_size=self.batch_size,
             sampler=sampler,
@@ -204,3 +229,14 @@ def _epoch_to_run(trainer: pl.Trainer | None) -> int:
     if trainer is None:
         return 0
     return trainer.fit_loop.epoch_progress.current.processed
+
+
+def _batches_done_in_epoch(trainer: pl.Trainer | None) -> int:
+    """Training batches the epoch to run has already been through: nonzero only for a run restored from a
+    checkpoint saved inside an epoch (after a batch, or after a validation run within the epoch)."""
+    if trainer is None:
+        return 0
+    epochs = trainer.fit_loop.epoch_progress.current
+    if epochs.started <= epochs.processed:  # between epochs: a fresh run or an end-of-epoch checkpoint
+        return 0
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed

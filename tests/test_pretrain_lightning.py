@@ -22,7 +22,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from pretrain.callbacks import PANEL_COLUMNS, ReconstructionPanel
 from pretrain.cli import default_loggers, main
-from pretrain.datamodule import EpochSampler, RoiDataModule, SeededItems
+from pretrain.datamodule import EpochSampler, ResumableLoader, RoiDataModule, SeededItems
 from pretrain.module import MaskedPretraining
 from pretrain.schedules import WarmupCosineSchedule
 from tests.pretrain_lightning_fixtures import write_roi_corpus
@@ -212,6 +212,21 @@ def test_epoch_sampler_shards_ranks_and_reshuffles_per_epoch():
     second = [[i for _, i in s] for s in ranks]
     assert second != [[i for _, i in part] for part in first]
     assert [list(s) for s in ranks] == [[(1, i) for i in part] for part in second]  # a function of the epoch
+    # Skipping applies to the next iteration only, and cuts this rank's share of the same permutation.
+    ranks[0].skip_next(2)
+    assert [i for _, i in ranks[0]] == second[0][2:]
+    assert [i for _, i in ranks[0]] == second[0]
+
+
+def test_resumable_loader_warns_when_the_device_count_changed():
+    sampler = EpochSampler(list(range(8)), num_replicas=2, rank=0, shuffle=True, seed=0)
+    loader = ResumableLoader(list(range(8)), batch_size=2, sampler=sampler)
+    assert loader.state_dict() == {"num_replicas": 2}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader.load_state_dict({"num_replicas": 2})
+    with pytest.warns(UserWarning, match="checkpointed on 1"):
+        loader.load_state_dict({"num_replicas": 1})
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -273,6 +288,28 @@ def test_resume_continues_at_the_same_step_with_the_same_state(reference_run, ro
     for name, tensor in end_a["state_dict"].items():
         torch.testing.assert_close(end_b["state_dict"][name], tensor, rtol=1e-5, atol=1e-6)
     assert end_b["lr_schedulers"][0]["last_epoch"] == end_a["lr_schedulers"][0]["last_epoch"]
+
+
+def test_resume_from_a_mid_epoch_checkpoint_sees_the_rest_of_that_epoch(roi_data, tmp_path):
+    every_step = ModelCheckpoint(save_top_k=-1, every_n_train_steps=1, filename="{step}")
+    trainer_a = tiny_trainer(tmp_path / "a", callbacks=[every_step])
+    trainer_a.fit(tiny_module(), tiny_data(roi_data, num_workers=1))
+    rows_a, steps_per_epoch = train_rows(read_metrics(trainer_a)), trainer_a.global_step // 2
+    final_a = trainer_a.lightning_module.state_dict()
+    for step in (1, steps_per_epoch + 1):  # inside the first epoch, and inside the second
+        trainer_b = tiny_trainer(tmp_path / f"b{step}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer_b.fit(tiny_module(), tiny_data(roi_data, num_workers=1),
+                          ckpt_path=Path(every_step.dirpath) / f"step={step}.ckpt")
+        assert not [w for w in caught if "not resumable" in str(w.message)]
+        rows_b = train_rows(read_metrics(trainer_b))
+        assert list(rows_b.index) == list(range(step, 2 * steps_per_epoch))
+        # Same batches in the same order, hence the same losses and masks, and the same weights at the end.
+        for name in ("train/loss", "mask/realised_ratio"):
+            np.testing.assert_allclose(rows_b[name], rows_a.loc[rows_b.index, name], rtol=1e-5, err_msg=name)
+        for name, tensor in trainer_b.lightning_module.state_dict().items():
+            torch.testing.assert_close(tensor, final_a[name], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- outputs
