@@ -31,6 +31,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from localize.load_errors import WEIGHT_FILE_ERRORS, describe_load_error
+
 BIOMEDCLIP_HUB_SPEC = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 CLIP_CONFIG_NAME = "open_clip_config.json"
 # open_clip's own preference order (factory._find_checkpoint_in_dir), restricted to CLIP checkpoints so that a
@@ -114,9 +116,9 @@ def load_biomedclip(spec: str = BIOMEDCLIP_HUB_SPEC, device: torch.device | str 
             try:
                 model = open_clip.create_model(f"local-dir:{staged}", device=device, require_pretrained=True)
                 tokenizer = open_clip.get_tokenizer(f"local-dir:{staged}")
-            except (OSError, ValueError, RuntimeError) as e:
-                raise ClipLoadError(f"Could not load the CLIP model in {folder} ({type(e).__name__}: {e}). "
-                                    f"{_LOCAL_LAYOUT_HINT}") from e
+            except WEIGHT_FILE_ERRORS as e:
+                raise ClipLoadError(f"Could not load the CLIP model in {folder} from {weights.name}: "
+                                    f"{describe_load_error(e).rstrip('.')}. {_LOCAL_LAYOUT_HINT}") from e
         weights_path = weights
     elif spec.startswith("hf-hub:"):
         from open_clip.pretrained import download_pretrained_from_hf

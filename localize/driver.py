@@ -6,9 +6,11 @@ shards; workers report progress through Dask's event topics so the client shows 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,29 +66,29 @@ def run_localization(
 
     workers=0 runs in this process (no Dask); workers=None sizes a local Dask cluster to the machine
     (one worker per GPU, else a few CPU workers); `scheduler` connects to an existing Dask cluster.
+    The models are loaded before a new cache's corpus scan, so that a bad checkpoint fails in seconds.
     """
     started = time.perf_counter()
     corpus, cache_path = Path(corpus), Path(cache_path)
     provenance = localizer_provenance(config)
-    cache = open_or_create_cache(config, corpus, cache_path, Path(manifest_path) if manifest_path else None,
-                                 provenance)  # fmt: skip
-    units = plan_units(cache, config.batch_size, retry_failed=retry_failed)
-    total = unit_sizes(units)
-    if total == 0:
-        log.info("nothing to do: every item of %s is done", cache_path)
-        return summarize(cache, 0, started)
-    manifest = cache.manifest()
-    bar = item_progress_bar(total, progress)
-    try:
-        if scheduler is None and workers == 0:
-            localizer = Localizer.from_config(config, _pick_device())
-            intensity = IntensityConfig(**config.intensity)
-            for unit in units:
-                process_unit(unit, localizer, cache, corpus, manifest, on_progress=bar.update, intensity=intensity)
-        else:
-            _run_on_dask(config, units, cache_path, corpus, manifest, workers, scheduler, bar)
-    finally:
-        bar.close()
+    if cache_path.exists():
+        cache = RoiCache.open(cache_path, mode="r+", provenance=provenance)
+        if unit_sizes(plan_units(cache, config.batch_size, retry_failed=retry_failed)) == 0:
+            log.info("nothing to do: every item of %s is done", cache_path)
+            return summarize(cache, 0, started)
+    in_process = scheduler is None and workers == 0
+    runner = _local_runner(config) if in_process else _dask_runner(config, workers, scheduler)
+    with runner as run_units:
+        cache = open_or_create_cache(config, corpus, cache_path, Path(manifest_path) if manifest_path else None,
+                                     provenance)  # fmt: skip
+        units = plan_units(cache, config.batch_size, retry_failed=retry_failed)
+        total = unit_sizes(units)
+        bar = item_progress_bar(total, progress)
+        try:
+            if total:
+                run_units(units, cache, corpus, cache.manifest(), bar)
+        finally:
+            bar.close()
     return summarize(RoiCache.open(cache_path), total, started)
 
 
@@ -96,9 +98,30 @@ def _pick_device(index: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+# Runs work units: (units, cache, corpus, manifest, progress bar) -> None.
+UnitRunner = Callable[[list[WorkUnit], RoiCache, Path, pd.DataFrame, Any], None]
+
+
+@contextlib.contextmanager
+def _local_runner(config: LocalizeConfig) -> Iterator[UnitRunner]:
+    """Models loaded in this process; units run one after another."""
+    localizer = Localizer.from_config(config, _pick_device())
+    intensity = IntensityConfig(**config.intensity)
+
+    def run_units(units, cache, corpus, manifest, bar) -> None:
+        for unit in units:
+            process_unit(unit, localizer, cache, corpus, manifest, on_progress=bar.update, intensity=intensity)
+
+    yield run_units
+
+
 # ------------------------------------------------------------------------------------------ Dask
 class LocalizerPlugin(WorkerPlugin):
-    """Loads the models once per Dask worker; tasks find them at `worker.plugins[PLUGIN_NAME].localizer`."""
+    """Loads the models once per Dask worker; tasks find them at `worker.plugins[PLUGIN_NAME].localizer`.
+
+    A model that will not load is kept as `load_error` (the message) rather than raised: the client reports it
+    as one line instead of every worker logging a traceback.
+    """
 
     name = PLUGIN_NAME
 
@@ -106,13 +129,21 @@ class LocalizerPlugin(WorkerPlugin):
         self.config = config
         self.threads = threads
         self.localizer: Localizer | None = None
+        self.load_error: str | None = None
 
     def setup(self, worker) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
         # One GPU per worker: local workers are named 0..n-1; elsewhere use the worker's visible device.
         index = worker.name if isinstance(worker.name, int) else 0
-        self.localizer = Localizer.from_config(LocalizeConfig(**self.config), _pick_device(index))
+        try:
+            self.localizer = Localizer.from_config(LocalizeConfig(**self.config), _pick_device(index))
+        except (RuntimeError, ValueError, OSError) as e:  # ClipLoadError, SamLoadError, bad parameters
+            self.load_error = f"worker {worker.name}: {e}"
+
+
+def _load_error(dask_worker) -> str | None:
+    return dask_worker.plugins[PLUGIN_NAME].load_error
 
 
 def _dask_unit(unit: WorkUnit, rows: pd.DataFrame, cache_path: str, corpus: str) -> dict[str, int]:
@@ -120,6 +151,8 @@ def _dask_unit(unit: WorkUnit, rows: pd.DataFrame, cache_path: str, corpus: str)
 
     worker = get_worker()
     plugin = worker.plugins[PLUGIN_NAME]
+    if plugin.localizer is None:  # a worker that joined later and could not load the models
+        raise RuntimeError(plugin.load_error)
     cache = RoiCache.open(cache_path, mode="r+")
     return process_unit(
         unit, plugin.localizer, cache, Path(corpus), rows,
@@ -137,7 +170,9 @@ def local_cluster_size() -> tuple[int, int]:
     return workers, max(1, cores // workers)
 
 
-def _run_on_dask(config, units, cache_path, corpus, manifest: pd.DataFrame, workers, scheduler, bar) -> None:
+@contextlib.contextmanager
+def _dask_runner(config: LocalizeConfig, workers: int | None, scheduler: str | None) -> Iterator[UnitRunner]:
+    """A local cluster (or `scheduler`'s) whose workers have loaded the models; units run as one task each."""
     from distributed import Client, LocalCluster, as_completed
 
     threads = None
@@ -151,12 +186,19 @@ def _run_on_dask(config, units, cache_path, corpus, manifest: pd.DataFrame, work
         cluster, client = None, Client(scheduler)
     try:
         client.register_plugin(LocalizerPlugin(config.to_dict(), threads), name=PLUGIN_NAME)
-        client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.update(event[1]["n"]))
-        # Each task gets its own rows of the manifest: no worker re-reads the whole item table per shard.
-        futures = [client.submit(_dask_unit, u, manifest.loc[u.items], str(cache_path), str(corpus), pure=False)
-                   for u in units]
-        for future in as_completed(futures):
-            future.result()  # re-raise a worker's unexpected error here
+        errors = [e for e in client.run(_load_error).values() if e]
+        if errors:
+            raise RuntimeError(errors[0])
+
+        def run_units(units, cache, corpus, manifest, bar) -> None:
+            client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.update(event[1]["n"]))
+            # Each task gets its own rows of the manifest: no worker re-reads the whole item table per shard.
+            futures = [client.submit(_dask_unit, u, manifest.loc[u.items], str(cache.path), str(corpus), pure=False)
+                       for u in units]
+            for future in as_completed(futures):
+                future.result()  # re-raise a worker's unexpected error here
+
+        yield run_units
     finally:
         client.close()
         if cluster is not None:

@@ -13,7 +13,6 @@ Weights are always read with ``torch.load(..., map_location='cpu', weights_only=
 from __future__ import annotations
 
 import json
-import pickle
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -23,6 +22,8 @@ import torch
 import yaml
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from localize.load_errors import WEIGHT_FILE_ERRORS, describe_load_error
 
 REGISTRY_ARCHS = ("vit_b", "vit_l", "vit_h")
 CUSTOM_ARCH = "custom"
@@ -126,6 +127,6 @@ def load_sam(spec: str | Mapping[str, Any], device: torch.device | str = "cpu") 
     try:
         state_dict = torch.load(ckpt, map_location="cpu", weights_only=True)
         sam.load_state_dict(state_dict, strict=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
-        raise SamLoadError(f"Cannot load SAM weights from {ckpt} into arch '{arch}': {e}") from e
+    except WEIGHT_FILE_ERRORS as e:
+        raise SamLoadError(f"Cannot load SAM weights from {ckpt} into arch '{arch}': {describe_load_error(e)}") from e
     return sam.to(device).eval().requires_grad_(False)

@@ -185,3 +185,14 @@ def test_intensity_settings_reach_the_models_and_the_provenance(tmp_path, standi
     assert all(np.array_equal(a.read_saliency(i), b.read_saliency(i)) for i in mr)  # a CT window leaves MR alone
     with pytest.raises(ConfigError, match="intensity"):
         LocalizeConfig.load(standins, ["intensity={ct_window: nosuchwindow}"])
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in_process", "dask"])
+def test_a_model_that_will_not_load_fails_before_the_scan(tmp_path, standins, corpus, capfd, workers):
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(bytes(range(256)) * 4)
+    config = LocalizeConfig.load(standins, [*FAST, f"sam=vit_b:{noise}"])
+    with pytest.raises(RuntimeError, match=r"noise\.pth.*not a plain tensor checkpoint"):
+        run_localization(config, corpus, tmp_path / "c.zarr", workers=workers, progress=False)
+    assert not (tmp_path / "c.zarr").exists()  # the corpus was not scanned, no cache was made
+    assert "Traceback" not in capfd.readouterr().err  # one line from the client, no worker tracebacks

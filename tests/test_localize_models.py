@@ -145,6 +145,17 @@ def test_weights_of_another_architecture_are_refused(clip_dir, tmp_path):
         load_biomedclip(f"local-dir:{folder}")
 
 
+@pytest.mark.parametrize("keep", [0, 100, None])  # empty, cut inside the header, cut inside the tensors
+def test_corrupt_weights_file_is_a_one_line_error_naming_it(clip_dir, tmp_path, keep):
+    folder = copy_folder(clip_dir, tmp_path / "corrupt")
+    weights = folder / "open_clip_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2 if keep is None else keep])
+    with pytest.raises(ClipLoadError, match="from open_clip_model.safetensors: SafetensorError") as err:
+        load_biomedclip(f"local-dir:{folder}")
+    assert str(folder) in str(err.value) and "\n" not in str(err.value)
+
+
 def test_hub_spec_without_network_explains_the_offline_route(monkeypatch, tmp_path):
     import huggingface_hub.constants
 
@@ -189,6 +200,15 @@ def test_sam_errors_name_the_file(standins, tmp_path):
     shutil.copy(checkpoint.with_suffix(".json"), truncated.with_suffix(".json"))
     with pytest.raises(SamLoadError, match="truncated.pth"):
         load_sam(f"custom:{truncated}")
+    # Random bytes: torch's weights_only refusal is cut down to its cause and what to do.
+    (tmp_path / "noise.pth").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(SamLoadError, match=r"noise\.pth.*not a plain tensor checkpoint") as err:
+        load_sam(f"vit_b:{tmp_path / 'noise.pth'}")
+    assert "\n" not in str(err.value) and "Download the file again" in str(err.value)
+    # A pickled Python object is refused, not executed.
+    torch.save({"model": Path("x")}, tmp_path / "pickled.pth")
+    with pytest.raises(SamLoadError, match=r"not a plain tensor checkpoint \(.*pathlib"):
+        load_sam(f"vit_b:{tmp_path / 'pickled.pth'}")
 
 
 def test_sam_checkpoint_of_another_architecture_is_refused(standins):
