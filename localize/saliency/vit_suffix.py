@@ -27,7 +27,7 @@ class ClassTokenBlock(nn.Module):
     def supports(block: nn.Module) -> bool:
         """Plain timm blocks only (subclasses and other attention types may compute something else)."""
         attn = getattr(block, "attn", None)
-        return type(block) is Block and type(attn) is Attention and attn.gate is None
+        return type(block) is Block and type(attn) is Attention and getattr(attn, "gate", None) is None
 
     def forward(self, x_ntc: torch.Tensor) -> torch.Tensor:
         block, attn = self.block, self.block.attn
