@@ -75,46 +75,51 @@ def scan_corpus(
 
 
 def _scan_in_processes(tasks: list[tuple[str, str, str]], workers: int, bar: tqdm) -> list[_FileResult]:
-    """`_scan_file` over `tasks` in `workers` processes, results in task order.
+    """`_scan_file` over `tasks` in `workers` processes, in chunks of files, results in task order.
 
     A native decoder can kill its process outright (a segfault in a codec on a corrupt file) instead of raising.
-    Then the files in flight at that moment are rescanned one by one, each in its own process: the one that kills
-    its process again is recorded as failed, and the scan goes on in a fresh pool.
+    Then the chunks in flight at that moment are scanned again file by file in a fresh pool, and a single file
+    in flight at such a crash is scanned alone in a process of its own: if it kills that one too, it is
+    recorded as failed. The other files are unaffected.
     """
+    chunk = max(1, min(64, len(tasks) // (workers * 8)))
+    queue = deque(list(range(start, min(start + chunk, len(tasks)))) for start in range(0, len(tasks), chunk))
     results: dict[int, _FileResult] = {}
-    queue = deque(range(len(tasks)))
     while queue:
-        for i in _scan_until_crash(tasks, queue, workers, results, bar):
-            results[i] = _scan_alone(tasks[i])
-            bar.update()
+        for indices in _scan_until_crash(tasks, queue, workers, results, bar):
+            if len(indices) > 1:
+                queue.extendleft([i] for i in reversed(indices))
+            else:
+                results[indices[0]] = _scan_alone(tasks[indices[0]])
+                bar.update()
     return [results[i] for i in range(len(tasks))]
 
 
-def _scan_until_crash(tasks: list[tuple[str, str, str]], queue: deque[int], workers: int,
-                      results: dict[int, _FileResult], bar: tqdm) -> list[int]:
-    """Scan queued files (popped as they are submitted) into `results` until the queue is empty, or until a worker
-    dies: then return the files that were in flight and have no result."""
-    in_flight: dict[Future, int] = {}
+def _scan_until_crash(tasks: list[tuple[str, str, str]], queue: deque[list[int]], workers: int,
+                      results: dict[int, _FileResult], bar: tqdm) -> list[list[int]]:
+    """Scan queued chunks (popped as they are submitted) into `results` until the queue is empty, or until a
+    worker dies: then return the chunks that were in flight and have no result."""
+    in_flight: dict[Future, list[int]] = {}
+
+    def collect(future: Future) -> None:
+        chunk_results = future.result()  # raises BrokenProcessPool before the chunk leaves `in_flight`
+        for i, result in zip(in_flight.pop(future), chunk_results, strict=True):
+            results[i] = result
+            bar.update()
+
     with ProcessPoolExecutor(max_workers=workers) as pool:
         try:
             while queue or in_flight:
-                while queue and len(in_flight) < 4 * workers:  # bounded: a crash leaves few files in doubt
-                    i = queue.popleft()
-                    in_flight[pool.submit(_scan_file, tasks[i])] = i
+                while queue and len(in_flight) < 2 * workers:  # bounded: a crash leaves few files in doubt
+                    indices = queue.popleft()
+                    in_flight[pool.submit(_scan_files, [tasks[i] for i in indices])] = indices
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in done:
-                    results[in_flight[future]] = future.result()
-                    del in_flight[future]
-                    bar.update()
+                    collect(future)
         except BrokenProcessPool:
-            unresolved = []
-            for future, i in in_flight.items():
-                if future.done() and future.exception() is None:
-                    results[i] = future.result()
-                    bar.update()
-                else:
-                    unresolved.append(i)
-            return sorted(unresolved)
+            for future in [f for f in in_flight if f.done() and f.exception() is None]:
+                collect(future)
+            return list(in_flight.values())
     return []
 
 
@@ -218,6 +223,10 @@ def failures_path(manifest_path: str | os.PathLike) -> Path:
     """Where `write_manifest` puts the failures parquet of the manifest at `manifest_path` (the .csv is beside)."""
     manifest_path = Path(manifest_path)
     return manifest_path.with_name(manifest_path.stem + ".failures.parquet")
+
+
+def _scan_files(tasks: list[tuple[str, str, str]]) -> list[_FileResult]:
+    return [_scan_file(task) for task in tasks]
 
 
 def _scan_file(task: tuple[str, str, str]) -> _FileResult:

@@ -243,13 +243,13 @@ def _frames_or_segfault(path, **kwargs):
 
 def test_a_decoder_that_kills_its_process_fails_only_its_file(tmp_path, monkeypatch):
     corpus = tmp_path / "corpus"
-    for k in range(12):
+    for k in range(60):  # enough files for chunks of several files per task (62 // (2 workers * 8) = 3)
         write_opencv(corpus / f"xr/img_{k:02d}.png", np.full((8, 8), k, np.uint8))
     for name in ("crash_a.png", "crash_b.png"):
         write_opencv(corpus / "xr" / name, np.zeros((8, 8), np.uint8))
     # Worker processes are forked from this one and so inherit the patched reader.
     monkeypatch.setattr(data.manifest, "iter_frames", _frames_or_segfault)
     manifest, failures = scan_corpus(corpus, workers=2, progress=False)
-    assert manifest.path.tolist() == [f"xr/img_{k:02d}.png" for k in range(12)]
+    assert manifest.path.tolist() == [f"xr/img_{k:02d}.png" for k in range(60)]
     assert failures.path.tolist() == ["xr/crash_a.png", "xr/crash_b.png"]
     assert set(failures.reason) == {"the decoder crashed the reading process"}
