@@ -30,14 +30,10 @@ PLUGIN_NAME = "mwm-localizer"
 PROGRESS_TOPIC = "mwm-localize-progress"
 
 
-def open_or_create_cache(
+def create_cache(
     config: LocalizeConfig, corpus: Path, cache_path: Path, manifest_path: Path | None, provenance: dict[str, Any]
 ) -> RoiCache:
-    """Resume a cache made with the same provenance, or scan the corpus and create one."""
-    if cache_path.exists():
-        cache = RoiCache.open(cache_path, mode="r+", provenance=provenance)
-        log.info("resuming %s (%d items)", cache_path, cache.n_items)
-        return cache
+    """A new cache over `manifest_path`'s items, or over a scan of the corpus."""
     if manifest_path is not None:
         manifest = read_manifest(manifest_path)
     else:
@@ -71,16 +67,17 @@ def run_localization(
     started = time.perf_counter()
     corpus, cache_path = Path(corpus), Path(cache_path)
     provenance = localizer_provenance(config)
-    if cache_path.exists():
-        cache = RoiCache.open(cache_path, mode="r+", provenance=provenance)
-        if unit_sizes(plan_units(cache, config.batch_size, retry_failed=retry_failed)) == 0:
+    existing = RoiCache.open(cache_path, mode="r+", provenance=provenance) if cache_path.exists() else None
+    if existing is not None:
+        if unit_sizes(plan_units(existing, config.batch_size, retry_failed=retry_failed)) == 0:
             log.info("nothing to do: every item of %s is done", cache_path)
-            return summarize(cache, 0, started)
+            return summarize(existing, 0, started)
+        log.info("resuming %s (%d items)", cache_path, existing.n_items)
     in_process = scheduler is None and workers == 0
     runner = _local_runner(config) if in_process else _dask_runner(config, workers, scheduler)
     with runner as run_units:
-        cache = open_or_create_cache(config, corpus, cache_path, Path(manifest_path) if manifest_path else None,
-                                     provenance)  # fmt: skip
+        cache = existing if existing is not None else create_cache(
+            config, corpus, cache_path, Path(manifest_path) if manifest_path else None, provenance)
         units = plan_units(cache, config.batch_size, retry_failed=retry_failed)
         total = unit_sizes(units)
         bar = item_progress_bar(total, progress)
