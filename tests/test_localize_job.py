@@ -195,4 +195,7 @@ def test_a_model_that_will_not_load_fails_before_the_scan(tmp_path, standins, co
     with pytest.raises(RuntimeError, match=r"noise\.pth.*not a plain tensor checkpoint"):
         run_localization(config, corpus, tmp_path / "c.zarr", workers=workers, progress=False)
     assert not (tmp_path / "c.zarr").exists()  # the corpus was not scanned, no cache was made
-    assert "Traceback" not in capfd.readouterr().err  # one line from the client, no worker tracebacks
+    # One line from the client: no traceback of the load failure from the workers (Dask's own shutdown chatter,
+    # such as a heartbeat racing the cluster's close, is not ours to assert on).
+    err = capfd.readouterr().err
+    assert "sam_loader.py" not in err and "plugin_add" not in err
