@@ -87,3 +87,4 @@ bench:
 
 lint:
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .

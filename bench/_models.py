@@ -25,12 +25,23 @@ from localize.standins import write_biomedclip_folder
 
 # microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224's open_clip_config.json (model part).
 BIOMEDCLIP_EMBED_DIM = 512
-BIOMEDCLIP_VISION_CFG = {"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": False,
-                         "timm_pool": "", "timm_proj": "linear", "image_size": 224}
+BIOMEDCLIP_VISION_CFG = {
+    "timm_model_name": "vit_base_patch16_224",
+    "timm_model_pretrained": False,
+    "timm_pool": "",
+    "timm_proj": "linear",
+    "image_size": 224,
+}
 BIOMEDCLIP_CONTEXT_LENGTH = 256
 # BiomedBERT-base (PubMedBERT) sizes, vocabulary aside.
-BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-             "max_position_embeddings": 512, "type_vocab_size": 2}
+BERT_BASE = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+}
 
 
 def write_real_size_models(out_dir: str | Path, seed: int = 0) -> tuple[str, str]:
@@ -46,9 +57,14 @@ def write_real_size_models(out_dir: str | Path, seed: int = 0) -> tuple[str, str
 
 def write_real_size_biomedclip(folder: Path, vocabulary: list[str] = ()) -> Path:
     """A local-dir folder in BiomedCLIP's hub layout, real architecture, random weights, small vocabulary."""
-    return write_biomedclip_folder(folder, vocabulary, embed_dim=BIOMEDCLIP_EMBED_DIM,
-                                   vision_cfg=BIOMEDCLIP_VISION_CFG, bert=BERT_BASE,
-                                   context_length=BIOMEDCLIP_CONTEXT_LENGTH)
+    return write_biomedclip_folder(
+        folder,
+        vocabulary,
+        embed_dim=BIOMEDCLIP_EMBED_DIM,
+        vision_cfg=BIOMEDCLIP_VISION_CFG,
+        bert=BERT_BASE,
+        context_length=BIOMEDCLIP_CONTEXT_LENGTH,
+    )
 
 
 def write_random_sam_vit_b(checkpoint: Path) -> Path:

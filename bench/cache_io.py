@@ -50,9 +50,15 @@ def main() -> None:
     n, size = args.items, args.image_size
     paths = [f"bench/img_{i:07d}.png" for i in range(n)]
     manifest = pd.DataFrame(
-        {"item_id": [make_item_id(p, 0) for p in paths], "path": paths, "frame": 0, "modality": "CT",
-         "height": size, "width": size}
-    )  # fmt: skip
+        {
+            "item_id": [make_item_id(p, 0) for p in paths],
+            "path": paths,
+            "frame": 0,
+            "modality": "CT",
+            "height": size,
+            "width": size,
+        }
+    )
     template = synthetic_results(args.batch, size, rng)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,20 +88,30 @@ def main() -> None:
         # Untimed: the fast path must read what zarr reads.
         checked = order[: min(len(order), 200)]
         reads_equal = all(
-            np.array_equal(reader.read_mask(int(i), (224, 224)),
-                           cv2.resize(plain[int(i)], (224, 224), interpolation=cv2.INTER_NEAREST_EXACT))
+            np.array_equal(
+                reader.read_mask(int(i), (224, 224)),
+                cv2.resize(plain[int(i)], (224, 224), interpolation=cv2.INTER_NEAREST_EXACT),
+            )
             for i in checked
-        )  # fmt: skip
+        )
 
-    print(json.dumps({
-        "items": n, "mask_size": args.mask_size, "write_batch": args.batch,
-        "writes_per_s": round(n / write_s, 1),
-        "reads_per_s": round(args.reads / read_s, 1),
-        "zarr_reads_per_s": round(n_plain / plain_s, 1),
-        "read_speedup_vs_zarr": round((args.reads / read_s) / (n_plain / plain_s), 2),
-        "reads_equal_zarr": reads_equal, "reads_compared": len(checked),
-        "store_mb": round(store_mb, 2), "store_files": n_files,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "items": n,
+                "mask_size": args.mask_size,
+                "write_batch": args.batch,
+                "writes_per_s": round(n / write_s, 1),
+                "reads_per_s": round(args.reads / read_s, 1),
+                "zarr_reads_per_s": round(n_plain / plain_s, 1),
+                "read_speedup_vs_zarr": round((args.reads / read_s) / (n_plain / plain_s), 2),
+                "reads_equal_zarr": reads_equal,
+                "reads_compared": len(checked),
+                "store_mb": round(store_mb, 2),
+                "store_files": n_files,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -96,8 +96,15 @@ def write_config(size: str, method: str, steps: int, folder: Path) -> LocalizeCo
 
     clip_spec, sam_spec = write_real_size_models(folder / "real")
     saliency = saliency or {"method": "m2ib", "steps": steps}  # the paper's defaults (layer 7 of 12) otherwise
-    return LocalizeConfig.load(None, [f"clip={json.dumps(clip_spec)}", f"sam={json.dumps(sam_spec)}",
-                                      f"saliency={json.dumps(saliency)}", "untrained=true"])  # fmt: skip
+    return LocalizeConfig.load(
+        None,
+        [
+            f"clip={json.dumps(clip_spec)}",
+            f"sam={json.dumps(sam_spec)}",
+            f"saliency={json.dumps(saliency)}",
+            "untrained=true",
+        ],
+    )
 
 
 def sample_images(n: int, image_px: int, folder: Path) -> tuple[list[np.ndarray], list[str]]:
@@ -226,8 +233,15 @@ def batches(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def measure_round(localizer: Localizer, naive: NaiveLocalizer, unbatched: NaiveLocalizer, images: list[np.ndarray],
-                  modalities: list[str], batch_size: int, watch: StopWatch) -> Round:
+def measure_round(
+    localizer: Localizer,
+    naive: NaiveLocalizer,
+    unbatched: NaiveLocalizer,
+    images: list[np.ndarray],
+    modalities: list[str],
+    batch_size: int,
+    watch: StopWatch,
+) -> Round:
     """The three paths over all images, alternating batch by batch so that all see the same machine load."""
     paths: dict[str, Callable[[list[np.ndarray], list[str]], list]] = {
         "batched": localizer,
@@ -241,12 +255,19 @@ def measure_round(localizer: Localizer, naive: NaiveLocalizer, unbatched: NaiveL
             t0 = watch.now()
             outputs[name] += run(images[part], modalities[part])
             seconds[name] += watch.now() - t0
-    return Round(seconds["batched"], seconds["naive"], seconds["unbatched"], outputs["batched"], outputs["naive"],
-                 outputs["unbatched"])
+    return Round(
+        seconds["batched"],
+        seconds["naive"],
+        seconds["unbatched"],
+        outputs["batched"],
+        outputs["naive"],
+        outputs["unbatched"],
+    )
 
 
-def stage_times(localizer: Localizer, images: list[np.ndarray], modalities: list[str], batch_size: int,
-                watch: StopWatch) -> dict[str, float]:
+def stage_times(
+    localizer: Localizer, images: list[np.ndarray], modalities: list[str], batch_size: int, watch: StopWatch
+) -> dict[str, float]:
     """One batched pass with the saliency stage timed inside the Localizer, then `refine_batch` (components + SAM)
     timed on the same maps, exactly the call the Localizer makes."""
     timed = TimedSaliency(localizer.saliency, watch)
@@ -268,8 +289,11 @@ def agreement(batched: list[LocalizedItem], naive: list[NaiveResult]) -> dict[st
         union = np.logical_or(b.roi_hw, n.roi_hw).sum()
         ious.append(1.0 if union == 0 else float(np.logical_and(b.roi_hw, n.roi_hw).sum() / union))
         maes.append(float(np.abs(b.saliency_hw - n.saliency_hw).mean()))
-    return {"mask_agreement": float(np.mean(ious)), "mask_agreement_min": float(np.min(ious)),
-            "saliency_mae": float(np.mean(maes))}
+    return {
+        "mask_agreement": float(np.mean(ious)),
+        "mask_agreement_min": float(np.min(ious)),
+        "saliency_mae": float(np.mean(maes)),
+    }
 
 
 def resolve_device(name: str) -> torch.device:
@@ -289,12 +313,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="M2IB optimisation steps")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds; medians are reported")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's own); on a shared machine 1 avoids thread thrashing")
-    parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
-                        help="untimed warm-up (one batch, one image per modality) before the rounds")
-    parser.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
-                        help="an extra batched pass for saliency_s / sam_s")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own); on a shared machine 1 avoids thread thrashing",
+    )
+    parser.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="untimed warm-up (one batch, one image per modality) before the rounds",
+    )
+    parser.add_argument(
+        "--stages",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="an extra batched pass for saliency_s / sam_s",
+    )
     args = parser.parse_args(argv)
     args.images = DEFAULT_IMAGES[args.size] if args.images is None else args.images
     args.batch_size = DEFAULT_BATCH[args.size] if args.batch_size is None else args.batch_size
@@ -322,8 +358,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             i = modalities.index(modality)
             naive(images[i], modality)
             unbatched(images[i], modality)
-    rounds = [measure_round(localizer, naive, unbatched, images, modalities, args.batch_size, watch)
-              for _ in range(args.repeats)]
+    rounds = [
+        measure_round(localizer, naive, unbatched, images, modalities, args.batch_size, watch)
+        for _ in range(args.repeats)
+    ]
     batched_s = statistics.median(r.batched_s for r in rounds)
     naive_s = statistics.median(r.naive_s for r in rounds)
     unbatched_s = statistics.median(r.unbatched_s for r in rounds)
@@ -348,8 +386,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "speedup_from_prefix_reuse": naive_s / unbatched_s,
         "naive_whole_tower_per_step": getattr(naive.saliency, "reuse_prefix", None) is False,
         "batched_precision": "bf16 autocast (saliency + SAM)" if cuda else "fp32",
-        "naive_precision": ("saliency bf16 autocast (shared saliency code, no fp32 switch), SAM fp32 (SamPredictor)"
-                            if cuda else "fp32"),
+        "naive_precision": (
+            "saliency bf16 autocast (shared saliency code, no fp32 switch), SAM fp32 (SamPredictor)" if cuda else "fp32"
+        ),
         "batched_s": batched_s,
         "naive_s": naive_s,
         "batched_s_rounds": [r.batched_s for r in rounds],

@@ -11,6 +11,7 @@ that load from other processes hits both alike; medians are reported.
 With `--corpus DIR --cache CACHE.zarr`, `loader_images_per_s` is the throughput of a DataLoader over
 `data.dataset.RoiDataset` with the pretraining augmentation (2 workers), measured before the steps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ def synthetic_batch(batch: int, size: int, seed: int = 0) -> tuple[torch.Tensor,
     yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
     centre = torch.rand(batch, 2, generator=gen) * 0.5 + 0.25
     radius = torch.rand(batch, 2, generator=gen) * 0.25 + 0.05
-    inside = ((yy - centre[:, 0, None, None]) / radius[:, 0, None, None]) ** 2 + \
-             ((xx - centre[:, 1, None, None]) / radius[:, 1, None, None]) ** 2 < 1
+    inside = ((yy - centre[:, 0, None, None]) / radius[:, 0, None, None]) ** 2 + (
+        (xx - centre[:, 1, None, None]) / radius[:, 1, None, None]
+    ) ** 2 < 1
     inside[::8] = False  # empty ROIs occur in real caches
     labels = torch.randint(0, 10, (batch,), generator=gen)
     return img, inside[:, None].to(torch.uint8), labels
@@ -48,8 +50,9 @@ def loader_images_per_s(corpus: str, cache: str, size: int, batch: int, batches:
     from pretrain.datamodule import joint_augmentation
 
     dataset = RoiDataset(corpus, cache=cache, transform=joint_augmentation(size, (0.5, 1.0), (3 / 4, 4 / 3), 0.5))
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0
+    )
     if len(loader) < 2:
         raise ValueError(f"{corpus}: too few cached items for batches of {batch}")
     n_images, t0 = 0, None
@@ -91,17 +94,25 @@ def main() -> None:
         parser.error("--corpus and --cache go together")
 
     torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     torch.manual_seed(0)
-    loader = (loader_images_per_s(args.corpus, args.cache, args.size, args.batch, args.loader_batches, workers=2)
-              if args.corpus else None)
+    loader = (
+        loader_images_per_s(args.corpus, args.cache, args.size, args.batch, args.loader_batches, workers=2)
+        if args.corpus
+        else None
+    )
 
     mim = SparkMIM(args.backbone, input_size=args.size, decoder_width=args.decoder_width).to(device).train()
     dense = timm.create_model(args.backbone, num_classes=10).to(device).train()
-    mim_opt, dense_opt = make_optimizer(args.optimizer, mim.parameters()), make_optimizer(args.optimizer,
-                                                                                         dense.parameters())
+    mim_opt, dense_opt = (
+        make_optimizer(args.optimizer, mim.parameters()),
+        make_optimizer(args.optimizer, dense.parameters()),
+    )
     masking = DifferentiatedMasking(args.r_roi, args.r_bg)
     img, roi, labels = (t.to(device) for t in synthetic_batch(args.batch, args.size))
     grid_hw = mim.grid_hw((args.size, args.size))
@@ -160,10 +171,20 @@ def main() -> None:
         "dense_s_median": round(dense_step_s, 4),
         "mask_ms_median": round(mask * 1e3, 3),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({args.threads} threads)",
-        "config": {"backbone": args.backbone, "size": args.size, "batch": args.batch, "steps": args.steps,
-                   "warmup": args.warmup, "decoder_width": args.decoder_width, "optimizer": args.optimizer,
-                   "r_roi": args.r_roi, "r_bg": args.r_bg, "autocast": "bf16" if device.type == "cuda" else "fp32",
-                   "torch": torch.__version__, "timm": timm.__version__},
+        "config": {
+            "backbone": args.backbone,
+            "size": args.size,
+            "batch": args.batch,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "decoder_width": args.decoder_width,
+            "optimizer": args.optimizer,
+            "r_roi": args.r_roi,
+            "r_bg": args.r_bg,
+            "autocast": "bf16" if device.type == "cuda" else "fp32",
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+        },
     }
     if loader is not None:
         result["loader_images_per_s"] = round(loader, 2)

@@ -95,8 +95,9 @@ def _scan_in_processes(tasks: list[tuple[str, str, str]], workers: int, bar: tqd
     return [results[i] for i in range(len(tasks))]
 
 
-def _scan_until_crash(tasks: list[tuple[str, str, str]], queue: deque[list[int]], workers: int,
-                      results: dict[int, _FileResult], bar: tqdm) -> list[list[int]]:
+def _scan_until_crash(
+    tasks: list[tuple[str, str, str]], queue: deque[list[int]], workers: int, results: dict[int, _FileResult], bar: tqdm
+) -> list[list[int]]:
     """Scan queued chunks (popped as they are submitted) into `results` until the queue is empty, or until a
     worker dies: then return the chunks that were in flight and have no result."""
     in_flight: dict[Future, list[int]] = {}

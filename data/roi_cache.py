@@ -108,9 +108,14 @@ class RoiCache:
         zstd = [ZstdCodec(level=3)]
         for name in ("mask", "saliency"):
             group.create_array(
-                name, shape=(n, s, s), dtype="uint8", chunks=(1, s, s), shards=(shard_items, s, s),
-                compressors=zstd, fill_value=0,
-            )  # fmt: skip
+                name,
+                shape=(n, s, s),
+                dtype="uint8",
+                chunks=(1, s, s),
+                shards=(shard_items, s, s),
+                compressors=zstd,
+                fill_value=0,
+            )
         group.create_array("boxes", shape=(n, k, 4), dtype="float32", chunks=(shard_items, k, 4), fill_value=np.nan)
         group.create_array("score", shape=(n,), dtype="float32", chunks=rows, fill_value=np.nan)
         group.create_array("flags", shape=(n,), dtype="uint8", chunks=rows, fill_value=0)

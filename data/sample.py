@@ -129,8 +129,9 @@ def _blur(img_hw: np.ndarray, sigma_px: float) -> np.ndarray:
     return cv2.GaussianBlur(img_hw.astype(np.float32), (0, 0), sigmaX=max(sigma_px, 0.3))
 
 
-def _ellipse(shape_hw: tuple[int, int], center_rc: tuple[float, float], half_rc: tuple[float, float],
-             angle_deg: float = 0.0) -> np.ndarray:
+def _ellipse(
+    shape_hw: tuple[int, int], center_rc: tuple[float, float], half_rc: tuple[float, float], angle_deg: float = 0.0
+) -> np.ndarray:
     """Filled ellipse (bool) with half-axes along rows/cols before rotating by `angle_deg`."""
     rr, cc = np.mgrid[: shape_hw[0], : shape_hw[1]].astype(np.float32)
     t = math.radians(angle_deg)
@@ -140,8 +141,13 @@ def _ellipse(shape_hw: tuple[int, int], center_rc: tuple[float, float], half_rc:
     return (u / half_rc[0]) ** 2 + (v / half_rc[1]) ** 2 <= 1.0
 
 
-def _blob(shape_hw: tuple[int, int], center_rc: tuple[float, float], radius: float, rng: np.random.Generator,
-          irregularity: float) -> np.ndarray:
+def _blob(
+    shape_hw: tuple[int, int],
+    center_rc: tuple[float, float],
+    radius: float,
+    rng: np.random.Generator,
+    irregularity: float,
+) -> np.ndarray:
     """Star-shaped lesion: a disc whose radius wobbles with angle; largest 8-connected component only."""
     rr, cc = np.mgrid[: shape_hw[0], : shape_hw[1]].astype(np.float32)
     dr, dc = rr - center_rc[0], cc - center_rc[1]
@@ -169,8 +175,14 @@ def _dilate(mask_hw: np.ndarray, radius_px: int) -> np.ndarray:
     return cv2.dilate(mask_hw.astype(np.uint8), kernel).astype(bool)
 
 
-def _place_lesions(rng: np.random.Generator, allowed_hw: np.ndarray, count: int, radius_range: tuple[float, float],
-                   irregularity: float, min_radius: float) -> tuple[np.ndarray, ...]:
+def _place_lesions(
+    rng: np.random.Generator,
+    allowed_hw: np.ndarray,
+    count: int,
+    radius_range: tuple[float, float],
+    irregularity: float,
+    min_radius: float,
+) -> tuple[np.ndarray, ...]:
     """Up to `count` (at least one when count > 0) disjoint blobs lying wholly inside `allowed_hw`.
 
     The radius shrinks towards `min_radius` when a blob does not fit; only in small images can a second blob fail.
@@ -255,8 +267,9 @@ def _mr_slice(vol: _MrVolume, k: int, n_lesions: int, rng: np.random.Generator, 
     img[vent & brain] = csf
     img = _blur(img, 0.8) * (1 + rng.uniform(0.02, 0.08) * _smooth_noise(rng, shape, size / 40))
 
-    lesions = _place_lesions(rng, _erode(brain, 2), n_lesions, (0.035 * size, 0.12 * size), irregularity=0.5,
-                             min_radius=3.0)
+    lesions = _place_lesions(
+        rng, _erode(brain, 2), n_lesions, (0.035 * size, 0.12 * size), irregularity=0.5, min_radius=3.0
+    )
     for lesion in lesions:
         # Contrast from faint to obvious, either sign; texture inside; some with a bright rim (T1 enhancement).
         strength = rng.uniform(0.04, 0.1) if rng.random() < 0.2 else rng.uniform(0.12, 0.38)
@@ -314,7 +327,7 @@ def _ct_slice(ser: _CtSeries, k: int, n_lesions: int, rng: np.random.Generator, 
     hu[muscle] = 40.0
     if ser.table:
         row = min(size - 2, int(cr + ser.body_half_rc[0] + 0.03 * size))
-        hu[row: row + max(1, size // 64), int(0.1 * size): int(0.9 * size)] = 150.0
+        hu[row : row + max(1, size // 64), int(0.1 * size) : int(0.9 * size)] = 150.0
 
     lungs = np.zeros(shape, bool)
     scale = 1.0 + 0.05 * (k - 1.5) + rng.uniform(-0.03, 0.03)  # lung section changes along the series
@@ -332,8 +345,10 @@ def _ct_slice(ser: _CtSeries, k: int, n_lesions: int, rng: np.random.Generator, 
     hu[_ellipse(shape, spine_c, (0.04 * size, 0.045 * size))] = 250.0
     for t in np.linspace(0.15, np.pi - 0.15, int(rng.integers(8, 13))):  # ribs along the chest wall
         for side in (-1, 1):
-            rc = (cr - math.cos(t) * (ser.body_half_rc[0] - ser.fat_px - 0.02 * size),
-                  cc + side * math.sin(t) * (ser.body_half_rc[1] - ser.fat_px - 0.02 * size))
+            rc = (
+                cr - math.cos(t) * (ser.body_half_rc[0] - ser.fat_px - 0.02 * size),
+                cc + side * math.sin(t) * (ser.body_half_rc[1] - ser.fat_px - 0.02 * size),
+            )
             hu[_ellipse(shape, rc, (0.018 * size, 0.012 * size), rng.uniform(0, 180))] = rng.uniform(500, 900)
     # Vessels: small bright dots inside the lungs, the structures nodules must be told apart from.
     lung_px = np.flatnonzero(lungs)
@@ -378,8 +393,12 @@ def _xr_image(n_lesions: int, rng: np.random.Generator, size: int) -> _Slice:
         # Diaphragm dome: cut the base with a larger ellipse.
         dome = _ellipse(shape, (lung_top + lung_h * 1.45, center[1]), (lung_h * 0.55, half[1] * 1.6))
         lungs |= lung & ~dome
-    heart = _ellipse(shape, (lung_top + 0.72 * lung_h, cw + 0.07 * w),
-                     (rng.uniform(0.12, 0.17) * h, rng.uniform(0.14, 0.2) * w), rng.uniform(-30, -10))
+    heart = _ellipse(
+        shape,
+        (lung_top + 0.72 * lung_h, cw + 0.07 * w),
+        (rng.uniform(0.12, 0.17) * h, rng.uniform(0.14, 0.2) * w),
+        rng.uniform(-30, -10),
+    )
     mediastinum = _ellipse(shape, (lung_top + 0.3 * lung_h, cw), (0.4 * lung_h, 0.06 * w))
     lungs &= ~heart & ~mediastinum & thorax
     lung_level = rng.uniform(0.12, 0.25)
@@ -393,15 +412,29 @@ def _xr_image(n_lesions: int, rng: np.random.Generator, size: int) -> _Slice:
     for i in range(int(rng.integers(8, 11))):  # posterior ribs: arcs, convex upwards, falling away from the spine
         row = int(lung_top + (i + 0.8) * lung_h / 9)
         for side in (-1, 1):
-            cv2.ellipse(ribs, (int(cw), row), (int(0.4 * w), int(rng.uniform(0.07, 0.1) * h)), 0,
-                        270 if side > 0 else 180, 360 if side > 0 else 270, 1.0, thickness)
+            cv2.ellipse(
+                ribs,
+                (int(cw), row),
+                (int(0.4 * w), int(rng.uniform(0.07, 0.1) * h)),
+                0,
+                270 if side > 0 else 180,
+                360 if side > 0 else 270,
+                1.0,
+                thickness,
+            )
     for side in (-1, 1):  # clavicles
-        cv2.line(ribs, (int(cw + side * 0.05 * w), int(lung_top)), (int(cw + side * 0.35 * w), int(lung_top * 0.6)),
-                 1.3, thickness + 1)
+        cv2.line(
+            ribs,
+            (int(cw + side * 0.05 * w), int(lung_top)),
+            (int(cw + side * 0.35 * w), int(lung_top * 0.6)),
+            1.3,
+            thickness + 1,
+        )
     img += _blur(ribs, 0.8) * rng.uniform(0.05, 0.12) * thorax
 
-    lesions = _place_lesions(rng, _erode(lungs, 1), n_lesions, (0.04 * size, 0.11 * size), irregularity=0.6,
-                             min_radius=2.5)
+    lesions = _place_lesions(
+        rng, _erode(lungs, 1), n_lesions, (0.04 * size, 0.11 * size), irregularity=0.6, min_radius=2.5
+    )
     for lesion in lesions:
         # Opacities with soft, patchy edges; strength from barely visible to dense consolidation.
         radius = math.sqrt(lesion.sum() / math.pi)
@@ -454,12 +487,12 @@ class _CtUids:
     size: int
 
     def uid(self, *parts: object) -> str:
-        return generate_uid(entropy_srcs=["mwm-sample", str(self.seed), str(self.n), str(self.size),
-                                          *map(str, parts)])
+        return generate_uid(entropy_srcs=["mwm-sample", str(self.seed), str(self.n), str(self.size), *map(str, parts)])
 
 
-def _ct_dataset(uids: _CtUids, sop_class: str, sop_instance: str, series_key: str, series_number: int,
-                size: int) -> Dataset:
+def _ct_dataset(
+    uids: _CtUids, sop_class: str, sop_instance: str, series_key: str, series_number: int, size: int
+) -> Dataset:
     """Patient/study/series/equipment modules shared by every CT file (fake but plausible identifiers)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -654,8 +687,18 @@ def _polygons(mask_hw: np.ndarray) -> list[list[float]]:
     polygons = [[float(v) for v in c.reshape(-1)] for c in contours if len(c) >= 3]
     if not polygons:
         x, y, w, h = cv2.boundingRect(mask_hw.astype(np.uint8))
-        polygons = [[float(x), float(y), float(x + w - 1), float(y), float(x + w - 1), float(y + h - 1),
-                     float(x), float(y + h - 1)]]
+        polygons = [
+            [
+                float(x),
+                float(y),
+                float(x + w - 1),
+                float(y),
+                float(x + w - 1),
+                float(y + h - 1),
+                float(x),
+                float(y + h - 1),
+            ]
+        ]
     return polygons
 
 
@@ -663,13 +706,30 @@ def _coco(items: list[_Item]) -> dict:
     images, annotations = [], []
     for image_id, item in enumerate(items, start=1):
         h, w = item.rendered.truth_hw.shape
-        images.append({"id": image_id, "file_name": item.relpath, "height": h, "width": w, "frame": item.frame,
-                       "item_id": item.item_id, "modality": item.modality.code})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": item.relpath,
+                "height": h,
+                "width": w,
+                "frame": item.frame,
+                "item_id": item.item_id,
+                "modality": item.modality.code,
+            }
+        )
         for lesion in item.rendered.lesions:
             x, y, bw, bh = cv2.boundingRect(lesion.astype(np.uint8))
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": item.modality.category_id, "bbox": [x, y, bw, bh],
-                                "area": int(lesion.sum()), "iscrowd": 0, "segmentation": _polygons(lesion)})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": item.modality.category_id,
+                    "bbox": [x, y, bw, bh],
+                    "area": int(lesion.sum()),
+                    "iscrowd": 0,
+                    "segmentation": _polygons(lesion),
+                }
+            )
     categories = [{"id": m.category_id, "name": m.positive, "supercategory": "lesion"} for m in MODALITIES]
     info = {"description": f"{README_MARKER} (synthetic, no patient data)", "version": "1"}
     return {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": categories}
@@ -678,7 +738,7 @@ def _coco(items: list[_Item]) -> dict:
 def _readme(n: int, seed: int, size: int) -> str:
     h, w = xray_shape(size)
     return f"""{README_MARKER}
-{'=' * len(README_MARKER)}
+{"=" * len(README_MARKER)}
 
 Synthetic images made by `python -m data sample` (data/sample.py) with n={n}, seed={seed}, size={size}.
 No patient data: every image is drawn from simple shapes and noise. The DICOM patient/study tags hold fake
@@ -720,8 +780,9 @@ def _clear_previous(out: Path) -> None:
         raise FileExistsError(f"{out}: folder is not empty and holds no sample corpus; choose a new or empty folder")
 
 
-def write_sample_corpus(out: Path, n: int = 12, seed: int = 0, *, size: int = 128,
-                        progress: bool = False) -> SampleSummary:
+def write_sample_corpus(
+    out: Path, n: int = 12, seed: int = 0, *, size: int = 128, progress: bool = False
+) -> SampleSummary:
     """Write the sample corpus into `out` and return what was written.
 
     Exactly `n` 2-D items per modality: MR slices in ceil(n/4) volumes; CT as max(2, n//4) frames of one multi-frame

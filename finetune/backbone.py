@@ -51,7 +51,7 @@ class InitSpec:
         if text == IMAGENET:
             return cls(IMAGENET)
         if text.startswith(IMAGENET + ":"):
-            return cls(IMAGENET, Path(text[len(IMAGENET) + 1:]).expanduser())
+            return cls(IMAGENET, Path(text[len(IMAGENET) + 1 :]).expanduser())
         if not text:
             raise BackboneInitError("init is empty: use 'scratch', 'imagenet', 'imagenet:FILE' or a backbone path")
         return cls(PRETRAINED, Path(text).expanduser())
@@ -105,7 +105,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise BackboneInitError(
             f"{path}: not a plain state dict of tensors (a Lightning checkpoint? export the backbone first with "
-            "`python -m pretrain export CKPT --out backbone.pt`)")
+            "`python -m pretrain export CKPT --out backbone.pt`)"
+        )
     return dict(obj)
 
 
@@ -138,7 +139,8 @@ def find_imagenet_weights(model_name: str, hf_cache_dir: str | os.PathLike | Non
         looked.append(str(legacy))
     raise BackboneInitError(
         f"ImageNet weights for {model_name!r} are not on disk (looked in: {'; '.join(looked) or 'nowhere'}); "
-        "nothing is downloaded. Put them in the Hugging Face cache or pass init='imagenet:/path/to/weights'.")
+        "nothing is downloaded. Put them in the Hugging Face cache or pass init='imagenet:/path/to/weights'."
+    )
 
 
 def resolve_weights(model_name: str, init: str | os.PathLike) -> tuple[InitSpec, Path | None]:
@@ -162,8 +164,15 @@ def _is_head(key: str, prefixes: Iterable[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, init: str, source: Path | None,
-              head_prefixes: Iterable[str] = (), strict: bool = True) -> LoadReport:
+def load_into(
+    module: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    init: str,
+    source: Path | None,
+    head_prefixes: Iterable[str] = (),
+    strict: bool = True,
+) -> LoadReport:
     """Load `state_dict` into `module`, head keys excluded; report what loaded.
 
     Head keys (those under `head_prefixes`) are never loaded: the task brings its own head. With `strict`, keys
@@ -179,28 +188,40 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, init
         k = wrong[0]
         raise BackboneInitError(
             f"{where}: weights do not fit the backbone: {len(wrong)} tensor(s) with other shapes, e.g. {k}: "
-            f"file {tuple(body_sd[k].shape)} vs model {tuple(own[k].shape)}")
+            f"file {tuple(body_sd[k].shape)} vs model {tuple(own[k].shape)}"
+        )
     result = module.load_state_dict(body_sd, strict=False)
     missing = [k for k in result.missing_keys if not _is_head(k, prefixes)]
     model_head = [k for k in result.missing_keys if _is_head(k, prefixes)]
     unexpected = list(result.unexpected_keys)
     report = LoadReport(
-        init=init, source=None if source is None else str(source),
+        init=init,
+        source=None if source is None else str(source),
         sha256=file_sha256(source) if source is not None and source.is_file() else None,
-        loaded=sorted(set(body_sd) - set(unexpected)), missing=missing, unexpected=unexpected,
-        head=sorted(set(dropped_head) | set(model_head)))
+        loaded=sorted(set(body_sd) - set(unexpected)),
+        missing=missing,
+        unexpected=unexpected,
+        head=sorted(set(dropped_head) | set(model_head)),
+    )
     if not report.loaded:
         raise BackboneInitError(f"{where}: no key matches the backbone (first keys: {list(state_dict)[:3]})")
     if strict and (missing or unexpected):
         raise BackboneInitError(
             f"{where}: weights do not match the backbone: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); pass strict=False to load anyway")
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); pass strict=False to load anyway"
+        )
     return report
 
 
-def create_backbone(model_name: str, init: str | os.PathLike = SCRATCH, *, num_classes: int = 0,
-                    features_only: bool = False, out_indices: Iterable[int] | None = None,
-                    strict: bool = True) -> tuple[nn.Module, LoadReport]:
+def create_backbone(
+    model_name: str,
+    init: str | os.PathLike = SCRATCH,
+    *,
+    num_classes: int = 0,
+    features_only: bool = False,
+    out_indices: Iterable[int] | None = None,
+    strict: bool = True,
+) -> tuple[nn.Module, LoadReport]:
     """A timm model named `model_name` with initial weights from `init` (see the module docstring).
 
     num_classes:   classifier outputs (0: no head, the model returns pooled features).
@@ -215,8 +236,14 @@ def create_backbone(model_name: str, init: str | os.PathLike = SCRATCH, *, num_c
         heads = head_keys(model_name)
         report = LoadReport(init=SCRATCH, head=sorted(k for k in base.state_dict() if _is_head(k, heads)))
     else:
-        report = load_into(base, read_state_dict(weights), init=spec.kind, source=weights,
-                           head_prefixes=head_keys(model_name), strict=strict)
+        report = load_into(
+            base,
+            read_state_dict(weights),
+            init=spec.kind,
+            source=weights,
+            head_prefixes=head_keys(model_name),
+            strict=strict,
+        )
     if not features_only:
         return base, report
     kwargs = {} if out_indices is None else {"out_indices": tuple(out_indices)}
@@ -225,6 +252,10 @@ def create_backbone(model_name: str, init: str | os.PathLike = SCRATCH, *, num_c
     # timm's features_only builder renames modules (e.g. stages.0 -> stages_0); let it map the loaded state.
     loaded_sd = {k: v for k, v in base.state_dict().items() if not _is_head(k, head_keys(model_name))}
     features = timm.create_model(
-        model_name, pretrained=True, features_only=True,
-        pretrained_cfg_overlay={"state_dict": loaded_sd, "source": "", "file": None, "hf_hub_id": None}, **kwargs)
+        model_name,
+        pretrained=True,
+        features_only=True,
+        pretrained_cfg_overlay={"state_dict": loaded_sd, "source": "", "file": None, "hf_hub_id": None},
+        **kwargs,
+    )
     return features, report

@@ -32,12 +32,14 @@ from finetune.task import IMAGENET_MEAN, IMAGENET_STD, FinetuneData, FinetuneTas
 
 def classification_metrics(num_classes: int) -> MetricCollection:
     """accuracy (micro), auroc / auprc / f1 (macro over classes); update with (probs_nc, target_n)."""
-    return MetricCollection({
-        "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-        "auroc": MulticlassAUROC(num_classes, average="macro"),
-        "auprc": MulticlassAveragePrecision(num_classes, average="macro"),
-        "f1": MulticlassF1Score(num_classes, average="macro"),
-    })
+    return MetricCollection(
+        {
+            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+            "auroc": MulticlassAUROC(num_classes, average="macro"),
+            "auprc": MulticlassAveragePrecision(num_classes, average="macro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+        }
+    )
 
 
 class ClassificationData(FinetuneData):
@@ -51,11 +53,22 @@ class ClassificationData(FinetuneData):
     train_fraction keeps a seeded, stratified subset of the training split (at least one image per class).
     """
 
-    def __init__(self, root: str = "work/corpus", labels_csv: str | None = "labels.csv",
-                 modalities: list[str] | None = None, image_size: int = 224, batch_size: int = 32,
-                 num_workers: int = 0, augment: bool = True, train_fraction: float = 1.0, subset_seed: int = 0,
-                 split_seed: int = 0, val_share: float = 0.2, test_share: float = 0.2,
-                 intensity: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: str = "work/corpus",
+        labels_csv: str | None = "labels.csv",
+        modalities: list[str] | None = None,
+        image_size: int = 224,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        augment: bool = True,
+        train_fraction: float = 1.0,
+        subset_seed: int = 0,
+        split_seed: int = 0,
+        val_share: float = 0.2,
+        test_share: float = 0.2,
+        intensity: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(train_fraction, subset_seed, intensity)
         self.root = Path(root)
         self.image_size, self.batch_size, self.num_workers, self.augment = image_size, batch_size, num_workers, augment
@@ -84,8 +97,11 @@ class ClassificationData(FinetuneData):
 
     def _transform(self, train: bool) -> v2.Transform:
         size = (self.image_size, self.image_size)
-        geometry = [v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()] \
-            if train and self.augment else [v2.Resize(size, antialias=True)]
+        geometry = (
+            [v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+            if train and self.augment
+            else [v2.Resize(size, antialias=True)]
+        )
         return v2.Compose([*geometry, v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def split_dataset(self, split: str) -> Dataset:
@@ -102,10 +118,19 @@ class ClassificationModule(FinetuneTask):
 
     task = "classify"
 
-    def __init__(self, backbone: str = "resnet50", init: str = "scratch", num_classes: int = 2,
-                 class_names: list[str] | None = None, mode: Literal["finetune", "linear_probe"] = "finetune",
-                 lr: float = 1e-3, weight_decay: float = 0.05, warmup_fraction: float = 0.05,
-                 label_smoothing: float = 0.0, strict_load: bool = True) -> None:
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        init: str = "scratch",
+        num_classes: int = 2,
+        class_names: list[str] | None = None,
+        mode: Literal["finetune", "linear_probe"] = "finetune",
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_fraction: float = 0.05,
+        label_smoothing: float = 0.0,
+        strict_load: bool = True,
+    ) -> None:
         super().__init__(backbone, init, lr, weight_decay, warmup_fraction)
         self.save_hyperparameters()
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
@@ -175,8 +200,11 @@ class ClassificationModule(FinetuneTask):
 
     def results_details(self) -> dict[str, Any]:
         details = super().results_details()
-        details.update(mode=self.mode, class_names=self.class_names,
-                       confusion_matrix=getattr(self, "confusion_matrix", np.zeros(0)).tolist())
+        details.update(
+            mode=self.mode,
+            class_names=self.class_names,
+            confusion_matrix=getattr(self, "confusion_matrix", np.zeros(0)).tolist(),
+        )
         return details
 
     def write_artifacts(self, out_dir: Path, stem: str) -> dict[str, str]:
@@ -192,4 +220,3 @@ class ClassificationModule(FinetuneTask):
         path = Path(out_dir) / f"{stem}-confusion.png"
         fig.savefig(path, dpi=100)
         return {"confusion_matrix_png": str(path)}
-

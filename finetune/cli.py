@@ -25,18 +25,38 @@ def default_precision() -> str:
 class FinetuneCLI(LightningCLI):
     """LightningCLI for one task module + data module; see the module docstring for the extra options."""
 
-    def __init__(self, model_class: type[FinetuneTask], datamodule_class: type[FinetuneData],
-                 args: list[str] | None = None, run: bool = True) -> None:
+    def __init__(
+        self,
+        model_class: type[FinetuneTask],
+        datamodule_class: type[FinetuneData],
+        args: list[str] | None = None,
+        run: bool = True,
+    ) -> None:
         self.last_results_path: Path | None = None
-        super().__init__(model_class, datamodule_class, args=args, run=run, seed_everything_default=0,
-                         trainer_defaults={"precision": default_precision()},
-                         save_config_kwargs={"overwrite": True})
+        super().__init__(
+            model_class,
+            datamodule_class,
+            args=args,
+            run=run,
+            seed_everything_default=0,
+            trainer_defaults={"precision": default_precision()},
+            save_config_kwargs={"overwrite": True},
+        )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--results_dir", type=str, default="work/results/finetune",
-                            help="folder for the run's results JSON and artifacts")
-        parser.add_argument("--train_fraction", "--train-fraction", type=float, default=1.0,
-                            help="fraction of the training split to use (seeded, stratified, >= 1 per class)")
+        parser.add_argument(
+            "--results_dir",
+            type=str,
+            default="work/results/finetune",
+            help="folder for the run's results JSON and artifacts",
+        )
+        parser.add_argument(
+            "--train_fraction",
+            "--train-fraction",
+            type=float,
+            default=1.0,
+            help="fraction of the training split to use (seeded, stratified, >= 1 per class)",
+        )
         parser.link_arguments("train_fraction", "data.train_fraction")
         self.link_task_arguments(parser)
 
@@ -65,12 +85,20 @@ class FinetuneCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         report = model.load_report
         result = RunResult(
-            task=model.task, backbone=model.backbone_name, init=report.init if report else "scratch",
-            train_fraction=data.train_fraction, seed=int(config["seed_everything"]),
-            metrics=dict(model.test_metrics_out), n_train=data.n_train, n_test=data.n_test,
-            config=jsonable(config.as_dict()), init_source=report.source if report else None,
-            init_sha256=report.sha256 if report else None, subset_seed=data.subset_seed,
-            details=jsonable(model.results_details()))
+            task=model.task,
+            backbone=model.backbone_name,
+            init=report.init if report else "scratch",
+            train_fraction=data.train_fraction,
+            seed=int(config["seed_everything"]),
+            metrics=dict(model.test_metrics_out),
+            n_train=data.n_train,
+            n_test=data.n_test,
+            config=jsonable(config.as_dict()),
+            init_source=report.source if report else None,
+            init_sha256=report.sha256 if report else None,
+            subset_seed=data.subset_seed,
+            details=jsonable(model.results_details()),
+        )
         out_dir = Path(config["results_dir"])
         out_dir.mkdir(parents=True, exist_ok=True)
         result.details["artifacts"] = model.write_artifacts(out_dir, result.stem)

@@ -15,8 +15,12 @@ from pycocotools.cocoeval import COCOeval
 IOU_TYPES = {"bbox": "box", "segm": "mask"}
 
 
-def predictions_to_coco(outputs: Iterable[dict[str, torch.Tensor]], image_ids: Iterable[int],
-                        category_ids: Sequence[int], mask_threshold: float = 0.5) -> list[dict]:
+def predictions_to_coco(
+    outputs: Iterable[dict[str, torch.Tensor]],
+    image_ids: Iterable[int],
+    category_ids: Sequence[int],
+    mask_threshold: float = 0.5,
+) -> list[dict]:
     """torchvision detection outputs (boxes xyxy, labels 1..K, scores, masks (N, 1, H, W) in [0, 1]) -> COCO results.
 
     Each result holds image_id, category_id (labels mapped back through `category_ids`), score, bbox (xywh) and,
@@ -33,16 +37,21 @@ def predictions_to_coco(outputs: Iterable[dict[str, torch.Tensor]], image_ids: I
             rles = mask_utils.encode(np.asfortranarray(masks_nhw.transpose(1, 2, 0)))
         for k in range(len(boxes)):
             x0, y0, x1, y1 = (float(v) for v in boxes[k])
-            result = {"image_id": int(image_id), "category_id": int(category_ids[int(labels[k]) - 1]),
-                      "score": float(scores[k]), "bbox": [x0, y0, x1 - x0, y1 - y0]}
+            result = {
+                "image_id": int(image_id),
+                "category_id": int(category_ids[int(labels[k]) - 1]),
+                "score": float(scores[k]),
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+            }
             if rles is not None:
                 result["segmentation"] = rles[k]
             results.append(result)
     return results
 
 
-def coco_evaluate(coco_gt, results: list[dict], image_ids: Sequence[int] | None = None,
-                  iou_types: Sequence[str] = ("bbox", "segm")) -> dict[str, float]:
+def coco_evaluate(
+    coco_gt, results: list[dict], image_ids: Sequence[int] | None = None, iou_types: Sequence[str] = ("bbox", "segm")
+) -> dict[str, float]:
     """COCO AP of `results` against the ground truth `coco_gt` (a pycocotools COCO), over `image_ids`.
 
     Returns {box_ap, box_ap50, box_ap75, mask_ap, mask_ap50, mask_ap75} for the requested iou types. No results

@@ -31,8 +31,13 @@ SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
 
 
-def read_image_chw(root: str | Path, relpath: str, frame: int = 0, modality: str | None = None,
-                   intensity: IntensityConfig | None = None) -> torch.Tensor:
+def read_image_chw(
+    root: str | Path,
+    relpath: str,
+    frame: int = 0,
+    modality: str | None = None,
+    intensity: IntensityConfig | None = None,
+) -> torch.Tensor:
     """Frame `frame` of `root/relpath` as float32 (3, H, W) in [0, 1]; grey is repeated to three channels."""
     pixels = load_image(root, relpath, int(frame), modality or None, intensity)
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
@@ -66,8 +71,11 @@ def read_label_csv(csv_path: str | Path, modalities: Sequence[str] | None = None
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path}: label CSV not found (the sample corpus is written by `make sample`)")
-    table = pd.read_csv(csv_path, dtype={"path": str, "label": str, "modality": str, "split": str, "item_id": str},
-                        keep_default_na=False)
+    table = pd.read_csv(
+        csv_path,
+        dtype={"path": str, "label": str, "modality": str, "split": str, "item_id": str},
+        keep_default_na=False,
+    )
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; have {list(table.columns)}")
@@ -103,8 +111,12 @@ def scan_image_folder(root: str | Path) -> pd.DataFrame:
         for class_dir in sorted(p for p in base.iterdir() if p.is_dir()):
             for path in sorted(class_dir.rglob("*")):
                 if path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES):
-                    row = {"path": path.relative_to(root).as_posix(), "frame": 0, "modality": "",
-                           "label": class_dir.name}
+                    row = {
+                        "path": path.relative_to(root).as_posix(),
+                        "frame": 0,
+                        "modality": "",
+                        "label": class_dir.name,
+                    }
                     if split:
                         row["split"] = split
                     rows.append(row)
@@ -113,12 +125,14 @@ def scan_image_folder(root: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def assign_splits(strata: Sequence[Hashable], *, seed: int, val_share: float = 0.2,
-                  test_share: float = 0.2) -> np.ndarray:
+def assign_splits(
+    strata: Sequence[Hashable], *, seed: int, val_share: float = 0.2, test_share: float = 0.2
+) -> np.ndarray:
     """Seeded, stratified train/val/test split labels (a str array aligned with `strata`)."""
     if not (0 <= val_share < 1 and 0 < test_share < 1 and val_share + test_share < 1):
-        raise ValueError(f"need 0 <= val_share, 0 < test_share and val_share + test_share < 1; "
-                         f"got {val_share}, {test_share}")
+        raise ValueError(
+            f"need 0 <= val_share, 0 < test_share and val_share + test_share < 1; got {val_share}, {test_share}"
+        )
     strata = np.asarray([str(s) for s in strata])
     out = np.empty(len(strata), dtype=object)
     rng = np.random.default_rng(seed)
@@ -161,8 +175,14 @@ Transform = Callable[..., object]
 class LabelledImages(Dataset):
     """Rows of a label table -> (image float32 (3, H, W), class index int64); `transform` maps the image."""
 
-    def __init__(self, root: str | Path, table: pd.DataFrame, class_names: Sequence[str],
-                 transform: Transform | None = None, intensity: IntensityConfig | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        table: pd.DataFrame,
+        class_names: Sequence[str],
+        transform: Transform | None = None,
+        intensity: IntensityConfig | None = None,
+    ) -> None:
         self.root, self.intensity = Path(root), intensity
         self.table = table.reset_index(drop=True)
         self.class_index = {name: i for i, name in enumerate(class_names)}
@@ -188,8 +208,14 @@ class MaskedImages(Dataset):
     `transform` is a torchvision v2 transform called as `transform(image, mask)` so the mask moves with the image.
     """
 
-    def __init__(self, root: str | Path, table: pd.DataFrame, num_classes: int = 2,
-                 transform: Transform | None = None, intensity: IntensityConfig | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        table: pd.DataFrame,
+        num_classes: int = 2,
+        transform: Transform | None = None,
+        intensity: IntensityConfig | None = None,
+    ) -> None:
         self.root, self.intensity = Path(root), intensity
         self.table = table.reset_index(drop=True)
         self.num_classes = num_classes
@@ -203,16 +229,19 @@ class MaskedImages(Dataset):
         image_chw = read_image_chw(self.root, row["path"], row["frame"], row["modality"], self.intensity)
         mask_hw = read_mask_hw(row["mask_path"], self.num_classes)
         if tuple(mask_hw.shape) != tuple(image_chw.shape[-2:]):
-            raise ValueError(f"{row['mask_path']}: mask is {tuple(mask_hw.shape)} but its image "
-                             f"{row['path']} (frame {row['frame']}) is {tuple(image_chw.shape[-2:])}")
+            raise ValueError(
+                f"{row['mask_path']}: mask is {tuple(mask_hw.shape)} but its image "
+                f"{row['path']} (frame {row['frame']}) is {tuple(image_chw.shape[-2:])}"
+            )
         image, mask = tv_tensors.Image(image_chw), tv_tensors.Mask(mask_hw[None])
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)[0].long()
 
 
-def corpus_mask_table(corpus: str | Path, labels_csv: str | Path | None = None,
-                      modalities: Sequence[str] | None = None) -> pd.DataFrame:
+def corpus_mask_table(
+    corpus: str | Path, labels_csv: str | Path | None = None, modalities: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Image + truth-mask table of a corpus in the sample layout: labels.csv items with truth/<item_id>.png."""
     corpus = Path(corpus)
     table = read_label_csv(labels_csv or corpus / "labels.csv", modalities)
@@ -237,8 +266,9 @@ def folder_mask_table(images_dir: str | Path, masks_dir: str | Path) -> pd.DataF
         if mask is None:
             unmatched.append(path.name)
             continue
-        rows.append({"path": path.relative_to(images_dir).as_posix(), "frame": 0, "modality": "",
-                     "mask_path": str(mask)})
+        rows.append(
+            {"path": path.relative_to(images_dir).as_posix(), "frame": 0, "modality": "", "mask_path": str(mask)}
+        )
     if not rows:
         raise ValueError(f"{images_dir}: no image has a mask of the same name in {masks_dir}")
     if unmatched:
@@ -279,8 +309,14 @@ class CocoInstances(Dataset):
     2-D frame of a DICOM/NIfTI file it is. `transform(image, target)` is a torchvision v2 transform.
     """
 
-    def __init__(self, root: str | Path, coco, image_ids: Sequence[int] | None = None,
-                 transform: Transform | None = None, intensity: IntensityConfig | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        coco,
+        image_ids: Sequence[int] | None = None,
+        transform: Transform | None = None,
+        intensity: IntensityConfig | None = None,
+    ) -> None:
         self.root, self.intensity = Path(root), intensity
         self.coco = coco
         self.image_ids = list(image_ids) if image_ids is not None else sorted(coco.getImgIds())
@@ -294,16 +330,23 @@ class CocoInstances(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
         image_id = self.image_ids[i]
         info = self.coco.imgs[image_id]
-        image_chw = read_image_chw(self.root, info["file_name"], info.get("frame", 0), info.get("modality"),
-                                   self.intensity)
+        image_chw = read_image_chw(
+            self.root, info["file_name"], info.get("frame", 0), info.get("modality"), self.intensity
+        )
         h, w = image_chw.shape[-2:]
         if (info.get("height", h), info.get("width", w)) != (h, w):
-            raise ValueError(f"{self.root / info['file_name']}: image is {h}x{w} but the COCO json says "
-                             f"{info['height']}x{info['width']} (image id {image_id})")
-        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)
-                and a["bbox"][2] >= 1 and a["bbox"][3] >= 1]
-        boxes = torch.tensor([[x, y, x + bw, y + bh] for x, y, bw, bh in (a["bbox"] for a in anns)],
-                             dtype=torch.float32).reshape(-1, 4)
+            raise ValueError(
+                f"{self.root / info['file_name']}: image is {h}x{w} but the COCO json says "
+                f"{info['height']}x{info['width']} (image id {image_id})"
+            )
+        anns = [
+            a
+            for a in self.coco.imgToAnns.get(image_id, [])
+            if not a.get("iscrowd", 0) and a["bbox"][2] >= 1 and a["bbox"][3] >= 1
+        ]
+        boxes = torch.tensor(
+            [[x, y, x + bw, y + bh] for x, y, bw, bh in (a["bbox"] for a in anns)], dtype=torch.float32
+        ).reshape(-1, 4)
         masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)
         target = {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),

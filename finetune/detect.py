@@ -42,11 +42,23 @@ class DetectionData(FinetuneData):
     collate_fn = staticmethod(collate_lists)  # images of different sizes + per-image targets
     drop_last_train = False
 
-    def __init__(self, root: str = "work/corpus", ann_file: str = "coco/instances.json",
-                 test_ann_file: str | None = None, split_csv: str | None = None,
-                 modalities: list[str] | None = None, batch_size: int = 2, num_workers: int = 0,
-                 augment: bool = True, train_fraction: float = 1.0, subset_seed: int = 0, split_seed: int = 0,
-                 val_share: float = 0.2, test_share: float = 0.2, intensity: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: str = "work/corpus",
+        ann_file: str = "coco/instances.json",
+        test_ann_file: str | None = None,
+        split_csv: str | None = None,
+        modalities: list[str] | None = None,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        augment: bool = True,
+        train_fraction: float = 1.0,
+        subset_seed: int = 0,
+        split_seed: int = 0,
+        val_share: float = 0.2,
+        test_share: float = 0.2,
+        intensity: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(train_fraction, subset_seed, intensity)
         self.root = Path(root)
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
@@ -62,8 +74,11 @@ class DetectionData(FinetuneData):
         self.image_ids: dict[str, list[int]] = {
             "train": train["id"].to_numpy()[keep].tolist(),
             "val": images.loc[splits == "val", "id"].tolist(),
-            "test": (self._image_table(self.test_coco, modalities)["id"].tolist() if test_ann_file
-                     else images.loc[splits == "test", "id"].tolist()),
+            "test": (
+                self._image_table(self.test_coco, modalities)["id"].tolist()
+                if test_ann_file
+                else images.loc[splits == "test", "id"].tolist()
+            ),
         }
         if not self.image_ids["train"]:
             raise ValueError(f"{ann_file}: the training split is empty")
@@ -75,10 +90,18 @@ class DetectionData(FinetuneData):
 
     @staticmethod
     def _image_table(coco, modalities: list[str] | None) -> pd.DataFrame:
-        rows = [{"id": i, "file_name": info["file_name"], "frame": int(info.get("frame", 0)),
-                 "item_id": info.get("item_id", ""), "modality": info.get("modality", ""),
-                 "split": info.get("split", ""), "stratum": primary_category(coco, i)}
-                for i, info in sorted(coco.imgs.items())]
+        rows = [
+            {
+                "id": i,
+                "file_name": info["file_name"],
+                "frame": int(info.get("frame", 0)),
+                "item_id": info.get("item_id", ""),
+                "modality": info.get("modality", ""),
+                "split": info.get("split", ""),
+                "stratum": primary_category(coco, i),
+            }
+            for i, info in sorted(coco.imgs.items())
+        ]
         table = pd.DataFrame(rows)
         if modalities:
             table = table[table["modality"].isin(list(modalities))].reset_index(drop=True)
@@ -86,8 +109,9 @@ class DetectionData(FinetuneData):
             raise ValueError(f"no COCO images (modalities {modalities})")
         return table
 
-    def _splits(self, images: pd.DataFrame, split_csv: str | None, seed: int, val_share: float,
-                test_share: float) -> np.ndarray:
+    def _splits(
+        self, images: pd.DataFrame, split_csv: str | None, seed: int, val_share: float, test_share: float
+    ) -> np.ndarray:
         if split_csv is not None:
             return self._splits_from_csv(images, self._under_root(split_csv))
         if images["split"].astype(bool).all():
@@ -95,8 +119,11 @@ class DetectionData(FinetuneData):
         if test_share == 0.0 and val_share == 0.0:
             return np.full(len(images), "train")
         if test_share == 0.0:  # separate test file: split off validation only
-            return np.where(assign_splits(images["stratum"], seed=seed, val_share=0.0, test_share=val_share)
-                            == "test", "val", "train")
+            return np.where(
+                assign_splits(images["stratum"], seed=seed, val_share=0.0, test_share=val_share) == "test",
+                "val",
+                "train",
+            )
         return assign_splits(images["stratum"], seed=seed, val_share=val_share, test_share=test_share)
 
     @staticmethod
@@ -149,19 +176,39 @@ class DetectionModule(FinetuneTask):
 
     task = "detect"
 
-    def __init__(self, backbone: str = "resnet50", init: str = "scratch", num_classes: int = 2,
-                 category_ids: list[int] | None = None, min_size: int = 800, max_size: int = 1333,
-                 trainable_layers: int = 3, lr: float = 1e-4, weight_decay: float = 1e-4,
-                 warmup_fraction: float = 0.05, mask_threshold: float = 0.5, strict_load: bool = True,
-                 maskrcnn_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        init: str = "scratch",
+        num_classes: int = 2,
+        category_ids: list[int] | None = None,
+        min_size: int = 800,
+        max_size: int = 1333,
+        trainable_layers: int = 3,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        warmup_fraction: float = 0.05,
+        mask_threshold: float = 0.5,
+        strict_load: bool = True,
+        maskrcnn_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(backbone, init, lr, weight_decay, warmup_fraction)
         self.save_hyperparameters()
         self.category_ids = list(category_ids) if category_ids else list(range(1, num_classes))
         if len(self.category_ids) != num_classes - 1:
             raise ValueError(f"{len(self.category_ids)} category ids for {num_classes - 1} object classes")
         self.model, self.load_report = build_mask_rcnn(
-            backbone, init, num_classes, min_size=min_size, max_size=max_size, trainable_layers=trainable_layers,
-            image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, strict=strict_load, **(maskrcnn_kwargs or {}))
+            backbone,
+            init,
+            num_classes,
+            min_size=min_size,
+            max_size=max_size,
+            trainable_layers=trainable_layers,
+            image_mean=IMAGENET_MEAN,
+            image_std=IMAGENET_STD,
+            strict=strict_load,
+            **(maskrcnn_kwargs or {}),
+        )
         self.mask_threshold = mask_threshold
         self._results: list[dict] = []
 
@@ -179,8 +226,9 @@ class DetectionModule(FinetuneTask):
     def _predict(self, batch: tuple[list[torch.Tensor], list[dict]]) -> None:
         images, targets = batch
         outputs = self.model(images)
-        self._results.extend(predictions_to_coco(outputs, [t["image_id"] for t in targets], self.category_ids,
-                                                 self.mask_threshold))
+        self._results.extend(
+            predictions_to_coco(outputs, [t["image_id"] for t in targets], self.category_ids, self.mask_threshold)
+        )
 
     def _evaluate(self, split: str) -> dict[str, float]:
         datamodule = self.trainer.datamodule
@@ -213,6 +261,5 @@ class DetectionModule(FinetuneTask):
 
     def results_details(self) -> dict[str, Any]:
         details = super().results_details()
-        details.update(category_ids=self.category_ids, min_size=self.hparams.min_size,
-                       max_size=self.hparams.max_size)
+        details.update(category_ids=self.category_ids, min_size=self.hparams.min_size, max_size=self.hparams.max_size)
         return details

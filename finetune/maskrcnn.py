@@ -40,8 +40,19 @@ from finetune.backbone import (
 )
 
 # timm names whose parameters are named exactly like torchvision's ResNet of the same name.
-TORCHVISION_RESNETS = frozenset({"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-                                 "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"})
+TORCHVISION_RESNETS = frozenset(
+    {
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "resnext50_32x4d",
+        "resnext101_32x8d",
+        "wide_resnet50_2",
+        "wide_resnet101_2",
+    }
+)
 FPN_STRIDES = (4, 8, 16, 32)
 
 
@@ -62,8 +73,9 @@ class TimmFpnBackbone(nn.Module):
         self.level_index = [reductions.index(s) for s in FPN_STRIDES]
         channels = body.feature_info.channels()
         self.body = body
-        self.fpn = FeaturePyramidNetwork([channels[i] for i in self.level_index], out_channels,
-                                         extra_blocks=LastLevelMaxPool())
+        self.fpn = FeaturePyramidNetwork(
+            [channels[i] for i in self.level_index], out_channels, extra_blocks=LastLevelMaxPool()
+        )
         self.out_channels = out_channels
 
     def forward(self, image_b3hw: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
@@ -75,20 +87,33 @@ class TimmFpnBackbone(nn.Module):
 def _torchvision_fpn(name: str, init: str, trainable_layers: int, strict: bool) -> tuple[nn.Module, LoadReport]:
     spec, weights = resolve_weights(name, init)
     scratch = weights is None
-    fpn = resnet_fpn_backbone(backbone_name=name, weights=None,
-                              norm_layer=nn.BatchNorm2d if scratch else FrozenBatchNorm2d,
-                              trainable_layers=5 if scratch else trainable_layers)
+    fpn = resnet_fpn_backbone(
+        backbone_name=name,
+        weights=None,
+        norm_layer=nn.BatchNorm2d if scratch else FrozenBatchNorm2d,
+        trainable_layers=5 if scratch else trainable_layers,
+    )
     if scratch:
         return fpn, LoadReport(init=SCRATCH)
-    report = load_into(fpn.body, read_state_dict(weights), init=spec.kind, source=weights,
-                       head_prefixes=head_keys(name), strict=strict)
+    report = load_into(
+        fpn.body, read_state_dict(weights), init=spec.kind, source=weights, head_prefixes=head_keys(name), strict=strict
+    )
     return fpn, report
 
 
-def build_mask_rcnn(backbone: str, init: str, num_classes: int, *, min_size: int = 800, max_size: int = 1333,
-                    trainable_layers: int = 3, image_mean: Sequence[float] = (0.485, 0.456, 0.406),
-                    image_std: Sequence[float] = (0.229, 0.224, 0.225), strict: bool = True,
-                    **maskrcnn_kwargs) -> tuple[MaskRCNN, LoadReport]:
+def build_mask_rcnn(
+    backbone: str,
+    init: str,
+    num_classes: int,
+    *,
+    min_size: int = 800,
+    max_size: int = 1333,
+    trainable_layers: int = 3,
+    image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+    image_std: Sequence[float] = (0.229, 0.224, 0.225),
+    strict: bool = True,
+    **maskrcnn_kwargs,
+) -> tuple[MaskRCNN, LoadReport]:
     """Mask R-CNN + FPN on `backbone` initialised from `init` (see finetune.backbone).
 
     num_classes:       object classes + 1 (background).
@@ -103,6 +128,13 @@ def build_mask_rcnn(backbone: str, init: str, num_classes: int, *, min_size: int
         if report.init != SCRATCH:
             body = freeze_batch_norm_2d(body)
         fpn = TimmFpnBackbone(body)
-    model = MaskRCNN(fpn, num_classes=num_classes, min_size=min_size, max_size=max_size,
-                     image_mean=list(image_mean), image_std=list(image_std), **maskrcnn_kwargs)
+    model = MaskRCNN(
+        fpn,
+        num_classes=num_classes,
+        min_size=min_size,
+        max_size=max_size,
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+        **maskrcnn_kwargs,
+    )
     return model, report

@@ -37,10 +37,10 @@ def segmentation_metrics(num_classes: int) -> MetricCollection:
     """
     with warnings.catch_warnings():  # torchmetrics warns about a default we set explicitly
         warnings.filterwarnings("ignore", message="DiceScore metric currently defaults")
-        dice = DiceScore(num_classes, include_background=False, average="micro", aggregation_level="global",
-                         input_format="index")
-    return MetricCollection({"dice": dice, "iou": MeanIoU(num_classes, include_background=False,
-                                                          input_format="index")})
+        dice = DiceScore(
+            num_classes, include_background=False, average="micro", aggregation_level="global", input_format="index"
+        )
+    return MetricCollection({"dice": dice, "iou": MeanIoU(num_classes, include_background=False, input_format="index")})
 
 
 def soft_dice_loss(logits_bchw: torch.Tensor, target_bhw: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -62,11 +62,24 @@ class SegmentationData(FinetuneData):
     empty/non-empty mask (folders). train_fraction: seeded stratified subset of the training split.
     """
 
-    def __init__(self, root: str = "work/corpus", labels_csv: str | None = "labels.csv", masks_dir: str | None = None,
-                 modalities: list[str] | None = None, num_classes: int = 2, image_size: int = 224,
-                 batch_size: int = 8, num_workers: int = 0, augment: bool = True, train_fraction: float = 1.0,
-                 subset_seed: int = 0, split_seed: int = 0, val_share: float = 0.2, test_share: float = 0.2,
-                 intensity: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: str = "work/corpus",
+        labels_csv: str | None = "labels.csv",
+        masks_dir: str | None = None,
+        modalities: list[str] | None = None,
+        num_classes: int = 2,
+        image_size: int = 224,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        augment: bool = True,
+        train_fraction: float = 1.0,
+        subset_seed: int = 0,
+        split_seed: int = 0,
+        val_share: float = 0.2,
+        test_share: float = 0.2,
+        intensity: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(train_fraction, subset_seed, intensity)
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
@@ -76,8 +89,9 @@ class SegmentationData(FinetuneData):
             table = folder_mask_table(self.root, masks_dir)
         else:
             csv_path = Path(labels_csv or "labels.csv")
-            table = corpus_mask_table(self.root, self.root / csv_path if not csv_path.is_absolute() else csv_path,
-                                      modalities)
+            table = corpus_mask_table(
+                self.root, self.root / csv_path if not csv_path.is_absolute() else csv_path, modalities
+            )
         if "label" not in table.columns:  # stratify by whether the mask has any foreground
             table["label"] = ["fg" if read_mask_hw(p, num_classes).any() else "empty" for p in table["mask_path"]]
         if "split" not in table.columns:
@@ -89,8 +103,11 @@ class SegmentationData(FinetuneData):
 
     def _transform(self, train: bool) -> v2.Transform:
         size = (self.image_size, self.image_size)
-        geometry = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip()] \
-            if train and self.augment else [v2.Resize(size, antialias=True)]
+        geometry = (
+            [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+            if train and self.augment
+            else [v2.Resize(size, antialias=True)]
+        )
         return v2.Compose([*geometry, v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # Mask: nearest, not normalised
 
     def split_dataset(self, split: str) -> Dataset:
@@ -103,9 +120,18 @@ class SegmentationModule(FinetuneTask):
 
     task = "segment"
 
-    def __init__(self, backbone: str = "resnet50", init: str = "scratch", num_classes: int = 2,
-                 decoder_channels: list[int] | None = None, lr: float = 1e-3, weight_decay: float = 0.05,
-                 warmup_fraction: float = 0.05, dice_weight: float = 1.0, strict_load: bool = True) -> None:
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        init: str = "scratch",
+        num_classes: int = 2,
+        decoder_channels: list[int] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_fraction: float = 0.05,
+        dice_weight: float = 1.0,
+        strict_load: bool = True,
+    ) -> None:
         super().__init__(backbone, init, lr, weight_decay, warmup_fraction)
         self.save_hyperparameters()
         self.net = UNet(backbone, init, num_classes, decoder_channels, strict_load)

@@ -51,8 +51,10 @@ class FinetuneTask(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         # No weight decay on norms and biases (1-D tensors), as usual for convnets.
-        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": self.weight_decay},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": self.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(self.warmup_fraction * total)
@@ -116,9 +118,15 @@ class FinetuneData(pl.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         train = split == "train"
         dataset = self.split_dataset(split)
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train, num_workers=self.num_workers,
-                          collate_fn=self.collate_fn, persistent_workers=self.num_workers > 0,
-                          drop_last=train and self.drop_last_train and len(dataset) > self.batch_size)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+            persistent_workers=self.num_workers > 0,
+            drop_last=train and self.drop_last_train and len(dataset) > self.batch_size,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

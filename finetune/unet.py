@@ -16,9 +16,11 @@ class ConvBlock(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
 
@@ -52,8 +54,14 @@ class UNetDecoder(nn.Module):
 class UNet(nn.Module):
     """Backbone features (timm features_only) -> UNetDecoder -> logits at the input size (B, num_classes, H, W)."""
 
-    def __init__(self, backbone: str = "resnet50", init: str = "scratch", num_classes: int = 2,
-                 decoder_channels: Sequence[int] | None = None, strict_load: bool = True) -> None:
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        init: str = "scratch",
+        num_classes: int = 2,
+        decoder_channels: Sequence[int] | None = None,
+        strict_load: bool = True,
+    ) -> None:
         super().__init__()
         self.encoder, self.load_report = create_backbone(backbone, init, features_only=True, strict=strict_load)
         channels: list[int] = self.encoder.feature_info.channels()

@@ -23,12 +23,20 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"saliency={json.dumps({'method': args.saliency})}")
     config = LocalizeConfig.load(args.config, overrides)
     if config.untrained:
-        print("localize: using UNTRAINED stand-in models: the ROIs carry no meaning (labelled untrained in the cache)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "localize: using UNTRAINED stand-in models: the ROIs carry no meaning (labelled untrained in the cache)",
+            file=sys.stderr,
+        )
     summary = run_localization(
-        config, args.corpus, args.cache, manifest_path=args.manifest, workers=args.workers,
-        scheduler=args.scheduler, retry_failed=args.retry_failed, progress=not args.no_progress,
-    )  # fmt: skip
+        config,
+        args.corpus,
+        args.cache,
+        manifest_path=args.manifest,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        retry_failed=args.retry_failed,
+        progress=not args.no_progress,
+    )
     print(summary.line())
     return 0
 
@@ -58,11 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--saliency", choices=sorted(SALIENCY_DEFAULTS), help="saliency method (defaults per method)")
     run.add_argument("--prompts", help="prompts YAML (configs/prompts.yaml)")
     run.add_argument("--batch-size", type=int, help="images per model batch")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE",
-                     help="override any config field, e.g. --set saliency.beta=0.2 --set refine.top_k=1")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set saliency.beta=0.2 --set refine.top_k=1",
+    )
     run.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
-    run.add_argument("--workers", type=int,
-                     help="local Dask workers (default: one per GPU, else sized to the CPU); 0 = no Dask")
+    run.add_argument(
+        "--workers", type=int, help="local Dask workers (default: one per GPU, else sized to the CPU); 0 = no Dask"
+    )
     run.add_argument("--retry-failed", action="store_true", help="also redo items recorded as failed")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_run)
@@ -75,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stand-ins", help="write tiny untrained BiomedCLIP/SAM checkpoints + localize.yaml", add_help=False)
     sub.add_parser("inspect", help="overlay panels + statistics of a cache, as PNGs and one HTML page", add_help=False)
-    sub.add_parser("import", help="ROI masks from <item_id>.png files, or a shuffled-ROI control, into a cache",
-                   add_help=False)
+    sub.add_parser(
+        "import", help="ROI masks from <item_id>.png files, or a shuffled-ROI control, into a cache", add_help=False
+    )
     return parser
 
 

@@ -72,8 +72,11 @@ class ClipPreprocess:
             img_chw = img.expand(3, *img.shape) if img.ndim == 2 else img.permute(2, 0, 1)
             smooth = self.interpolation in ("bilinear", "bicubic")
             img_1chw = torch.nn.functional.interpolate(
-                img_chw[None], size=self.image_size, mode=self.interpolation,
-                align_corners=False if smooth else None, antialias=smooth,
+                img_chw[None],
+                size=self.image_size,
+                mode=self.interpolation,
+                align_corners=False if smooth else None,
+                antialias=smooth,
             )
             batch.append(img_1chw.clamp(0.0, 1.0))
         img_bchw = torch.cat(batch).to(device)
@@ -109,7 +112,7 @@ def load_biomedclip(spec: str = BIOMEDCLIP_HUB_SPEC, device: torch.device | str 
 
     device = torch.device(device)
     if spec.startswith("local-dir:"):
-        folder = Path(spec[len("local-dir:"):]).expanduser().resolve()
+        folder = Path(spec[len("local-dir:") :]).expanduser().resolve()
         weights = check_clip_folder(folder)
         with tempfile.TemporaryDirectory(prefix="biomedclip-stage-") as stage:
             staged = _stage_local_folder(folder, weights, Path(stage))
@@ -117,14 +120,16 @@ def load_biomedclip(spec: str = BIOMEDCLIP_HUB_SPEC, device: torch.device | str 
                 model = open_clip.create_model(f"local-dir:{staged}", device=device, require_pretrained=True)
                 tokenizer = open_clip.get_tokenizer(f"local-dir:{staged}")
             except WEIGHT_FILE_ERRORS as e:
-                raise ClipLoadError(f"Could not load the CLIP model in {folder} from {weights.name}: "
-                                    f"{describe_load_error(e).rstrip('.')}. {_LOCAL_LAYOUT_HINT}") from e
+                raise ClipLoadError(
+                    f"Could not load the CLIP model in {folder} from {weights.name}: "
+                    f"{describe_load_error(e).rstrip('.')}. {_LOCAL_LAYOUT_HINT}"
+                ) from e
         weights_path = weights
     elif spec.startswith("hf-hub:"):
         from open_clip.pretrained import download_pretrained_from_hf
 
         try:
-            weights_path = Path(download_pretrained_from_hf(spec[len("hf-hub:"):]))
+            weights_path = Path(download_pretrained_from_hf(spec[len("hf-hub:") :]))
             model = open_clip.create_model(spec, device=device, require_pretrained=True)
             tokenizer = open_clip.get_tokenizer(spec)
         except Exception as e:  # hub/network errors come in many types; re-raise all with the offline recipe

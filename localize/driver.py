@@ -41,10 +41,14 @@ def create_cache(
         if len(failures):
             log.warning("%d files could not be read during the scan and are not in the cache", len(failures))
     return RoiCache.create(
-        cache_path, manifest, provenance,
-        mask_size=config.mask_size, max_boxes=config.max_boxes, shard_items=config.shard_items,
+        cache_path,
+        manifest,
+        provenance,
+        mask_size=config.mask_size,
+        max_boxes=config.max_boxes,
+        shard_items=config.shard_items,
         info={"corpus_files_failed_at_scan": 0 if manifest_path else int(len(failures))},
-    )  # fmt: skip
+    )
 
 
 def run_localization(
@@ -76,8 +80,11 @@ def run_localization(
     in_process = scheduler is None and workers == 0
     runner = _local_runner(config) if in_process else _dask_runner(config, workers, scheduler)
     with runner as run_units:
-        cache = existing if existing is not None else create_cache(
-            config, corpus, cache_path, Path(manifest_path) if manifest_path else None, provenance)
+        cache = (
+            existing
+            if existing is not None
+            else create_cache(config, corpus, cache_path, Path(manifest_path) if manifest_path else None, provenance)
+        )
         units = plan_units(cache, config.batch_size, retry_failed=retry_failed)
         total = unit_sizes(units)
         bar = item_progress_bar(total, progress)
@@ -152,10 +159,14 @@ def _dask_unit(unit: WorkUnit, rows: pd.DataFrame, cache_path: str, corpus: str)
         raise RuntimeError(plugin.load_error)
     cache = RoiCache.open(cache_path, mode="r+")
     return process_unit(
-        unit, plugin.localizer, cache, Path(corpus), rows,
+        unit,
+        plugin.localizer,
+        cache,
+        Path(corpus),
+        rows,
         on_progress=lambda n: worker.log_event(PROGRESS_TOPIC, {"n": n}),
         intensity=IntensityConfig(**plugin.config.get("intensity", {})),
-    )  # fmt: skip
+    )
 
 
 def local_cluster_size() -> tuple[int, int]:
@@ -190,8 +201,10 @@ def _dask_runner(config: LocalizeConfig, workers: int | None, scheduler: str | N
         def run_units(units, cache, corpus, manifest, bar) -> None:
             client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.update(event[1]["n"]))
             # Each task gets its own rows of the manifest: no worker re-reads the whole item table per shard.
-            futures = [client.submit(_dask_unit, u, manifest.loc[u.items], str(cache.path), str(corpus), pure=False)
-                       for u in units]
+            futures = [
+                client.submit(_dask_unit, u, manifest.loc[u.items], str(cache.path), str(corpus), pure=False)
+                for u in units
+            ]
             for future in as_completed(futures):
                 future.result()  # re-raise a worker's unexpected error here
 

@@ -48,8 +48,15 @@ def evaluate_cache(cache: RoiCache, truth_dir: str | Path) -> tuple[pd.DataFrame
             truth_hw = truth_hw[..., 0]
         pred_hw = cache.read_mask(int(index), truth_hw.shape)
         dice, iou = dice_iou(pred_hw, truth_hw > 0)
-        rows.append({"item_id": item.item_id, "modality": item.modality, "dice": dice, "iou": iou,
-                     "empty_roi": bool(item.empty_roi)})  # fmt: skip
+        rows.append(
+            {
+                "item_id": item.item_id,
+                "modality": item.modality,
+                "dice": dice,
+                "iou": iou,
+                "empty_roi": bool(item.empty_roi),
+            }
+        )
     scores = pd.DataFrame(rows, columns=["item_id", "modality", "dice", "iou", "empty_roi"])
     summary = {
         "cache": str(cache.path),

@@ -96,8 +96,13 @@ def import_masks(
     else:
         raise ValueError("give the corpus (--corpus) or a manifest (--manifest) to create a new cache")
     digest, count = mask_digest(masks_dir, manifest["item_id"].astype(str).tolist())
-    provenance = {"source": "imported", "masks": digest, "mask_files": count, "binarise": "value > 0",
-                  "boxes": f"bounding boxes of the {max_boxes} largest 8-connected components"}  # fmt: skip
+    provenance = {
+        "source": "imported",
+        "masks": digest,
+        "mask_files": count,
+        "binarise": "value > 0",
+        "boxes": f"bounding boxes of the {max_boxes} largest 8-connected components",
+    }
     if cache_path.exists():
         cache = RoiCache.open(cache_path, mode="r+", provenance=provenance)
     else:
@@ -160,14 +165,24 @@ def shuffle_rois(
     train on the same items."""
     started = time.perf_counter()
     source = RoiCache.open(source_path)
-    provenance = {"source": "shuffled", "from": source.provenance, "seed": int(seed),
-                  "untrained": bool(source.provenance.get("untrained", False))}  # fmt: skip
+    provenance = {
+        "source": "shuffled",
+        "from": source.provenance,
+        "seed": int(seed),
+        "untrained": bool(source.provenance.get("untrained", False)),
+    }
     cache_path = Path(cache_path)
     if cache_path.exists():
         cache = RoiCache.open(cache_path, mode="r+", provenance=provenance)
     else:
-        cache = RoiCache.create(cache_path, source.manifest(), provenance, mask_size=source.mask_size,
-                                max_boxes=source.max_boxes, info={"shuffled_from": str(source_path)})  # fmt: skip
+        cache = RoiCache.create(
+            cache_path,
+            source.manifest(),
+            provenance,
+            mask_size=source.mask_size,
+            max_boxes=source.max_boxes,
+            info={"shuffled_from": str(source_path)},
+        )
     table = source.table()
     done_items = np.flatnonzero(source.status() == DONE)
     local = derangement_within(table["modality"].to_numpy()[done_items], np.random.default_rng(seed))
@@ -183,16 +198,20 @@ def shuffle_rois(
     return summarize(cache, len(todo), started, "import")
 
 
-def _shuffle_batch(source: RoiCache, cache: RoiCache, table: pd.DataFrame, donor: np.ndarray,
-                   sizes: np.ndarray, indices: np.ndarray) -> None:  # fmt: skip
+def _shuffle_batch(
+    source: RoiCache, cache: RoiCache, table: pd.DataFrame, donor: np.ndarray, sizes: np.ndarray, indices: np.ndarray
+) -> None:
     done, masks, saliency, boxes, scores, flags, failed, reasons = [], [], [], [], [], [], [], []
     for index in map(int, indices):
         j = int(donor[index])
         if j < 0:
             failed.append(index)
             status = table["status"].iloc[index]
-            reasons.append(f"not done in the source cache ({status})" if status != "done"
-                           else f"no other done item of modality {table['modality'].iloc[index]} to take a ROI from")
+            reasons.append(
+                f"not done in the source cache ({status})"
+                if status != "done"
+                else f"no other done item of modality {table['modality'].iloc[index]} to take a ROI from"
+            )
             continue
         h, w = (int(v) for v in sizes[index])
         hj, wj = (int(v) for v in sizes[j])
@@ -214,8 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m localize import", description=__doc__.split("\n\n")[0])
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--masks", type=Path, help="folder of <item_id>.png ROI masks (non-zero = ROI)")
-    what.add_argument("--shuffle-from", type=Path, metavar="CACHE",
-                      help="make a shuffled-ROI control from this cache (item i gets another item's ROI)")
+    what.add_argument(
+        "--shuffle-from",
+        type=Path,
+        metavar="CACHE",
+        help="make a shuffled-ROI control from this cache (item i gets another item's ROI)",
+    )
     parser.add_argument("--cache", type=Path, required=True, help="ROI cache to create or resume (CACHE.zarr)")
     parser.add_argument("--corpus", type=Path, help="corpus root to scan (with --masks, for a new cache)")
     parser.add_argument("--manifest", type=Path, help="manifest to use instead of scanning (with --masks)")
@@ -235,9 +258,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError("--shuffle-from takes its items from the source cache: drop --corpus / --manifest")
             summary = shuffle_rois(args.shuffle_from, args.cache, seed=args.seed, progress=not args.no_progress)
         else:
-            summary = import_masks(args.masks, args.cache, corpus=args.corpus, manifest_path=args.manifest,
-                                   mask_size=args.mask_size, max_boxes=args.max_boxes,
-                                   retry_failed=args.retry_failed, progress=not args.no_progress)  # fmt: skip
+            summary = import_masks(
+                args.masks,
+                args.cache,
+                corpus=args.corpus,
+                manifest_path=args.manifest,
+                mask_size=args.mask_size,
+                max_boxes=args.max_boxes,
+                retry_failed=args.retry_failed,
+                progress=not args.no_progress,
+            )
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

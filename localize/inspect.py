@@ -144,8 +144,13 @@ def _distribution(values: np.ndarray) -> dict[str, float | int | None]:
     values = values[np.isfinite(values)]
     if values.size == 0:
         return {"n": 0, "mean": None, "median": None, "min": None, "max": None}
-    return {"n": int(values.size), "mean": float(values.mean()), "median": float(np.median(values)),
-            "min": float(values.min()), "max": float(values.max())}  # fmt: skip
+    return {
+        "n": int(values.size),
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
 
 
 def cache_statistics(cache: RoiCache, table: pd.DataFrame, area: pd.Series) -> dict[str, Any]:
@@ -276,14 +281,17 @@ def draw_panels(
             except Exception as e:  # one unreadable image must not stop the report
                 note = f"image not drawn: {type(e).__name__}: {e}"
             if image is not None and image.shape[:2] != size_hw:
-                note = (f"image not drawn: its size {image.shape[:2]} differs from the cache's {size_hw}; "
-                        "is --corpus the corpus this cache was made from?")  # fmt: skip
+                note = (
+                    f"image not drawn: its size {image.shape[:2]} differs from the cache's {size_hw}; "
+                    "is --corpus the corpus this cache was made from?"
+                )
                 image = None
         title = f"{row['item_id']}  {row['modality']}  {row['path']}#{int(row['frame'])}  score {row['score']:.3f}"
         if row["empty_roi"]:
             title += "  EMPTY ROI"
-        fig = item_panel(image, cache.read_saliency(index), cache.read_mask(index), cache.read_boxes(index),
-                         title, note)  # fmt: skip
+        fig = item_panel(
+            image, cache.read_saliency(index), cache.read_mask(index), cache.read_boxes(index), title, note
+        )
         file = f"{PANEL_DIR}/{row['item_id']}.png"
         _save(fig, out / file)
         panels.append(Panel(int(index), str(row["item_id"]), str(row["modality"]), file, note))
@@ -308,8 +316,11 @@ def render_html(
 ) -> str:
     """The report page; every string from the cache is HTML-escaped."""
     e = html.escape
-    parts = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
-             f"<title>ROI cache: {e(stats['cache'])}</title><style>{_CSS}</style></head><body>"]  # fmt: skip
+    parts = [
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>ROI cache: {e(stats['cache'])}</title><style>{_CSS}</style></head><body>",
+    ]
     if stats["untrained"]:
         parts.append(f"<div class='banner' id='untrained'>{e(UNTRAINED_BANNER)}</div>")
     parts.append(f"<h1>ROI cache <code>{e(stats['cache'])}</code></h1>")
@@ -318,8 +329,10 @@ def render_html(
         f"<p>{stats['items']} items: {stats['done']} done, {stats['failed']} failed, {stats['pending']} pending; "
         f"empty ROI in {stats['empty_roi']} of the done items ({'n/a' if rate is None else f'{rate:.1%}'}).</p>"
     )
-    parts.append("<table class='summary'><tr><th>modality</th><th>items</th><th>done</th><th>failed</th>"
-                 "<th>pending</th><th>empty ROI</th><th>median ROI area</th><th>median score</th></tr>")  # fmt: skip
+    parts.append(
+        "<table class='summary'><tr><th>modality</th><th>items</th><th>done</th><th>failed</th>"
+        "<th>pending</th><th>empty ROI</th><th>median ROI area</th><th>median score</th></tr>"
+    )
     for modality, m in stats["per_modality"].items():
         area, score = m["area_fraction"]["median"], m["score"]["median"]
         parts.append(
@@ -339,16 +352,19 @@ def render_html(
 
     parts.append(f"<h2>Items ({len(panels)})</h2>")
     if corpus is None:
-        parts.append("<p class='note'>No <code>--corpus</code> given: the panels show saliency, ROI and boxes "
-                     "without the images (the cache does not record the corpus root).</p>")  # fmt: skip
+        parts.append(
+            "<p class='note'>No <code>--corpus</code> given: the panels show saliency, ROI and boxes "
+            "without the images (the cache does not record the corpus root).</p>"
+        )
     if selection.skipped:
         parts.append("<p class='note'>Not drawn:</p><ul>")
         parts += [f"<li><code>{e(i)}</code>: {e(why)}</li>" for i, why in selection.skipped.items()]
         parts.append("</ul>")
     for panel in panels:
         note = f"<figcaption class='note'>{e(panel.note)}</figcaption>" if panel.note else ""
-        parts.append(f"<figure id='{e(panel.item_id)}'><img src='{e(panel.file)}' alt='{e(panel.item_id)}'>"
-                     f"{note}</figure>")  # fmt: skip
+        parts.append(
+            f"<figure id='{e(panel.item_id)}'><img src='{e(panel.file)}' alt='{e(panel.item_id)}'>{note}</figure>"
+        )
 
     parts.append("<h2>Provenance</h2>")
     parts.append(f"<pre>{e(json.dumps(stats['provenance'], indent=2, sort_keys=True))}</pre>")
@@ -414,8 +430,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     item_ids = [i.strip() for i in args.items.split(",") if i.strip()] if args.items else None
     try:
-        stats = inspect_cache(args.cache, args.out, corpus=args.corpus, item_ids=item_ids, n=args.n, seed=args.seed,
-                              modality=args.modality, progress=not args.no_progress)  # fmt: skip
+        stats = inspect_cache(
+            args.cache,
+            args.out,
+            corpus=args.corpus,
+            item_ids=item_ids,
+            n=args.n,
+            seed=args.seed,
+            modality=args.modality,
+            progress=not args.no_progress,
+        )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

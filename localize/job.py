@@ -155,8 +155,16 @@ class RunSummary:
 
 def summarize(cache: RoiCache, processed: int, started: float, command: str = "localize") -> RunSummary:
     s = cache.summary()
-    return RunSummary(s["items"], s["done"], s["empty_roi"], s["failed"], s["pending"], processed,
-                      time.perf_counter() - started, command)  # fmt: skip
+    return RunSummary(
+        s["items"],
+        s["done"],
+        s["empty_roi"],
+        s["failed"],
+        s["pending"],
+        processed,
+        time.perf_counter() - started,
+        command,
+    )
 
 
 def item_progress_bar(total: int, enabled: bool):

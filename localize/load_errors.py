@@ -17,8 +17,10 @@ def describe_load_error(exc: BaseException) -> str:
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
         cause = " ".join(text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0].split())
-        return (f"not a plain tensor checkpoint ({cause}). Weights are loaded with weights_only=True, which refuses "
-                "pickled Python objects; a corrupt or partial download fails the same way. Download the file "
-                "again, or re-save a checkpoint you trust with torch.save(model.state_dict(), path).")
+        return (
+            f"not a plain tensor checkpoint ({cause}). Weights are loaded with weights_only=True, which refuses "
+            "pickled Python objects; a corrupt or partial download fails the same way. Download the file "
+            "again, or re-save a checkpoint you trust with torch.save(model.state_dict(), path)."
+        )
     text = " ".join(text.split())
     return f"{type(exc).__name__}: {text[:_MAX_CHARS]}{'...' if len(text) > _MAX_CHARS else ''}"

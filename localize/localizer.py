@@ -53,17 +53,21 @@ class Localizer:
         device = torch.device(device)
         refine = RefineConfig(**config.refine)
         sam = load_sam(config.sam, device) if refine.use_sam else None
-        return cls(load_biomedclip(config.clip, device), sam, build_saliency(config.saliency), refine,
-                   PromptConfig.load(config.prompts), device)  # fmt: skip
+        return cls(
+            load_biomedclip(config.clip, device),
+            sam,
+            build_saliency(config.saliency),
+            refine,
+            PromptConfig.load(config.prompts),
+            device,
+        )
 
     def __call__(self, images: Sequence[np.ndarray], modalities: Sequence[str]) -> list[LocalizedItem]:
         # 1. CLIP input for the whole batch. A blank image (no dynamic range, e.g. the empty end slices of a
         #    volume) shows nothing: its saliency is empty by definition, so the models never see it.
         images_b3hw = self.clip.preprocess(list(images), self.device)
         blank = [float(np.ptp(image)) <= 1e-6 for image in images]
-        saliency_bhw: list[torch.Tensor | None] = [
-            torch.zeros(images_b3hw.shape[-2:]) if b else None for b in blank
-        ]
+        saliency_bhw: list[torch.Tensor | None] = [torch.zeros(images_b3hw.shape[-2:]) if b else None for b in blank]
         # 2. Saliency on images x prompts, one call per prompt set (per modality), then combined per image.
         for modality in dict.fromkeys(modalities):
             rows = [i for i, m in enumerate(modalities) if m == modality and not blank[i]]
@@ -87,8 +91,9 @@ class Localizer:
     def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
         missing = [p for p in prompts if p not in self._text]
         if missing:
-            for prompt, emb_d in zip(missing, encode_prompts(self.clip.model, self.clip.tokenizer, missing),
-                                     strict=True):  # fmt: skip
+            for prompt, emb_d in zip(
+                missing, encode_prompts(self.clip.model, self.clip.tokenizer, missing), strict=True
+            ):
                 self._text[prompt] = emb_d
         return torch.stack([self._text[p] for p in prompts])
 

@@ -20,8 +20,18 @@ from localize.sam_loader import SamLoadError, load_sam, parse_sam_spec
 from localize.standins import standins_main, write_standins
 
 __all__ = [
-    "BIOMEDCLIP_HUB_SPEC", "ClipLoadError", "ClipPreprocess", "LoadedClip", "SamLoadError", "default_device",
-    "file_sha256", "load_biomedclip", "load_sam", "parse_sam_spec", "standins_main", "write_standins",
+    "BIOMEDCLIP_HUB_SPEC",
+    "ClipLoadError",
+    "ClipPreprocess",
+    "LoadedClip",
+    "SamLoadError",
+    "default_device",
+    "file_sha256",
+    "load_biomedclip",
+    "load_sam",
+    "parse_sam_spec",
+    "standins_main",
+    "write_standins",
 ]
 
 

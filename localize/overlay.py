@@ -42,8 +42,9 @@ def draw_roi(ax: Axes, roi_hw: np.ndarray, *, filled: bool = False) -> None:
     if not roi_hw.any():
         return
     if filled:
-        ax.imshow(np.ma.masked_where(roi_hw == 0, roi_hw), cmap="cool", vmin=0, vmax=1, alpha=0.35,
-                  interpolation="nearest")  # fmt: skip
+        ax.imshow(
+            np.ma.masked_where(roi_hw == 0, roi_hw), cmap="cool", vmin=0, vmax=1, alpha=0.35, interpolation="nearest"
+        )
     ax.contour(roi_hw.astype(np.float32), levels=[0.5], colors=[ROI_COLOR], linewidths=1.5)
 
 
@@ -51,8 +52,15 @@ def draw_boxes(ax: Axes, boxes_k4: np.ndarray) -> None:
     """xyxy boxes in pixels, numbered in prompt order."""
     for k, (x0, y0, x1, y1) in enumerate(np.asarray(boxes_k4, dtype=np.float32).reshape(-1, 4)):
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=BOX_COLOR, linewidth=1.5))
-        ax.text(x0, y0, str(k + 1), color="black", fontsize=7, va="bottom",
-                bbox={"facecolor": BOX_COLOR, "edgecolor": "none", "pad": 1})  # fmt: skip
+        ax.text(
+            x0,
+            y0,
+            str(k + 1),
+            color="black",
+            fontsize=7,
+            va="bottom",
+            bbox={"facecolor": BOX_COLOR, "edgecolor": "none", "pad": 1},
+        )
 
 
 def draw_cells(
@@ -140,8 +148,11 @@ def masking_preview(
     draw_grid(axes[3], grid_hw, shape_hw)
     draw_cells(axes[3], ~visible_hw, shape_hw, fill=MASKED_COLOR)
     draw_cells(axes[3], visible_hw, shape_hw, color=VISIBLE_COLOR)
-    axes[3].set_title(f"visible {int(visible_hw.sum())} (ROI {int((visible_hw & cells_hw).sum())}) / "
-                      f"masked {int((~visible_hw).sum())}", fontsize=9)  # fmt: skip
+    axes[3].set_title(
+        f"visible {int(visible_hw.sum())} (ROI {int((visible_hw & cells_hw).sum())}) / "
+        f"masked {int((~visible_hw).sum())}",
+        fontsize=9,
+    )
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

@@ -90,8 +90,9 @@ class PromptConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping in the YAML schema (for provenance and inline configs)."""
-        return {"modalities": {m: {"prompts": list(e.prompts), "combine": e.combine}
-                               for m, e in self.by_modality.items()}}
+        return {
+            "modalities": {m: {"prompts": list(e.prompts), "combine": e.combine} for m, e in self.by_modality.items()}
+        }
 
 
 def _check_combine(mode: Any, where: str) -> str:

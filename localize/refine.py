@@ -66,8 +66,9 @@ class RoiResult:
 
 def saliency_components(saliency_hw: np.ndarray, threshold: float, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``top_k`` largest 8-connected components of ``saliency > threshold``: (mask bool (H,W), boxes (k,4))."""
-    count, labels_hw, stats, _ = cv2.connectedComponentsWithStats((saliency_hw > threshold).astype(np.uint8),
-                                                                  connectivity=8)
+    count, labels_hw, stats, _ = cv2.connectedComponentsWithStats(
+        (saliency_hw > threshold).astype(np.uint8), connectivity=8
+    )
     areas = stats[1:, cv2.CC_STAT_AREA]
     keep = 1 + np.argsort(-areas, kind="stable")[:top_k]  # label 0 is the background
     x, y = stats[keep, cv2.CC_STAT_LEFT], stats[keep, cv2.CC_STAT_TOP]
@@ -102,7 +103,7 @@ class SamBoxPrompter:
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """An image float in [0,1] ((H,W) or (H,W,3)) or uint8 -> (1,3,h,w) 0-255 RGB, longest side = img_size."""
         img = torch.as_tensor(np.asarray(image), device=self.device)
-        img_hwc = (img.float() * 255.0 if img.dtype != torch.uint8 else img.float())
+        img_hwc = img.float() * 255.0 if img.dtype != torch.uint8 else img.float()
         img_3hw = img_hwc.expand(3, *img_hwc.shape) if img_hwc.ndim == 2 else img_hwc.permute(2, 0, 1)
         return self.transform.apply_image_torch(img_3hw[None].contiguous())
 
@@ -116,8 +117,13 @@ class SamBoxPrompter:
         return embeddings_bchw.float(), [tuple(r.shape[-2:]) for r in resized]
 
     @torch.no_grad()
-    def masks(self, embedding_1chw: torch.Tensor, boxes_k4: torch.Tensor, input_size: tuple[int, int],
-              original_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def masks(
+        self,
+        embedding_1chw: torch.Tensor,
+        boxes_k4: torch.Tensor,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask logits (k,H,W) at the original size and predicted IoUs (k,) for k xyxy pixel boxes."""
         boxes = self.transform.apply_boxes_torch(boxes_k4.to(self.device, torch.float32), original_size)
         with autocast_for(self.device):
@@ -133,8 +139,12 @@ class SamBoxPrompter:
         return logits_k1hw[:, 0], iou_k1[:, 0].float()
 
 
-def refine_batch(saliency: Sequence[torch.Tensor | np.ndarray], images: Sequence[np.ndarray], sam: Sam | None,
-                 config: RefineConfig | None = None) -> list[RoiResult]:
+def refine_batch(
+    saliency: Sequence[torch.Tensor | np.ndarray],
+    images: Sequence[np.ndarray],
+    sam: Sam | None,
+    config: RefineConfig | None = None,
+) -> list[RoiResult]:
     """ROIs for a batch of images of any sizes; ``saliency[i]`` (any resolution, [0,1]) belongs to ``images[i]``."""
     if len(saliency) != len(images):
         raise ValueError(f"refine_batch got {len(saliency)} saliency maps for {len(images)} images.")
@@ -150,9 +160,10 @@ def refine_batch(saliency: Sequence[torch.Tensor | np.ndarray], images: Sequence
     sam_out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     if prompter is not None and with_boxes:
         embeddings_bchw, input_sizes = prompter.embed([images[i] for i in with_boxes])
-        sam_out = {i: prompter.masks(embeddings_bchw[j:j + 1], torch.from_numpy(components[i][1]), input_sizes[j],
-                                     sizes[i])
-                   for j, i in enumerate(with_boxes)}
+        sam_out = {
+            i: prompter.masks(embeddings_bchw[j : j + 1], torch.from_numpy(components[i][1]), input_sizes[j], sizes[i])
+            for j, i in enumerate(with_boxes)
+        }
 
     results = []
     for i, (component_hw, boxes_k4) in enumerate(components):

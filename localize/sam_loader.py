@@ -68,9 +68,12 @@ def build_custom_sam(arch: Mapping[str, Any], source: str = "<config>") -> Sam:
         raise SamLoadError(f"{source}: needs image_encoder, prompt_encoder, mask_decoder.transformer ({e}).") from e
     img_size, patch = int(enc.get("img_size", 1024)), int(enc.get("patch_size", 16))
     out_chans = int(enc.get("out_chans", 256))
-    dims = {"image_encoder.out_chans": out_chans, "prompt_encoder.embed_dim": prm.get("embed_dim"),
-            "mask_decoder.transformer_dim": dec.get("transformer_dim"),
-            "mask_decoder.transformer.embedding_dim": two_way.get("embedding_dim")}
+    dims = {
+        "image_encoder.out_chans": out_chans,
+        "prompt_encoder.embed_dim": prm.get("embed_dim"),
+        "mask_decoder.transformer_dim": dec.get("transformer_dim"),
+        "mask_decoder.transformer.embedding_dim": two_way.get("embedding_dim"),
+    }
     if len(set(dims.values())) != 1:
         raise SamLoadError(f"{source}: these widths must be equal: {dims}.")
     if img_size % patch:

@@ -32,23 +32,51 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 TINY_SAM_ARCH: dict[str, Any] = {
-    "image_encoder": {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
-                      "mlp_ratio": 2, "out_chans": 32, "use_rel_pos": True, "window_size": 4,
-                      "global_attn_indexes": [1], "norm_eps": 1e-6},
-    "prompt_encoder": {"embed_dim": 32, "image_embedding_size": [8, 8], "input_image_size": [64, 64],
-                       "mask_in_chans": 8},
-    "mask_decoder": {"transformer_dim": 32, "num_multimask_outputs": 3, "iou_head_depth": 3,
-                     "iou_head_hidden_dim": 32,
-                     "transformer": {"depth": 2, "embedding_dim": 32, "num_heads": 2, "mlp_dim": 64}},
+    "image_encoder": {
+        "img_size": 64,
+        "patch_size": 8,
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 2,
+        "mlp_ratio": 2,
+        "out_chans": 32,
+        "use_rel_pos": True,
+        "window_size": 4,
+        "global_attn_indexes": [1],
+        "norm_eps": 1e-6,
+    },
+    "prompt_encoder": {
+        "embed_dim": 32,
+        "image_embedding_size": [8, 8],
+        "input_image_size": [64, 64],
+        "mask_in_chans": 8,
+    },
+    "mask_decoder": {
+        "transformer_dim": 32,
+        "num_multimask_outputs": 3,
+        "iou_head_depth": 3,
+        "iou_head_hidden_dim": 32,
+        "transformer": {"depth": 2, "embedding_dim": 32, "num_heads": 2, "mlp_dim": 64},
+    },
     "pixel_mean": [123.675, 116.28, 103.53],
     "pixel_std": [58.395, 57.12, 57.375],
 }
 
 # BiomedCLIP's layout (timm ViT, pool '', linear proj; HF BERT, mlp proj, CLS pooler) at toy size.
-TINY_VISION_CFG = {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": "",
-                   "timm_proj": "linear", "image_size": 160}  # test_vit: 160 px, patch 16, width 64, depth 6
-TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-             "max_position_embeddings": 64}
+TINY_VISION_CFG = {
+    "timm_model_name": "test_vit",
+    "timm_model_pretrained": False,
+    "timm_pool": "",
+    "timm_proj": "linear",
+    "image_size": 160,
+}  # test_vit: 160 px, patch 16, width 64, depth 6
+TINY_BERT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
 TINY_CONTEXT_LENGTH = 32
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -79,12 +107,20 @@ def write_standins(out_dir: str | Path, seed: int = 0) -> Path:
 
 def write_tiny_biomedclip(folder: Path, vocabulary: list[str] = ()) -> Path:
     """A BiomedCLIP-layout local-dir folder with random weights at toy size."""
-    return write_biomedclip_folder(folder, vocabulary, embed_dim=32, vision_cfg=TINY_VISION_CFG, bert=TINY_BERT,
-                                   context_length=TINY_CONTEXT_LENGTH)
+    return write_biomedclip_folder(
+        folder, vocabulary, embed_dim=32, vision_cfg=TINY_VISION_CFG, bert=TINY_BERT, context_length=TINY_CONTEXT_LENGTH
+    )
 
 
-def write_biomedclip_folder(folder: Path, vocabulary: list[str], *, embed_dim: int, vision_cfg: dict[str, Any],
-                            bert: dict[str, Any], context_length: int) -> Path:
+def write_biomedclip_folder(
+    folder: Path,
+    vocabulary: list[str],
+    *,
+    embed_dim: int,
+    vision_cfg: dict[str, Any],
+    bert: dict[str, Any],
+    context_length: int,
+) -> Path:
     """A local-dir folder in BiomedCLIP's layout (timm ViT + HF BERT, mlp proj, CLS pooler) with random weights,
     created by open_clip from its own config; the vocabulary is built from `vocabulary`'s words."""
     import open_clip
@@ -104,8 +140,13 @@ def write_biomedclip_folder(folder: Path, vocabulary: list[str], *, embed_dim: i
             "embed_dim": embed_dim,
             "vision_cfg": vision_cfg,
             # Offline layout: the text tower's config and tokenizer are this folder (see clip_loader).
-            "text_cfg": {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder), "hf_proj_type": "mlp",
-                         "hf_pooler_type": "cls_last_hidden_state_pooler", "context_length": context_length},
+            "text_cfg": {
+                "hf_model_name": str(folder),
+                "hf_tokenizer_name": str(folder),
+                "hf_proj_type": "mlp",
+                "hf_pooler_type": "cls_last_hidden_state_pooler",
+                "context_length": context_length,
+            },
         },
         "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)},
     }

@@ -62,7 +62,9 @@ class ReconstructionPanel(pl.Callback):
         self._last_step = step  # several micro-batches share a step under gradient accumulation
         n = self.max_images
         panel = reconstruction_panel(
-            batch["image"][:n], batch["roi"][:n], outputs["active_b1hw"][:n],
+            batch["image"][:n],
+            batch["roi"][:n],
+            outputs["active_b1hw"][:n],
             pl_module.denormalise(outputs["recon_b3HW"][:n]),
         )
         assert self.out_dir is not None

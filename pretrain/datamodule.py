@@ -32,9 +32,7 @@ from data.roi_cache import RoiCache
 from pretrain.seeding import derive_seed, unit_interval
 
 
-def joint_augmentation(
-    input_size: int, scale: Sequence[float], ratio: Sequence[float], hflip: float
-) -> v2.Transform:
+def joint_augmentation(input_size: int, scale: Sequence[float], ratio: Sequence[float], hflip: float) -> v2.Transform:
     """Random resized crop to `input_size`² + horizontal flip, applied alike to the image and its ROI mask
     (v2 transforms resize a tv_tensors.Mask with nearest interpolation)."""
     return v2.Compose(
@@ -80,8 +78,10 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         now = getattr(self.sampler, "num_replicas", 1)
         if state.get("num_replicas", now) != now:
-            rank_zero_warn(f"Resuming on {now} device(s) a run checkpointed on {state['num_replicas']}: the rest of "
-                           "the epoch is split differently, so the data order is not that of an uninterrupted run.")
+            rank_zero_warn(
+                f"Resuming on {now} device(s) a run checkpointed on {state['num_replicas']}: the rest of "
+                "the epoch is split differently, so the data order is not that of an uninterrupted run."
+            )
 
 
 class SeededItems(Dataset):
@@ -165,20 +165,29 @@ class RoiDataModule(pl.LightningDataModule):
         cache = RoiCache.open(self.cache_path, mode="r")
 
         def dataset(transform: v2.Transform) -> RoiDataset:
-            return RoiDataset(self.corpus, self.manifest_path, cache, transform=transform,
-                              intensity=IntensityConfig(**(hp.intensity or {})),
-                              only_done=hp.only_done, modalities=hp.modalities)
+            return RoiDataset(
+                self.corpus,
+                self.manifest_path,
+                cache,
+                transform=transform,
+                intensity=IntensityConfig(**(hp.intensity or {})),
+                only_done=hp.only_done,
+                modalities=hp.modalities,
+            )
 
         train_full = dataset(joint_augmentation(hp.input_size, hp.scale, hp.ratio, hp.hflip))
         if len(train_full) == 0:
             what = "done" if hp.only_done else "selected"
-            raise ValueError(f"{self.cache_path}: no {what} items to train on (localize the corpus first, "
-                             "or set data.only_done false to train on every item with an empty ROI)")
+            raise ValueError(
+                f"{self.cache_path}: no {what} items to train on (localize the corpus first, "
+                "or set data.only_done false to train on every item with an empty ROI)"
+            )
         item_ids = train_full.manifest["item_id"].to_numpy()[train_full.indices]
         is_val = np.array([unit_interval(hp.seed, "val", str(i)) < hp.val_fraction for i in item_ids], dtype=bool)
         if is_val.all():
-            raise ValueError(f"{self.cache_path}: val_fraction {hp.val_fraction} leaves no training item "
-                             f"out of {len(item_ids)}")
+            raise ValueError(
+                f"{self.cache_path}: val_fraction {hp.val_fraction} leaves no training item out of {len(item_ids)}"
+            )
         if hp.val_fraction > 0 and not is_val.any():
             rank_zero_warn(f"val_fraction {hp.val_fraction} selects none of {len(item_ids)} items: no validation")
         self.train_set = Subset(train_full, np.flatnonzero(~is_val).tolist())
@@ -199,8 +208,10 @@ class RoiDataModule(pl.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         n_items = len(items)
         if shuffle and math.ceil(n_items / world) < self.batch_size:
-            raise ValueError(f"{self.cache_path}: {n_items} training items over {world} device(s) do not fill "
-                             f"one batch of {self.batch_size}; lower data.batch_size")
+            raise ValueError(
+                f"{self.cache_path}: {n_items} training items over {world} device(s) do not fill "
+                f"one batch of {self.batch_size}; lower data.batch_size"
+            )
         sampler = EpochSampler(items, num_replicas=world, rank=rank, shuffle=shuffle, seed=hp.seed)
         sampler.set_epoch(_epoch_to_run(trainer) if shuffle else 0)
         if shuffle:

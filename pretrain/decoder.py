@@ -1,4 +1,5 @@
 """Densify the sparse encoder features and decode them to an image with a light UNet-style decoder."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,8 +28,9 @@ class Densify(nn.Module):
         sync_bn: all-reduce BatchNorm statistics over processes.
     """
 
-    def __init__(self, in_channels: Sequence[int], out_channels: Sequence[int], norm: str = "batch",
-                 sync_bn: bool = False) -> None:
+    def __init__(
+        self, in_channels: Sequence[int], out_channels: Sequence[int], norm: str = "batch", sync_bn: bool = False
+    ) -> None:
         super().__init__()
         if len(in_channels) != len(out_channels):
             raise ValueError(f"{len(in_channels)} encoder levels but {len(out_channels)} decoder widths")
@@ -37,20 +39,25 @@ class Densify(nn.Module):
         self.mask_context = MaskContext()
         ctx = self.mask_context
         self.norms = nn.ModuleList(
-            SparseBatchNorm2d(c, ctx=ctx, sync=sync_bn) if norm == "batch"
-            else SparseLayerNorm(c, channels_last=False, ctx=ctx) for c in in_channels)
+            SparseBatchNorm2d(c, ctx=ctx, sync=sync_bn)
+            if norm == "batch"
+            else SparseLayerNorm(c, channels_last=False, ctx=ctx)
+            for c in in_channels
+        )
         self.mask_tokens = nn.ParameterList(nn.Parameter(torch.zeros(1, c, 1, 1)) for c in in_channels)
         for token in self.mask_tokens:
             nn.init.trunc_normal_(token, std=0.02)
-        self.projs = nn.ModuleList(nn.Conv2d(c, d, kernel_size=1)
-                                   for c, d in zip(in_channels, out_channels, strict=True))
+        self.projs = nn.ModuleList(
+            nn.Conv2d(c, d, kernel_size=1) for c, d in zip(in_channels, out_channels, strict=True)
+        )
 
     def forward(self, feats_bchw: Sequence[torch.Tensor], active_b1hw: torch.Tensor) -> list[torch.Tensor]:
         """`feats_bchw`: sparse features coarse to fine; `active_b1hw`: bool mask on the coarsest grid."""
         dense = []
         with self.mask_context.activate(active_b1hw):
-            for feat_bchw, norm, token_1c11, proj in zip(feats_bchw, self.norms, self.mask_tokens, self.projs,
-                                                         strict=True):
+            for feat_bchw, norm, token_1c11, proj in zip(
+                feats_bchw, self.norms, self.mask_tokens, self.projs, strict=True
+            ):
                 feat_bchw = norm(feat_bchw)
                 active = self.mask_context.active(tuple(feat_bchw.shape[-2:]), torch.bool)
                 feat_bchw = torch.where(active, feat_bchw, token_1c11.to(feat_bchw.dtype))
@@ -62,8 +69,11 @@ class ConvBNReLU(nn.Sequential):
     """3x3 conv -> BatchNorm -> ReLU at constant resolution."""
 
     def __init__(self, cin: int, cout: int, sync_bn: bool = False) -> None:
-        super().__init__(nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False), _batch_norm(cout, sync_bn),
-                         nn.ReLU(inplace=True))
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False),
+            _batch_norm(cout, sync_bn),
+            nn.ReLU(inplace=True),
+        )
 
 
 class UNetBlock(nn.Module):
@@ -94,8 +104,9 @@ class LightDecoder(nn.Module):
         sync_bn: all-reduce BatchNorm statistics over processes.
     """
 
-    def __init__(self, widths: Sequence[int], head_upsample: int = 4, out_channels: int = 3,
-                 sync_bn: bool = False) -> None:
+    def __init__(
+        self, widths: Sequence[int], head_upsample: int = 4, out_channels: int = 3, sync_bn: bool = False
+    ) -> None:
         super().__init__()
         self.widths = list(widths)
         self.blocks = nn.ModuleList(UNetBlock(cin, cout, sync_bn) for cin, cout in pairwise(widths))

@@ -142,22 +142,33 @@ class ExperimentConfig:
             if source.kind == "shuffled" and source.from_source not in rois:
                 raise ValueError(f"ROI source {source.name}: 'from: {source.from_source}' is not a defined source")
         downstream = tuple(
-            Downstream(name=d["name"], task=d["task"], config=d["config"], args=dict(d.get("args") or {}),
-                       requires=tuple(d.get("requires") or ()))
+            Downstream(
+                name=d["name"],
+                task=d["task"],
+                config=d["config"],
+                args=dict(d.get("args") or {}),
+                requires=tuple(d.get("requires") or ()),
+            )
             for d in raw["downstream"]
-        )  # fmt: skip
+        )
         plot = raw.get("plot") or {}
         pretrain = raw["pretrain"]
         return cls(
-            name=str(raw.get("name", "experiment")), out=Path(raw["out"]), corpus=Path(raw["corpus"]),
-            seeds=tuple(int(s) for s in raw.get("seeds", [0])), pretrain_config=pretrain["config"],
-            pretrain_args=dict(pretrain.get("args") or {}), rois=rois, default_rois=default_rois or "",
-            arms=arms, downstream=downstream,
+            name=str(raw.get("name", "experiment")),
+            out=Path(raw["out"]),
+            corpus=Path(raw["corpus"]),
+            seeds=tuple(int(s) for s in raw.get("seeds", [0])),
+            pretrain_config=pretrain["config"],
+            pretrain_args=dict(pretrain.get("args") or {}),
+            rois=rois,
+            default_rois=default_rois or "",
+            arms=arms,
+            downstream=downstream,
             plot_downstream=plot.get("downstream", downstream[0].name if downstream else ""),
             plot_metric=plot.get("metric", "accuracy"),
             table_metrics={k: tuple(v) for k, v in (raw.get("table_metrics") or DEFAULT_TABLE_METRICS).items()},
             sample=raw.get("sample"),
-        )  # fmt: skip
+        )
 
 
 DEFAULT_TABLE_METRICS = {"classify": ("accuracy", "auroc"), "segment": ("dice",), "detect": ("box_ap", "mask_ap")}
@@ -167,9 +178,16 @@ def _roi_source(name: str, spec: dict[str, Any]) -> RoiSource:
     kind = spec.get("kind")
     if kind not in ROI_KINDS:
         raise ValueError(f"ROI source {name}: kind must be one of {ROI_KINDS}, got {kind!r}")
-    return RoiSource(name=name, kind=kind, masks=spec.get("masks"), from_source=spec.get("from"),
-                     seed=int(spec.get("seed", 0)), config=spec.get("config"), path=spec.get("path"),
-                     optional=bool(spec.get("optional", False)))  # fmt: skip
+    return RoiSource(
+        name=name,
+        kind=kind,
+        masks=spec.get("masks"),
+        from_source=spec.get("from"),
+        seed=int(spec.get("seed", 0)),
+        config=spec.get("config"),
+        path=spec.get("path"),
+        optional=bool(spec.get("optional", False)),
+    )
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -183,12 +201,22 @@ def _expand_arm(spec: dict[str, Any], default_rois: str | None) -> list[Arm]:
         return [Arm(name=spec.get("name", "none"), strategy="none")]
     rois = spec.get("rois", default_rois)
     if strategy == "random":
-        return [Arm(name=spec.get("name") or f"random-{r:g}", strategy="random", mask_ratio=float(r), rois=rois)
-                for r in _as_list(spec["mask_ratio"])]  # fmt: skip
+        return [
+            Arm(name=spec.get("name") or f"random-{r:g}", strategy="random", mask_ratio=float(r), rois=rois)
+            for r in _as_list(spec["mask_ratio"])
+        ]
     if strategy == "differentiated":
         pairs = spec.get("pairs") or [[spec["r_roi"], spec["r_bg"]]]
-        return [Arm(name=spec.get("name") or f"mwm-{rois}-{a:g}-{b:g}", strategy="differentiated",
-                    r_roi=float(a), r_bg=float(b), rois=rois) for a, b in pairs]  # fmt: skip
+        return [
+            Arm(
+                name=spec.get("name") or f"mwm-{rois}-{a:g}-{b:g}",
+                strategy="differentiated",
+                r_roi=float(a),
+                r_bg=float(b),
+                rois=rois,
+            )
+            for a, b in pairs
+        ]
     raise ValueError(f"arm strategy must be none | random | differentiated, got {strategy!r}")
 
 
@@ -285,14 +313,32 @@ class ExperimentRunner:
                 if source.optional:
                     return None
                 raise ExperimentError(f"ROI source {name}: masks folder {masks} not found")
-            argv = ["localize", "import", "--masks", str(masks), "--cache", str(cache), "--corpus", str(cfg.corpus),
-                    "--no-progress"]  # fmt: skip
+            argv = [
+                "localize",
+                "import",
+                "--masks",
+                str(masks),
+                "--cache",
+                str(cache),
+                "--corpus",
+                str(cfg.corpus),
+                "--no-progress",
+            ]
         elif source.kind == "shuffled":
             origin = self.roi_cache(source.from_source)
             if origin is None:
                 return None
-            argv = ["localize", "import", "--shuffle-from", str(origin), "--cache", str(cache),
-                    "--seed", str(source.seed), "--no-progress"]  # fmt: skip
+            argv = [
+                "localize",
+                "import",
+                "--shuffle-from",
+                str(origin),
+                "--cache",
+                str(cache),
+                "--seed",
+                str(source.seed),
+                "--no-progress",
+            ]
         else:  # localize
             argv = ["localize", "run", "--corpus", str(cfg.corpus), "--cache", str(cache), "--no-progress"]
             argv += ["--config", source.config] if source.config else []
@@ -302,16 +348,32 @@ class ExperimentRunner:
     # ---------------------------------------------------------------- arms
     def pretrain(self, arm: Arm, seed: int, cache: Path) -> dict[str, Any] | None:
         run_dir = self.config.out / "runs" / arm.name / f"s{seed}" / "pretrain"
-        argv = ["pretrain", "fit", "--config", self.config.pretrain_config, "--data.corpus", str(self.config.corpus),
-                "--data.cache", str(cache), *arm.pretrain_args(), "--trainer.default_root_dir", str(run_dir),
-                "--seed_everything", str(seed), *_flags(self.config.pretrain_args)]  # fmt: skip
+        argv = [
+            "pretrain",
+            "fit",
+            "--config",
+            self.config.pretrain_config,
+            "--data.corpus",
+            str(self.config.corpus),
+            "--data.cache",
+            str(cache),
+            *arm.pretrain_args(),
+            "--trainer.default_root_dir",
+            str(run_dir),
+            "--seed_everything",
+            str(seed),
+            *_flags(self.config.pretrain_args),
+        ]
 
         def collect() -> dict[str, Any]:
             version = _newest_version(run_dir)
             backbone = run_dir / "backbone.pt"
             ckpt = version / "checkpoints" / "last.ckpt"
-            export = subprocess.run([self.python, "-m", "pretrain", "export", str(ckpt), "--out", str(backbone)],
-                                    capture_output=True, text=True)  # fmt: skip
+            export = subprocess.run(
+                [self.python, "-m", "pretrain", "export", str(ckpt), "--out", str(backbone)],
+                capture_output=True,
+                text=True,
+            )
             if export.returncode != 0:
                 raise ExperimentError(f"export of {version} failed:\n{export.stderr[-2000:]}")
             return {"backbone": str(backbone), **mask_statistics(version / "metrics.csv")}
@@ -321,9 +383,24 @@ class ExperimentRunner:
     def downstream(self, arm: Arm, seed: int, task: Downstream, init: str) -> dict[str, Any] | None:
         run_dir = self.config.out / "runs" / arm.name / f"s{seed}" / task.name
         results_dir = run_dir / "results"
-        argv = ["finetune", task.task, "fit", "--config", task.config, "--data.root", str(self.config.corpus),
-                "--model.init", init, "--seed_everything", str(seed), "--results_dir", str(results_dir),
-                "--trainer.default_root_dir", str(run_dir / "lightning"), *_flags(task.args)]  # fmt: skip
+        argv = [
+            "finetune",
+            task.task,
+            "fit",
+            "--config",
+            task.config,
+            "--data.root",
+            str(self.config.corpus),
+            "--model.init",
+            init,
+            "--seed_everything",
+            str(seed),
+            "--results_dir",
+            str(results_dir),
+            "--trainer.default_root_dir",
+            str(run_dir / "lightning"),
+            *_flags(task.args),
+        ]
 
         def collect() -> dict[str, Any]:
             files = sorted(results_dir.glob("*.json"))
@@ -392,8 +469,11 @@ def mask_statistics(metrics_csv: Path) -> dict[str, float | None]:
     """Averages over the run's training steps of the masking statistics the pretrainer logs each step."""
     metrics = pd.read_csv(metrics_csv)
     out: dict[str, float | None] = {}
-    for column, key in (("mask/realised_ratio", "realised_ratio"), ("mask/expected_ratio", "expected_ratio"),
-                        ("mask/empty_roi_share", "empty_roi_share")):  # fmt: skip
+    for column, key in (
+        ("mask/realised_ratio", "realised_ratio"),
+        ("mask/expected_ratio", "expected_ratio"),
+        ("mask/empty_roi_share", "empty_roi_share"),
+    ):
         values = metrics[column].dropna() if column in metrics else pd.Series(dtype=float)
         out[key] = float(values.mean()) if len(values) else None
     out["steps"] = int(metrics["mask/realised_ratio"].notna().sum()) if "mask/realised_ratio" in metrics else 0

@@ -1,10 +1,10 @@
 """Table and plot of a masking-strategy study (pretrain.experiment): every finished run's results JSON, per arm.
 
-    runs.csv     one row per (arm, seed, downstream, metric): the raw numbers
-    results.csv  one row per (arm, downstream, metric): mean, std, n seeds, realised / expected masking ratio
-    results.md   the same as a markdown table: one row per arm, one column per downstream metric (mean ± std)
-    <downstream>_<metric>_vs_mask_ratio.png   that metric against the realised overall masking ratio, one line
-                 per strategy (random, differentiated per ROI source), no pretraining as a horizontal line
+runs.csv     one row per (arm, seed, downstream, metric): the raw numbers
+results.csv  one row per (arm, downstream, metric): mean, std, n seeds, realised / expected masking ratio
+results.md   the same as a markdown table: one row per arm, one column per downstream metric (mean ± std)
+<downstream>_<metric>_vs_mask_ratio.png   that metric against the realised overall masking ratio, one line
+             per strategy (random, differentiated per ROI source), no pretraining as a horizontal line
 """
 
 from __future__ import annotations
@@ -24,8 +24,22 @@ from finetune.results import read_results  # noqa: E402
 if TYPE_CHECKING:
     from pretrain.experiment import ExperimentConfig
 
-RUN_COLUMNS = ["arm", "line", "strategy", "rois", "r_roi", "r_bg", "mask_ratio", "seed", "realised_ratio",
-               "expected_ratio", "downstream", "task", "metric", "value"]  # fmt: skip
+RUN_COLUMNS = [
+    "arm",
+    "line",
+    "strategy",
+    "rois",
+    "r_roi",
+    "r_bg",
+    "mask_ratio",
+    "seed",
+    "realised_ratio",
+    "expected_ratio",
+    "downstream",
+    "task",
+    "metric",
+    "value",
+]
 
 
 def collect_runs(config: ExperimentConfig) -> pd.DataFrame:
@@ -43,13 +57,24 @@ def collect_runs(config: ExperimentConfig) -> pd.DataFrame:
                     continue
                 result = read_results(done["results"])
                 for metric, value in result.metrics.items():
-                    rows.append({
-                        "arm": arm.name, "line": arm.line, "strategy": arm.strategy, "rois": arm.rois,
-                        "r_roi": arm.r_roi, "r_bg": arm.r_bg, "mask_ratio": arm.mask_ratio, "seed": seed,
-                        "realised_ratio": pretrain.get("realised_ratio", 0.0 if arm.strategy == "none" else None),
-                        "expected_ratio": pretrain.get("expected_ratio"), "downstream": task.name,
-                        "task": result.task, "metric": metric, "value": value,
-                    })  # fmt: skip
+                    rows.append(
+                        {
+                            "arm": arm.name,
+                            "line": arm.line,
+                            "strategy": arm.strategy,
+                            "rois": arm.rois,
+                            "r_roi": arm.r_roi,
+                            "r_bg": arm.r_bg,
+                            "mask_ratio": arm.mask_ratio,
+                            "seed": seed,
+                            "realised_ratio": pretrain.get("realised_ratio", 0.0 if arm.strategy == "none" else None),
+                            "expected_ratio": pretrain.get("expected_ratio"),
+                            "downstream": task.name,
+                            "task": result.task,
+                            "metric": metric,
+                            "value": value,
+                        }
+                    )
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
@@ -62,8 +87,13 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """mean ± std over seeds per (arm, downstream, metric), with the arm's realised masking ratio."""
     keys = ["arm", "line", "strategy", "rois", "r_roi", "r_bg", "mask_ratio", "downstream", "task", "metric"]
     grouped = runs.groupby(keys, dropna=False, sort=False)
-    table = grouped.agg(mean=("value", "mean"), std=("value", "std"), n_seeds=("seed", "nunique"),
-                        realised_ratio=("realised_ratio", "mean"), expected_ratio=("expected_ratio", "mean"))
+    table = grouped.agg(
+        mean=("value", "mean"),
+        std=("value", "std"),
+        n_seeds=("seed", "nunique"),
+        realised_ratio=("realised_ratio", "mean"),
+        expected_ratio=("expected_ratio", "mean"),
+    )
     return table.reset_index()
 
 
@@ -79,9 +109,14 @@ def markdown_table(summary: pd.DataFrame, table_metrics: dict[str, tuple[str, ..
     for arm, row in arms.iterrows():
         nominal = {"random": f"{row.mask_ratio:g}", "differentiated": f"{row.r_roi:g} / {row.r_bg:g}"}
         rois = row.rois if row.strategy == "differentiated" else "-"  # random arms only borrow the item list
-        cells = [arm, row.strategy, rois, nominal.get(row.strategy, "-"),
-                 "-" if pd.isna(row.realised_ratio) or row.strategy == "none" else f"{row.realised_ratio:.3f}",
-                 str(int(summary[summary.arm == arm].n_seeds.max()))]  # fmt: skip
+        cells = [
+            arm,
+            row.strategy,
+            rois,
+            nominal.get(row.strategy, "-"),
+            "-" if pd.isna(row.realised_ratio) or row.strategy == "none" else f"{row.realised_ratio:.3f}",
+            str(int(summary[summary.arm == arm].n_seeds.max())),
+        ]
         for column in columns:
             match = shown[(shown.arm == arm) & (shown.downstream + " " + shown.metric == column)]
             cells.append(_mean_std(match["mean"].iloc[0], match["std"].iloc[0]) if len(match) else "-")
@@ -101,8 +136,9 @@ def plot_metric(summary: pd.DataFrame, downstream: str, metric: str, out: Path, 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for line, points in data[data.strategy != "none"].groupby("line", sort=True):
         points = points.sort_values("realised_ratio")
-        ax.errorbar(points.realised_ratio, points["mean"], yerr=points["std"].fillna(0), marker="o", capsize=3,
-                    label=line)  # fmt: skip
+        ax.errorbar(
+            points.realised_ratio, points["mean"], yerr=points["std"].fillna(0), marker="o", capsize=3, label=line
+        )
     baseline = data[data.strategy == "none"]
     if len(baseline):
         mean, std = float(baseline["mean"].iloc[0]), baseline["std"].iloc[0]
@@ -126,11 +162,20 @@ def write_report(config: ExperimentConfig) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     runs = collect_runs(config)
     summary = summarize(runs) if len(runs) else pd.DataFrame(columns=[*RUN_COLUMNS, "mean", "std", "n_seeds"])
-    paths = {"runs": out / "runs.csv", "table": out / "results.csv", "markdown": out / "results.md",
-             "plot": out / f"{config.plot_downstream}_{config.plot_metric}_vs_mask_ratio.png"}  # fmt: skip
+    paths = {
+        "runs": out / "runs.csv",
+        "table": out / "results.csv",
+        "markdown": out / "results.md",
+        "plot": out / f"{config.plot_downstream}_{config.plot_metric}_vs_mask_ratio.png",
+    }
     runs.to_csv(paths["runs"], index=False)
     summary.to_csv(paths["table"], index=False)
     paths["markdown"].write_text(markdown_table(summary, config.table_metrics))
-    plot_metric(summary, config.plot_downstream, config.plot_metric, paths["plot"],
-                f"{config.name}: {config.plot_downstream} vs masking ratio")  # fmt: skip
+    plot_metric(
+        summary,
+        config.plot_downstream,
+        config.plot_metric,
+        paths["plot"],
+        f"{config.name}: {config.plot_downstream} vs masking ratio",
+    )
     return paths

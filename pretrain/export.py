@@ -6,6 +6,7 @@ key and, as missing, exactly the head: `fc.*` for ResNets, `head.norm.*` and `he
 head LayerNorm is not used by pretraining and stays freshly initialised). `load_backbone` does that load and
 checks it. A JSON sidecar (`<out>.json`) records the backbone name and the export summary.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def backbone_from_hparams(hparams: Mapping[str, Any], source: str) -> str:
     model = hparams.get("model")
     if isinstance(model, Mapping) and isinstance(model.get("backbone"), str):
         return model["backbone"]
-    raise ValueError(f"{source}: cannot tell the backbone: the checkpoint's hyper_parameters have neither "
-                     f"'backbone' nor 'model.backbone' (keys: {sorted(hparams)})")
+    raise ValueError(
+        f"{source}: cannot tell the backbone: the checkpoint's hyper_parameters have neither "
+        f"'backbone' nor 'model.backbone' (keys: {sorted(hparams)})"
+    )
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
@@ -52,8 +55,9 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals([pathlib.PosixPath, pathlib.WindowsPath]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file and the reason
-        raise ValueError(f"{path}: cannot load as a weights-only checkpoint ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0]})") from err
+        raise ValueError(
+            f"{path}: cannot load as a weights-only checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from err
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), Mapping):
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
     return ckpt
@@ -67,18 +71,22 @@ def check_timm_compatible(state_dict: Mapping[str, torch.Tensor], backbone: str,
     return _checked_load(model, state_dict, backbone, source, assign=True)
 
 
-def _checked_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor], backbone: str, source: str,
-                  assign: bool = False) -> list[str]:
+def _checked_load(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], backbone: str, source: str, assign: bool = False
+) -> list[str]:
     try:
         result = model.load_state_dict(state_dict, strict=False, assign=assign)
     except RuntimeError as err:  # shape mismatches raise even when not strict
-        raise ValueError(f"{source}: weights do not fit timm '{backbone}': {str(err).splitlines()[-1].strip()}") \
-            from err
+        raise ValueError(
+            f"{source}: weights do not fit timm '{backbone}': {str(err).splitlines()[-1].strip()}"
+        ) from err
     unexpected, missing = list(result.unexpected_keys), sorted(result.missing_keys)
     not_head = sorted(set(missing) - head_keys(backbone))
     if unexpected or not_head:
-        raise ValueError(f"{source}: weights do not fit timm '{backbone}': unexpected keys {unexpected[:5]}, "
-                         f"missing non-head keys {not_head[:5]}")
+        raise ValueError(
+            f"{source}: weights do not fit timm '{backbone}': unexpected keys {unexpected[:5]}, "
+            f"missing non-head keys {not_head[:5]}"
+        )
     return missing
 
 
@@ -91,11 +99,14 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path) -> dict[str, An
     ckpt_path, out_path = Path(ckpt_path), Path(out_path)
     ckpt = _load_checkpoint(ckpt_path)
     backbone = backbone_from_hparams(ckpt.get("hyper_parameters") or {}, str(ckpt_path))
-    state_dict = {k[len(CHECKPOINT_PREFIX):]: v for k, v in ckpt["state_dict"].items()
-                  if k.startswith(CHECKPOINT_PREFIX)}
+    state_dict = {
+        k[len(CHECKPOINT_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(CHECKPOINT_PREFIX)
+    }
     if not state_dict:
-        raise ValueError(f"{ckpt_path}: no weights under '{CHECKPOINT_PREFIX}' (is SparkMIM stored at the "
-                         "LightningModule's attribute 'model'?)")
+        raise ValueError(
+            f"{ckpt_path}: no weights under '{CHECKPOINT_PREFIX}' (is SparkMIM stored at the "
+            "LightningModule's attribute 'model'?)"
+        )
     missing = check_timm_compatible(state_dict, backbone, str(ckpt_path))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state_dict, out_path)
@@ -106,8 +117,13 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path) -> dict[str, An
         "epoch": ckpt.get("epoch"),
         "global_step": ckpt.get("global_step"),
         "n_tensors": len(state_dict),
-        "n_parameters": int(sum(v.numel() for k, v in state_dict.items() if v.is_floating_point()
-                                and not k.endswith(("running_mean", "running_var")))),
+        "n_parameters": int(
+            sum(
+                v.numel()
+                for k, v in state_dict.items()
+                if v.is_floating_point() and not k.endswith(("running_mean", "running_var"))
+            )
+        ),
         "missing_in_timm_model": missing,
     }
     sidecar_path(out_path).write_text(json.dumps(summary, indent=2))

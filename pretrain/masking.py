@@ -11,6 +11,7 @@ first, then ROI cells: an image with no visible cell gives the encoder nothing a
 in that state, empty batch statistics. An image with an empty ROI is all background, masked at `r_bg`;
 an image whose every cell is ROI is masked at `r_roi`.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,14 +35,16 @@ def _keep_table(n_cells: int, ratio: float, device: torch.device) -> torch.Tenso
     return torch.tensor(keep, dtype=torch.long, device=device)
 
 
-def _random_permutation(batch: int, n_cells: int, device: torch.device,
-                        generator: torch.Generator | None) -> torch.Tensor:
+def _random_permutation(
+    batch: int, n_cells: int, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
     """(B, L) long: an independent random permutation of 0..L-1 per row."""
     return torch.rand(batch, n_cells, device=device, generator=generator).argsort(dim=1)
 
 
-def _keep_counts_per_region(is_roi_bl: torch.Tensor, keep_roi_b: torch.Tensor, keep_bg_b: torch.Tensor,
-                            generator: torch.Generator | None) -> torch.Tensor:
+def _keep_counts_per_region(
+    is_roi_bl: torch.Tensor, keep_roi_b: torch.Tensor, keep_bg_b: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     """Keep `keep_roi_b[i]` random ROI cells and `keep_bg_b[i]` random background cells of row i -> (B, L)."""
     batch, n_cells = is_roi_bl.shape
     order_bl = _random_permutation(batch, n_cells, is_roi_bl.device, generator)
@@ -53,8 +56,9 @@ def _keep_counts_per_region(is_roi_bl: torch.Tensor, keep_roi_b: torch.Tensor, k
     return torch.zeros_like(is_roi_bl).scatter(1, order_bl, keep_in_order)
 
 
-def _top_up(keep_roi: torch.Tensor, keep_bg: torch.Tensor, n_roi: torch.Tensor, n_bg: torch.Tensor,
-            min_visible: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _top_up(
+    keep_roi: torch.Tensor, keep_bg: torch.Tensor, n_roi: torch.Tensor, n_bg: torch.Tensor, min_visible: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Raise per-image keep counts to `min_visible` in total, background cells first."""
     need = (min_visible - keep_roi - keep_bg).clamp_min(0)
     extra_bg = torch.minimum(need, n_bg - keep_bg)
@@ -62,8 +66,15 @@ def _top_up(keep_roi: torch.Tensor, keep_bg: torch.Tensor, n_roi: torch.Tensor, 
     return keep_roi + extra_roi, keep_bg + extra_bg
 
 
-def sample_random_mask(batch: int, grid_hw: tuple[int, int], ratio: float, *, device: torch.device | str | None = None,
-                       generator: torch.Generator | None = None, min_visible: int = 1) -> torch.Tensor:
+def sample_random_mask(
+    batch: int,
+    grid_hw: tuple[int, int],
+    ratio: float,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    min_visible: int = 1,
+) -> torch.Tensor:
     """SparK's uniform masking: each image keeps exactly max(floor(h*w*(1-ratio)), min_visible) random cells.
 
     Returns bool (B,1,h,w), True = visible.
@@ -81,8 +92,9 @@ def sample_random_mask(batch: int, grid_hw: tuple[int, int], ratio: float, *, de
     return active_bl.view(batch, 1, h, w)
 
 
-def roi_cells(roi_b1HW: torch.Tensor, grid_hw: tuple[int, int], rule: RoiRule = "any",
-              min_fraction: float = 0.0) -> torch.Tensor:
+def roi_cells(
+    roi_b1HW: torch.Tensor, grid_hw: tuple[int, int], rule: RoiRule = "any", min_fraction: float = 0.0
+) -> torch.Tensor:
     """Which grid cells count as ROI: bool (B,1,h,w) from an ROI map (B,1,H,W) at input resolution.
 
     rule "any": a cell with at least one ROI pixel; rule "fraction": a cell whose ROI pixel share is at least
@@ -102,8 +114,9 @@ def roi_cells(roi_b1HW: torch.Tensor, grid_hw: tuple[int, int], rule: RoiRule = 
     return roi_share > 0 if rule == "any" else roi_share >= min_fraction - 1e-6
 
 
-def sample_differentiated_mask(roi_b1hw: torch.Tensor, r_roi: float, r_bg: float, *,
-                               generator: torch.Generator | None = None, min_visible: int = 1) -> torch.Tensor:
+def sample_differentiated_mask(
+    roi_b1hw: torch.Tensor, r_roi: float, r_bg: float, *, generator: torch.Generator | None = None, min_visible: int = 1
+) -> torch.Tensor:
     """MWM masking: per image keep floor(N_roi*(1-r_roi)) random ROI cells and floor(N_bg*(1-r_bg)) random
     background cells (then at least `min_visible` in total, see the module docstring).
 
@@ -144,11 +157,18 @@ class RandomMasking:
     def __repr__(self) -> str:
         return f"RandomMasking(ratio={self.ratio})"
 
-    def __call__(self, roi_b1HW: torch.Tensor, grid_hw: tuple[int, int], *,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, roi_b1HW: torch.Tensor, grid_hw: tuple[int, int], *, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """-> (active bool (B,1,h,w), stats). Stats are scalar tensors on the ROI map's device."""
-        active = sample_random_mask(roi_b1HW.shape[0], grid_hw, self.ratio, device=roi_b1HW.device,
-                                    generator=generator, min_visible=self.min_visible)
+        active = sample_random_mask(
+            roi_b1HW.shape[0],
+            grid_hw,
+            self.ratio,
+            device=roi_b1HW.device,
+            generator=generator,
+            min_visible=self.min_visible,
+        )
         stats = {
             "mask/expected_ratio": torch.tensor(self.ratio, device=roi_b1HW.device),
             "mask/realised_ratio": _realised_ratio(active),
@@ -166,8 +186,14 @@ class DifferentiatedMasking:
     whose ROI covers no cell (those fall back to background-only masking at r_bg).
     """
 
-    def __init__(self, r_roi: float = 0.8, r_bg: float = 0.4, rule: RoiRule = "any", min_fraction: float = 0.0,
-                 min_visible: int = 1) -> None:
+    def __init__(
+        self,
+        r_roi: float = 0.8,
+        r_bg: float = 0.4,
+        rule: RoiRule = "any",
+        min_fraction: float = 0.0,
+        min_visible: int = 1,
+    ) -> None:
         _check_ratio("r_roi", r_roi)
         _check_ratio("r_bg", r_bg)
         roi_cells(torch.zeros(1, 1, 1, 1), (1, 1), rule, min_fraction)  # validates rule and min_fraction early
@@ -175,15 +201,19 @@ class DifferentiatedMasking:
         self.min_visible = min_visible
 
     def __repr__(self) -> str:
-        return (f"DifferentiatedMasking(r_roi={self.r_roi}, r_bg={self.r_bg}, rule={self.rule!r}, "
-                f"min_fraction={self.min_fraction})")
+        return (
+            f"DifferentiatedMasking(r_roi={self.r_roi}, r_bg={self.r_bg}, rule={self.rule!r}, "
+            f"min_fraction={self.min_fraction})"
+        )
 
-    def __call__(self, roi_b1HW: torch.Tensor, grid_hw: tuple[int, int], *,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, roi_b1HW: torch.Tensor, grid_hw: tuple[int, int], *, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """-> (active bool (B,1,h,w), stats). Stats are scalar tensors on the ROI map's device."""
         cells_b1hw = roi_cells(roi_b1HW, grid_hw, self.rule, self.min_fraction)
-        active = sample_differentiated_mask(cells_b1hw, self.r_roi, self.r_bg, generator=generator,
-                                            min_visible=self.min_visible)
+        active = sample_differentiated_mask(
+            cells_b1hw, self.r_roi, self.r_bg, generator=generator, min_visible=self.min_visible
+        )
         roi_share_b = cells_b1hw.flatten(1).float().mean(1)
         stats = {
             "mask/expected_ratio": (self.r_roi * roi_share_b + self.r_bg * (1.0 - roi_share_b)).mean(),

@@ -70,8 +70,9 @@ class MaskedPretraining(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()  # plain values only: checkpoints stay loadable with weights_only=True
         self.model = SparkMIM(backbone, input_size, decoder_width, sync_bn=bool(sync_bn))
-        self.masking = build_masking(masking, r_roi=r_roi, r_bg=r_bg, roi_rule=roi_rule,
-                                     roi_min_fraction=roi_min_fraction, mask_ratio=mask_ratio)
+        self.masking = build_masking(
+            masking, r_roi=r_roi, r_bg=r_bg, roi_rule=roi_rule, roi_min_fraction=roi_min_fraction, mask_ratio=mask_ratio
+        )
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -136,8 +137,10 @@ class MaskedPretraining(pl.LightningModule):
         if per_device is None and trainer.train_dataloader is not None:
             per_device = trainer.train_dataloader.batch_size
         if per_device is None:
-            raise ValueError("cannot tell the batch size to scale the learning rate: train with a datamodule "
-                             "that has `batch_size` or set model.lr")
+            raise ValueError(
+                "cannot tell the batch size to scale the learning rate: train with a datamodule "
+                "that has `batch_size` or set model.lr"
+            )
         return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
 
     def learning_rate(self) -> float:
@@ -158,8 +161,7 @@ class MaskedPretraining(pl.LightningModule):
             raise ValueError(f"unknown optimizer {hp.optimizer!r}; use 'lamb' or 'adamw'")
         # The horizon is set in on_train_start: asking the trainer for it here would build the train loader
         # before a resumed run restores its epoch (see RoiDataModule).
-        scheduler = WarmupCosineSchedule(optimizer, weight_decay_end=hp.weight_decay_end,
-                                         min_lr_ratio=hp.min_lr_ratio)
+        scheduler = WarmupCosineSchedule(optimizer, weight_decay_end=hp.weight_decay_end, min_lr_ratio=hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self) -> None:

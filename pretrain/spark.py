@@ -1,4 +1,5 @@
 """SparK masked image modelling: sparse encoder -> densify -> light decoder -> loss on masked patches."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -17,6 +18,7 @@ _PATCH_EPS = 1e-6
 class PatchTarget(NamedTuple):
     """Per-patch normalised input and the per-patch statistics, shaped (B,C,h,1,w,1) to broadcast over
     the patchified image (B,C,h,p,w,p)."""
+
     normalised_bchpwp: torch.Tensor
     mean_bch1w1: torch.Tensor
     std_bch1w1: torch.Tensor
@@ -37,8 +39,9 @@ def patch_target(img_bCHW: torch.Tensor, patch: int) -> PatchTarget:
     return PatchTarget((x - mean) / std, mean, std)
 
 
-def masked_patch_loss(pred_bCHW: torch.Tensor, target: PatchTarget,
-                      active_b1hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_patch_loss(
+    pred_bCHW: torch.Tensor, target: PatchTarget, active_b1hw: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MSE between the prediction and the per-patch normalised input, on masked patches only.
 
     Returns (loss over all masked patches of the batch, loss per image (B,) over its masked patches; 0 for an
@@ -72,8 +75,9 @@ class SparkMIM(nn.Module):
     SparK does; `loss_per_image_b` averages over each image's own masked patches.
     """
 
-    def __init__(self, backbone: str = "resnet50", input_size: int = 224, decoder_width: int = 512,
-                 sync_bn: bool = False) -> None:
+    def __init__(
+        self, backbone: str = "resnet50", input_size: int = 224, decoder_width: int = 512, sync_bn: bool = False
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.encoder = SparseEncoder(backbone, sync_bn=sync_bn)
@@ -82,10 +86,10 @@ class SparkMIM(nn.Module):
         self.grid_hw((input_size, input_size))  # validates input_size
         enc_channels = self.encoder.channels[::-1]  # coarse to fine
         widths = [max(decoder_width // 2**i, 8) for i in range(len(enc_channels))]
-        self.densify = Densify(enc_channels, widths, norm="layer" if self.encoder.uses_layer_norm else "batch",
-                               sync_bn=sync_bn)
-        self.decoder = LightDecoder(widths, head_upsample=self.encoder.reductions[0], out_channels=3,
-                                    sync_bn=sync_bn)
+        self.densify = Densify(
+            enc_channels, widths, norm="layer" if self.encoder.uses_layer_norm else "batch", sync_bn=sync_bn
+        )
+        self.decoder = LightDecoder(widths, head_upsample=self.encoder.reductions[0], out_channels=3, sync_bn=sync_bn)
 
     def grid_hw(self, input_hw: tuple[int, int]) -> tuple[int, int]:
         """Mask grid (h, w) for an input of size `input_hw`."""
@@ -106,8 +110,9 @@ class SparkMIM(nn.Module):
             recon_b3HW = self.reconstruction(pred_b3HW, img_b3HW, target, active_b1hw)
         return {"loss": loss, "recon_b3HW": recon_b3HW, "loss_per_image_b": loss_per_image_b.detach()}
 
-    def reconstruction(self, pred_b3HW: torch.Tensor, img_b3HW: torch.Tensor, target: PatchTarget,
-                       active_b1hw: torch.Tensor) -> torch.Tensor:
+    def reconstruction(
+        self, pred_b3HW: torch.Tensor, img_b3HW: torch.Tensor, target: PatchTarget, active_b1hw: torch.Tensor
+    ) -> torch.Tensor:
         """Prediction brought back to pixel values with each patch's own mean/std; visible patches are the
         input itself (for visualisation)."""
         b, c, h, p, w, _ = target.normalised_bchpwp.shape

@@ -5,6 +5,7 @@ spatial layers are replaced, on this instance only, by masked counterparts that 
 buffer names (`sparse_layers`, `sparse_norm`). Its state dict is therefore the plain timm state dict minus
 the classifier head.
 """
+
 from __future__ import annotations
 
 from itertools import pairwise
@@ -21,8 +22,17 @@ from pretrain.sparse_layers import MaskContext, SparseAvgPool2d, SparseConv2d, S
 from pretrain.sparse_norm import SparseBatchNorm2d, SparseLayerNorm
 
 # Layers that mix or move spatial positions, or normalise over them: each needs a masked counterpart.
-_SPATIAL_LAYERS = (_ConvNd, _BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.Linear, _MaxPoolNd, _AvgPoolNd,
-                   _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd)
+_SPATIAL_LAYERS = (
+    _ConvNd,
+    _BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.Linear,
+    _MaxPoolNd,
+    _AvgPoolNd,
+    _AdaptiveAvgPoolNd,
+    _AdaptiveMaxPoolNd,
+)
 _SPARSE_LAYERS = (SparseConv2d, SparseLinear, SparseMaxPool2d, SparseAvgPool2d, SparseBatchNorm2d, SparseLayerNorm)
 
 
@@ -63,9 +73,11 @@ def sparsify_(model: nn.Module, ctx: MaskContext, sync_bn: bool = False) -> nn.M
                 setattr(parent, child_name, sparse)
             elif isinstance(child, _SPATIAL_LAYERS):
                 path = f"{parent_name}.{child_name}" if parent_name else child_name
-                raise ValueError(f"layer '{path}' ({type(child).__module__}.{type(child).__name__}) has no sparse "
-                                 "counterpart; supported: Conv2d, BatchNorm2d, SyncBatchNorm, LayerNorm, "
-                                 "LayerNorm2d, Linear (channels-last), MaxPool2d, AvgPool2d")
+                raise ValueError(
+                    f"layer '{path}' ({type(child).__module__}.{type(child).__name__}) has no sparse "
+                    "counterpart; supported: Conv2d, BatchNorm2d, SyncBatchNorm, LayerNorm, "
+                    "LayerNorm2d, Linear (channels-last), MaxPool2d, AvgPool2d"
+                )
     return model
 
 
@@ -74,8 +86,10 @@ def build_timm_trunk(backbone: str, **timm_kwargs) -> tuple[nn.Module, list[int]
     its feature levels at strides 4, 8, ..., its last stride (the levels the decoder uses)."""
     model = timm.create_model(backbone, pretrained=False, num_classes=0, **timm_kwargs)
     if not hasattr(model, "forward_intermediates") or not hasattr(model, "prune_intermediate_layers"):
-        raise ValueError(f"timm model '{backbone}' has no forward_intermediates/prune_intermediate_layers; "
-                         "use a hierarchical convnet such as resnet50 or convnext_tiny")
+        raise ValueError(
+            f"timm model '{backbone}' has no forward_intermediates/prune_intermediate_layers; "
+            "use a hierarchical convnet such as resnet50 or convnext_tiny"
+        )
     reductions = [info["reduction"] for info in model.feature_info]
     indices = [i for i, r in enumerate(reductions) if r >= 4 and (i + 1 == len(reductions) or reductions[i + 1] != r)]
     kept = [reductions[i] for i in indices]
@@ -121,8 +135,10 @@ class SparseEncoder(nn.Module):
         too, so no masked pixel reaches an active position through the first convolution.
         """
         if tuple(active_b1hw.shape) != (x_bCHW.shape[0], 1, *self.grid_hw(tuple(x_bCHW.shape[-2:]))):
-            raise ValueError(f"mask shape {tuple(active_b1hw.shape)} does not match input {tuple(x_bCHW.shape)} "
-                             f"at downsample ratio {self.downsample_ratio}")
+            raise ValueError(
+                f"mask shape {tuple(active_b1hw.shape)} does not match input {tuple(x_bCHW.shape)} "
+                f"at downsample ratio {self.downsample_ratio}"
+            )
         with self.mask_context.activate(active_b1hw):
             x_bCHW = x_bCHW * self.mask_context.active(tuple(x_bCHW.shape[-2:]), x_bCHW.dtype)
             return self.model.forward_intermediates(x_bCHW, indices=self.feature_indices, intermediates_only=True)

@@ -5,6 +5,7 @@ re-zeroes its output at masked positions, so masked positions stay exactly zero 
 nothing computed there reaches an active position. Each layer keeps the parameter names of the dense layer
 it replaces, so state dicts stay those of the timm model.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -32,8 +33,9 @@ class MaskContext:
         if self._active_b1hw is not None:
             raise RuntimeError("MaskContext is already active: one forward pass at a time per model")
         if active_b1hw.dim() != 4 or active_b1hw.shape[1] != 1 or active_b1hw.dtype != torch.bool:
-            raise ValueError(f"active mask must be a bool tensor (B,1,h,w), got {active_b1hw.dtype} "
-                             f"{tuple(active_b1hw.shape)}")
+            raise ValueError(
+                f"active mask must be a bool tensor (B,1,h,w), got {active_b1hw.dtype} {tuple(active_b1hw.shape)}"
+            )
         self._active_b1hw = active_b1hw
         try:
             yield
@@ -54,8 +56,10 @@ class MaskContext:
         grid = self._grid()
         h, w = grid.shape[-2:]
         if hw[0] % h or hw[1] % w:
-            raise ValueError(f"feature map {hw} is not a whole multiple of the mask grid {(h, w)}; "
-                             "input sizes must be multiples of the encoder's downsample ratio")
+            raise ValueError(
+                f"feature map {hw} is not a whole multiple of the mask grid {(h, w)}; "
+                "input sizes must be multiples of the encoder's downsample ratio"
+            )
         return hw[0] // h, hw[1] // w
 
     def active(self, hw: tuple[int, int], dtype: torch.dtype, channels_last: bool = False) -> torch.Tensor:
@@ -85,9 +89,19 @@ class SparseConv2d(nn.Conv2d):
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d, ctx: MaskContext) -> SparseConv2d:
-        sparse = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                     padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
-                     padding_mode=conv.padding_mode, ctx=ctx, device="meta")
+        sparse = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            ctx=ctx,
+            device="meta",
+        )
         sparse.weight, sparse.bias = conv.weight, conv.bias  # the same Parameter objects, names unchanged
         return sparse
 
@@ -141,10 +155,16 @@ class SparseAvgPool2d(nn.AvgPool2d):
 
     @classmethod
     def from_dense(cls, pool: nn.AvgPool2d, ctx: MaskContext) -> SparseAvgPool2d:
-        return cls(pool.kernel_size, pool.stride, pool.padding, ceil_mode=pool.ceil_mode,
-                   count_include_pad=pool.count_include_pad, divisor_override=pool.divisor_override, ctx=ctx)
+        return cls(
+            pool.kernel_size,
+            pool.stride,
+            pool.padding,
+            ceil_mode=pool.ceil_mode,
+            count_include_pad=pool.count_include_pad,
+            divisor_override=pool.divisor_override,
+            ctx=ctx,
+        )
 
     def forward(self, x_bchw: torch.Tensor) -> torch.Tensor:
         y_bchw = super().forward(x_bchw)
         return y_bchw.mul_(self.ctx.active(y_bchw.shape[-2:], y_bchw.dtype))
-

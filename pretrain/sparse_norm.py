@@ -6,6 +6,7 @@ swap it for a dense SyncBatchNorm and silently bring the masked positions back i
 Use its own `sync=True` instead. Parameter and buffer names are those of `nn.BatchNorm2d`, so state dicts
 stay timm-compatible.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,16 +35,24 @@ class _ActiveBatchNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, active: torch.Tensor | None, weight: torch.Tensor | None,
-                bias: torch.Tensor | None, count: torch.Tensor, eps: float, sync: bool,
-                group: dist.ProcessGroup | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        active: torch.Tensor | None,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        count: torch.Tensor,
+        eps: float,
+        sync: bool,
+        group: dist.ProcessGroup | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         acc = torch.promote_types(x.dtype, torch.float32)  # float32 sums for bf16/fp16 inputs
         xacc = x.to(acc)  # zero at masked positions (the caller's contract), so plain sums are active sums
         sum_c, sumsq_c = xacc.sum(_DIMS), (xacc * xacc).sum(_DIMS)
         if sync:
             packed = _all_reduce_sum(torch.cat([sum_c, sumsq_c, count.reshape(1).to(acc)]), group)
             c = x.shape[1]
-            sum_c, sumsq_c, count = packed[:c], packed[c:2 * c], packed[2 * c]
+            sum_c, sumsq_c, count = packed[:c], packed[c : 2 * c], packed[2 * c]
         n = count.to(acc).clamp_min(1.0)
         mean = sum_c / n
         var = (sumsq_c / n - mean * mean).clamp_min(0.0)
@@ -95,9 +104,18 @@ class SparseBatchNorm2d(nn.Module):
     BatchNorm with the same all-reduce, usable on CPU with the gloo backend.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, *, ctx: MaskContext | None, sync: bool = False,
-                 process_group: dist.ProcessGroup | None = None) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        ctx: MaskContext | None,
+        sync: bool = False,
+        process_group: dist.ProcessGroup | None = None,
+    ) -> None:
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
@@ -118,11 +136,20 @@ class SparseBatchNorm2d(nn.Module):
             self.register_buffer("num_batches_tracked", None)
 
     @classmethod
-    def from_dense(cls, bn: nn.modules.batchnorm._BatchNorm, ctx: MaskContext | None,
-                   sync: bool = False) -> SparseBatchNorm2d:
+    def from_dense(
+        cls, bn: nn.modules.batchnorm._BatchNorm, ctx: MaskContext | None, sync: bool = False
+    ) -> SparseBatchNorm2d:
         """A sparse BatchNorm sharing `bn`'s parameters and buffers (same tensors, same names)."""
-        sparse = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, ctx=ctx, sync=sync,
-                     process_group=getattr(bn, "process_group", None))
+        sparse = cls(
+            bn.num_features,
+            bn.eps,
+            bn.momentum,
+            bn.affine,
+            bn.track_running_stats,
+            ctx=ctx,
+            sync=sync,
+            process_group=getattr(bn, "process_group", None),
+        )
         if bn.affine:
             sparse.weight, sparse.bias = bn.weight, bn.bias
         if bn.track_running_stats:
@@ -131,8 +158,10 @@ class SparseBatchNorm2d(nn.Module):
         return sparse
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}, sync={self.sync}, masked={self.ctx is not None}")
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}, sync={self.sync}, masked={self.ctx is not None}"
+        )
 
     @torch.no_grad()
     def _update_running(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
@@ -152,8 +181,9 @@ class SparseBatchNorm2d(nn.Module):
 
         if self.training or not self.track_running_stats:
             sync = self.sync and self.training and dist.is_available() and dist.is_initialized()
-            y_bchw, mean, var, n = _ActiveBatchNorm.apply(x_bchw, active_b1hw, self.weight, self.bias, count,
-                                                          self.eps, sync, self.process_group)
+            y_bchw, mean, var, n = _ActiveBatchNorm.apply(
+                x_bchw, active_b1hw, self.weight, self.bias, count, self.eps, sync, self.process_group
+            )
             if self.training and self.track_running_stats:
                 self._update_running(mean, var, n)
             return y_bchw
@@ -164,8 +194,9 @@ class SparseBatchNorm2d(nn.Module):
         shift = -self.running_mean.float() * scale
         if self.bias is not None:
             shift = shift + self.bias.float()
-        y_bchw = torch.addcmul(shift.view(1, -1, 1, 1).to(x_bchw.dtype), x_bchw,
-                               scale.view(1, -1, 1, 1).to(x_bchw.dtype))
+        y_bchw = torch.addcmul(
+            shift.view(1, -1, 1, 1).to(x_bchw.dtype), x_bchw, scale.view(1, -1, 1, 1).to(x_bchw.dtype)
+        )
         return y_bchw if active_b1hw is None else y_bchw.mul_(active_b1hw)
 
 
@@ -177,8 +208,9 @@ class SparseLayerNorm(nn.Module):
     the layout: (B,H,W,C) like timm's `LayerNorm` in ConvNeXt blocks, or (B,C,H,W) like `LayerNorm2d`.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-6, affine: bool = True, *, channels_last: bool,
-                 ctx: MaskContext) -> None:
+    def __init__(
+        self, num_channels: int, eps: float = 1e-6, affine: bool = True, *, channels_last: bool, ctx: MaskContext
+    ) -> None:
         super().__init__()
         self.num_channels, self.eps, self.channels_last, self.ctx = num_channels, eps, channels_last, ctx
         self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None

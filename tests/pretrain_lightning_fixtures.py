@@ -38,9 +38,16 @@ def write_roi_corpus(root: Path, n: int = 16, seed: int = 0) -> tuple[Path, Path
     cache = RoiCache.create(cache_path, manifest, {"localizer": "test fixture"}, mask_size=64, shard_items=8)
     done = list(range(n - 1))
     empty = [i % 5 == 0 for i in done]
-    masks = [np.zeros_like(disks[manifest.path[i]]) if e else disks[manifest.path[i]]
-             for i, e in zip(done, empty, strict=True)]
-    cache.write(done, [m.astype(np.uint8) for m in masks], [m.astype(np.float32) for m in masks],
-                [np.zeros((0, 4), np.float32)] * len(done), [1.0] * len(done),
-                flags=[FLAG_EMPTY_ROI if e else 0 for e in empty])
+    masks = [
+        np.zeros_like(disks[manifest.path[i]]) if e else disks[manifest.path[i]]
+        for i, e in zip(done, empty, strict=True)
+    ]
+    cache.write(
+        done,
+        [m.astype(np.uint8) for m in masks],
+        [m.astype(np.float32) for m in masks],
+        [np.zeros((0, 4), np.float32)] * len(done),
+        [1.0] * len(done),
+        flags=[FLAG_EMPTY_ROI if e else 0 for e in empty],
+    )
     return corpus, cache_path

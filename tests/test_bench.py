@@ -15,15 +15,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_bench(script: str, *args: str) -> dict:
-    done = subprocess.run([sys.executable, f"bench/{script}", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, f"bench/{script}", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
 
 def test_localize_bench_paths_agree():
-    result = run_bench("localize.py", "--size", "tiny", "--images", "3", "--batch-size", "3", "--repeats", "1",
-                       "--steps", "2", "--threads", "1", "--no-warmup", "--no-stages")  # fmt: skip
+    result = run_bench(
+        "localize.py",
+        "--size",
+        "tiny",
+        "--images",
+        "3",
+        "--batch-size",
+        "3",
+        "--repeats",
+        "1",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--no-warmup",
+        "--no-stages",
+    )
     # The authors'-loop baseline and the unbatched path compute the batched path's masks: same work, timed.
     assert result["naive_whole_tower_per_step"] is True  # the authors' M2IB loop, not ours unbatched
     assert result["mask_agreement"] == 1.0
@@ -38,16 +54,32 @@ def test_localize_bench_paths_agree():
 
 
 def test_cache_io_bench_reads_what_zarr_reads():
-    result = run_bench("cache_io.py", "--items", "40", "--mask-size", "32", "--image-size", "64", "--batch", "16",
-                       "--reads", "100")  # fmt: skip
+    result = run_bench(
+        "cache_io.py", "--items", "40", "--mask-size", "32", "--image-size", "64", "--batch", "16", "--reads", "100"
+    )
     assert result["reads_equal_zarr"] is True and result["reads_compared"] == 100
     assert result["items"] == 40 and result["store_files"] > 0
     assert result["reads_per_s"] > 0 and result["writes_per_s"] > 0
 
 
 def test_pretrain_step_bench_runs():
-    result = run_bench("pretrain_step.py", "--backbone", "resnet18", "--size", "32", "--batch", "2", "--steps", "1",
-                       "--warmup", "1", "--threads", "1", "--decoder-width", "32")  # fmt: skip
+    result = run_bench(
+        "pretrain_step.py",
+        "--backbone",
+        "resnet18",
+        "--size",
+        "32",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+        "--decoder-width",
+        "32",
+    )
     assert result["config"]["backbone"] == "resnet18" and result["config"]["size"] == 32
     assert result["step_ratio_vs_dense"] > 0
     assert 0 <= result["mask_share"] < 1

@@ -21,7 +21,7 @@ def corpus_and_cache(tmp_path):
     root.mkdir(parents=True)
     for i in range(6):
         img = np.zeros((40, 60), np.uint8)
-        img[:, : 30] = 200 + i
+        img[:, :30] = 200 + i
         img[0, 59] = 10  # some dynamic range on the dark side
         cv2.imwrite(str(root / f"img_{i}.png"), img)
     manifest, _ = scan_corpus(tmp_path / "corpus", progress=False)

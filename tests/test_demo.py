@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_demo_runs_end_to_end(tmp_path):
     work = tmp_path / "work"
-    proc = subprocess.run(["make", "--no-print-directory", "demo", f"WORK={work}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "demo", f"WORK={work}"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # It says plainly that the stand-ins are untrained, and the cache says so too.
     assert "UNTRAINED stand-in models" in proc.stdout

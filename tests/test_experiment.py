@@ -17,16 +17,27 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 def test_grid_expands_arms_and_checks_sources():
     config = ExperimentConfig.load(CONFIGS / "cpu_sample.yaml")
     names = [arm.name for arm in config.arms]
-    assert names == ["none", "random-0.4", "random-0.6", "random-0.7", "mwm-gt-0.8-0.4", "mwm-gt-0.6-0.2",
-                     "mwm-shuffled-0.8-0.4"]  # fmt: skip
-    assert {arm.line for arm in config.arms} == {"none", "random", "differentiated (gt)",
-                                                  "differentiated (shuffled)"}  # fmt: skip
+    assert names == [
+        "none",
+        "random-0.4",
+        "random-0.6",
+        "random-0.7",
+        "mwm-gt-0.8-0.4",
+        "mwm-gt-0.6-0.2",
+        "mwm-shuffled-0.8-0.4",
+    ]
+    assert {arm.line for arm in config.arms} == {"none", "random", "differentiated (gt)", "differentiated (shuffled)"}
     assert config.arms[1].pretrain_args() == ["--model.masking", "random", "--model.mask_ratio", "0.4"]
     for name in ("gpu_paper.yaml", "toy.yaml"):
         assert ExperimentConfig.load(CONFIGS / name).arms
-    raw = {"out": "o", "corpus": "c", "pretrain": {"config": "p"}, "downstream": [],
-           "rois": {"gt": {"kind": "import", "masks": "truth"}},
-           "arms": [{"strategy": "differentiated", "rois": "nope", "r_roi": 0.8, "r_bg": 0.4}]}
+    raw = {
+        "out": "o",
+        "corpus": "c",
+        "pretrain": {"config": "p"},
+        "downstream": [],
+        "rois": {"gt": {"kind": "import", "masks": "truth"}},
+        "arms": [{"strategy": "differentiated", "rois": "nope", "r_roi": 0.8, "r_bg": 0.4}],
+    }
     with pytest.raises(ValueError, match="nope"):
         ExperimentConfig.from_dict(raw)
     raw["arms"], raw["rois"]["gt"]["kind"] = [], "magic"
@@ -61,8 +72,20 @@ def test_toy_study_writes_table_and_plot_and_resumes(tmp_path, capsys):
     results = sorted(out.rglob("results/*.json"))
     capsys.readouterr()
     # the second invocation, through the command line: nothing is run again, the report is rewritten
-    assert pretrain_main(["experiment", "--config", str(CONFIGS / "toy.yaml"), "--out", str(out),
-                          "--corpus", str(tmp_path / "corpus")]) == 0  # fmt: skip
+    assert (
+        pretrain_main(
+            [
+                "experiment",
+                "--config",
+                str(CONFIGS / "toy.yaml"),
+                "--out",
+                str(out),
+                "--corpus",
+                str(tmp_path / "corpus"),
+            ]
+        )
+        == 0
+    )
     assert "launched 0 runs, 5 already finished" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in sorted(out.rglob("done.json"))} == mtimes
     assert sorted(out.rglob("results/*.json")) == results

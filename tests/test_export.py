@@ -1,4 +1,5 @@
 """Backbone export: timm names, only the head missing, from a real Lightning checkpoint, checked loading."""
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,15 @@ class TinyPretraining(pl.LightningModule):
 def test_export_from_a_lightning_checkpoint(tmp_path):
     module = TinyPretraining("resnet18")
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.rand(4, 3, 64, 64)), batch_size=2)
-    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, loader)
     ckpt = tmp_path / "last.ckpt"
     trainer.save_checkpoint(ckpt)

@@ -104,8 +104,9 @@ def test_imagenet_weights_only_from_disk(tmp_path, monkeypatch, exported):
     weights = tmp_path / "resnet18.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, weights)
     model, report = create_backbone("resnet18", f"imagenet:{weights}", num_classes=2)
-    assert report.init == "imagenet" and torch.equal(model.state_dict()["layer1.0.conv1.weight"],
-                                                     sd["layer1.0.conv1.weight"])
+    assert report.init == "imagenet" and torch.equal(
+        model.state_dict()["layer1.0.conv1.weight"], sd["layer1.0.conv1.weight"]
+    )
 
 
 def test_mask_rcnn_torchvision_body_loads_timm_resnet(exported):

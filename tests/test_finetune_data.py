@@ -166,15 +166,30 @@ def test_plain_coco_dataset_with_ordinary_images(tmp_path):
     cats = [{"id": 5, "name": "cyst"}, {"id": 9, "name": "mass"}]
 
     def write(name, ids):
-        anns = [{"id": i, "image_id": i, "category_id": 5 if i % 2 else 9, "bbox": [6, 4, 10, 8], "area": 80,
-                 "iscrowd": 0, "segmentation": rle if i == 1 else [[6, 4, 16, 4, 16, 12, 6, 12]]} for i in ids]
+        anns = [
+            {
+                "id": i,
+                "image_id": i,
+                "category_id": 5 if i % 2 else 9,
+                "bbox": [6, 4, 10, 8],
+                "area": 80,
+                "iscrowd": 0,
+                "segmentation": rle if i == 1 else [[6, 4, 16, 4, 16, 12, 6, 12]],
+            }
+            for i in ids
+        ]
         images = [{"id": i, "file_name": files[i], "height": 24, "width": 32} for i in ids]
         (tmp_path / name).write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
 
     write("train.json", [1, 2])
     write("test.json", [3])
-    data = DetectionData(str(tmp_path / "images"), str(tmp_path / "train.json"),
-                         test_ann_file=str(tmp_path / "test.json"), split_csv=None, val_share=0.0)
+    data = DetectionData(
+        str(tmp_path / "images"),
+        str(tmp_path / "train.json"),
+        test_ann_file=str(tmp_path / "test.json"),
+        split_csv=None,
+        val_share=0.0,
+    )
     assert data.image_ids == {"train": [1, 2], "val": [], "test": [3]} and data.num_classes == 3
     dataset = data.test_dataloader().dataset
     image, target = dataset[0]
@@ -198,8 +213,14 @@ def test_segmentation_data_from_image_and_mask_folders(tmp_path):
         if i % 2:
             mask[5:10, 5:10] = 255
         cv2.imwrite(str(tmp_path / "msk" / f"s{i}.png"), mask)
-    data = SegmentationData(str(tmp_path / "img"), masks_dir=str(tmp_path / "msk"), image_size=16, batch_size=4,
-                            val_share=0.2, test_share=0.2)
+    data = SegmentationData(
+        str(tmp_path / "img"),
+        masks_dir=str(tmp_path / "msk"),
+        image_size=16,
+        batch_size=4,
+        val_share=0.2,
+        test_share=0.2,
+    )
     assert (data.n_train, data.n_test, len(data.tables["val"])) == (6, 2, 2)
     assert set(data.tables["test"]["label"]) == {"fg", "empty"}  # stratified by empty / non-empty mask
     images, masks = next(iter(data.train_dataloader()))
@@ -209,13 +230,14 @@ def test_segmentation_data_from_image_and_mask_folders(tmp_path):
 def test_intensity_settings_reach_every_task_dataset(corpus):
     """A CT window changes CT images and leaves MR alone, in classification, segmentation and detection data."""
     lung, bone = {"ct_window": "lung"}, {"ct_window": "bone"}
-    for make in (lambda i: ClassificationData(str(corpus), "labels.csv", image_size=32, augment=False, intensity=i),
-                 lambda i: SegmentationData(str(corpus), "labels.csv", image_size=32, augment=False, intensity=i),
-                 lambda i: DetectionData(str(corpus), split_csv="labels.csv", augment=False, intensity=i)):
+    for make in (
+        lambda i: ClassificationData(str(corpus), "labels.csv", image_size=32, augment=False, intensity=i),
+        lambda i: SegmentationData(str(corpus), "labels.csv", image_size=32, augment=False, intensity=i),
+        lambda i: DetectionData(str(corpus), split_csv="labels.csv", augment=False, intensity=i),
+    ):
         a, b = make(lung).split_dataset("train"), make(bone).split_dataset("train")
         table = getattr(a, "table", None)
-        modalities = list(table["modality"]) if table is not None else [
-            a.coco.imgs[i]["modality"] for i in a.image_ids]
+        modalities = list(table["modality"]) if table is not None else [a.coco.imgs[i]["modality"] for i in a.image_ids]
         ct, mr = modalities.index("CT"), modalities.index("MR")
         assert not torch.allclose(a[ct][0], b[ct][0])
         assert torch.allclose(a[mr][0], b[mr][0])

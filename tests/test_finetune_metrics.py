@@ -67,10 +67,22 @@ def _coco_gt(tmp_path, boxes_xywh):
     anns = []
     for k, (x, y, w, h) in enumerate(boxes_xywh, start=1):
         polygon = [x, y, x + w, y, x + w, y + h, x, y + h]
-        anns.append({"id": k, "image_id": 1, "category_id": 7, "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
-                     "segmentation": [polygon]})
-    dataset = {"images": [{"id": 1, "file_name": "a.png", "height": 32, "width": 32}], "annotations": anns,
-               "categories": [{"id": 7, "name": "lesion"}]}
+        anns.append(
+            {
+                "id": k,
+                "image_id": 1,
+                "category_id": 7,
+                "bbox": [x, y, w, h],
+                "area": w * h,
+                "iscrowd": 0,
+                "segmentation": [polygon],
+            }
+        )
+    dataset = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 32, "width": 32}],
+        "annotations": anns,
+        "categories": [{"id": 7, "name": "lesion"}],
+    }
     path = tmp_path / "gt.json"
     path.write_text(__import__("json").dumps(dataset))
     return load_coco(path)
@@ -78,7 +90,7 @@ def _coco_gt(tmp_path, boxes_xywh):
 
 def _box_mask(x, y, w, h, size=32):
     mask = np.zeros((size, size), np.uint8)
-    mask[y:y + h, x:x + w] = 1
+    mask[y : y + h, x : x + w] = 1
     return mask
 
 
@@ -99,8 +111,9 @@ def test_coco_ap_perfect_is_one_and_matches_hand_computed_cases(tmp_path):
 
     # A single detection with IoU 0.64 counts at thresholds 0.50, 0.55, 0.60 only: AP = 3/10, AP50 = 1, AP75 = 0.
     gt1 = _coco_gt(tmp_path, [(0, 0, 10, 10)])
-    shifted = coco_evaluate(gt1, [{"image_id": 1, "category_id": 7, "score": 0.5, "bbox": [0, 0, 10, 6.4]}],
-                            iou_types=("bbox",))
+    shifted = coco_evaluate(
+        gt1, [{"image_id": 1, "category_id": 7, "score": 0.5, "bbox": [0, 0, 10, 6.4]}], iou_types=("bbox",)
+    )
     assert shifted == pytest.approx({"box_ap": 0.3, "box_ap50": 1.0, "box_ap75": 0.0})
 
     assert coco_evaluate(gt, [])["box_ap"] == 0.0  # nothing predicted where objects exist
@@ -109,8 +122,12 @@ def test_coco_ap_perfect_is_one_and_matches_hand_computed_cases(tmp_path):
 def test_predictions_to_coco_maps_torchvision_outputs(tmp_path):
     gt = _coco_gt(tmp_path, [(2, 2, 10, 10), (18, 18, 10, 10)])
     masks = torch.stack([torch.from_numpy(_box_mask(2, 2, 10, 10)), torch.from_numpy(_box_mask(18, 18, 10, 10))])
-    output = {"boxes": torch.tensor([[2.0, 2, 12, 12], [18, 18, 28, 28]]), "labels": torch.tensor([1, 1]),
-              "scores": torch.tensor([0.9, 0.7]), "masks": masks[:, None].float() * 0.9}
+    output = {
+        "boxes": torch.tensor([[2.0, 2, 12, 12], [18, 18, 28, 28]]),
+        "labels": torch.tensor([1, 1]),
+        "scores": torch.tensor([0.9, 0.7]),
+        "masks": masks[:, None].float() * 0.9,
+    }
     results = predictions_to_coco([output], [1], category_ids=[7])
     assert [r["category_id"] for r in results] == [7, 7]
     assert results[0]["bbox"] == pytest.approx([2, 2, 10, 10])

@@ -10,9 +10,19 @@ from finetune.results import RunResult, collect_results, read_results, write_res
 
 
 def _result(**overrides) -> RunResult:
-    fields = dict(task="classify", backbone="resnet50", init="pretrained", train_fraction=0.1, seed=3,
-                  metrics={"accuracy": 0.75, "auroc": float("nan")}, n_train=12, n_test=40,
-                  config={"model": {"backbone": "resnet50"}}, init_source="/x/backbone.pt", init_sha256="ab" * 8)
+    fields = dict(
+        task="classify",
+        backbone="resnet50",
+        init="pretrained",
+        train_fraction=0.1,
+        seed=3,
+        metrics={"accuracy": 0.75, "auroc": float("nan")},
+        n_train=12,
+        n_test=40,
+        config={"model": {"backbone": "resnet50"}},
+        init_source="/x/backbone.pt",
+        init_sha256="ab" * 8,
+    )
     fields.update(overrides)
     return RunResult(**fields)
 

@@ -19,8 +19,24 @@ from finetune.results import read_results
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "finetune"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-RESULT_FIELDS = {"task", "backbone", "init", "train_fraction", "seed", "metrics", "n_train", "n_test", "config",
-                 "timestamp", "code_version", "schema_version", "init_source", "init_sha256", "subset_seed", "details"}
+RESULT_FIELDS = {
+    "task",
+    "backbone",
+    "init",
+    "train_fraction",
+    "seed",
+    "metrics",
+    "n_train",
+    "n_test",
+    "config",
+    "timestamp",
+    "code_version",
+    "schema_version",
+    "init_source",
+    "init_sha256",
+    "subset_seed",
+    "details",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +69,20 @@ def backbone_pt(tmp_path_factory):
 
 
 def _run(task: str, config: str, corpus: Path, out: Path, *extra: str) -> dict:
-    args = [task, "fit", "--config", str(CONFIGS / config), "--data.root", str(corpus), "--results_dir",
-            str(out / "results"), "--trainer.default_root_dir", str(out / "run"), *QUIET, *extra]
+    args = [
+        task,
+        "fit",
+        "--config",
+        str(CONFIGS / config),
+        "--data.root",
+        str(corpus),
+        "--results_dir",
+        str(out / "results"),
+        "--trainer.default_root_dir",
+        str(out / "run"),
+        *QUIET,
+        *extra,
+    ]
     assert main(args) == 0
     written = sorted((out / "results").glob("*.json"))
     assert len(written) == 1, written  # one results JSON per run
@@ -79,10 +107,32 @@ def test_classify_fit_writes_results_and_confusion_matrix(corpus, tmp_path):
 
 def test_linear_probe_from_exported_backbone_keeps_backbone_frozen(corpus, tmp_path, backbone_pt):
     path, sd = backbone_pt
-    cli = FinetuneCLI(ClassificationModule, ClassificationData, run=False, args=[
-        "--config", str(CONFIGS / "classify_tiny.yaml"), "--data.root", str(corpus), "--data.modalities", "[MR]",
-        "--model.init", str(path), "--model.mode", "linear_probe", "--model.lr", "0.05", "--train-fraction", "0.5",
-        "--results_dir", str(tmp_path / "results"), "--trainer.default_root_dir", str(tmp_path / "run"), *QUIET])
+    cli = FinetuneCLI(
+        ClassificationModule,
+        ClassificationData,
+        run=False,
+        args=[
+            "--config",
+            str(CONFIGS / "classify_tiny.yaml"),
+            "--data.root",
+            str(corpus),
+            "--data.modalities",
+            "[MR]",
+            "--model.init",
+            str(path),
+            "--model.mode",
+            "linear_probe",
+            "--model.lr",
+            "0.05",
+            "--train-fraction",
+            "0.5",
+            "--results_dir",
+            str(tmp_path / "results"),
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            *QUIET,
+        ],
+    )
     model = cli.model
     head_before = model.model.fc.weight.detach().clone()
     assert torch.equal(model.model.layer2[0].conv1.weight, sd["layer2.0.conv1.weight"])  # loaded
@@ -97,13 +147,16 @@ def test_linear_probe_from_exported_backbone_keeps_backbone_frozen(corpus, tmp_p
     result = read_results(cli.last_results_path)
     assert result.init == "pretrained" and result.init_source == str(path) and len(result.init_sha256) == 16
     assert result.train_fraction == 0.5 and result.details["mode"] == "linear_probe"
-    assert result.details["load_report"]["n_loaded"] == len(sd) and result.details["class_names"] == ["no_tumor",
-                                                                                                      "tumor"]
+    assert result.details["load_report"]["n_loaded"] == len(sd) and result.details["class_names"] == [
+        "no_tumor",
+        "tumor",
+    ]
 
 
 def test_segment_fit_writes_dice_and_iou(corpus, tmp_path):
-    result = _run("segment", "segment_tiny.yaml", corpus, tmp_path, "--trainer.max_epochs", "1",
-                  "--data.modalities", "[CT]")
+    result = _run(
+        "segment", "segment_tiny.yaml", corpus, tmp_path, "--trainer.max_epochs", "1", "--data.modalities", "[CT]"
+    )
     assert result["task"] == "segment" and set(result["metrics"]) == {"dice", "iou"}
     assert all(0 <= v <= 1 for v in result["metrics"].values())
     assert result["n_test"] == 2
@@ -111,8 +164,18 @@ def test_segment_fit_writes_dice_and_iou(corpus, tmp_path):
 
 def test_detect_fit_on_sample_coco_from_exported_backbone(corpus, tmp_path, backbone_pt):
     path, _ = backbone_pt
-    result = _run("detect", "detect_tiny.yaml", corpus, tmp_path, "--data.modalities", "[MR]",
-                  "--model.init", str(path), "--trainer.limit_train_batches", "2")
+    result = _run(
+        "detect",
+        "detect_tiny.yaml",
+        corpus,
+        tmp_path,
+        "--data.modalities",
+        "[MR]",
+        "--model.init",
+        str(path),
+        "--trainer.limit_train_batches",
+        "2",
+    )
     assert result["task"] == "detect" and result["init"] == "pretrained"
     assert set(result["metrics"]) == {f"{t}_ap{s}" for t in ("box", "mask") for s in ("", "50", "75")}
     assert all(v is None or 0 <= v <= 1 for v in result["metrics"].values())

@@ -67,8 +67,9 @@ def test_missing_mask_file_is_a_recorded_failure(corpus, tmp_path, capsys):
     for path in files[1:]:
         (masks / path.name).write_bytes(path.read_bytes())
     cache_path = tmp_path / "partial.zarr"
-    code = localize_main(["import", "--masks", str(masks), "--cache", str(cache_path), "--corpus", str(corpus),
-                          "--no-progress"])  # fmt: skip
+    code = localize_main(
+        ["import", "--masks", str(masks), "--cache", str(cache_path), "--corpus", str(corpus), "--no-progress"]
+    )
     assert code == 0 and "11/12 done" in capsys.readouterr().out
     table = RoiCache.open(cache_path).table()
     missing = table[table.status == "failed"]
@@ -91,8 +92,9 @@ def test_derangement_keeps_modality_and_never_maps_an_item_to_itself():
         assert sorted(taken) == list(range(len(taken)))  # a permutation: every ROI used once
         seen.add(tuple(taken))
     assert len(seen) > 10  # seeded, not fixed
-    np.testing.assert_array_equal(derangement_within(groups, np.random.default_rng(3)),
-                                  derangement_within(groups, np.random.default_rng(3)))  # fmt: skip
+    np.testing.assert_array_equal(
+        derangement_within(groups, np.random.default_rng(3)), derangement_within(groups, np.random.default_rng(3))
+    )
 
 
 def test_shuffled_cache_takes_another_items_roi_of_the_same_modality(corpus, tmp_path):
@@ -108,8 +110,13 @@ def test_shuffled_cache_takes_another_items_roi_of_the_same_modality(corpus, tmp
     moved = 0
     for i in range(len(manifest)):
         mask = shuffled.read_mask(i, (S, S))  # the stored array, copied from the donor as it is
-        donors = [j for j in range(len(manifest)) if j != i and manifest.modality[j] == manifest.modality[i]
-                  and np.array_equal(source.read_mask(j, (S, S)), mask)]  # fmt: skip
+        donors = [
+            j
+            for j in range(len(manifest))
+            if j != i
+            and manifest.modality[j] == manifest.modality[i]
+            and np.array_equal(source.read_mask(j, (S, S)), mask)
+        ]
         assert donors, f"item {i}: its shuffled ROI is no other item's ROI of modality {manifest.modality[i]}"
         moved += not np.array_equal(source.read_mask(i, (S, S)), mask)
     assert moved >= 6  # most ROIs really moved (equal ones are the empty ROIs of lesion-free MR slices)

@@ -123,8 +123,17 @@ def test_chosen_items(sample, tmp_path, capsys):
     failed = table.loc[table["path"] == BROKEN, "item_id"].item()
     out = tmp_path / "chosen"
     assert main(["--cache", str(cache_path), "--out", str(out), "--n", "3", "--no-progress"]) == 0  # replaced below
-    argv = ["--cache", str(cache_path), "--corpus", str(corpus), "--out", str(out), "--no-progress",
-            "--items", f"{flat},{mr},{failed}"]  # fmt: skip
+    argv = [
+        "--cache",
+        str(cache_path),
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--items",
+        f"{flat},{mr},{failed}",
+    ]
     assert main(argv) == 0
     stats = json.loads((out / "stats.json").read_text())
     assert [p["item_id"] for p in stats["panels"]] == [flat, mr]
@@ -148,8 +157,9 @@ def test_without_or_with_the_wrong_corpus(sample, tmp_path):
     wrong = tmp_path / "other_corpus"
     wrong.mkdir()
     out = tmp_path / "wrong_corpus"
-    assert main(["--cache", str(cache_path), "--corpus", str(wrong), "--out", str(out), "--n", "2",
-                 "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(["--cache", str(cache_path), "--corpus", str(wrong), "--out", str(out), "--n", "2", "--no-progress"]) == 0
+    )
     stats = json.loads((out / "stats.json").read_text())
     assert len(stats["panels"]) == 2 and all(p["note"].startswith("image not drawn") for p in stats["panels"])
     assert all((out / p["file"]).is_file() for p in stats["panels"])
@@ -171,8 +181,14 @@ def test_bad_input_is_reported(sample, tmp_path, capsys):
 def test_random_selection_is_stratified_and_seeded():
     modality = ["CT"] * 10 + ["MR"] * 1 + ["XR"] * 10
     status = pd.Categorical(["done"] * 20 + ["failed"], categories=["pending", "done", "failed"])
-    table = pd.DataFrame({"item_id": [f"id{i}" for i in range(21)], "modality": modality, "status": status,
-                          "reason": [""] * 20 + ["boom"]})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "item_id": [f"id{i}" for i in range(21)],
+            "modality": modality,
+            "status": status,
+            "reason": [""] * 20 + ["boom"],
+        }
+    )
     chosen = select_items(table, n=7, seed=1).indices
     counts = pd.Series([modality[i] for i in chosen]).value_counts().to_dict()
     assert counts == {"CT": 3, "MR": 1, "XR": 3} and len(set(chosen)) == 7 and 20 not in chosen

@@ -90,13 +90,33 @@ def test_batched_equals_one_image_at_a_time(standins, corpus):
 
 def _run_cli(*args: str, env_extra: dict | None = None, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "localize", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "localize", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, standins, corpus):
-    common = ["--config", str(standins), "--corpus", str(corpus), "--workers", "0", "--no-progress",
-              "--set", "saliency={method: similarity}", "--set", "batch_size=1", "--set", "shard_items=4"]
+    common = [
+        "--config",
+        str(standins),
+        "--corpus",
+        str(corpus),
+        "--workers",
+        "0",
+        "--no-progress",
+        "--set",
+        "saliency={method: similarity}",
+        "--set",
+        "batch_size=1",
+        "--set",
+        "shard_items=4",
+    ]
     killed = tmp_path / "killed.zarr"
     proc = _run_cli("run", "--cache", str(killed), *common)
     deadline = time.monotonic() + 120
@@ -125,8 +145,21 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, standins, corpu
 def test_provenance_refusal_from_the_command_line(tmp_path, standins, corpus):
     config = LocalizeConfig.load(standins, FAST)
     run_localization(config, corpus, tmp_path / "c.zarr", workers=0, progress=False)
-    proc = _run_cli("run", "--config", str(standins), "--corpus", str(corpus), "--cache", str(tmp_path / "c.zarr"),
-                    "--workers", "0", "--set", "saliency={method: similarity}", "--set", "refine.threshold=0.5")
+    proc = _run_cli(
+        "run",
+        "--config",
+        str(standins),
+        "--corpus",
+        str(corpus),
+        "--cache",
+        str(tmp_path / "c.zarr"),
+        "--workers",
+        "0",
+        "--set",
+        "saliency={method: similarity}",
+        "--set",
+        "refine.threshold=0.5",
+    )
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "refine.threshold" in err and "0.3" in err and "0.5" in err and "new cache" in err
@@ -145,8 +178,9 @@ def test_empty_saliency_and_corrupt_item(tmp_path, standins):
 
     config = LocalizeConfig.load(standins, FAST)
     manifest.to_parquet(tmp_path / "m.parquet")
-    summary = run_localization(config, corpus.parent, tmp_path / "c.zarr", manifest_path=tmp_path / "m.parquet",
-                               workers=0, progress=False)  # fmt: skip
+    summary = run_localization(
+        config, corpus.parent, tmp_path / "c.zarr", manifest_path=tmp_path / "m.parquet", workers=0, progress=False
+    )
     cache = RoiCache.open(tmp_path / "c.zarr")
     table = cache.table().set_index("path")
     assert summary.failed == 1 and summary.done == 5

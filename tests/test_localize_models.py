@@ -58,13 +58,20 @@ def test_clip_weights_really_loaded_from_the_folder(clip, clip_dir):
     model, tokenizer, preprocess, source = clip
     saved = load_file(clip_dir / "open_clip_model.safetensors")
     state = model.state_dict()
-    for key in ("visual.trunk.blocks.0.attn.qkv.weight", "visual.head.proj.weight",
-                "text.transformer.embeddings.word_embeddings.weight", "text.proj.0.weight"):
+    for key in (
+        "visual.trunk.blocks.0.attn.qkv.weight",
+        "visual.head.proj.weight",
+        "text.transformer.embeddings.word_embeddings.weight",
+        "text.proj.0.weight",
+    ):
         assert torch.equal(state[key], saved[key]), key
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert preprocess.image_size == (160, 160) and preprocess.mean[0] == pytest.approx(0.48145466)
-    assert source == {"spec": f"local-dir:{clip_dir}", "weights": "open_clip_model.safetensors",
-                      "sha256": file_sha256(clip_dir / "open_clip_model.safetensors")}
+    assert source == {
+        "spec": f"local-dir:{clip_dir}",
+        "weights": "open_clip_model.safetensors",
+        "sha256": file_sha256(clip_dir / "open_clip_model.safetensors"),
+    }
     tokens = tokenizer(["brain tumor", "left and right lungs"])
     assert tokens.shape == (2, 32) and (tokens[:, 1:3] > 4).all()  # real word ids, not [UNK]=1
 
@@ -90,8 +97,9 @@ def test_folder_pointing_at_hub_bert_loads_offline_and_is_left_untouched(clip, c
     )
     out = tmp_path / "text.pt"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     model, tokenizer, _, _ = clip
     with torch.no_grad():

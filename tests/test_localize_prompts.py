@@ -18,8 +18,12 @@ def test_shipped_prompts_cover_the_three_modalities_and_a_default():
 
 
 def test_inline_lists_mappings_and_per_modality_combine():
-    config = PromptConfig.load({"combine": "best", "modalities": {
-        "MR": ["glioma", "brain tumor"], "XR": {"prompts": ["lungs"], "combine": "union"}}})
+    config = PromptConfig.load(
+        {
+            "combine": "best",
+            "modalities": {"MR": ["glioma", "brain tumor"], "XR": {"prompts": ["lungs"], "combine": "union"}},
+        }
+    )
     assert config.for_modality("MR").prompts == ("glioma", "brain tumor")
     assert config.for_modality("MR").combine == "best" and config.for_modality("XR").combine == "union"
     assert config.all_prompts() == ["glioma", "brain tumor", "lungs"]
@@ -27,14 +31,17 @@ def test_inline_lists_mappings_and_per_modality_combine():
         config.for_modality("CT")
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    ({"modalities": {"MR": "brain tumor"}}, "modalities.MR: needs a non-empty list"),
-    ({"modalities": {"MR": []}}, "needs a non-empty list"),
-    ({"modalities": {"MR": ["tumor", ""]}}, "non-empty string"),
-    ({"modalities": {"MR": ["tumor", "tumor"]}}, "duplicate"),
-    ({"modalities": {"MR": {"prompts": ["tumor"], "combine": "mean"}}}, "combine must be one of"),
-    ({"prompts": ["tumor"]}, "'modalities'"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"modalities": {"MR": "brain tumor"}}, "modalities.MR: needs a non-empty list"),
+        ({"modalities": {"MR": []}}, "needs a non-empty list"),
+        ({"modalities": {"MR": ["tumor", ""]}}, "non-empty string"),
+        ({"modalities": {"MR": ["tumor", "tumor"]}}, "duplicate"),
+        ({"modalities": {"MR": {"prompts": ["tumor"], "combine": "mean"}}}, "combine must be one of"),
+        ({"prompts": ["tumor"]}, "'modalities'"),
+    ],
+)
 def test_invalid_prompt_configs_are_named(raw, message):
     with pytest.raises(PromptConfigError, match=message):
         PromptConfig.load(raw)

@@ -1,4 +1,5 @@
 """Mask samplers: exact per-region counts, edge cases, statistics, ROI-cell rules."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -81,8 +82,13 @@ def test_differentiated_stats(roi, p_roi, p_bg):
 
 
 @settings(max_examples=60, deadline=None)
-@given(batch=st.integers(1, 5), h=st.integers(1, 8), w=st.integers(1, 8), percent=st.integers(0, 99),
-       seed=st.integers(0, 2**31))
+@given(
+    batch=st.integers(1, 5),
+    h=st.integers(1, 8),
+    w=st.integers(1, 8),
+    percent=st.integers(0, 99),
+    seed=st.integers(0, 2**31),
+)
 def test_random_mask_exact_count(batch, h, w, percent, seed):
     active = sample_random_mask(batch, (h, w), percent / 100, generator=torch.Generator().manual_seed(seed))
     assert active.shape == (batch, 1, h, w)

@@ -30,8 +30,9 @@ def test_notebook_executes_on_the_sample_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MWM_CORPUS", str(corpus))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # raises CellExecutionError (with the failing cell and traceback) on any error
-    NotebookClient(nb, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(NOTEBOOK.parent)}}
-                   ).execute()  # fmt: skip
+    NotebookClient(
+        nb, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()
 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]

@@ -19,13 +19,35 @@ def test_two_process_ddp_fit_through_the_cli(tmp_path):
     corpus, cache = write_roi_corpus(tmp_path / "data", n=20)
     root = tmp_path / "run"
     command = [
-        sys.executable, "-m", "pretrain", "fit", "--config", str(REPO / "configs/pretrain/tiny_cpu.yaml"),
-        "--data.corpus", str(corpus), "--data.cache", str(cache), "--data.batch_size", "4",
-        "--data.num_workers", "0", "--data.val_fraction", "0.2",
-        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "3",
-        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
-        "--panel.every_n_steps", "2",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pretrain",
+        "fit",
+        "--config",
+        str(REPO / "configs/pretrain/tiny_cpu.yaml"),
+        "--data.corpus",
+        str(corpus),
+        "--data.cache",
+        str(cache),
+        "--data.batch_size",
+        "4",
+        "--data.num_workers",
+        "0",
+        "--data.val_fraction",
+        "0.2",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.max_steps",
+        "3",
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--panel.every_n_steps",
+        "2",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     output = done.stdout + done.stderr

@@ -33,7 +33,9 @@ BATCH = 4
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
 
 pytestmark = pytest.mark.filterwarnings(
-    "ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning",
+    "ignore::UserWarning",
+    "ignore::DeprecationWarning",
+    "ignore::FutureWarning",
     "ignore::pytorch_lightning.utilities.warnings.PossibleUserWarning",
 )
 
@@ -65,10 +67,20 @@ def tiny_data(roi_data, **overrides) -> RoiDataModule:
 
 
 def tiny_trainer(root: Path, loggers=None, callbacks=(), **overrides) -> pl.Trainer:
-    args = dict(accelerator="cpu", devices=1, max_epochs=2, log_every_n_steps=1, enable_progress_bar=False,
-                enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=root, gradient_clip_val=5.0)
-    return pl.Trainer(logger=loggers if loggers is not None else CSVLogger(root), callbacks=list(callbacks),
-                      **{**args, **overrides})
+    args = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+        gradient_clip_val=5.0,
+    )
+    return pl.Trainer(
+        logger=loggers if loggers is not None else CSVLogger(root), callbacks=list(callbacks), **{**args, **overrides}
+    )
 
 
 def read_metrics(trainer: pl.Trainer) -> pd.DataFrame:
@@ -105,8 +117,7 @@ def load_ckpt(path: Path) -> dict:
 def test_warmup_cosine_lr_and_weight_decay_ramp_survive_a_state_dict_round_trip():
     def optimizer():
         w, b = torch.nn.Parameter(torch.ones(2, 2)), torch.nn.Parameter(torch.zeros(2))
-        return torch.optim.AdamW([{"params": [b], "weight_decay": 0.0}, {"params": [w], "weight_decay": 0.04}],
-                                 lr=1e-3)
+        return torch.optim.AdamW([{"params": [b], "weight_decay": 0.0}, {"params": [w], "weight_decay": 0.04}], lr=1e-3)
 
     opt = optimizer()
     sched = WarmupCosineSchedule(opt, weight_decay_end=0.2)
@@ -148,8 +159,7 @@ def test_no_weight_decay_on_norms_biases_and_mask_tokens():
         no_decay = p.ndim <= 1 or name.endswith(".bias") or "mask_token" in name
         assert decay_of[id(p)] == (0.0 if no_decay else 0.04), name
     assert any("mask_token" in n and p.ndim == 4 for n, p in names.items())  # 4-D, excluded by name
-    assert isinstance(tiny_module(lr=1e-3, optimizer="adamw").configure_optimizers()["optimizer"],
-                      torch.optim.AdamW)
+    assert isinstance(tiny_module(lr=1e-3, optimizer="adamw").configure_optimizers()["optimizer"], torch.optim.AdamW)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -235,8 +245,10 @@ def test_training_reduces_the_loss_and_logs_every_step(roi_data, tmp_path):
     # predicting every masked patch's mean (the per-patch normalised target has unit variance)
     pl.seed_everything(0)
     trainer = tiny_trainer(tmp_path, max_epochs=30, overfit_batches=1, enable_checkpointing=False)
-    trainer.fit(tiny_module(optimizer="adamw", lr=3e-3, warmup_epochs=0, weight_decay=0.0, weight_decay_end=0.0),
-                tiny_data(roi_data, val_fraction=0.0))
+    trainer.fit(
+        tiny_module(optimizer="adamw", lr=3e-3, warmup_epochs=0, weight_decay=0.0, weight_decay_end=0.0),
+        tiny_data(roi_data, val_fraction=0.0),
+    )
     rows = train_rows(read_metrics(trainer))
     assert list(rows.index) == list(range(30))
     for name in ("lr", "wd", "mask/expected_ratio", "mask/realised_ratio", "mask/empty_roi_share"):
@@ -248,8 +260,9 @@ def test_training_reduces_the_loss_and_logs_every_step(roi_data, tmp_path):
 
 
 def test_learning_rate_scales_with_the_effective_batch(roi_data, tmp_path):
-    trainer = tiny_trainer(tmp_path, max_steps=1, max_epochs=None, accumulate_grad_batches=2,
-                           enable_checkpointing=False)
+    trainer = tiny_trainer(
+        tmp_path, max_steps=1, max_epochs=None, accumulate_grad_batches=2, enable_checkpointing=False
+    )
     module = tiny_module(base_lr=2e-4, lr=None, warmup_epochs=0)
     trainer.fit(module, tiny_data(roi_data, val_fraction=0.0))
     assert module.effective_batch_size() == BATCH * 2
@@ -300,8 +313,11 @@ def test_resume_from_a_mid_epoch_checkpoint_sees_the_rest_of_that_epoch(roi_data
         trainer_b = tiny_trainer(tmp_path / f"b{step}")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            trainer_b.fit(tiny_module(), tiny_data(roi_data, num_workers=1),
-                          ckpt_path=Path(every_step.dirpath) / f"step={step}.ckpt")
+            trainer_b.fit(
+                tiny_module(),
+                tiny_data(roi_data, num_workers=1),
+                ckpt_path=Path(every_step.dirpath) / f"step={step}.ckpt",
+            )
         assert not [w for w in caught if "not resumable" in str(w.message)]
         rows_b = train_rows(read_metrics(trainer_b))
         assert list(rows_b.index) == list(range(step, 2 * steps_per_epoch))
@@ -325,10 +341,10 @@ def test_panel_png_shows_image_roi_mask_and_reconstruction(reference_run):
     masked = visible = 0
     for row in range(3):
         y = pad + row * tile
-        image, _, shown, recon = (panel[y:y + SIZE, pad + c * tile:pad + c * tile + SIZE] for c in range(4))
+        image, _, shown, recon = (panel[y : y + SIZE, pad + c * tile : pad + c * tile + SIZE] for c in range(4))
         for cy in range(0, SIZE, cell):
             for cx in range(0, SIZE, cell):
-                window = np.s_[cy:cy + cell, cx:cx + cell]
+                window = np.s_[cy : cy + cell, cx : cx + cell]
                 # (1 grey level of slack: the recon went through normalise / denormalise)
                 if (shown[window] == 128).all():  # masked cell: grey in the "visible" column, predicted
                     masked += 1
@@ -366,13 +382,39 @@ def test_export_cli_writes_a_timm_state_dict(reference_run, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("preset", "expected"),
     [
-        ("mwm_resnet50.yaml", {"model.backbone": "resnet50", "model.masking": "differentiated", "model.r_roi": 0.8,
-                               "model.r_bg": 0.4, "model.optimizer": "lamb", "model.input_size": 224,
-                               "trainer.precision": "bf16-mixed", "trainer.strategy": "ddp"}),
-        ("spark_resnet50.yaml", {"model.backbone": "resnet50", "model.masking": "random", "model.mask_ratio": 0.6,
-                                 "model.optimizer": "lamb", "trainer.precision": "bf16-mixed"}),
-        ("tiny_cpu.yaml", {"model.backbone": "resnet18", "model.input_size": 64, "data.batch_size": 8,
-                           "trainer.precision": "32-true", "trainer.accelerator": "cpu"}),
+        (
+            "mwm_resnet50.yaml",
+            {
+                "model.backbone": "resnet50",
+                "model.masking": "differentiated",
+                "model.r_roi": 0.8,
+                "model.r_bg": 0.4,
+                "model.optimizer": "lamb",
+                "model.input_size": 224,
+                "trainer.precision": "bf16-mixed",
+                "trainer.strategy": "ddp",
+            },
+        ),
+        (
+            "spark_resnet50.yaml",
+            {
+                "model.backbone": "resnet50",
+                "model.masking": "random",
+                "model.mask_ratio": 0.6,
+                "model.optimizer": "lamb",
+                "trainer.precision": "bf16-mixed",
+            },
+        ),
+        (
+            "tiny_cpu.yaml",
+            {
+                "model.backbone": "resnet18",
+                "model.input_size": 64,
+                "data.batch_size": 8,
+                "trainer.precision": "32-true",
+                "trainer.accelerator": "cpu",
+            },
+        ),
     ],
 )
 def test_presets_parse(preset, expected, capsys):
@@ -390,8 +432,9 @@ def test_presets_parse(preset, expected, capsys):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_bf16_mixed_steps_on_the_gpu(roi_data, tmp_path):
-    trainer = tiny_trainer(tmp_path, accelerator="gpu", precision="bf16-mixed", max_steps=3, max_epochs=None,
-                           enable_checkpointing=False)
+    trainer = tiny_trainer(
+        tmp_path, accelerator="gpu", precision="bf16-mixed", max_steps=3, max_epochs=None, enable_checkpointing=False
+    )
     module, data = tiny_module(lr=1e-3), tiny_data(roi_data, val_fraction=0.0, num_workers=1)
     trainer.fit(module, data)
     assert module.device.type == "cuda" and data.train_dataloader().pin_memory

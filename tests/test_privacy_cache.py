@@ -19,8 +19,21 @@ def test_cache_and_localize_logs_hold_no_planted_value(tmp_path, capfd, caplog):
     caplog.clear()
     caplog.set_level(logging.DEBUG)
 
-    code = localize_main(["run", "--config", str(config), "--corpus", str(corpus), "--cache", str(tmp_path / "c.zarr"),
-                          "--workers", "0", "--set", "saliency={method: similarity}"])  # fmt: skip
+    code = localize_main(
+        [
+            "run",
+            "--config",
+            str(config),
+            "--corpus",
+            str(corpus),
+            "--cache",
+            str(tmp_path / "c.zarr"),
+            "--workers",
+            "0",
+            "--set",
+            "saliency={method: similarity}",
+        ]
+    )
     assert code == 0
     out, err = capfd.readouterr()
     assert "done" in out

@@ -23,10 +23,10 @@ pytest_plugins = ["tests.localize_fixtures"]  # fixtures: standins, clip, clip_d
 def three_blobs() -> np.ndarray:
     """A 40x50 map: a 6x8 blob, a diagonal 3-pixel chain (one 8-connected component) and a 2x2 blob."""
     saliency = np.zeros((40, 50), np.float32)
-    saliency[4:10, 5:13] = 0.9           # area 48, box (5, 4, 13, 10)
+    saliency[4:10, 5:13] = 0.9  # area 48, box (5, 4, 13, 10)
     saliency[[20, 21, 22], [30, 31, 32]] = 0.5  # area 3 (diagonal)
-    saliency[30:32, 40:42] = 0.31        # area 4, just above 0.3
-    saliency[35:39, 0:4] = 0.3           # not above the threshold
+    saliency[30:32, 40:42] = 0.31  # area 4, just above 0.3
+    saliency[35:39, 0:4] = 0.3  # not above the threshold
     return saliency
 
 
@@ -68,8 +68,12 @@ def test_refine_without_sam_keeps_components_and_flags_empty_images():
 def test_refine_resizes_low_resolution_saliency_and_expands_boxes():
     saliency = np.zeros((10, 10), np.float32)
     saliency[2:4, 2:4] = 1.0
-    (roi,) = refine_batch([torch.from_numpy(saliency)], [np.zeros((40, 40), np.float32)], None,
-                          RefineConfig(use_sam=False, box_expansion=2.0))
+    (roi,) = refine_batch(
+        [torch.from_numpy(saliency)],
+        [np.zeros((40, 40), np.float32)],
+        None,
+        RefineConfig(use_sam=False, box_expansion=2.0),
+    )
     x0, y0, x1, y1 = roi.boxes_k4[0]
     assert roi.roi_hw.shape == (40, 40) and 6 <= x0 <= 8 and 16 <= x1 <= 18 and (x0, y0, x1, y1) == (y0, x0, y1, x1)
     rows, cols = np.nonzero(roi.roi_hw)
@@ -79,20 +83,30 @@ def test_refine_resizes_low_resolution_saliency_and_expands_boxes():
 
 def test_batched_sam_equals_sam_predictor_per_image(sam):
     rng = np.random.default_rng(0)
-    images = [rng.random((40, 60)).astype(np.float32), rng.random((50, 30, 3)).astype(np.float32),
-              (rng.random((64, 64, 3)) * 255).astype(np.uint8)]
-    boxes = [np.array([[5, 4, 30, 20], [35, 25, 55, 38]], np.float32), np.array([[2, 3, 25, 40]], np.float32),
-             np.array([[10, 10, 50, 40]], np.float32)]
+    images = [
+        rng.random((40, 60)).astype(np.float32),
+        rng.random((50, 30, 3)).astype(np.float32),
+        (rng.random((64, 64, 3)) * 255).astype(np.uint8),
+    ]
+    boxes = [
+        np.array([[5, 4, 30, 20], [35, 25, 55, 38]], np.float32),
+        np.array([[2, 3, 25, 40]], np.float32),
+        np.array([[10, 10, 50, 40]], np.float32),
+    ]
     prompter = SamBoxPrompter(sam)
     embeddings, input_sizes = prompter.embed(images)  # one stacked encoder pass over padded images
     predictor = SamPredictor(sam)
     for i, image in enumerate(images):
         size = image.shape[:2]
-        logits, iou = prompter.masks(embeddings[i:i + 1], torch.from_numpy(boxes[i]), input_sizes[i], size)
+        logits, iou = prompter.masks(embeddings[i : i + 1], torch.from_numpy(boxes[i]), input_sizes[i], size)
         predictor.set_torch_image(prompter.prepare(image), size)
         expected_logits, expected_iou, _ = predictor.predict_torch(
-            None, None, boxes=predictor.transform.apply_boxes_torch(torch.from_numpy(boxes[i]), size),
-            multimask_output=False, return_logits=True)
+            None,
+            None,
+            boxes=predictor.transform.apply_boxes_torch(torch.from_numpy(boxes[i]), size),
+            multimask_output=False,
+            return_logits=True,
+        )
         assert logits.shape == (len(boxes[i]), *size)
         assert torch.allclose(logits, expected_logits[:, 0], atol=1e-4)
         assert torch.allclose(iou, expected_iou[:, 0], atol=1e-5)
@@ -105,8 +119,12 @@ def test_refine_with_sam_is_the_union_of_the_box_masks(sam):
     _, boxes = saliency_components(three_blobs(), 0.3, 2)
     predictor = SamPredictor(sam)
     predictor.set_torch_image(SamBoxPrompter(sam).prepare(images[0]), (40, 50))
-    masks, iou, _ = predictor.predict_torch(None, None, boxes=predictor.transform.apply_boxes_torch(
-        torch.from_numpy(boxes), (40, 50)), multimask_output=False)
+    masks, iou, _ = predictor.predict_torch(
+        None,
+        None,
+        boxes=predictor.transform.apply_boxes_torch(torch.from_numpy(boxes), (40, 50)),
+        multimask_output=False,
+    )
     assert results[0].roi_hw.any() and np.array_equal(results[0].roi_hw, masks[:, 0].any(0).numpy())
     assert np.array_equal(results[0].boxes_k4, boxes) and results[0].sam_iou == pytest.approx(float(iou.mean()))
     assert results[1].empty and not results[1].roi_hw.any() and np.isnan(results[1].sam_iou)

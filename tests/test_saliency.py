@@ -39,8 +39,9 @@ def test_shape_range_and_batched_equals_one_at_a_time(clip, batch, method):
     assert saliency.shape == (2, 3, 160, 160) and saliency.dtype == torch.float32
     flat = saliency.flatten(2)
     assert torch.allclose(flat.amin(-1), torch.zeros(2, 3)) and torch.allclose(flat.amax(-1), torch.ones(2, 3))
-    one_at_a_time = torch.stack([torch.cat([method(model, images[b:b + 1], text[p:p + 1]) for p in range(3)], 1)[0]
-                                 for b in range(2)])
+    one_at_a_time = torch.stack(
+        [torch.cat([method(model, images[b : b + 1], text[p : p + 1]) for p in range(3)], 1)[0] for b in range(2)]
+    )
     assert torch.allclose(saliency, one_at_a_time, atol=1e-4)
     assert not torch.allclose(saliency[0, 0], saliency[1, 0], atol=1e-2)  # maps depend on the image
 
@@ -156,7 +157,7 @@ def test_similarity_peaks_where_the_patch_matches_the_text(clip, batch):
     images, _ = batch
     trunk = model.visual.trunk
     with torch.no_grad():
-        patches = model.visual.head(trunk.forward_features(images[:1])[:, trunk.num_prefix_tokens:])
+        patches = model.visual.head(trunk.forward_features(images[:1])[:, trunk.num_prefix_tokens :])
     row, col = 2, 7  # on the 10x10 patch grid of 16 px patches
     text = F.normalize(patches[0, row * 10 + col][None], dim=-1)
     saliency = PatchSimilaritySaliency()(model, images[:1], text)[0, 0]

@@ -55,8 +55,11 @@ def read_truth(root: Path, item_id: str) -> np.ndarray:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +90,9 @@ def test_two_runs_are_byte_identical_and_seed_matters(tmp_path: Path) -> None:
     assert a == b
     assert len(a) > 6 * 3  # images + truth + labels + coco + readme
     assert a["labels.csv"] != c["labels.csv"] or a["chest_xray/cxr_000.png"] != c["chest_xray/cxr_000.png"]
-    assert not np.array_equal(load_item(tmp_path / "a", "chest_xray/cxr_000.png", 0),
-                              load_item(tmp_path / "c", "chest_xray/cxr_000.png", 0))
+    assert not np.array_equal(
+        load_item(tmp_path / "a", "chest_xray/cxr_000.png", 0), load_item(tmp_path / "c", "chest_xray/cxr_000.png", 0)
+    )
 
 
 def test_layout_counts_and_ids(corpus: Path) -> None:
@@ -229,8 +233,9 @@ def test_trivial_intensity_features_do_not_separate_classes(large: Path) -> None
     rows = read_labels(large)
 
     def best_threshold_accuracy(feature: np.ndarray, positive: np.ndarray) -> float:
-        return max(max(((feature >= t) == positive).mean(), ((feature >= t) != positive).mean())
-                   for t in np.unique(feature))
+        return max(
+            max(((feature >= t) == positive).mean(), ((feature >= t) != positive).mean()) for t in np.unique(feature)
+        )
 
     for code in ("MR", "CT", "XR"):
         items = [r for r in rows if r["modality"] == code]
@@ -241,8 +246,14 @@ def test_trivial_intensity_features_do_not_separate_classes(large: Path) -> None
             image = load_item(large, r["path"], int(r["frame"]))
             lo, hi = np.percentile(image, [1, 99])
             norm = (image - lo) / (hi - lo)
-            for name, value in (("mean", image.mean()), ("std", image.std()), ("max", image.max()),
-                                ("norm_mean", norm.mean()), ("norm_std", norm.std()), ("norm_max", norm.max())):
+            for name, value in (
+                ("mean", image.mean()),
+                ("std", image.std()),
+                ("max", image.max()),
+                ("norm_mean", norm.mean()),
+                ("norm_std", norm.std()),
+                ("norm_max", norm.max()),
+            ):
                 features.setdefault(name, []).append(float(value))
         for name, values in features.items():
             accuracy = best_threshold_accuracy(np.array(values), positive)

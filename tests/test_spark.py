@@ -1,4 +1,5 @@
 """SparkMIM: the masked-patch loss, the reconstruction, and that optimisation reduces the loss."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,8 +36,9 @@ def batch():
     gen = torch.Generator().manual_seed(0)
     img = torch.rand(3, 3, 64, 96, generator=gen) * torch.rand(3, 3, 1, 1, generator=gen) * 4
     pred = torch.randn(3, 3, 64, 96, generator=gen)
-    active = torch.tensor([[[1, 0, 0], [0, 1, 1]], [[1, 1, 1], [1, 1, 1]], [[0, 0, 1], [0, 0, 0]]],
-                          dtype=torch.bool)[:, None]
+    active = torch.tensor([[[1, 0, 0], [0, 1, 1]], [[1, 1, 1], [1, 1, 1]], [[0, 0, 1], [0, 0, 0]]], dtype=torch.bool)[
+        :, None
+    ]
     return img, pred, active
 
 
@@ -61,7 +63,7 @@ def test_loss_ignores_visible_patches(batch):
     assert masked_patch_loss(pred, patch_target(img_changed, P), active)[0].item() == pytest.approx(loss.item())
     # a masked patch's prediction does count
     pred_masked = pred.clone()
-    pred_masked[0, :, :P, P:2 * P] += 1.0  # image 0, cell (0, 1) is masked
+    pred_masked[0, :, :P, P : 2 * P] += 1.0  # image 0, cell (0, 1) is masked
     assert masked_patch_loss(pred_masked, patch_target(img, P), active)[0].item() > loss.item() + 1e-3
 
 
@@ -70,9 +72,10 @@ def test_target_is_normalised_per_masked_patch_and_channel(batch):
     loss = masked_patch_loss(pred, patch_target(img, P), active)[0]
     img_affine = img.clone()
     img_affine[2, 0, :P, :P] = img_affine[2, 0, :P, :P] * 7.0 + 3.0  # one channel of one masked patch
-    img_affine[2, 1, P:, P:2 * P] -= 5.0
-    assert masked_patch_loss(pred, patch_target(img_affine, P), active)[0].item() == pytest.approx(loss.item(),
-                                                                                                rel=1e-5)
+    img_affine[2, 1, P:, P : 2 * P] -= 5.0
+    assert masked_patch_loss(pred, patch_target(img_affine, P), active)[0].item() == pytest.approx(
+        loss.item(), rel=1e-5
+    )
     target = patch_target(img, P).normalised_bchpwp
     assert torch.allclose(target.mean(dim=(3, 5)), torch.zeros(()), atol=1e-5)
 

@@ -1,4 +1,5 @@
 """Sparse encoder: zeros at masked positions everywhere, no leak, dense equivalence, sparse norms."""
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,11 @@ def test_masked_positions_are_zero_after_every_layer(encoder):
     x = torch.randn(2, 3, 64, 64)
     active = some_mask()
     outputs: list[tuple[str, torch.Tensor]] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: outputs.append((name, out)))
-             for name, m in encoder.model.named_modules() if name]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, name=name: outputs.append((name, out)))
+        for name, m in encoder.model.named_modules()
+        if name
+    ]
     encoder.train()
     try:
         feats = encoder(x, active)

@@ -2,6 +2,7 @@
 
 Kept apart from test_sparse_encoder.py so the spawned workers import only torch and pretrain.sparse_norm.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,12 @@ def test_sync_batch_norm_across_two_processes_matches_one_big_batch(tmp_path):
     active[2:] = torch.rand(2, 1, 2, 2) > 0.3
     active[2, 0, 0, 0] = True
     x = (torch.randn(4, 4, 8, 8) + torch.arange(4.0).view(4, 1, 1, 1)) * upsample(active, (8, 8))
-    data = {"x": x, "w": torch.randn(4, 4, 8, 8),
-            "active": active, "state": {k: v.clone() for k, v in bn.state_dict().items()}}
+    data = {
+        "x": x,
+        "w": torch.randn(4, 4, 8, 8),
+        "active": active,
+        "state": {k: v.clone() for k, v in bn.state_dict().items()},
+    }
     mp.spawn(_sync_bn_worker, args=(2, str(tmp_path / "init"), data, str(tmp_path)), nprocs=2, join=True)
     x = data["x"].clone().requires_grad_(True)
     with ctx.activate(active):

@@ -16,8 +16,17 @@ from localize.saliency.similarity import PatchSimilaritySaliency
 SaliencyMethod = M2IBSaliency | PatchSimilaritySaliency
 METHODS = {"m2ib": M2IBSaliency, "similarity": PatchSimilaritySaliency}
 
-__all__ = ["METHODS", "M2IBRun", "M2IBSaliency", "PatchSimilaritySaliency", "SaliencyMethod", "build_saliency",
-           "encode_prompts", "image_text_scores", "minmax_scale"]
+__all__ = [
+    "METHODS",
+    "M2IBRun",
+    "M2IBSaliency",
+    "PatchSimilaritySaliency",
+    "SaliencyMethod",
+    "build_saliency",
+    "encode_prompts",
+    "image_text_scores",
+    "minmax_scale",
+]
 
 
 def build_saliency(config: Mapping[str, Any]) -> SaliencyMethod:

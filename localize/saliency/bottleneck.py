@@ -16,15 +16,22 @@ class TokenBottleneck(nn.Module):
     ``init_alpha`` (5.0 as in IBA/M2IB: ~all information passes).
     """
 
-    def __init__(self, mean_n1c: torch.Tensor, std_n1c: torch.Tensor, n_tokens: int, noise_var: float = 1.0,
-                 init_alpha: float = 5.0) -> None:
+    def __init__(
+        self,
+        mean_n1c: torch.Tensor,
+        std_n1c: torch.Tensor,
+        n_tokens: int,
+        noise_var: float = 1.0,
+        init_alpha: float = 5.0,
+    ) -> None:
         super().__init__()
         n_items, _, channels = mean_n1c.shape
         self.register_buffer("mean_n1c", mean_n1c.float())
         self.register_buffer("std_n1c", std_n1c.float())
         self.noise_var = float(noise_var)
-        self.alpha_ntc = nn.Parameter(torch.full((n_items, n_tokens, channels), float(init_alpha),
-                                                 device=mean_n1c.device))
+        self.alpha_ntc = nn.Parameter(
+            torch.full((n_items, n_tokens, channels), float(init_alpha), device=mean_n1c.device)
+        )
 
     def capacity(self, x_ntc: torch.Tensor) -> torch.Tensor:
         """KL per item, token and channel (N,T,C) for features x at the current alpha."""
@@ -38,5 +45,5 @@ class TokenBottleneck(nn.Module):
         lam, keep_noise = torch.sigmoid(self.alpha_ntc)[:, None], torch.sigmoid(-self.alpha_ntc)[:, None]
         mean_n11c, std_n11c = self.mean_n1c[:, None], self.std_n1c[:, None]
         x_std = (x_nstc.float() - mean_n11c) / std_n11c
-        z_std = lam * x_std + keep_noise * (self.noise_var ** 0.5) * eps_stc
+        z_std = lam * x_std + keep_noise * (self.noise_var**0.5) * eps_stc
         return (z_std * std_n11c + mean_n11c).to(x_nstc.dtype)

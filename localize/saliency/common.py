@@ -24,8 +24,10 @@ def vit_trunk(model: torch.nn.Module) -> torch.nn.Module:
     """The timm ViT inside an open_clip model (``model.visual.trunk``) - the only vision tower supported here."""
     trunk = getattr(getattr(model, "visual", None), "trunk", None)
     if trunk is None or not hasattr(trunk, "blocks") or not hasattr(trunk, "patch_embed"):
-        raise TypeError("Saliency needs an open_clip model whose vision tower is a timm ViT (model.visual.trunk "
-                        "with .blocks and .patch_embed), as BiomedCLIP's is.")
+        raise TypeError(
+            "Saliency needs an open_clip model whose vision tower is a timm ViT (model.visual.trunk "
+            "with .blocks and .patch_embed), as BiomedCLIP's is."
+        )
     return trunk
 
 

@@ -91,10 +91,17 @@ class M2IBSaliency:
     reuse_prefix: bool = True
 
     def __post_init__(self) -> None:
-        if (self.layer < 0 or self.steps < 1 or self.noise_var <= 0 or self.lr <= 0 or self.beta < 0
-                or self.noise_samples < 1):
-            raise ValueError(f"m2ib needs layer >= 0, steps >= 1, noise_var > 0, lr > 0, beta >= 0, noise_samples >= 1;"
-                             f" got {self}.")
+        if (
+            self.layer < 0
+            or self.steps < 1
+            or self.noise_var <= 0
+            or self.lr <= 0
+            or self.beta < 0
+            or self.noise_samples < 1
+        ):
+            raise ValueError(
+                f"m2ib needs layer >= 0, steps >= 1, noise_var > 0, lr > 0, beta >= 0, noise_samples >= 1; got {self}."
+            )
         if self.noise_stats not in ("empirical", "prior"):
             raise ValueError(f"m2ib noise_stats must be 'empirical' or 'prior', got {self.noise_stats!r}.")
 
@@ -110,8 +117,11 @@ class M2IBSaliency:
     def effective_layer(self, model: nn.Module) -> int:
         depth = len(vit_trunk(model).blocks)
         if self.layer >= depth:
-            warnings.warn(f"m2ib layer {self.layer} does not exist in a {depth}-block vision tower; using the last "
-                          f"block ({depth - 1}).", stacklevel=3)
+            warnings.warn(
+                f"m2ib layer {self.layer} does not exist in a {depth}-block vision tower; using the last "
+                f"block ({depth - 1}).",
+                stacklevel=3,
+            )
             return depth - 1
         return self.layer
 
@@ -147,8 +157,12 @@ class M2IBSaliency:
         #    by all items (seeded, batch-independent).
         n_tokens, channels = feat_btc.shape[1:]
         n_samples = self.noise_samples
-        bottleneck = TokenBottleneck(mean_b1c.repeat_interleave(n_txt, 0), std_b1c.repeat_interleave(n_txt, 0),
-                                     n_tokens, noise_var=self.noise_var)
+        bottleneck = TokenBottleneck(
+            mean_b1c.repeat_interleave(n_txt, 0),
+            std_b1c.repeat_interleave(n_txt, 0),
+            n_tokens,
+            noise_var=self.noise_var,
+        )
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
         eps_kstc = torch.randn((self.steps, n_samples, n_tokens, channels), generator=generator).to(device)
         images_m3hw = images_b3hw.repeat_interleave(n_txt * n_samples, 0)
@@ -177,6 +191,9 @@ class M2IBSaliency:
         with torch.no_grad():
             info_nt = bottleneck.capacity(feat_btc.repeat_interleave(n_txt, 0)).sum(dim=-1)
             grid_hw = tuple(trunk.patch_embed.grid_size)
-            saliency_nhw = tokens_to_image(info_nt[:, trunk.num_prefix_tokens:], grid_hw, images_b3hw.shape[-2:])
-        return M2IBRun(saliency_nhw.view(n_img, n_txt, *saliency_nhw.shape[-2:]),
-                       torch.sigmoid(bottleneck.alpha_ntc.detach()), torch.stack(losses))
+            saliency_nhw = tokens_to_image(info_nt[:, trunk.num_prefix_tokens :], grid_hw, images_b3hw.shape[-2:])
+        return M2IBRun(
+            saliency_nhw.view(n_img, n_txt, *saliency_nhw.shape[-2:]),
+            torch.sigmoid(bottleneck.alpha_ntc.detach()),
+            torch.stack(losses),
+        )

@@ -28,9 +28,10 @@ class PatchSimilaritySaliency:
         trunk = vit_trunk(model)
         with autocast_for(images_b3hw.device):
             tokens_btc = trunk.forward_features(images_b3hw)
-            patches_btd = model.visual.head(tokens_btc[:, trunk.num_prefix_tokens:])
+            patches_btd = model.visual.head(tokens_btc[:, trunk.num_prefix_tokens :])
         cos_bpt = torch.einsum("btd,pd->bpt", F.normalize(patches_btd.float(), dim=-1), text_pd.float())
         n_img, n_txt, _ = cos_bpt.shape
-        saliency_nhw = tokens_to_image(cos_bpt.flatten(0, 1), tuple(trunk.patch_embed.grid_size),
-                                       images_b3hw.shape[-2:])
+        saliency_nhw = tokens_to_image(
+            cos_bpt.flatten(0, 1), tuple(trunk.patch_embed.grid_size), images_b3hw.shape[-2:]
+        )
         return saliency_nhw.view(n_img, n_txt, *saliency_nhw.shape[-2:])
