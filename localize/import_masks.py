@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from data.hashing import update_with_file
 from data.manifest import read_manifest, scan_corpus
 from data.roi_cache import DONE, FLAG_EMPTY_ROI, RoiCache
 from localize.job import RunSummary, summarize
@@ -46,7 +47,8 @@ def mask_digest(masks_dir: Path, item_ids: Sequence[str]) -> tuple[str, int]:
     for item_id in sorted(item_ids):
         path = masks_dir / f"{item_id}.png"
         if path.is_file():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+            digest.update(path.name.encode() + b"\0")
+            update_with_file(digest, path)
             count += 1
     return digest.hexdigest(), count
 
