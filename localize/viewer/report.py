@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from data.readers import load_image
 from data.roi_cache import RoiCache
-from localize.overlay import item_panel
+from localize.viewer.overlay import item_panel
 
 UNTRAINED_BANNER = "ROIs from UNTRAINED stand-in models carry no meaning"
 STAT_PLOTS = {
