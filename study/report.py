@@ -1,4 +1,4 @@
-"""Table and plot of a masking-strategy study (pretrain.experiment): every finished run's results JSON, per arm.
+"""Table and plot of a masking-strategy study (study): every finished run's results JSON, per arm.
 
 runs.csv     one row per (arm, seed, downstream, metric): the raw numbers
 results.csv  one row per (arm, downstream, metric): mean, std, n seeds, realised / expected masking ratio
@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 from finetune.results import read_results  # noqa: E402
 
 if TYPE_CHECKING:
-    from pretrain.experiment import ExperimentConfig
+    from study.runner import ExperimentConfig
 
 RUN_COLUMNS = [
     "arm",

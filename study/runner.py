@@ -1,4 +1,4 @@
-"""`python -m pretrain experiment --config configs/experiment/X.yaml`: the masking-strategy study.
+"""`python -m study --config configs/experiment/X.yaml`: the masking-strategy study.
 
 A grid of pretraining arms (no pretraining; SparK random masking at several ratios; MWM differentiated masking
 at several (r_roi, r_bg) pairs with ROIs from one or more sources), each followed by the same downstream runs,
@@ -438,7 +438,7 @@ class ExperimentRunner:
                     self.downstream(arm, seed, task, init)
         for note in self.summary.not_applicable:
             self._say(f"skipped: {note}")
-        from pretrain.experiment_report import write_report
+        from study.report import write_report
 
         outputs = write_report(cfg)
         for kind, path in outputs.items():
@@ -482,7 +482,7 @@ def mask_statistics(metrics_csv: Path) -> dict[str, float | None]:
 
 # ------------------------------------------------------------------------------------------ command line
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pretrain experiment", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="experiment YAML (configs/experiment/X.yaml)")
     parser.add_argument("--out", help="output folder (overrides the config's 'out')")
     parser.add_argument("--corpus", help="corpus folder (overrides the config's 'corpus')")
@@ -491,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = ExperimentConfig.load(args.config, {"out": args.out, "corpus": args.corpus})
         if args.report_only:
-            from pretrain.experiment_report import write_report
+            from study.report import write_report
 
             for kind, path in write_report(config).items():
                 print(f"{kind}: {path}")

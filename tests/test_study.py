@@ -1,4 +1,4 @@
-"""`python -m pretrain experiment`: the grid, the runner (resumable) and its table + plot."""
+"""`python -m study`: the grid, the runner (resumable) and its table + plot."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from pretrain.cli import main as pretrain_main
-from pretrain.experiment import ExperimentConfig, ExperimentError, ExperimentRunner
+from study.runner import ExperimentConfig, ExperimentError, ExperimentRunner
+from study.runner import main as study_main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 
@@ -73,9 +74,8 @@ def test_toy_study_writes_table_and_plot_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     # the second invocation, through the command line: nothing is run again, the report is rewritten
     assert (
-        pretrain_main(
+        study_main(
             [
-                "experiment",
                 "--config",
                 str(CONFIGS / "toy.yaml"),
                 "--out",
@@ -90,3 +90,9 @@ def test_toy_study_writes_table_and_plot_and_resumes(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in sorted(out.rglob("done.json"))} == mtimes
     assert sorted(out.rglob("results/*.json")) == results
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table)
+
+
+def test_pretrain_experiment_says_where_the_study_went(capsys):
+    assert pretrain_main(["experiment", "--config", str(CONFIGS / "toy.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "python -m study" in err[0]
