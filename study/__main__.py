@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from study.runner import main
+from study.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())
