@@ -21,6 +21,8 @@ SPEC = ModalitySpec("CT", "chest_ct", "nodule", "no_nodule", category_id=2, seed
 
 @dataclass(frozen=True)
 class _CtSeries:
+    """Body habitus, lungs and acquisition shared by the slices of one series."""
+
     center_rc: tuple[float, float]
     body_half_rc: tuple[float, float]
     fat_px: float
