@@ -1,8 +1,8 @@
 """Dice and IoU of cached ROIs against ground-truth masks, per modality.
 
-Ground truth: a folder of `<item_id>.png` masks (non-zero = ROI) at each item's own size, the layout
-`python -m data sample` writes under `truth/`. Items without a truth file, or not done, are counted and
-skipped. Used to choose prompts and parameters on evidence rather than by eye.
+Ground truth: a folder of `<item_id>.png` masks (any non-zero colour = ROI, read by `data.masks`) at each
+item's own size, the layout `python -m data sample` writes under `truth/`. Items without a truth file, or not
+done, are counted and skipped. Used to choose prompts and parameters on evidence rather than by eye.
 """
 
 from __future__ import annotations

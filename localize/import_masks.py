@@ -231,7 +231,7 @@ def _shuffle_batch(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m localize import", description=__doc__.split("\n\n")[0])
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--masks", type=Path, help="folder of <item_id>.png ROI masks (non-zero = ROI)")
+    what.add_argument("--masks", type=Path, help="folder of <item_id>.png ROI masks (any non-zero colour = ROI)")
     what.add_argument(
         "--shuffle-from",
         type=Path,
