@@ -77,7 +77,7 @@ demo:
 # Resumable: finished runs are not rerun. The default is the CPU preset on the sample corpus (~20 min).
 EXPERIMENT_CONFIG ?= configs/experiment/cpu_sample.yaml
 experiment:
-	$(PY) -m pretrain experiment --config $(EXPERIMENT_CONFIG)
+	$(PY) -m study --config $(EXPERIMENT_CONFIG)
 
 # Each prints one JSON object; ratios are against baselines measured in the same run.
 bench:

@@ -14,6 +14,7 @@ Nothing derived from DICOM patient or study tags is stored.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import sys
 from collections import deque
@@ -28,6 +29,9 @@ from tqdm import tqdm
 from data.ids import make_item_id
 from data.readers import NiftiVolumes, UnreadableImage, iter_frames, source_format
 from data.readers import infer_modality as infer_modality_from_path
+from data.uid_paths import uid_path_warning
+
+log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("item_id", "path", "frame", "modality", "height", "width", "source_format")
 # A file in the corpus root listing glob patterns of files that are not images to scan (masks, labels, ...).
@@ -54,12 +58,16 @@ def scan_corpus(
     Skipped: hidden files and folders (name starting with '.'), the paths in `exclude`, and files matching the
     glob patterns in `ignore` or in ROOT/.scanignore (see `list_corpus_files`). A file with an unsupported
     suffix and no DICOM marker is a failure 'unsupported file type (.xyz)'. Files are read in `workers`
-    processes (default: all cores; <= 1: in this process); the output order does not depend on it.
+    processes (default: all cores; <= 1: in this process); the output order does not depend on it. Logs a
+    warning when file or folder names look like DICOM UIDs (`data.uid_paths`): the paths are stored.
     """
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: corpus is not a directory")
     relpaths = list_corpus_files(root, exclude=exclude, ignore=ignore)
+    warning = uid_path_warning(relpaths)
+    if warning:
+        log.warning(warning)
     workers = min(os.cpu_count() or 1, 32) if workers is None else workers
     bar = tqdm(total=len(relpaths), desc="scan", unit="file", file=sys.stderr, disable=not progress)
     tasks = [(str(root), relpath, nifti_volumes) for relpath in relpaths]

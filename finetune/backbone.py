@@ -17,7 +17,6 @@ classifier head) or a key the model does not have is an error, so a wrong file n
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from pathlib import Path
 import timm
 import torch
 from torch import nn
+
+from data.hashing import file_sha256
 
 SCRATCH = "scratch"
 IMAGENET = "imagenet"
@@ -78,14 +79,6 @@ class LoadReport:
             if keys and name != "loaded":
                 out[name] = keys[:examples]
         return out
-
-
-def file_sha256(path: Path, length: int = 16) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -197,7 +190,7 @@ def load_into(
     report = LoadReport(
         init=init,
         source=None if source is None else str(source),
-        sha256=file_sha256(source) if source is not None and source.is_file() else None,
+        sha256=file_sha256(source, length=16) if source is not None and source.is_file() else None,
         loaded=sorted(set(body_sd) - set(unexpected)),
         missing=missing,
         unexpected=unexpected,

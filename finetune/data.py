@@ -16,7 +16,6 @@ import json
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -25,6 +24,7 @@ from torchvision import tv_tensors
 
 from data.ids import make_item_id
 from data.intensity import IntensityConfig
+from data.masks import read_label_image, read_mask_image
 from data.readers import load_image
 
 SPLITS = ("train", "val", "test")
@@ -46,14 +46,11 @@ def read_image_chw(
 
 
 def read_mask_hw(path: str | Path, num_classes: int = 2) -> torch.Tensor:
-    """A label mask image as int64 (H, W): binary (num_classes == 2) -> value > 0, else values are class ids."""
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise FileNotFoundError(f"{path}: mask not found or not an image")
-    if mask.ndim == 3:
-        mask = mask[..., 0]
+    """A label mask image as int64 (H, W): binary (num_classes == 2) -> `data.masks.read_mask_image` (any non-zero
+    colour is foreground), else grey values are class ids (`data.masks.read_label_image`)."""
     if num_classes == 2:
-        return torch.from_numpy((mask > 0).astype(np.int64))
+        return torch.from_numpy(read_mask_image(path).astype(np.int64))
+    mask = read_label_image(path)
     if int(mask.max()) >= num_classes:
         raise ValueError(f"{path}: mask holds value {int(mask.max())}, but num_classes is {num_classes}")
     return torch.from_numpy(mask.astype(np.int64))

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return standins_main(argv[1:])
     if argv and argv[0] == "inspect":
-        from localize.inspect import main as inspect_main
+        from localize.viewer.report import main as inspect_main
 
         return inspect_main(argv[1:])
     if argv and argv[0] == "import":

@@ -20,9 +20,7 @@ loader raises instead, and asks open_clip for ``require_pretrained=True`` so no 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from data.hashing import file_sha256
 from localize.load_errors import WEIGHT_FILE_ERRORS, describe_load_error
 
 BIOMEDCLIP_HUB_SPEC = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
@@ -92,15 +91,6 @@ class LoadedClip(NamedTuple):
     tokenizer: Any
     preprocess: ClipPreprocess
     source: dict[str, str]
-
-
-def file_sha256(path: str | os.PathLike[str], chunk_bytes: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file (checkpoint provenance)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_biomedclip(spec: str = BIOMEDCLIP_HUB_SPEC, device: torch.device | str = "cpu") -> LoadedClip:

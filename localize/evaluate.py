@@ -1,8 +1,8 @@
 """Dice and IoU of cached ROIs against ground-truth masks, per modality.
 
-Ground truth: a folder of `<item_id>.png` masks (non-zero = ROI) at each item's own size, the layout
-`python -m data sample` writes under `truth/`. Items without a truth file, or not done, are counted and
-skipped. Used to choose prompts and parameters on evidence rather than by eye.
+Ground truth: a folder of `<item_id>.png` masks (any non-zero colour = ROI, read by `data.masks`) at each
+item's own size, the layout `python -m data sample` writes under `truth/`. Items without a truth file, or not
+done, are counted and skipped. Used to choose prompts and parameters on evidence rather than by eye.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
+from data.masks import read_mask_image
 from data.roi_cache import DONE, RoiCache
 
 
@@ -41,13 +41,9 @@ def evaluate_cache(cache: RoiCache, truth_dir: str | Path) -> tuple[pd.DataFrame
         if not path.is_file():
             missing += 1
             continue
-        truth_hw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if truth_hw is None:
-            raise ValueError(f"{path}: not a readable PNG mask")
-        if truth_hw.ndim == 3:
-            truth_hw = truth_hw[..., 0]
+        truth_hw = read_mask_image(path)
         pred_hw = cache.read_mask(int(index), truth_hw.shape)
-        dice, iou = dice_iou(pred_hw, truth_hw > 0)
+        dice, iou = dice_iou(pred_hw, truth_hw)
         rows.append(
             {
                 "item_id": item.item_id,

@@ -2,11 +2,12 @@
 
 Two ways to fill a cache without running BiomedCLIP / SAM:
 
-* ``--masks DIR``: one PNG per item, ``DIR/<item_id>.png`` (non-zero = ROI, any size: it is resized to the
-  item's size). Ground-truth segmentations (an upper bound on what localization can give) or segmentations a
-  user already has. Provenance ``{"source": "imported", "masks": <SHA-256 of the mask files>, ...}``. Items
-  without a mask file are recorded failed ("no mask file <item_id>.png"); the rest are done. Resumable like
-  `localize run`: done items are skipped, and a rerun with other mask files is refused (their digest differs).
+* ``--masks DIR``: one PNG per item, ``DIR/<item_id>.png`` (any non-zero colour = ROI, as `data.masks` reads
+  it; any size: it is resized to the item's size). Ground-truth segmentations (an upper bound on what
+  localization can give) or segmentations a user already has. Provenance ``{"source": "imported", "masks":
+  <SHA-256 of the mask files>, ...}``. Items without a mask file are recorded failed ("no mask file
+  <item_id>.png"); the rest are done. Resumable like `localize run`: done items are skipped, and a rerun with
+  other mask files is refused (their digest differs).
 * ``--shuffle-from CACHE``: item i gets the ROI of another item j of the same modality (a seeded
   derangement over the source's done items), so pretraining sees ROIs of the right size and shape but
   in the wrong place: it tells whether the ROI's content matters or only the masking ratio it implies.
@@ -29,7 +30,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from data.hashing import update_with_file
 from data.manifest import read_manifest, scan_corpus
+from data.masks import read_mask_image
 from data.roi_cache import DONE, FLAG_EMPTY_ROI, RoiCache
 from localize.job import RunSummary, summarize
 from localize.refine import saliency_components
@@ -46,19 +49,15 @@ def mask_digest(masks_dir: Path, item_ids: Sequence[str]) -> tuple[str, int]:
     for item_id in sorted(item_ids):
         path = masks_dir / f"{item_id}.png"
         if path.is_file():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+            digest.update(path.name.encode() + b"\0")
+            update_with_file(digest, path)
             count += 1
     return digest.hexdigest(), count
 
 
 def read_mask_file(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
-    """A mask PNG as uint8 0/1 at `size_hw` (nearest resize); a clear error naming the file if unreadable."""
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise ValueError(f"{path}: not a readable image")
-    if mask.ndim == 3:
-        mask = mask.max(axis=2)
-    mask_hw = (mask > 0).astype(np.uint8)
+    """A mask image (`data.masks.read_mask_image`) as uint8 0/1 at `size_hw` (nearest resize)."""
+    mask_hw = read_mask_image(path).astype(np.uint8)
     h, w = size_hw
     if mask_hw.shape != (h, w):
         mask_hw = cv2.resize(mask_hw, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
@@ -100,7 +99,7 @@ def import_masks(
         "source": "imported",
         "masks": digest,
         "mask_files": count,
-        "binarise": "value > 0",
+        "binarise": "any colour channel != 0; alpha 0 = background",
         "boxes": f"bounding boxes of the {max_boxes} largest 8-connected components",
     }
     if cache_path.exists():
@@ -232,7 +231,7 @@ def _shuffle_batch(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m localize import", description=__doc__.split("\n\n")[0])
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--masks", type=Path, help="folder of <item_id>.png ROI masks (non-zero = ROI)")
+    what.add_argument("--masks", type=Path, help="folder of <item_id>.png ROI masks (any non-zero colour = ROI)")
     what.add_argument(
         "--shuffle-from",
         type=Path,

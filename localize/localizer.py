@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from localize.clip_loader import LoadedClip, check_clip_folder, file_sha256, load_biomedclip
+from data.hashing import file_sha256
+from localize.clip_loader import LoadedClip, check_clip_folder, load_biomedclip
 from localize.config import LocalizeConfig
 from localize.prompts import PromptConfig, combine_saliency
 from localize.refine import RefineConfig, RoiResult, refine_batch

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from data.hashing import file_sha256
 from localize.clip_loader import (
     BIOMEDCLIP_HUB_SPEC,
     ClipLoadError,
     ClipPreprocess,
     LoadedClip,
-    file_sha256,
     load_biomedclip,
 )
 from localize.sam_loader import SamLoadError, load_sam, parse_sam_spec

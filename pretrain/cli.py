@@ -89,12 +89,11 @@ def export_main(argv: Sequence[str]) -> int:
     return 0
 
 
-USAGE = """usage: python -m pretrain {fit,validate,export,experiment} ...
+USAGE = """usage: python -m pretrain {fit,validate,export} ...
 
   fit --config configs/pretrain/X.yaml [--data.corpus DIR --data.cache CACHE.zarr] [--ckpt_path last.ckpt]
   validate --config ... --ckpt_path CKPT
   export CKPT --out backbone.pt      the encoder as a timm state dict
-  experiment --config configs/experiment/X.yaml   the masking-strategy study (table + plot)
 
 Run `python -m pretrain fit --help` (or `--print_config`) for every option."""
 
@@ -108,9 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] == "export":
         return export_main(argv[1:])
     if argv[0] == "experiment":
-        from pretrain.experiment import main as experiment_main
-
-        return experiment_main(argv[1:])
+        print("the masking-strategy study moved: python -m study --config configs/experiment/X.yaml", file=sys.stderr)
+        return 2
     PretrainCLI(
         MaskedPretraining,
         RoiDataModule,

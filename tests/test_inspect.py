@@ -16,8 +16,8 @@ from data.roi_cache import RoiCache
 from data.sample import write_sample_corpus
 from localize.config import LocalizeConfig
 from localize.driver import run_localization
-from localize.inspect import STAT_PLOTS, UNTRAINED_BANNER, main, select_items
 from localize.standins import write_standins
+from localize.viewer import STAT_PLOTS, UNTRAINED_BANNER, main, select_items
 
 BROKEN = "chest_xray/cxr_001.png"  # decodes at scan time, is broken before localization: one failed item
 FLAT = "chest_xray/flat.png"  # nothing stands out: an empty ROI

@@ -11,7 +11,7 @@ import pytest
 from nbclient import NotebookClient
 
 from data.roi_cache import RoiCache
-from localize.inspect import UNTRAINED_BANNER
+from localize.viewer import UNTRAINED_BANNER
 from tests.test_inspect import build_sample_cache
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "inspect_roi_cache.ipynb"

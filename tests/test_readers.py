@@ -1,20 +1,17 @@
-"""Readers and intensity normalisation on real files (pydicom's and nibabel's test data) and small written ones."""
+"""NIfTI, PNG / JPEG / TIFF reading, format detection and modality naming on real and small written files."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
 from nibabel.testing import data_path as nibabel_data
-from pydicom.dataset import Dataset
 
-from data.intensity import CT_WINDOWS, IntensityConfig, IntensityRule, normalize
+from data.intensity import IntensityConfig, normalize
 from data.readers import (
     SUPPORTED_SUFFIXES,
     Frame,
@@ -25,7 +22,7 @@ from data.readers import (
     load_image,
     read_frame,
 )
-from tests._readers_files import cut, pydicom_file, write_dicom, write_nifti, write_opencv
+from tests._readers_files import cut, pydicom_file, write_nifti, write_opencv
 
 
 def nibabel_file(name: str) -> Path:
@@ -33,176 +30,6 @@ def nibabel_file(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"nibabel test file {name} is not installed")
     return path
-
-
-# --- DICOM -------------------------------------------------------------------------------------------------------
-
-
-def test_ct_small_is_in_hounsfield_units():
-    path = pydicom_file("CT_small.dcm")
-    ds = pydicom.dcmread(path)
-    frames = list(iter_frames(path))
-    assert len(frames) == 1
-    frame = frames[0]
-    assert (frame.modality, frame.frame, frame.source_format) == ("CT", 0, "dicom")
-    assert frame.pixels.dtype == np.float32 and frame.pixels.shape == (ds.Rows, ds.Columns)
-    expected = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    np.testing.assert_array_equal(frame.pixels, expected.astype(np.float32))
-    assert float(ds.RescaleIntercept) == -1024  # the slope/intercept were really needed
-    # A CT slice: air-ish and tissue-ish values, all inside the physical HU range.
-    assert -1024 <= frame.pixels.min() < -500 and 0 < frame.pixels.max() <= 3071
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless
-        "MR_small_RLE.dcm",
-        "MR_small_jpeg_ls_lossless.dcm",
-        "MR_small_bigendian.dcm",
-        "MR_small_implicit.dcm",
-    ],
-)
-def test_lossless_and_other_encodings_equal_the_uncompressed_reference(name):
-    reference = read_frame(pydicom_file("MR_small.dcm"), 0)
-    decoded = read_frame(pydicom_file(name), 0)
-    assert decoded.modality == reference.modality == "MR"
-    np.testing.assert_array_equal(decoded.pixels, reference.pixels)
-
-
-@pytest.mark.parametrize("name", ["SC_rgb_jpeg_dcmtk.dcm", "SC_ybr_full_422_uncompressed.dcm", "SC_rgb_jpeg_gdcm.dcm"])
-def test_jpeg_and_ybr_dicom_decode_to_rgb(name):
-    reference = read_frame(pydicom_file("SC_rgb_rle.dcm"), 0).pixels  # lossless RGB
-    decoded = read_frame(pydicom_file(name), 0).pixels
-    assert decoded.shape == reference.shape == (100, 100, 3)
-    # YBR left unconverted or channels swapped differ by ~50 on average; lossy JPEG by < 1.
-    assert np.abs(decoded - reference).mean() < 2.0
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "JPEG2000.dcm",  # JPEG 2000, NM
-        "693_J2KI.dcm",  # JPEG 2000 lossy CT, rescaled
-        "JPGExtended.dcm",  # 12-bit JPEG
-        "JPEGLSNearLossless_16.dcm",
-        "image_dfl.dcm",  # deflated: read whole, not frame by frame
-        "SC_rgb_jpeg.dcm",  # implicit VR despite an explicit transfer syntax
-    ],
-)
-def test_dicom_matches_pydicom(name):
-    path = pydicom_file(name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(path)
-        expected = ds.pixel_array.astype(np.float64)
-    if "RescaleSlope" in ds:
-        expected = expected * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    frame = read_frame(path, 0)
-    np.testing.assert_array_equal(frame.pixels, expected.astype(np.float32))
-    assert frame.modality in {"CT", "OT"}
-
-
-@pytest.mark.parametrize("name", ["examples_ybr_color.dcm", "SC_rgb_rle_2frame.dcm"])
-def test_multi_frame_dicom_is_one_frame_per_frame(name):
-    path = pydicom_file(name)
-    ds = pydicom.dcmread(path)
-    frames = list(iter_frames(path))
-    assert len(frames) == int(ds.NumberOfFrames) > 1
-    assert [f.frame for f in frames] == list(range(len(frames)))
-    reference = ds.pixel_array  # pydicom's own decode, YBR converted to RGB
-    for k in (0, len(frames) - 1):
-        np.testing.assert_array_equal(frames[k].pixels, reference[k].astype(np.float32))
-        np.testing.assert_array_equal(read_frame(path, k).pixels, frames[k].pixels)
-    with pytest.raises(IndexError, match="out of range"):
-        read_frame(path, len(frames))
-
-
-def test_palette_colour_dicom_becomes_rgb():
-    path = pydicom_file("examples_palette.dcm")
-    ds = pydicom.dcmread(path)
-    frame = read_frame(path, 0)
-    assert frame.pixels.shape == (ds.Rows, ds.Columns, 3)
-    expected = pydicom.pixels.apply_color_lut(ds.pixel_array, ds)[..., :3]
-    np.testing.assert_array_equal(frame.pixels, expected.astype(np.float32))
-
-
-def test_monochrome1_is_inverted_and_rescaled(tmp_path):
-    stored = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096
-    path = write_dicom(
-        tmp_path / "mono1.dcm", stored, modality="CR", photometric="MONOCHROME1", bits_stored=12, slope=2, intercept=10
-    )
-    frame = read_frame(path, 0)
-    assert frame.modality == "XR"
-    rescaled = stored.astype(np.float32) * 2 + 10  # representable range [10, 8200]
-    np.testing.assert_array_equal(frame.pixels, (10 + 8200) - rescaled)
-
-
-def test_enhanced_multi_frame_uses_per_frame_rescale(tmp_path):
-    stored = np.stack([np.full((8, 8), 100, np.int16), np.full((8, 8), 200, np.int16)])
-
-    def transform(slope: float, intercept: float) -> Dataset:
-        item, group = Dataset(), Dataset()
-        item.RescaleSlope, item.RescaleIntercept, item.RescaleType = slope, intercept, "HU"
-        group.PixelValueTransformationSequence = [item]
-        return group
-
-    path = write_dicom(
-        tmp_path / "enhanced.dcm",
-        stored,
-        tags={"PerFrameFunctionalGroupsSequence": [transform(1, -1000), transform(2, -500)]},
-    )
-    frames = list(iter_frames(path))
-    assert [float(f.pixels[0, 0]) for f in frames] == [100 - 1000, 2 * 200 - 500]
-
-
-def test_dicom_without_file_meta_and_without_suffix(tmp_path):
-    stored = np.arange(16 * 16, dtype=np.int16).reshape(16, 16)
-    bare = write_dicom(tmp_path / "bare.dcm", stored, modality="MR", file_meta=False)
-    assert not bare.read_bytes()[128:132] == b"DICM"
-    np.testing.assert_array_equal(read_frame(bare, 0).pixels, stored.astype(np.float32))
-    # DICOM files named by UID: no known suffix, found by their DICM marker.
-    by_uid = write_dicom(tmp_path / "1.2.826.0.1.3680043.2.1143.77", stored, modality="MR")
-    assert is_candidate(by_uid)
-    frame = read_frame(by_uid, 0)
-    assert (frame.source_format, frame.modality) == ("dicom", "MR")
-
-
-@pytest.mark.parametrize(
-    ("make", "reason"),
-    [
-        (lambda d: (d / "zero.dcm").write_bytes(b""), "empty file"),
-        (lambda d: (d / "text.dcm").write_text("not a DICOM file at all\n" * 20), "not a DICOM file"),
-        (lambda d: cut(pydicom_file("MR_small.dcm"), d / "cut.dcm", -700), "pixel data truncated"),
-        (lambda d: cut(pydicom_file("MR_small_jp2klossless.dcm"), d / "cutj2k.dcm", -700), "cannot decode pixel data"),
-        (lambda d: cut(pydicom_file("CT_small.dcm"), d / "cuthead.dcm", 600), "no pixel data"),
-        (lambda d: shutil.copy(pydicom_file("liver_1frame.dcm"), d / "seg.dcm"), "Modality SEG"),
-    ],
-)
-def test_bad_dicom_raises_with_a_reason(tmp_path, make, reason):
-    make(tmp_path)
-    (path,) = tmp_path.iterdir()
-    with pytest.raises(UnreadableImage) as info:
-        list(iter_frames(path))
-    assert reason in info.value.reason
-    assert str(info.value).startswith(f"{path}: ")
-
-
-def test_dicom_payload_shorter_than_its_geometry(tmp_path):
-    path = write_dicom(tmp_path / "multi.dcm", np.zeros((2, 8, 8), np.int16))
-    ds = pydicom.dcmread(path)
-    ds.NumberOfFrames = 3
-    ds.save_as(path)
-    with pytest.raises(UnreadableImage, match=r"shorter than its geometry needs \(256 of 384 bytes\)"):
-        read_frame(path, 0)
-
-
-def test_dicom_without_pixel_data(tmp_path):
-    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
-    del ds.PixelData
-    ds.save_as(tmp_path / "nopixels.dcm")
-    with pytest.raises(UnreadableImage, match="no pixel data"):
-        read_frame(tmp_path / "nopixels.dcm", 0)
 
 
 # --- NIfTI -------------------------------------------------------------------------------------------------------
@@ -407,79 +234,3 @@ def test_frame_is_frozen():
     frame = Frame(np.zeros((2, 2), np.float32), "OT", 0, "png")
     with pytest.raises(AttributeError):
         frame.modality = "CT"  # type: ignore[misc]
-
-
-# --- intensity ----------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("window", sorted(CT_WINDOWS))
-def test_ct_window_ends_map_to_0_and_1(window):
-    level, width = CT_WINDOWS[window]
-    hu = np.array([[level - width / 2, level, level + width / 2], [-5000, level + width / 4, 5000]], np.float32)
-    image = normalize(hu, "CT", IntensityConfig(ct_window=window))
-    np.testing.assert_allclose(image, [[0, 0.5, 1], [0, 0.75, 1]], atol=1e-6)
-
-
-def test_ct_window_as_level_width_pair():
-    image = normalize(np.array([[0, 50, 100]], np.float32), "CT", IntensityConfig(ct_window=(50, 100)))
-    np.testing.assert_allclose(image, [[0, 0.5, 1]])
-
-
-def test_percentiles_scale_each_image():
-    values = np.arange(1000, dtype=np.float32).reshape(20, 50)
-    image = normalize(values, "MR", IntensityConfig(percentiles=(10, 90)))
-    low, high = np.percentile(values, [10, 90])
-    np.testing.assert_allclose(image, np.clip((values - low) / (high - low), 0, 1), atol=1e-6)
-    assert (image == 0).sum() >= 100 and (image == 1).sum() >= 100
-    # Affine changes of MR intensity do not change the image.
-    np.testing.assert_allclose(normalize(values * 3 + 7, "MR", IntensityConfig(percentiles=(10, 90))), image, atol=1e-5)
-
-
-def test_flat_and_mostly_flat_images():
-    assert normalize(np.full((4, 4), 7.0), "MR").max() == 0
-    mostly_zero = np.zeros((100, 100), np.float32)
-    mostly_zero[0, :5] = 10  # fewer than 0.5% of pixels: percentiles are (0, 0)
-    image = normalize(mostly_zero, "XR")
-    assert image.max() == 1 and image[0, 0] == 1 and image[50, 50] == 0
-
-
-def test_nan_inf_cleaned_for_every_rule():
-    pixels = np.array([[np.nan, np.inf, -np.inf], [0, 50, 100]], np.float32)
-    for modality in ("CT", "MR", "XR", "OT"):
-        image = normalize(pixels, modality)
-        assert np.isfinite(image).all() and image.dtype == np.float32
-        assert (image[0, 0], image[0, 1], image[0, 2]) == (0.0, 1.0, 0.0)
-    all_nan = normalize(np.full((3, 3), np.nan, np.float32), "MR")
-    assert np.array_equal(all_nan, np.zeros((3, 3), np.float32))
-
-
-def test_rgb_images():
-    rgb8 = np.zeros((2, 2, 3), np.float32)
-    rgb8[0, 0] = (255, 51, 0)
-    np.testing.assert_allclose(normalize(rgb8, "OT")[0, 0], [1.0, 0.2, 0.0])
-    rgb16 = rgb8 * 200  # beyond the 8-bit range: joint percentiles keep the colour ratios
-    image = normalize(rgb16, "US", IntensityConfig(percentiles=(0, 100)))
-    np.testing.assert_allclose(image[0, 0], [1.0, 0.2, 0.0], atol=1e-6)
-
-
-def test_per_modality_overrides():
-    config = IntensityConfig(
-        per_modality={
-            "xr": {"value_range": [0, 4095]},  # keys are upper-cased, YAML-style mappings accepted
-            "CT": IntensityRule(window="lung"),
-            "MR": {"percentiles": (0, 100)},
-        }
-    )
-    np.testing.assert_allclose(normalize(np.array([[0, 4095]], np.float32), "XR", config), [[0, 1]])
-    np.testing.assert_allclose(normalize(np.array([[-1350, 150]], np.float32), "CT", config), [[0, 1]])
-    np.testing.assert_allclose(normalize(np.array([[5, 15]], np.float32), "MR", config), [[0, 1]])
-    assert IntensityConfig(ct_window=[40, 400], percentiles=[1, 99]) == IntensityConfig((40.0, 400.0), (1.0, 99.0))
-    assert hash(config) == hash(IntensityConfig())  # usable as a cache key; overrides only affect equality
-    with pytest.raises(ValueError, match="exactly one"):
-        IntensityRule(window="lung", percentiles=(1, 99))
-    with pytest.raises(ValueError, match="unknown CT window"):
-        IntensityConfig(ct_window="liver")
-    with pytest.raises(ValueError, match="percentiles"):
-        IntensityConfig(percentiles=(99, 1))
-    with pytest.raises(ValueError, match="shape"):
-        normalize(np.zeros((2, 2, 4)), "OT")

@@ -17,7 +17,8 @@ from pycocotools.coco import COCO
 from pydicom.pixels import apply_rescale
 
 from data.ids import make_item_id
-from data.sample import MODALITIES, main, write_sample_corpus, xray_shape
+from data.manifest import list_corpus_files
+from data.sample import ANNOTATIONS, MODALITIES, main, write_sample_corpus, xray_shape
 
 POSITIVE = {m.code: m.positive for m in MODALITIES}
 NEGATIVE = {m.code: m.negative for m in MODALITIES}
@@ -113,6 +114,15 @@ def test_layout_counts_and_ids(corpus: Path) -> None:
         assert r["label"] in (POSITIVE[r["modality"]], NEGATIVE[r["modality"]])
     assert len({r["item_id"] for r in rows}) == len(rows)
     assert {p.stem for p in (corpus / "truth").glob("*.png")} == {r["item_id"] for r in rows}
+
+
+def test_every_annotation_is_written_and_kept_out_of_the_scan(corpus: Path) -> None:
+    # the hook a new annotation (e.g. a report per image) plugs into: written, and skipped by `data scan`
+    assert [a.name for a in ANNOTATIONS] == ["coco/", "labels.csv", "README.txt"]
+    for annotation in ANNOTATIONS:
+        assert (corpus / annotation.name).exists()
+    scanned = list_corpus_files(corpus)
+    assert scanned and all(p.split("/")[0] in {m.folder for m in MODALITIES} for p in scanned)
 
 
 def test_splits_are_stratified(corpus: Path) -> None:

@@ -9,6 +9,7 @@ cached ROI / saliency to the image (`RoiCache.read_mask(i, image.shape[:2])`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -19,6 +20,11 @@ ROI_COLOR = "#00e5ff"
 BOX_COLOR = "#ffb000"
 VISIBLE_COLOR = "#76ff03"
 MASKED_COLOR = (0.05, 0.05, 0.05, 0.82)  # masked cells: near-black, the image barely shows through
+
+
+def save_png(fig: Figure, path: Path) -> None:
+    """Write a figure of this module (or the report's plots) as a PNG at 100 dpi."""
+    fig.savefig(path, dpi=100)
 
 
 def show_image(ax: Axes, image: np.ndarray | None, shape_hw: tuple[int, int]) -> None:

@@ -1,15 +1,23 @@
-"""`python -m pretrain experiment`: the grid, the runner (resumable) and its table + plot."""
+"""`python -m study`: the grid, the runner (resumable) and its table + plot."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
+from finetune.results import RunResult, write_results
 from pretrain.cli import main as pretrain_main
-from pretrain.experiment import ExperimentConfig, ExperimentError, ExperimentRunner
+from study.cli import main as study_main
+from study.config import ExperimentConfig, ExperimentError
+from study.layout import StudyLayout, write_done
+from study.report import write_report
+from study.runner import ExperimentRunner
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "experiment"
 
@@ -28,6 +36,9 @@ def test_grid_expands_arms_and_checks_sources():
     ]
     assert {arm.line for arm in config.arms} == {"none", "random", "differentiated (gt)", "differentiated (shuffled)"}
     assert config.arms[1].pretrain_args() == ["--model.masking", "random", "--model.mask_ratio", "0.4"]
+    differentiated = ["--model.masking", "differentiated", "--model.r_roi", "0.8", "--model.r_bg", "0.4"]
+    assert config.arms[4].pretrain_args() == differentiated
+    assert (config.arms[0].pretrains, config.arms[4].nominal, config.arms[1].roi_label) == (False, "0.8 / 0.4", "-")
     for name in ("gpu_paper.yaml", "toy.yaml"):
         assert ExperimentConfig.load(CONFIGS / name).arms
     raw = {
@@ -73,9 +84,8 @@ def test_toy_study_writes_table_and_plot_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     # the second invocation, through the command line: nothing is run again, the report is rewritten
     assert (
-        pretrain_main(
+        study_main(
             [
-                "experiment",
                 "--config",
                 str(CONFIGS / "toy.yaml"),
                 "--out",
@@ -90,3 +100,43 @@ def test_toy_study_writes_table_and_plot_and_resumes(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in sorted(out.rglob("done.json"))} == mtimes
     assert sorted(out.rglob("results/*.json")) == results
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table)
+    # `python -m study --report-only`: the report again, from the done markers alone
+    (out / "results.csv").unlink()
+    argv = ["--config", str(CONFIGS / "toy.yaml"), "--out", str(out), "--corpus", str(tmp_path / "corpus")]
+    done = subprocess.run([sys.executable, "-m", "study", *argv, "--report-only"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table)
+
+
+def test_pretrain_experiment_says_where_the_study_went(capsys):
+    assert pretrain_main(["experiment", "--config", str(CONFIGS / "toy.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "python -m study" in err[0]
+
+
+def test_report_reads_the_layout_and_summarises_over_seeds(tmp_path):
+    """A hand-made finished study (done markers where the layout puts them): mean and sample std over seeds."""
+    raw = yaml.safe_load((CONFIGS / "toy.yaml").read_text())
+    config = ExperimentConfig.from_dict({**raw, "out": tmp_path / "out", "seeds": [0, 1]})
+    layout = StudyLayout(config.out)
+    accuracy = {("random-0.6", 0): 0.5, ("random-0.6", 1): 0.7, ("mwm-gt-0.8-0.4", 0): 0.9}  # seed 1 unfinished
+    realised = {"random-0.6": 0.6, "mwm-gt-0.8-0.4": 0.55}
+    for (arm, seed), value in accuracy.items():
+        pretrain_dir = layout.pretrain_dir(arm, seed)
+        pretrain_dir.mkdir(parents=True)
+        write_done(pretrain_dir, {"backbone": "b.pt", "realised_ratio": realised[arm], "expected_ratio": 0.6})
+        result = RunResult("classify", "resnet18", "pretrained", 1.0, seed, {"accuracy": value}, 4, 2, {})
+        path = write_results(result, layout.results_dir(arm, seed, "linear_probe"))
+        write_done(layout.downstream_dir(arm, seed, "linear_probe"), {"results": str(path)})
+    layout.pretrain_dir("mwm-gt-0.8-0.4", 1).mkdir(parents=True)  # started, never finished: not counted
+
+    paths = write_report(config)
+    table = pd.read_csv(paths["table"]).set_index("arm")
+    assert table.loc["random-0.6", "mean"] == pytest.approx(0.6)
+    assert table.loc["random-0.6", "std"] == pytest.approx(0.1414214, abs=1e-6)  # sample std of 0.5, 0.7
+    assert table.loc["random-0.6", "n_seeds"] == 2 and table.loc["mwm-gt-0.8-0.4", "n_seeds"] == 1
+    assert table.loc["mwm-gt-0.8-0.4", "realised_ratio"] == pytest.approx(0.55)
+    markdown = paths["markdown"].read_text()
+    assert "| random-0.6 | random | - | 0.6 | 0.600 | 2 | 0.600 ± 0.141 |" in markdown
+    assert "| mwm-gt-0.8-0.4 | differentiated | gt | 0.8 / 0.4 | 0.550 | 1 | 0.900 |" in markdown
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

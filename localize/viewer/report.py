@@ -1,0 +1,116 @@
+"""`python -m localize inspect`: overlay panels and statistics of a ROI cache, gathered in one HTML page.
+
+Writes into OUT::
+
+    index.html              the page: banner (untrained models), summary, statistics plots, panels, provenance
+    stats.json              the numbers behind the plots (counts, rates, failure reasons, distributions, provenance)
+    stats_status.png        items per modality and status
+    stats_area.png          ROI area fraction histogram per modality (done items)
+    stats_empty_roi.png     empty-ROI rate per modality
+    stats_scores.png        localizer score histogram per modality
+    stats_failures.png      failure reasons (counts)
+    panels/<item_id>.png    image | saliency | ROI contour | SAM boxes, one file per selected item (rewritten)
+
+The page references the PNGs by relative path: the OUT folder is self-contained (open index.html from it, or
+copy the whole folder). The cache does not record the corpus root, so images need `--corpus`; without it the
+panels show saliency, ROI and boxes on a neutral background.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data.roi_cache import RoiCache
+from localize.viewer.page import UNTRAINED_BANNER, render_html
+from localize.viewer.panels import draw_panels
+from localize.viewer.selection import select_items
+from localize.viewer.stats import cache_statistics, plot_statistics, roi_area_fractions
+
+
+def inspect_cache(
+    cache_path: str | Path,
+    out: str | Path,
+    *,
+    corpus: str | Path | None = None,
+    item_ids: list[str] | None = None,
+    n: int = 12,
+    seed: int = 0,
+    modality: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the report (see the module docstring) into `out`; returns the statistics written to stats.json."""
+    cache = RoiCache.open(cache_path)
+    corpus = Path(corpus) if corpus is not None else None
+    if corpus is not None and not corpus.is_dir():
+        raise FileNotFoundError(f"{corpus}: corpus folder not found")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = cache.table()
+    selection = select_items(table, item_ids=item_ids, n=n, seed=seed, modality=modality)
+
+    done = np.flatnonzero((table["status"] == "done").to_numpy())
+    area = pd.Series(roi_area_fractions(cache, done, progress), index=table.index[done])
+    stats = cache_statistics(cache, table, area)
+    plots = plot_statistics(table, area, stats, out)
+    panels = draw_panels(cache, table, selection.indices, corpus, out, progress)
+
+    stats["plots"] = plots
+    stats["panels"] = [vars(p) for p in panels]
+    stats["not_drawn"] = selection.skipped
+    stats["corpus"] = str(corpus) if corpus is not None else None
+    (out / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
+    (out / "index.html").write_text(render_html(stats, plots, panels, selection, corpus), encoding="utf-8")
+    return stats
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m localize inspect",
+        description="Overlay panels and statistics of a ROI cache, gathered in OUT/index.html.",
+    )
+    parser.add_argument("--cache", required=True, help="ROI cache (CACHE.zarr)")
+    parser.add_argument("--out", required=True, help="output folder (index.html, stats.json, PNGs)")
+    parser.add_argument("--corpus", help="corpus root the cache was made from; needed to draw the images")
+    parser.add_argument("--items", help="comma-separated item ids to draw (instead of a random subset)")
+    parser.add_argument("--n", type=int, default=12, help="random done items to draw, stratified by modality (12)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random subset (0)")
+    parser.add_argument("--modality", help="draw items of this modality only (statistics cover the whole cache)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m localize inspect ...` (argv without 'inspect'); 0 on success, 2 with a message on bad input."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    item_ids = [i.strip() for i in args.items.split(",") if i.strip()] if args.items else None
+    try:
+        stats = inspect_cache(
+            args.cache,
+            args.out,
+            corpus=args.corpus,
+            item_ids=item_ids,
+            n=args.n,
+            seed=args.seed,
+            modality=args.modality,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if stats["untrained"]:
+        print(f"inspect: {UNTRAINED_BANNER}", file=sys.stderr)
+    if args.corpus is None:
+        print("inspect: no --corpus given, panels are drawn without images", file=sys.stderr)
+    print(f"inspect: {len(stats['panels'])} panels, {len(stats['plots'])} plots -> {Path(args.out) / 'index.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Runs a study's steps, each as its own subprocess in its own folder, skipping those already done.
+
+Every step (`python -m localize import|run`, `python -m pretrain fit` + `export`, `python -m finetune TASK fit`)
+runs in a folder of the study's layout (study.layout) and leaves `done.json` there when it finished; a step whose
+`done.json` exists is not run again, so an interrupted study resumes where it stopped. At the end the report
+(study.report) collects every finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from study.arms import Arm
+from study.config import Downstream, ExperimentConfig, ExperimentError, as_flags
+from study.layout import LOG_FILE, StudyLayout, read_done, write_done
+from study.report import write_report
+from study.rois import roi_command
+
+
+@dataclass
+class RunSummary:
+    launched: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    not_applicable: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def line(self) -> str:
+        return (
+            f"experiment: launched {self.launched} runs, {self.skipped} already finished, "
+            f"{len(self.failed)} failed, {len(self.not_applicable)} not applicable; {self.wall_s:.0f} s"
+        )
+
+
+class ExperimentRunner:
+    """Runs the steps of an ExperimentConfig that have no done.json yet, then writes the report."""
+
+    def __init__(self, config: ExperimentConfig, *, python: str = sys.executable, echo: bool = True) -> None:
+        self.config = config
+        self.layout = StudyLayout(config.out)
+        self.python = python
+        self.echo = echo
+        self.summary = RunSummary()
+        self._caches: dict[str, Path | None] = {}
+
+    # ---------------------------------------------------------------- steps
+    def step(self, run_dir: Path, argv: list[str], collect) -> dict[str, Any] | None:
+        """Run `python -m argv` in run_dir unless it is done; `collect()` -> the done record."""
+        record = read_done(run_dir)
+        if record is not None:
+            self.summary.skipped += 1
+            return record
+        if run_dir.exists():  # an unfinished earlier attempt: start it over
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        self.summary.launched += 1
+        label = self.layout.label(run_dir)
+        self._say(f"[{self.summary.launched}] {label}: python -m {' '.join(argv[:3])} ...")
+        started = time.perf_counter()
+        with open(run_dir / LOG_FILE, "w") as log:
+            log.write("python -m " + " ".join(argv) + "\n\n")
+            log.flush()
+            code = subprocess.run([self.python, "-m", *argv], stdout=log, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            tail = "\n    ".join((run_dir / LOG_FILE).read_text().splitlines()[-8:])
+            self.summary.failed.append(label)
+            self._say(f"    FAILED (exit {code}); log: {run_dir / LOG_FILE}\n    {tail}")
+            return None
+        try:
+            record = {**collect(), "command": "python -m " + " ".join(argv), "wall_s": time.perf_counter() - started}
+        except (ExperimentError, OSError, ValueError, KeyError) as e:
+            self.summary.failed.append(label)
+            self._say(f"    FAILED collecting its outputs: {e}")
+            return None
+        write_done(run_dir, record)
+        self._say(f"    done in {record['wall_s']:.0f} s")
+        return record
+
+    def _say(self, text: str) -> None:
+        if self.echo:
+            print(text, flush=True)
+
+    # ---------------------------------------------------------------- ROI sources
+    def roi_cache(self, name: str) -> Path | None:
+        """The cache of ROI source `name`, made (once) if needed; None when an optional input is missing."""
+        if name not in self._caches:
+            self._caches[name] = self._make_roi_cache(name)
+        return self._caches[name]
+
+    def _make_roi_cache(self, name: str) -> Path | None:
+        source, corpus = self.config.rois[name], self.config.corpus
+        if source.kind == "cache":
+            return Path(source.path)
+        origin = None
+        if source.kind == "import" and not (corpus / str(source.masks)).is_dir():
+            if source.optional:
+                return None
+            raise ExperimentError(f"ROI source {name}: masks folder {corpus / str(source.masks)} not found")
+        if source.kind == "shuffled":
+            origin = self.roi_cache(source.from_source)
+            if origin is None:
+                return None
+        cache = self.layout.roi_cache(name)
+        argv = roi_command(source, corpus, cache, origin)
+        record = self.step(self.layout.roi_dir(name), argv, lambda: {"cache": str(cache)})
+        return Path(record["cache"]) if record else None
+
+    # ---------------------------------------------------------------- arms
+    def pretrain(self, arm: Arm, seed: int, cache: Path) -> dict[str, Any] | None:
+        run_dir, backbone = self.layout.pretrain_dir(arm.name, seed), self.layout.backbone(arm.name, seed)
+        argv = [
+            "pretrain",
+            "fit",
+            "--config",
+            self.config.pretrain_config,
+            "--data.corpus",
+            str(self.config.corpus),
+            "--data.cache",
+            str(cache),
+            *arm.pretrain_args(),
+            "--trainer.default_root_dir",
+            str(run_dir),
+            "--seed_everything",
+            str(seed),
+            *as_flags(self.config.pretrain_args),
+        ]
+
+        def collect() -> dict[str, Any]:
+            version = _newest_version(run_dir)
+            ckpt = version / "checkpoints" / "last.ckpt"
+            export = subprocess.run(
+                [self.python, "-m", "pretrain", "export", str(ckpt), "--out", str(backbone)],
+                capture_output=True,
+                text=True,
+            )
+            if export.returncode != 0:
+                raise ExperimentError(f"export of {version} failed:\n{export.stderr[-2000:]}")
+            return {"backbone": str(backbone), **mask_statistics(version / "metrics.csv")}
+
+        return self.step(run_dir, argv, collect)
+
+    def downstream(self, arm: Arm, seed: int, task: Downstream, init: str) -> dict[str, Any] | None:
+        run_dir = self.layout.downstream_dir(arm.name, seed, task.name)
+        results_dir = self.layout.results_dir(arm.name, seed, task.name)
+        argv = [
+            "finetune",
+            task.task,
+            "fit",
+            "--config",
+            task.config,
+            "--data.root",
+            str(self.config.corpus),
+            "--model.init",
+            init,
+            "--seed_everything",
+            str(seed),
+            "--results_dir",
+            str(results_dir),
+            "--trainer.default_root_dir",
+            str(run_dir / "lightning"),
+            *as_flags(task.args),
+        ]
+
+        def collect() -> dict[str, Any]:
+            files = sorted(results_dir.glob("*.json"))
+            if len(files) != 1:
+                raise ExperimentError(f"{results_dir}: expected one results JSON, found {len(files)}")
+            return {"results": str(files[0]), "metrics": json.loads(files[0].read_text())["metrics"]}
+
+        return self.step(run_dir, argv, collect)
+
+    # ---------------------------------------------------------------- the study
+    def run(self) -> RunSummary:
+        started = time.perf_counter()
+        cfg = self.config
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        self._ensure_corpus()
+        tasks = [d for d in cfg.downstream if all((cfg.corpus / r).exists() for r in d.requires)]
+        for d in cfg.downstream:
+            if d not in tasks:
+                self.summary.not_applicable.append(f"downstream {d.name}: the corpus lacks {list(d.requires)}")
+        for arm in cfg.arms:
+            cache = None
+            if arm.pretrains:
+                cache = self.roi_cache(arm.rois)
+                if cache is None:
+                    self.summary.not_applicable.append(f"arm {arm.name}: ROI source {arm.rois} has no input here")
+                    continue
+            for seed in cfg.seeds:
+                init = "scratch"
+                if cache is not None:
+                    record = self.pretrain(arm, seed, cache)
+                    if record is None:
+                        continue
+                    init = record["backbone"]
+                for task in tasks:
+                    self.downstream(arm, seed, task, init)
+        for note in self.summary.not_applicable:
+            self._say(f"skipped: {note}")
+        for kind, path in write_report(cfg).items():
+            self._say(f"{kind}: {path}")
+        self.summary.wall_s = time.perf_counter() - started
+        self._say(self.summary.line())
+        return self.summary
+
+    def _ensure_corpus(self) -> None:
+        cfg = self.config
+        if cfg.corpus.is_dir():
+            return
+        if not cfg.sample:
+            raise ExperimentError(f"{cfg.corpus}: corpus not found (or give a 'sample:' section to make one)")
+        argv = ["data", "sample", "--out", str(cfg.corpus), *[f"--{k}={v}" for k, v in cfg.sample.items()]]
+        self._say(f"making the sample corpus: python -m {' '.join(argv)}")
+        subprocess.run([self.python, "-m", *argv], check=True, capture_output=True)
+
+
+def _newest_version(run_dir: Path) -> Path:
+    versions = sorted((run_dir / "logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    if not versions:
+        raise ExperimentError(f"{run_dir}: no logs/version_N folder after pretraining")
+    return versions[-1]
+
+
+def mask_statistics(metrics_csv: Path) -> dict[str, float | None]:
+    """Averages over the run's training steps of the masking statistics the pretrainer logs each step."""
+    metrics = pd.read_csv(metrics_csv)
+    out: dict[str, float | None] = {}
+    for column, key in (
+        ("mask/realised_ratio", "realised_ratio"),
+        ("mask/expected_ratio", "expected_ratio"),
+        ("mask/empty_roi_share", "empty_roi_share"),
+    ):
+        values = metrics[column].dropna() if column in metrics else pd.Series(dtype=float)
+        out[key] = float(values.mean()) if len(values) else None
+    out["steps"] = int(metrics["mask/realised_ratio"].notna().sum()) if "mask/realised_ratio" in metrics else 0
+    return out
