@@ -14,6 +14,7 @@ import torch
 
 from localize.clip_loader import LoadedClip, check_clip_folder, file_sha256, load_biomedclip
 from localize.config import LocalizeConfig
+from localize.hf_biomedclip import hf_weights_file
 from localize.precision import autocast, check_precision, require_gpu_for_bf16
 from localize.prompts import PromptConfig, combine_saliency
 from localize.refine import RefineConfig, RoiResult, refine_batch
@@ -130,6 +131,9 @@ def localizer_provenance(config: LocalizeConfig) -> dict[str, Any]:
 
 
 def _clip_fingerprint(spec: str) -> dict[str, str]:
+    if spec.startswith("hf-biomedclip:"):
+        weights = hf_weights_file(Path(spec.removeprefix("hf-biomedclip:")).expanduser())
+        return {"source": "hf-biomedclip", "weights": weights.name, "sha256": file_sha256(weights)}
     if spec.startswith("local-dir:"):
         weights = check_clip_folder(Path(spec.removeprefix("local-dir:")).expanduser())
         return {"source": "local-dir", "weights": weights.name, "sha256": file_sha256(weights)}
