@@ -125,3 +125,23 @@ def test_dask_progress_counts_a_rerun_shard_once(tmp_path, standins):
     assert bar.n == cache.n_items == len(scan_corpus(corpus, progress=False)[0])
     assert (RoiCache.open(tmp_path / "c.zarr").status() == 1).all()
     assert np.isfinite(RoiCache.open(tmp_path / "c.zarr").table().score).all()
+
+
+def test_an_roi_with_more_regions_than_the_cache_holds_is_a_recorded_failure(tmp_path, standins):
+    from data.readers import load_image
+    from localize.driver import run_localization
+
+    corpus = tmp_path / "corpus"
+    write_sample_corpus(corpus, n=3, seed=0, size=48)
+    config = LocalizeConfig.load(
+        standins, [*FAST, "geometry.max_rects=1", "refine.use_sam=false", "refine.threshold=0.7"]
+    )
+    manifest, _ = scan_corpus(corpus, progress=False)
+    images = [load_image(corpus, r.path, r.frame, r.modality) for r in manifest.itertuples()]
+    rect_counts = [len(item.rects_k4) for item in Localizer.from_config(config)(images, list(manifest.modality))]
+    assert max(rect_counts) > 1, "the case needs an ROI of several regions"
+    run_localization(config, corpus, tmp_path / "c.zarr", workers=0, progress=False)
+    table = RoiCache.open(tmp_path / "c.zarr").table()
+    too_many = np.array(rect_counts) > 1
+    assert (table.status[too_many] == "failed").all() and (table.status[~too_many] == "done").all()
+    assert table.reason[too_many].str.contains("too many regions.*max_rects").all()
