@@ -103,6 +103,7 @@ def test_item_progress_counts_each_item_once():
     assert bar.n == 8 and progress.finished == 8
 
 
+@pytest.mark.slow
 def test_dask_progress_counts_a_rerun_shard_once(tmp_path, standins):
     """A unit that runs twice (what Dask does when a worker dies mid-shard) reports its items twice; the bar
     moves once per item."""
