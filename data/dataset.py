@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from data.intensity import IntensityConfig
 from data.manifest import read_manifest
 from data.readers import load_image
-from data.roi_cache import DONE, RoiCache
+from data.roi_cache import DONE, ROI_SHAPES, RoiCache, RoiShape
 
 Transform = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[torch.Tensor, torch.Tensor]]
 
@@ -26,6 +26,8 @@ class RoiDataset(Dataset):
     `channels`), `roi` (tv_tensors.Mask uint8 (1, H, W), 0/1; zeros without a cache), `item_id` (str) and
     `index` (int, the item's row in the manifest / cache). `transform` is a torchvision v2 transform called
     as `transform(image, roi)`, so geometric augmentations move the mask with the image.
+    `roi_shape`: "sam" (the refined mask) or "rect" (the expanded ROI, each component's filled rectangle, what the
+    MWM authors pretrain on; `RoiCache.read_mask`).
 
     The manifest defaults to the cache's own; row i of the manifest must be item i of the cache.
     """
@@ -40,7 +42,11 @@ class RoiDataset(Dataset):
         only_done: bool = True,
         modalities: Sequence[str] | None = None,
         channels: int = 3,
+        roi_shape: RoiShape = "sam",
     ) -> None:
+        if roi_shape not in ROI_SHAPES:
+            raise ValueError(f"roi_shape must be one of {ROI_SHAPES}, got {roi_shape!r}")
+        self.roi_shape = roi_shape
         self.corpus = Path(corpus)
         self.cache = RoiCache.open(cache) if isinstance(cache, str | Path) else cache
         if manifest is None:
@@ -72,7 +78,7 @@ class RoiDataset(Dataset):
         image_chw = _to_chw(pixels, self.channels)
         h, w = image_chw.shape[-2:]
         if self.cache is not None:
-            roi_hw = torch.from_numpy(self.cache.read_mask(index, (h, w)))
+            roi_hw = torch.from_numpy(self.cache.read_mask(index, (h, w), self.roi_shape))
         else:
             roi_hw = torch.zeros((h, w), dtype=torch.uint8)
         image, roi = tv_tensors.Image(image_chw), tv_tensors.Mask(roi_hw[None])

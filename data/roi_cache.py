@@ -2,7 +2,8 @@
 
 Layout (all arrays have the item index as first axis; row i is manifest row i)::
 
-    CACHE.zarr/                 group attrs: schema_version, provenance, info, mask_size, max_boxes, shard_items
+    CACHE.zarr/                 group attrs: schema_version, provenance, info, mask_size, max_boxes, max_rects,
+                                shard_items
       item_id   (N,)       str      pseudonymous id (data.ids.make_item_id)
       path      (N,)       str      file path relative to the corpus root
       frame     (N,)       int32    frame / slice index inside the file
@@ -11,12 +12,16 @@ Layout (all arrays have the item index as first axis; row i is manifest row i)::
       mask      (N, S, S)  uint8    ROI, 0/1, stored at S x S regardless of aspect (nearest resize back)
       saliency  (N, S, S)  uint8    soft saliency scaled to 0..255
       boxes     (N, K, 4)  float32  SAM box prompts, xyxy normalised to [0, 1], NaN-padded
+      rects     (N, R, 4)  float32  the expanded ROI's rectangles (data.roi_rects), computed at the image's native
+                                    size, xyxy end-exclusive normalised to [0, 1], NaN-padded: exact pixels back
+                                    at the native size (for sizes below 2**22)
       score     (N,)       float32  localizer confidence (NaN when not done)
-      flags     (N,)       uint8    bit 0: empty ROI (saliency found nothing)
+      flags     (N,)       uint8    bit 0: empty ROI (the final mask has no pixel); bit 1: empty expanded ROI
       status    (N,)       uint8    0 pending, 1 done, 2 failed
       reason    (N,)       str      failure reason ('' otherwise)
 
-`mask` and `saliency` hold one item per chunk inside shards of `shard_items` items; every other per-item
+`mask`, `saliency` and `rects` hold one item per chunk inside shards of `shard_items` items (read through
+`data.shard_reader` without zarr's per-call overhead); every other per-item
 array uses chunks of `shard_items` items. A unit of work therefore owns whole files: two writers on
 distinct shards never touch the same file. Writes are atomic per file (zarr's LocalStore writes a
 temporary file and renames it), and `status` is written last, so an interrupted write leaves its items
@@ -25,8 +30,8 @@ pending and a re-run redoes exactly them.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, astuple, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,17 +41,35 @@ import pandas as pd
 import zarr
 from zarr.codecs import ZstdCodec
 
+from data.provenance import ProvenanceMismatch, canonical, diff_provenance
+from data.roi_rects import expanded_rects, fill_rects
 from data.shard_reader import ShardReader
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: + `rects` (the expanded ROI)
 PENDING, DONE, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
-FLAG_EMPTY_ROI = 1
+FLAG_EMPTY_ROI, FLAG_EMPTY_RECT = 1, 2
+RoiShape = Literal["sam", "rect"]
+ROI_SHAPES: tuple[str, ...] = ("sam", "rect")
+
+
+@dataclass(frozen=True)
+class CacheGeometry:
+    """Fixed sizes of a cache, chosen at creation: stored mask side S, box prompts K and expanded-ROI rectangles R
+    per item, items per shard (the unit of work one writer owns)."""
+
+    mask_size: int = 256
+    max_boxes: int = 4
+    max_rects: int = 32
+    shard_items: int = 256
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if int(value) < 1:
+                raise ValueError(f"cache geometry: {name} must be >= 1, got {value}")
+
+
 _MANIFEST_COLUMNS = ("item_id", "path", "frame", "modality", "height", "width")
-
-
-class ProvenanceMismatch(RuntimeError):
-    """The run's localizer configuration differs from the one the store was made with."""
 
 
 class RoiCache:
@@ -56,13 +79,17 @@ class RoiCache:
         self._group = group
         self.path = path
         attrs = group.attrs.asdict()
-        if attrs.get("schema_version") != SCHEMA_VERSION:
+        version = attrs.get("schema_version")
+        if version != SCHEMA_VERSION:
+            before = " (made before the expanded ROI's rectangles were stored)" if version == 1 else ""
             raise ValueError(
-                f"{path}: ROI cache schema version {attrs.get('schema_version')!r}, this code reads {SCHEMA_VERSION}"
+                f"{path}: ROI cache schema version {version!r}{before}; this code reads version {SCHEMA_VERSION}. "
+                "Write a new cache (localize run / localize import into a new path); an old one cannot be converted "
+                "exactly."
             )
-        self.mask_size: int = attrs["mask_size"]
-        self.max_boxes: int = attrs["max_boxes"]
-        self.shard_items: int = attrs["shard_items"]
+        self.geometry = CacheGeometry(**{f.name: attrs[f.name] for f in fields(CacheGeometry)})
+        self.mask_size, self.max_boxes = self.geometry.mask_size, self.geometry.max_boxes
+        self.max_rects, self.shard_items = self.geometry.max_rects, self.geometry.shard_items
         self.provenance: dict[str, Any] = attrs["provenance"]
         self.info: dict[str, Any] = attrs.get("info", {})
         self._mask = group["mask"]
@@ -78,30 +105,35 @@ class RoiCache:
         manifest: pd.DataFrame,
         provenance: Mapping[str, Any],
         *,
-        mask_size: int = 256,
-        max_boxes: int = 4,
-        shard_items: int = 256,
+        geometry: CacheGeometry | None = None,
         info: Mapping[str, Any] | None = None,
+        **sizes: int,
     ) -> RoiCache:
-        """Create an empty store (every item pending) for `manifest`; refuses to overwrite an existing one."""
+        """Create an empty store (every item pending) for `manifest`; refuses to overwrite an existing one.
+
+        Sizes: `geometry`, or CacheGeometry's fields as keywords (mask_size=64, ...); CacheGeometry's defaults
+        otherwise."""
+        geometry = geometry or CacheGeometry()
+        try:
+            geometry = replace(geometry, **sizes)
+        except TypeError as e:
+            raise TypeError(f"RoiCache.create: {e}; sizes are CacheGeometry's fields") from e
         path = Path(path)
         if path.exists():
             raise FileExistsError(f"{path}: already exists; open it with RoiCache.open or choose another path")
         missing = [c for c in _MANIFEST_COLUMNS if c not in manifest.columns]
         if missing:
             raise ValueError(f"manifest lacks columns {missing}")
-        n, s, k = len(manifest), mask_size, max_boxes
+        n, s, k, r, shard_items = len(manifest), *astuple(geometry)
         if n == 0:
             raise ValueError("manifest is empty: nothing to cache")
         group = zarr.open_group(path, mode="w-", zarr_format=3)
         group.attrs.update(
             {
                 "schema_version": SCHEMA_VERSION,
-                "mask_size": s,
-                "max_boxes": k,
-                "shard_items": shard_items,
-                "provenance": _canonical(provenance),
-                "info": _canonical(info or {}),
+                **asdict(geometry),
+                "provenance": canonical(provenance),
+                "info": canonical(info or {}),
             }
         )
         rows = (shard_items,)
@@ -117,6 +149,15 @@ class RoiCache:
                 fill_value=0,
             )
         group.create_array("boxes", shape=(n, k, 4), dtype="float32", chunks=(shard_items, k, 4), fill_value=np.nan)
+        group.create_array(
+            "rects",
+            shape=(n, r, 4),
+            dtype="float32",
+            chunks=(1, r, 4),
+            shards=(shard_items, r, 4),
+            compressors=zstd,
+            fill_value=np.nan,
+        )
         group.create_array("score", shape=(n,), dtype="float32", chunks=rows, fill_value=np.nan)
         group.create_array("flags", shape=(n,), dtype="uint8", chunks=rows, fill_value=0)
         group.create_array("status", shape=(n,), dtype="uint8", chunks=rows, fill_value=PENDING)
@@ -141,7 +182,7 @@ class RoiCache:
             raise FileNotFoundError(f"{path}: no ROI cache here (missing zarr.json)")
         cache = cls(zarr.open_group(path, mode=mode, zarr_format=3), path)
         if provenance is not None:
-            differences = diff_provenance(cache.provenance, _canonical(provenance))
+            differences = diff_provenance(cache.provenance, canonical(provenance))
             if differences:
                 raise ProvenanceMismatch(
                     f"{path}: this run's localizer configuration differs from the one the cache was made with:\n  "
@@ -202,32 +243,49 @@ class RoiCache:
         boxes: Sequence[np.ndarray],
         scores: Sequence[float],
         flags: Sequence[int] | None = None,
+        rects: Sequence[np.ndarray] | None = None,
     ) -> None:
         """Store results for `indices` and mark them done.
 
-        masks: per item a 2-D 0/1 (or bool) array of any size, resized here to S x S (nearest).
+        masks: per item a 2-D 0/1 (or bool) array at the item's own size, stored resized to S x S (nearest).
         saliency: per item a 2-D float array in [0, 1] or uint8 0..255, any size (bilinear).
         boxes: per item a (k, 4) xyxy array in pixels of the item's original image (k <= max_boxes).
+        rects: per item the expanded ROI, (r, 4) xyxy end-exclusive pixels of the original image (r <= max_rects);
+               None: `data.roi_rects.expanded_rects(mask)` (the release's rule at ratio 1.0) of each native mask.
+        flags: FLAG_EMPTY_ROI per item (FLAG_EMPTY_RECT is set here from the rectangles).
         """
         idx = np.asarray(indices, dtype=np.int64)
-        s, k = self.mask_size, self.max_boxes
+        s = self.mask_size
+        sizes = self._sizes()[idx]
+        if rects is None:
+            rects = [expanded_rects(np.asarray(m)) for m in masks]
         masks_nss = np.stack([_to_square(np.asarray(m, dtype=np.uint8), s, cv2.INTER_NEAREST_EXACT) for m in masks])
         sal_nss = np.stack([_to_square(_saliency_u8(x), s, cv2.INTER_LINEAR) for x in saliency])
-        sizes = self._sizes()[idx]
-        boxes_nk4 = np.full((len(idx), k, 4), np.nan, dtype=np.float32)
-        for row, (b, (h, w)) in enumerate(zip(boxes, sizes, strict=True)):
-            b = np.asarray(b, dtype=np.float32).reshape(-1, 4)
-            if len(b) > k:
-                raise ValueError(f"item {idx[row]}: {len(b)} boxes, the cache holds at most {k}")
-            boxes_nk4[row, : len(b)] = b / np.array([w, h, w, h], dtype=np.float32)
+        boxes_nk4 = self._normalised(idx, sizes, boxes, self.max_boxes, "boxes")
+        rects_nr4 = self._normalised(idx, sizes, rects, self.max_rects, "expanded-ROI rectangles")
         flags_n = np.zeros(len(idx), np.uint8) if flags is None else np.asarray(flags, dtype=np.uint8)
+        flags_n = flags_n | np.where(np.isnan(rects_nr4[:, 0, 0]), FLAG_EMPTY_RECT, 0).astype(np.uint8)
         self._put("mask", idx, masks_nss)
         self._put("saliency", idx, sal_nss)
         self._put("boxes", idx, boxes_nk4)
+        self._put("rects", idx, rects_nr4)
         self._put("score", idx, np.asarray(scores, dtype=np.float32))
         self._put("flags", idx, flags_n)
         self._put("reason", idx, np.full(len(idx), "", dtype=object))
         self._put("status", idx, np.full(len(idx), DONE, dtype=np.uint8))  # last: marks the items complete
+
+    @staticmethod
+    def _normalised(
+        idx: np.ndarray, sizes: np.ndarray, xyxy: Sequence[np.ndarray], capacity: int, what: str
+    ) -> np.ndarray:
+        """Per-item (k, 4) pixel xyxy arrays -> (n, capacity, 4) normalised to [0, 1], NaN-padded."""
+        out = np.full((len(idx), capacity, 4), np.nan, dtype=np.float32)
+        for row, (b, (h, w)) in enumerate(zip(xyxy, sizes, strict=True)):
+            b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+            if len(b) > capacity:
+                raise ValueError(f"item {idx[row]}: {len(b)} {what}, the cache holds at most {capacity}")
+            out[row, : len(b)] = b / np.array([w, h, w, h], dtype=np.float64)
+        return out
 
     def write_failed(self, indices: Sequence[int], reasons: Sequence[str]) -> None:
         """Mark `indices` failed with a human-readable reason each (they are retried with include_failed)."""
@@ -251,10 +309,28 @@ class RoiCache:
             array[lo:hi] = block
 
     # ---------------------------------------------------------------- reading
-    def read_mask(self, index: int, size_hw: tuple[int, int] | None = None) -> np.ndarray:
-        """ROI of item `index` as uint8 0/1, resized (nearest) to `size_hw` (default: the original image size)."""
-        mask_ss = self._read_square("mask", index)
-        return _from_square(mask_ss, self._target_size(index, size_hw), cv2.INTER_NEAREST_EXACT)
+    def read_mask(self, index: int, size_hw: tuple[int, int] | None = None, shape: RoiShape = "sam") -> np.ndarray:
+        """ROI of item `index` as uint8 0/1 at `size_hw` (default: the original image size).
+
+        shape "sam": the refined mask (stored at S x S, resized nearest). "rect": the expanded ROI, each component's
+        filled rectangle (`data.roi_rects`) drawn exactly at the original size, then resized nearest to `size_hw`
+        (what the release's pretraining does with its `masks_expanded/` PNGs)."""
+        target_hw = self._target_size(index, size_hw)
+        if shape == "rect":
+            native_hw = self._target_size(index, None)
+            rect_hw = fill_rects(self.read_rects(index), native_hw)
+            return _from_square(rect_hw, target_hw, cv2.INTER_NEAREST_EXACT)
+        if shape != "sam":
+            raise ValueError(f"ROI shape must be one of {ROI_SHAPES}, got {shape!r}")
+        return _from_square(self._read_square("mask", index), target_hw, cv2.INTER_NEAREST_EXACT)
+
+    def read_rects(self, index: int) -> np.ndarray:
+        """The expanded ROI's rectangles of item `index`: (r, 4) int64 xyxy end-exclusive pixels of the original
+        image."""
+        rects_r4 = self._read_square("rects", index)
+        rects_r4 = rects_r4[~np.isnan(rects_r4).any(axis=1)].astype(np.float64)
+        h, w = self._sizes()[index]
+        return np.rint(rects_r4 * np.array([w, h, w, h], dtype=np.float64)).astype(np.int64)
 
     def read_saliency(self, index: int, size_hw: tuple[int, int] | None = None) -> np.ndarray:
         """Soft saliency of item `index` as float32 in [0, 1], resized (bilinear) to `size_hw`."""
@@ -278,6 +354,7 @@ class RoiCache:
             "modality": str(g["modality"][index]),
             "status": STATUS_NAMES[int(g["status"][index])],
             "empty_roi": bool(flags & FLAG_EMPTY_ROI),
+            "empty_rect": bool(flags & FLAG_EMPTY_RECT),
             "score": float(g["score"][index]),
             "reason": str(g["reason"][index]),
             "size_hw": tuple(int(v) for v in self._sizes()[index]),
@@ -288,7 +365,8 @@ class RoiCache:
         g = self._group
         df = self.manifest()
         df["status"] = pd.Categorical.from_codes(g["status"][:], categories=list(STATUS_NAMES.values()))
-        df["empty_roi"] = (g["flags"][:] & FLAG_EMPTY_ROI) > 0
+        flags = g["flags"][:]
+        df["empty_roi"], df["empty_rect"] = (flags & FLAG_EMPTY_ROI) > 0, (flags & FLAG_EMPTY_RECT) > 0
         df["score"] = g["score"][:]
         df["reason"] = g["reason"][:]
         return df
@@ -302,7 +380,7 @@ class RoiCache:
         reader = self._readers[name]
         if reader is None:
             return self._group[name][index]
-        return reader.read_chunk((int(index), 0, 0))[0]
+        return reader.read_chunk((int(index), 0, 0))[0]  # one item per chunk: (1, ...) -> (...)
 
     def _sizes(self) -> np.ndarray:
         if self._size_hw is None:
@@ -320,34 +398,6 @@ class RoiCache:
 
     def __repr__(self) -> str:
         return f"RoiCache({str(self.path)!r}, items={self.n_items}, mask_size={self.mask_size})"
-
-
-def diff_provenance(stored: Mapping[str, Any], requested: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable differences between two provenance mappings, one line per differing dotted key."""
-    lines = []
-    for key in sorted(set(stored) | set(requested)):
-        name = f"{prefix}{key}"
-        a, b = stored.get(key, "<absent>"), requested.get(key, "<absent>")
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            lines += diff_provenance(a, b, prefix=f"{name}.")
-        elif a != b:
-            lines.append(f"{name}: cache has {json.dumps(a)}, this run has {json.dumps(b)}")
-    return lines
-
-
-def _canonical(value: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON round trip, so tuples/paths/numpy scalars compare equal to what the store returns."""
-    return json.loads(json.dumps(dict(value), sort_keys=True, default=_json_default))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Iterable):
-        return list(obj)
-    raise TypeError(f"provenance value {obj!r} is not JSON-serialisable")
 
 
 def _saliency_u8(x: np.ndarray) -> np.ndarray:

@@ -8,17 +8,19 @@ import logging
 import os
 import sys
 
-from localize.config import SALIENCY_DEFAULTS, ConfigError, LocalizeConfig
+from localize.config import ConfigError, LocalizeConfig
+from localize.precision import PRECISIONS
+from localize.saliency import METHODS
 
 
 def _run(args: argparse.Namespace) -> int:
     from localize.driver import run_localization
 
     overrides = list(args.set or [])
-    for flag, key in (("clip", "clip"), ("sam", "sam"), ("prompts", "prompts"), ("batch_size", "batch_size")):
+    for flag in ("clip", "sam", "prompts", "batch_size", "precision"):
         value = getattr(args, flag)
         if value is not None:
-            overrides.append(f"{key}={value}")
+            overrides.append(f"{flag}={value}")
     if args.saliency is not None:
         overrides.append(f"saliency={json.dumps({'method': args.saliency})}")
     config = LocalizeConfig.load(args.config, overrides)
@@ -63,14 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--manifest", help="use this manifest instead of scanning the corpus (new caches only)")
     run.add_argument("--clip", help="BiomedCLIP spec: hf-hub:... or local-dir:/path")
     run.add_argument("--sam", help="SAM spec: vit_b|vit_l|vit_h:/path/checkpoint.pth, or a custom .pth with .json")
-    run.add_argument("--saliency", choices=sorted(SALIENCY_DEFAULTS), help="saliency method (defaults per method)")
+    run.add_argument("--saliency", choices=sorted(METHODS), help="saliency method (the release's M2IB by default)")
+    run.add_argument("--precision", choices=PRECISIONS, help="fp32 (the release, default) or bf16 autocast (GPU)")
     run.add_argument("--prompts", help="prompts YAML (configs/prompts.yaml)")
     run.add_argument("--batch-size", type=int, help="images per model batch")
     run.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="override any config field, e.g. --set saliency.beta=0.2 --set refine.top_k=1",
+        help="override any config field, e.g. --set saliency.preset=fast --set refine.top_k=1",
     )
     run.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
     run.add_argument(

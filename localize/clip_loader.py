@@ -2,6 +2,8 @@
 
 Specs:
   ``hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`` (needs network or a warm HF cache)
+  ``hf-biomedclip:/path/to/folder``: BiomedCLIP in MedCLIP-SAMv2's Hugging Face layout (its fine-tuned model, which
+  the MWM release uses), converted to open_clip at load time (`localize.hf_biomedclip`), then loaded as below.
   ``local-dir:/path/to/folder`` (offline). The folder holds, in open_clip's hub layout:
     - ``open_clip_config.json``                       model + preprocess config
     - one of ``open_clip_model.safetensors``, ``open_clip_pytorch_model.safetensors``,
@@ -101,6 +103,8 @@ def load_biomedclip(spec: str = BIOMEDCLIP_HUB_SPEC, device: torch.device | str 
     import open_clip
 
     device = torch.device(device)
+    if spec.startswith("hf-biomedclip:"):
+        return _load_hf_layout(spec, device)
     if spec.startswith("local-dir:"):
         folder = Path(spec[len("local-dir:") :]).expanduser().resolve()
         weights = check_clip_folder(folder)
@@ -129,7 +133,10 @@ def load_biomedclip(spec: str = BIOMEDCLIP_HUB_SPEC, device: torch.device | str 
                 f"{_LOCAL_LAYOUT_HINT}"
             ) from e
     else:
-        raise ClipLoadError(f"Unknown CLIP spec '{spec}': use 'hf-hub:<org>/<repo>' or 'local-dir:/path/to/folder'.")
+        raise ClipLoadError(
+            f"Unknown CLIP spec '{spec}': use 'hf-hub:<org>/<repo>', 'local-dir:/path/to/folder' or "
+            "'hf-biomedclip:/path/to/folder'."
+        )
 
     model.eval().requires_grad_(False)
     cfg = open_clip.get_model_preprocess_cfg(model)
@@ -142,6 +149,23 @@ def load_biomedclip(spec: str = BIOMEDCLIP_HUB_SPEC, device: torch.device | str 
     )
     source = {"spec": spec, "weights": weights_path.name, "sha256": file_sha256(weights_path)}
     return LoadedClip(model, tokenizer, preprocess, source)
+
+
+def _load_hf_layout(spec: str, device: torch.device) -> LoadedClip:
+    """Convert the HF-layout folder into a staged open_clip folder and load that; provenance names the HF file."""
+    from localize.hf_biomedclip import HFBiomedCLIPError, hf_weights_file, stage_open_clip_folder
+
+    folder = Path(spec.removeprefix("hf-biomedclip:")).expanduser().resolve()
+    with tempfile.TemporaryDirectory(prefix="biomedclip-hf-") as stage:
+        try:
+            staged = stage_open_clip_folder(folder, Path(stage))
+        except (HFBiomedCLIPError, OSError) as e:
+            raise ClipLoadError(f"Could not convert the Hugging Face BiomedCLIP in {folder}: {e}") from e
+        model, tokenizer, preprocess, _ = load_biomedclip(f"local-dir:{staged}", device)
+    weights = hf_weights_file(folder)
+    return LoadedClip(
+        model, tokenizer, preprocess, {"spec": spec, "weights": weights.name, "sha256": file_sha256(weights)}
+    )
 
 
 _LOCAL_LAYOUT_HINT = (

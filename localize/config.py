@@ -1,7 +1,9 @@
-"""The localization run's configuration: models, saliency method, refinement, prompts, batching.
+"""The localization run's configuration: models, saliency method, refinement, precision, prompts, cache geometry.
 
 Loaded from YAML (`python -m localize run --config FILE`, the schema `localize stand-ins` writes);
 every field can be overridden on the command line with `--set dotted.key=value` or a dedicated flag.
+Defaults are written once, in the classes that use them: saliency methods (`localize.saliency`), `RefineConfig`,
+`CacheGeometry`; with nothing set, a run reproduces the release (fp32, M2IB as released, SAM refinement).
 """
 
 from __future__ import annotations
@@ -15,15 +17,12 @@ from typing import Any
 import yaml
 
 from data.intensity import IntensityConfig
+from data.roi_cache import CacheGeometry
 from localize.clip_loader import BIOMEDCLIP_HUB_SPEC
+from localize.precision import PRECISIONS
 from localize.prompts import DEFAULT_PROMPTS_PATH
-
-SALIENCY_DEFAULTS: dict[str, dict[str, Any]] = {
-    # The paper's M2IB defaults (layer 7 of 12, beta 0.1, noise variance 1.0, 10 steps).
-    "m2ib": {"method": "m2ib", "layer": 7, "beta": 0.1, "noise_var": 1.0, "steps": 10, "lr": 1.0},
-    # Gradient-free dense patch/text similarity: fast, coarser.
-    "similarity": {"method": "similarity"},
-}
+from localize.refine import RefineConfig
+from localize.saliency import build_saliency
 
 
 class ConfigError(ValueError):
@@ -34,19 +33,24 @@ class ConfigError(ValueError):
 class LocalizeConfig:
     clip: str = BIOMEDCLIP_HUB_SPEC
     sam: str | dict[str, Any] | None = None
-    saliency: dict[str, Any] = field(default_factory=lambda: dict(SALIENCY_DEFAULTS["m2ib"]))
-    refine: dict[str, Any] = field(
-        default_factory=lambda: {"threshold": 0.3, "top_k": 2, "box_expansion": None, "use_sam": True}
-    )
+    # `method` (m2ib | similarity), optionally `preset` (m2ib: release | fast), then any parameter of the method.
+    saliency: dict[str, Any] = field(default_factory=lambda: {"method": "m2ib"})
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    precision: str = "fp32"  # fp32 (the release) | bf16 (autocast, GPU only)
     prompts: str | dict[str, Any] = str(DEFAULT_PROMPTS_PATH)
     # data.intensity.IntensityConfig fields, e.g. {ct_window: lung}; {} = its defaults
     intensity: dict[str, Any] = field(default_factory=dict)
     untrained: bool = False
     batch_size: int = 8
     seed: int = 0
-    mask_size: int = 256
-    max_boxes: int = 4
-    shard_items: int = 256
+    geometry: CacheGeometry = field(default_factory=CacheGeometry)  # of a new cache
+
+    def __post_init__(self) -> None:
+        # YAML and `to_dict()` give the nested sections as mappings.
+        if isinstance(self.refine, Mapping):
+            self.refine = RefineConfig(**self.refine)
+        if isinstance(self.geometry, Mapping):
+            self.geometry = CacheGeometry(**self.geometry)
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: Sequence[str] = ()) -> LocalizeConfig:
@@ -70,29 +74,37 @@ class LocalizeConfig:
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"{source}: unknown fields {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        config = cls(**raw)
+        try:
+            config = cls(**raw)
+        except (TypeError, ValueError) as e:  # an unknown or invalid refine / geometry field
+            raise ConfigError(f"{source}: {e}") from e
         config._validate(source)
         return config
 
     def _validate(self, source: str) -> None:
-        method = self.saliency.get("method")
-        if method not in SALIENCY_DEFAULTS:
-            raise ConfigError(f"{source}: saliency.method must be one of {sorted(SALIENCY_DEFAULTS)}, got {method!r}")
-        self.saliency = {**SALIENCY_DEFAULTS[method], **self.saliency}
-        if self.sam is None and self.refine.get("use_sam", True):
+        if not isinstance(self.saliency, Mapping):
+            raise ConfigError(f"{source}: saliency must be a mapping with a `method`, got {self.saliency!r}")
+        try:
+            build_saliency(self.saliency)
+        except ValueError as e:
+            raise ConfigError(f"{source}: saliency: {e}") from e
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{source}: precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.sam is None and self.refine.use_sam:
             raise ConfigError(
-                f"{source}: no SAM checkpoint. Set `sam: vit_b:/path/sam_vit_b_01ec64.pth` (or --sam), "
+                f"{source}: no SAM checkpoint. Set `sam: vit_h:/path/sam_vit_h_4b8939.pth` (or --sam), "
                 "or `refine.use_sam: false` to use the binarised saliency alone."
             )
         try:
             IntensityConfig(**self.intensity)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{source}: intensity: {e}") from e
-        for name in ("batch_size", "mask_size", "max_boxes", "shard_items"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{source}: {name} must be >= 1")
-        if int(self.refine.get("top_k", 2)) > self.max_boxes:
-            raise ConfigError(f"{source}: refine.top_k ({self.refine['top_k']}) exceeds max_boxes ({self.max_boxes})")
+        if int(self.batch_size) < 1:
+            raise ConfigError(f"{source}: batch_size must be >= 1")
+        if self.refine.top_k > self.geometry.max_boxes:
+            raise ConfigError(
+                f"{source}: refine.top_k ({self.refine.top_k}) exceeds geometry.max_boxes ({self.geometry.max_boxes})"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,7 +1,8 @@
 """Runs the localization job over a corpus: in this process, on a local Dask cluster, or on an existing one.
 
 With Dask, each worker holds one copy of the models (a WorkerPlugin loads them once) and processes whole
-shards; workers report progress through Dask's event topics so the client shows items/s and an ETA.
+shards; workers report the items they finish through Dask's event topics, and the client counts each item once
+(`job.ItemProgress`: a shard re-run after a lost worker reports its items again), showing items/s and an ETA.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ from data.intensity import IntensityConfig
 from data.manifest import read_manifest, scan_corpus
 from data.roi_cache import RoiCache
 from localize.config import LocalizeConfig
-from localize.job import RunSummary, WorkUnit, item_progress_bar, plan_units, process_unit, summarize, unit_sizes
+from localize.job import (
+    ItemProgress,
+    RunSummary,
+    WorkUnit,
+    item_progress_bar,
+    plan_units,
+    process_unit,
+    summarize,
+    unit_sizes,
+)
 from localize.localizer import Localizer, localizer_provenance
 
 log = logging.getLogger(__name__)
@@ -44,9 +54,7 @@ def create_cache(
         cache_path,
         manifest,
         provenance,
-        mask_size=config.mask_size,
-        max_boxes=config.max_boxes,
-        shard_items=config.shard_items,
+        geometry=config.geometry,
         info={"corpus_files_failed_at_scan": 0 if manifest_path else int(len(failures))},
     )
 
@@ -90,7 +98,7 @@ def run_localization(
         bar = item_progress_bar(total, progress)
         try:
             if total:
-                run_units(units, cache, corpus, cache.manifest(), bar)
+                run_units(units, cache, corpus, cache.manifest(), ItemProgress(bar, cache.n_items))
         finally:
             bar.close()
     return summarize(RoiCache.open(cache_path), total, started)
@@ -102,8 +110,8 @@ def _pick_device(index: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-# Runs work units: (units, cache, corpus, manifest, progress bar) -> None.
-UnitRunner = Callable[[list[WorkUnit], RoiCache, Path, pd.DataFrame, Any], None]
+# Runs work units: (units, cache, corpus, manifest, progress) -> None.
+UnitRunner = Callable[[list[WorkUnit], RoiCache, Path, pd.DataFrame, ItemProgress], None]
 
 
 @contextlib.contextmanager
@@ -112,9 +120,9 @@ def _local_runner(config: LocalizeConfig) -> Iterator[UnitRunner]:
     localizer = Localizer.from_config(config, _pick_device())
     intensity = IntensityConfig(**config.intensity)
 
-    def run_units(units, cache, corpus, manifest, bar) -> None:
+    def run_units(units, cache, corpus, manifest, progress) -> None:
         for unit in units:
-            process_unit(unit, localizer, cache, corpus, manifest, on_progress=bar.update, intensity=intensity)
+            process_unit(unit, localizer, cache, corpus, manifest, on_progress=progress, intensity=intensity)
 
     yield run_units
 
@@ -164,7 +172,7 @@ def _dask_unit(unit: WorkUnit, rows: pd.DataFrame, cache_path: str, corpus: str)
         cache,
         Path(corpus),
         rows,
-        on_progress=lambda n: worker.log_event(PROGRESS_TOPIC, {"n": n}),
+        on_progress=lambda items: worker.log_event(PROGRESS_TOPIC, {"items": [int(i) for i in items]}),
         intensity=IntensityConfig(**plugin.config.get("intensity", {})),
     )
 
@@ -198,8 +206,8 @@ def _dask_runner(config: LocalizeConfig, workers: int | None, scheduler: str | N
         if errors:
             raise RuntimeError(errors[0])
 
-        def run_units(units, cache, corpus, manifest, bar) -> None:
-            client.subscribe_topic(PROGRESS_TOPIC, lambda event: bar.update(event[1]["n"]))
+        def run_units(units, cache, corpus, manifest, progress) -> None:
+            client.subscribe_topic(PROGRESS_TOPIC, lambda event: progress(event[1]["items"]))
             # Each task gets its own rows of the manifest: no worker re-reads the whole item table per shard.
             futures = [
                 client.submit(_dask_unit, u, manifest.loc[u.items], str(cache.path), str(corpus), pure=False)

@@ -33,9 +33,10 @@ from tqdm.auto import tqdm
 from data.hashing import update_with_file
 from data.manifest import read_manifest, scan_corpus
 from data.masks import read_mask_image
-from data.roi_cache import DONE, FLAG_EMPTY_ROI, RoiCache
+from data.roi_cache import DONE, FLAG_EMPTY_ROI, CacheGeometry, RoiCache
+from data.roi_rects import expanded_rects
+from localize.components import prompt_boxes
 from localize.job import RunSummary, summarize
-from localize.refine import saliency_components
 
 log = logging.getLogger(__name__)
 BATCH_ITEMS = 64  # items per cache write (status written last per write: an interrupted run redoes at most these)
@@ -70,16 +71,18 @@ def import_masks(
     *,
     corpus: str | Path | None = None,
     manifest_path: str | Path | None = None,
-    mask_size: int = 256,
-    max_boxes: int = 4,
+    geometry: CacheGeometry | None = None,
     retry_failed: bool = False,
     progress: bool = True,
 ) -> RunSummary:
     """Write `masks_dir/<item_id>.png` for every item of the corpus (or manifest) into the cache at `cache_path`.
 
     Boxes are the bounding boxes (xyxy, end-exclusive pixels) of the `max_boxes` largest 8-connected
-    components; saliency is the mask x 255; score 1.0; an all-zero mask is done with the empty-ROI flag.
+    components; the expanded ROI is the release's rectangles of every component (`data.roi_rects`, rule "sam",
+    ratio 1.0: the mask stands where SAM's output would); saliency is the mask x 255; score 1.0; an all-zero mask
+    is done with the empty-ROI flag. A mask with more components than the cache's `max_rects` is a recorded failure.
     """
+    geometry = geometry or CacheGeometry()
     started = time.perf_counter()
     masks_dir, cache_path = Path(masks_dir), Path(cache_path)
     if not masks_dir.is_dir():
@@ -100,12 +103,13 @@ def import_masks(
         "masks": digest,
         "mask_files": count,
         "binarise": "any colour channel != 0; alpha 0 = background",
-        "boxes": f"bounding boxes of the {max_boxes} largest 8-connected components",
+        "boxes": f"bounding boxes of the {geometry.max_boxes} largest 8-connected components",
+        "rects": {"rule": "sam", "expand_ratio": 1.0},
     }
     if cache_path.exists():
         cache = RoiCache.open(cache_path, mode="r+", provenance=provenance)
     else:
-        cache = RoiCache.create(cache_path, manifest, provenance, mask_size=mask_size, max_boxes=max_boxes)
+        cache = RoiCache.create(cache_path, manifest, provenance, geometry=geometry)
     todo = cache.pending(include_failed=retry_failed)
     with tqdm(total=len(todo), unit="img", desc="import", disable=not progress) as bar:
         for start in range(0, len(todo), BATCH_ITEMS):
@@ -116,7 +120,7 @@ def import_masks(
 
 
 def _import_batch(cache: RoiCache, manifest: pd.DataFrame, masks_dir: Path, indices: np.ndarray) -> None:
-    done, masks, boxes, flags, failed, reasons = [], [], [], [], [], []
+    done, masks, boxes, rects, flags, failed, reasons = [], [], [], [], [], [], []
     for index in indices:
         row = manifest.iloc[int(index)]
         path = masks_dir / f"{row['item_id']}.png"
@@ -130,15 +134,22 @@ def _import_batch(cache: RoiCache, manifest: pd.DataFrame, masks_dir: Path, indi
             failed.append(int(index))
             reasons.append(str(e))
             continue
-        _, boxes_k4 = saliency_components(mask_hw.astype(np.float32), 0.5, top_k=cache.max_boxes)
+        rects_k4 = expanded_rects(mask_hw)
+        if len(rects_k4) > cache.max_rects:
+            failed.append(int(index))
+            reasons.append(f"{path.name}: {len(rects_k4)} separate regions, the cache holds {cache.max_rects}")
+            continue
+        boxes_k4 = prompt_boxes(mask_hw)
+        areas = (boxes_k4[:, 2] - boxes_k4[:, 0]) * (boxes_k4[:, 3] - boxes_k4[:, 1])
         done.append(int(index))
         masks.append(mask_hw)
-        boxes.append(boxes_k4)
+        boxes.append(boxes_k4[np.argsort(-areas, kind="stable")[: cache.max_boxes]])
+        rects.append(rects_k4)
         flags.append(0 if mask_hw.any() else FLAG_EMPTY_ROI)
     if failed:
         cache.write_failed(failed, reasons)
     if done:
-        cache.write(done, masks, [m * 255 for m in masks], boxes, [1.0] * len(done), flags)
+        cache.write(done, masks, [m * 255 for m in masks], boxes, [1.0] * len(done), flags, rects)
 
 
 # ------------------------------------------------------------------------------------------ shuffled control
@@ -178,8 +189,7 @@ def shuffle_rois(
             cache_path,
             source.manifest(),
             provenance,
-            mask_size=source.mask_size,
-            max_boxes=source.max_boxes,
+            geometry=source.geometry,
             info={"shuffled_from": str(source_path)},
         )
     table = source.table()
@@ -200,7 +210,7 @@ def shuffle_rois(
 def _shuffle_batch(
     source: RoiCache, cache: RoiCache, table: pd.DataFrame, donor: np.ndarray, sizes: np.ndarray, indices: np.ndarray
 ) -> None:
-    done, masks, saliency, boxes, scores, flags, failed, reasons = [], [], [], [], [], [], [], []
+    done, masks, saliency, boxes, rects, scores, flags, failed, reasons = [], [], [], [], [], [], [], [], []
     for index in map(int, indices):
         j = int(donor[index])
         if j < 0:
@@ -218,13 +228,15 @@ def _shuffle_batch(
         # the stored S x S arrays are aspect-free: copying them as they are adds no resampling
         masks.append(source.read_mask(j, (source.mask_size, source.mask_size)))
         saliency.append(source.read_saliency(j, (source.mask_size, source.mask_size)))
-        boxes.append(source.read_boxes(j) * np.array([w / wj, h / hj, w / wj, h / hj], dtype=np.float32))
+        scale = np.array([w / wj, h / hj, w / wj, h / hj])
+        boxes.append(source.read_boxes(j) * scale.astype(np.float32))
+        rects.append(source.read_rects(j) * scale)  # the donor's rectangles, in proportion (not re-derived)
         scores.append(float(table["score"].iloc[j]))
         flags.append(FLAG_EMPTY_ROI if table["empty_roi"].iloc[j] else 0)
     if failed:
         cache.write_failed(failed, reasons)
     if done:
-        cache.write(done, masks, saliency, boxes, scores, flags)
+        cache.write(done, masks, saliency, boxes, scores, flags, rects)
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -242,8 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", type=Path, help="corpus root to scan (with --masks, for a new cache)")
     parser.add_argument("--manifest", type=Path, help="manifest to use instead of scanning (with --masks)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled derangement (default 0)")
-    parser.add_argument("--mask-size", type=int, default=256, help="stored mask size S (default 256)")
-    parser.add_argument("--max-boxes", type=int, default=4, help="boxes kept per item (default 4)")
+    default = CacheGeometry()
+    parser.add_argument("--mask-size", type=int, default=default.mask_size, help="stored mask size S")
+    parser.add_argument("--max-boxes", type=int, default=default.max_boxes, help="boxes kept per item")
+    parser.add_argument("--max-rects", type=int, default=default.max_rects, help="expanded-ROI rectangles per item")
     parser.add_argument("--retry-failed", action="store_true", help="also redo items recorded as failed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -262,8 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.cache,
                 corpus=args.corpus,
                 manifest_path=args.manifest,
-                mask_size=args.mask_size,
-                max_boxes=args.max_boxes,
+                geometry=CacheGeometry(args.mask_size, args.max_boxes, args.max_rects),
                 retry_failed=args.retry_failed,
                 progress=not args.no_progress,
             )

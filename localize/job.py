@@ -5,13 +5,16 @@ unit, batches are fixed slots of `batch_size` consecutive items aligned to the s
 holds any pending item is recomputed whole. A resumed run therefore feeds the models exactly the batches
 an uninterrupted run would have, and the final cache is the same. Status is written last per batch
 (RoiCache.write), so killing the job at any moment loses at most the batches in flight.
+
+Progress is reported per batch as the item indices it finished (done or failed); `ItemProgress` counts each item
+once, so a shard that Dask re-runs after losing a worker does not advance the bar twice.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from data.roi_cache import FAILED, FLAG_EMPTY_ROI, PENDING, RoiCache
 from localize.localizer import Localizer
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int], None]
+Progress = Callable[[Sequence[int]], None]  # called with the item indices a batch finished
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ def process_unit(
                 failed.append(index)
                 reasons.append(_reason(e))
         results = _localize_or_isolate(localizer, images, ok, manifest, failed, reasons)
+        results = _fitting(results, cache, failed, reasons)
         if failed:
             cache.write_failed(failed, reasons)
             for index, reason in zip(failed, reasons, strict=True):
@@ -99,13 +103,35 @@ def process_unit(
                 [r.boxes_k4 for r in items],
                 [r.score for r in items],
                 [FLAG_EMPTY_ROI if r.empty else 0 for r in items],
+                [r.rects_k4 for r in items],
             )
             counts["done"] += len(done)
             counts["empty_roi"] += sum(r.empty for r in items)
         counts["failed"] += len(failed)
         if on_progress is not None:
-            on_progress(len(slot))
+            on_progress(list(slot))
     return counts
+
+
+def _fitting(results: list, cache: RoiCache, failed: list[int], reasons: list[str]) -> list:
+    """The results whose boxes and rectangles fit the cache's geometry; the others are recorded failed (a tie of
+    component sizes can keep more than top_k components, as in the release)."""
+    kept = []
+    for index, item in results:
+        too_many = [
+            f"{len(values)} {what} (the cache holds {limit}; a new cache with a larger geometry.{name} takes it)"
+            for values, what, limit, name in (
+                (item.boxes_k4, "box prompts", cache.max_boxes, "max_boxes"),
+                (item.rects_k4, "expanded-ROI rectangles", cache.max_rects, "max_rects"),
+            )
+            if len(values) > limit
+        ]
+        if too_many:
+            failed.append(index)
+            reasons.append("too many regions: " + "; ".join(too_many))
+        else:
+            kept.append((index, item))
+    return kept
 
 
 def _localize_or_isolate(localizer, images, ok, manifest, failed, reasons):
@@ -172,6 +198,25 @@ def item_progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="img", desc="localize", disable=not enabled, smoothing=0.1)
+
+
+class ItemProgress:
+    """Advances `bar` by the items finished for the first time (see the module docstring)."""
+
+    def __init__(self, bar, n_items: int) -> None:
+        self.bar = bar
+        self._seen = np.zeros(n_items, dtype=bool)
+
+    def __call__(self, items: Sequence[int]) -> None:
+        new = np.unique(np.asarray(items, dtype=np.int64))
+        new = new[~self._seen[new]]
+        self._seen[new] = True
+        if len(new):
+            self.bar.update(len(new))
+
+    @property
+    def finished(self) -> int:
+        return int(self._seen.sum())
 
 
 def unit_sizes(units: list[WorkUnit]) -> int:

@@ -1,4 +1,6 @@
-"""One batch of images -> ROIs: prompts per modality, batched saliency, combination, SAM refinement."""
+"""One batch of images -> ROIs: prompts per modality, batched saliency, combination, SAM refinement.
+
+Everything model-side runs under one precision (`localize.precision`): fp32 (the release) or bf16 autocast."""
 
 from __future__ import annotations
 
@@ -13,22 +15,26 @@ import torch
 from data.hashing import file_sha256
 from localize.clip_loader import LoadedClip, check_clip_folder, load_biomedclip
 from localize.config import LocalizeConfig
+from localize.hf_biomedclip import hf_weights_file
+from localize.precision import autocast, check_precision, require_gpu_for_bf16
 from localize.prompts import PromptConfig, combine_saliency
 from localize.refine import RefineConfig, RoiResult, refine_batch
 from localize.saliency import SaliencyMethod, build_saliency, encode_prompts, image_text_scores
 from localize.sam_loader import load_sam, parse_sam_spec
 
-CODE_VERSION = "0.1.0"
+CODE_VERSION = "0.2.0"  # 0.2.0: the release's M2IB and refinement by default
 
 
 @dataclass(frozen=True)
 class LocalizedItem:
     """What the cache stores for one image: ROI at the image's size, combined saliency at CLIP resolution
-    (the cache resizes it), SAM prompt boxes in image pixels, score (mean saliency inside the ROI)."""
+    (the cache resizes it), SAM prompt boxes in image pixels, the expanded ROI's rectangles (end-exclusive
+    pixels), score (mean saliency inside the ROI)."""
 
     roi_hw: np.ndarray
     saliency_hw: np.ndarray
     boxes_k4: np.ndarray
+    rects_k4: np.ndarray
     score: float
     empty: bool
 
@@ -44,26 +50,34 @@ class Localizer:
         refine: RefineConfig,
         prompts: PromptConfig,
         device: torch.device,
+        precision: str = "fp32",
     ) -> None:
+        check_precision(precision)
         self.clip, self.sam, self.saliency, self.refine, self.prompts = clip, sam, saliency, refine, prompts
-        self.device = device
+        self.device, self.precision = device, precision
         self._text: dict[str, torch.Tensor] = {}  # prompt -> unit-norm embedding, computed once
 
     @classmethod
     def from_config(cls, config: LocalizeConfig, device: torch.device | str = "cpu") -> Localizer:
+        """The models of a run; bf16 is refused off the GPU (`require_gpu_for_bf16`)."""
         device = torch.device(device)
-        refine = RefineConfig(**config.refine)
-        sam = load_sam(config.sam, device) if refine.use_sam else None
+        require_gpu_for_bf16(device, config.precision)
+        sam = load_sam(config.sam, device) if config.refine.use_sam else None
         return cls(
             load_biomedclip(config.clip, device),
             sam,
             build_saliency(config.saliency),
-            refine,
+            config.refine,
             PromptConfig.load(config.prompts),
             device,
+            config.precision,
         )
 
     def __call__(self, images: Sequence[np.ndarray], modalities: Sequence[str]) -> list[LocalizedItem]:
+        with autocast(self.device, self.precision):
+            return self._localize(images, modalities)
+
+    def _localize(self, images: Sequence[np.ndarray], modalities: Sequence[str]) -> list[LocalizedItem]:
         # 1. CLIP input for the whole batch. A blank image (no dynamic range, e.g. the empty end slices of a
         #    volume) shows nothing: its saliency is empty by definition, so the models never see it.
         images_b3hw = self.clip.preprocess(list(images), self.device)
@@ -85,7 +99,7 @@ class Localizer:
         # 3. Threshold, components, SAM box prompts on a stacked batch, union.
         rois: list[RoiResult] = refine_batch(saliency_bhw, images, self.sam, self.refine)
         return [
-            LocalizedItem(r.roi_hw, s.numpy(), r.boxes_k4, r.score, r.empty)
+            LocalizedItem(r.roi_hw, s.numpy(), r.boxes_k4, r.rects_k4, r.score, r.empty)
             for r, s in zip(rois, saliency_bhw, strict=True)
         ]
 
@@ -102,22 +116,25 @@ class Localizer:
 def localizer_provenance(config: LocalizeConfig) -> dict[str, Any]:
     """What decides the cache's content, without loading the models: checkpoints by hash, not by path,
     so moving model files between machines keeps a cache resumable."""
-    refine = RefineConfig(**config.refine)
     provenance: dict[str, Any] = {
         "clip": _clip_fingerprint(config.clip),
-        "sam": _sam_fingerprint(config.sam) if refine.use_sam else None,
+        "sam": _sam_fingerprint(config.sam) if config.refine.use_sam else None,
         "saliency": build_saliency(config.saliency).provenance(),
-        "refine": refine.provenance(),
+        "refine": config.refine.provenance(),
+        "precision": config.precision,
         "prompts": PromptConfig.load(config.prompts).to_dict(),
         "intensity": config.intensity,  # the images the models see
         "untrained": bool(config.untrained),
-        "mask_size": config.mask_size,
+        "mask_size": config.geometry.mask_size,
         "code_version": CODE_VERSION,
     }
     return provenance
 
 
 def _clip_fingerprint(spec: str) -> dict[str, str]:
+    if spec.startswith("hf-biomedclip:"):
+        weights = hf_weights_file(Path(spec.removeprefix("hf-biomedclip:")).expanduser())
+        return {"source": "hf-biomedclip", "weights": weights.name, "sha256": file_sha256(weights)}
     if spec.startswith("local-dir:"):
         weights = check_clip_folder(Path(spec.removeprefix("local-dir:")).expanduser())
         return {"source": "local-dir", "weights": weights.name, "sha256": file_sha256(weights)}

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 import yaml
 
 from localize.prompts import DEFAULT_PROMPTS_PATH, PromptConfig
+from localize.refine import RefineConfig
 from localize.sam_loader import build_custom_sam
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -93,16 +95,27 @@ def write_standins(out_dir: str | Path, seed: int = 0) -> Path:
     config = {
         "clip": f"local-dir:{clip_dir}",
         "sam": {"arch": "custom", "checkpoint": str(sam_ckpt)},
-        # test_vit has 6 blocks; block 3 sits where the paper's block 7 of 12 does.
-        "saliency": {"method": "m2ib", "layer": 3, "beta": 0.1, "noise_var": 1.0, "steps": 10, "lr": 1.0},
-        "refine": {"threshold": 0.3, "top_k": 2, "box_expansion": None, "use_sam": True},
+        "saliency": standin_saliency(),
+        "refine": asdict(RefineConfig()),
+        "precision": "fp32",
         "prompts": prompts.to_dict(),
         "untrained": True,
     }
     path = out / "localize.yaml"
-    header = "# Tiny UNTRAINED stand-in models: outputs are meaningless and labelled untrained.\n"
+    header = (
+        "# Tiny UNTRAINED stand-in models: outputs are meaningless and labelled untrained.\n"
+        "# saliency: the release's M2IB (preset release: raw features, N(0,1) noise, 10 noise copies per step,\n"
+        "# 10 steps, beta 0.1, lr 1, the map of the last forward pass) at layer 3 of the stand-in's 6 blocks;\n"
+        "# `preset: fast` is the faster variant. refine: the release's (threshold 0.3, 2 components, SAM, ratio 1).\n"
+    )
     path.write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
+
+
+def standin_saliency() -> dict[str, Any]:
+    """The release's M2IB (its preset: every parameter at the release's value) at the stand-in's depth: test_vit
+    has 6 blocks, and block 3 sits where the release's block 7 of 12 does (block 7 does not exist there)."""
+    return {"method": "m2ib", "preset": "release", "layer": 3}
 
 
 def write_tiny_biomedclip(folder: Path, vocabulary: list[str] = ()) -> Path:

@@ -22,35 +22,34 @@ def run_bench(script: str, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
+TINY = ["--size", "tiny", "--images", "3", "--batch-size", "3", "--repeats", "1", "--steps", "2", "--threads", "1"]
+
+
 def test_localize_bench_paths_agree():
-    result = run_bench(
-        "localize.py",
-        "--size",
-        "tiny",
-        "--images",
-        "3",
-        "--batch-size",
-        "3",
-        "--repeats",
-        "1",
-        "--steps",
-        "2",
-        "--threads",
-        "1",
-        "--no-warmup",
-        "--no-stages",
-    )
+    result = run_bench("localize.py", *TINY, "--no-warmup", "--no-stages")
     # The authors'-loop baseline and the unbatched path compute the batched path's masks: same work, timed.
     assert result["naive_whole_tower_per_step"] is True  # the authors' M2IB loop, not ours unbatched
-    assert result["mask_agreement"] == 1.0
+    assert result["naive_saliency"]["noise_samples"] == 10 and result["batched_saliency"]["noise_samples"] == 10
+    assert result["mask_agreement"] == 1.0 and result["rects_identical"] is True
     assert result["unbatched_mask_agreement"] == 1.0
     assert result["saliency_mae"] < 1e-5
     assert result["nonempty_roi_share"] > 0  # the agreement is not the trivial one of empty masks
     assert result["modalities"] == {"MR": 1, "CT": 1, "XR": 1}
     for key in ("batched_images_per_s", "naive_images_per_s", "unbatched_images_per_s"):
         assert result[key] > 0
-    parts = result["speedup_from_batching"] * result["speedup_from_prefix_reuse"]
+    parts = result["speedup_from_batching"] * result["speedup_from_m2ib_loop"]
     assert abs(result["speedup_vs_naive"] - parts) < 1e-6
+    if result["device"].startswith("cpu"):  # bf16 is a GPU option: not compared unless asked
+        assert result["bf16_roi_pixel_disagreement"] is None and "GPU" in result["bf16_skipped"]
+
+
+def test_localize_bench_fast_preset_and_cpu_bf16_comparison():
+    result = run_bench("localize.py", *TINY, "--no-warmup", "--no-stages", "--preset", "fast", "--bf16-on-cpu")
+    assert result["preset"] == "fast" and result["batched_saliency"]["noise_samples"] == 1
+    assert result["naive_saliency"]["preset"] == "release"  # the baseline stays the authors' loop
+    assert result["bf16_skipped"] is None and 0 <= result["bf16_roi_pixel_disagreement"] < 1
+    assert result["bf16_roi_pixels_differing"] >= 0 and result["bf16_images_with_any_difference"] <= 3
+    assert result["bf16_saliency_mae"] > 0  # autocast really ran: the maps are not bit-identical
 
 
 def test_cache_io_bench_reads_what_zarr_reads():

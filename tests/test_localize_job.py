@@ -17,6 +17,7 @@ import zarr
 from data.manifest import scan_corpus
 from data.readers import load_image
 from data.roi_cache import DONE, FLAG_EMPTY_ROI, RoiCache
+from data.roi_rects import expanded_rects, fill_rects
 from data.sample import write_sample_corpus
 from localize.config import ConfigError, LocalizeConfig
 from localize.driver import run_localization
@@ -52,7 +53,8 @@ def assert_same_cache(a: Path, b: Path) -> None:
 
 
 def test_end_to_end_into_cache_and_eval(tmp_path, standins, corpus):
-    config = LocalizeConfig.load(standins, ["saliency.steps=2", "batch_size=4"])  # the paper's m2ib, few steps
+    # the release's M2IB with fewer steps and noise copies
+    config = LocalizeConfig.load(standins, ["saliency.steps=2", "saliency.noise_samples=2", "batch_size=4"])
     summary = run_localization(config, corpus, tmp_path / "c.zarr", workers=0, progress=False)
     manifest, _ = scan_corpus(corpus, progress=False)
     assert summary.items == len(manifest) and summary.done == len(manifest) and summary.failed == 0
@@ -68,14 +70,16 @@ def test_end_to_end_into_cache_and_eval(tmp_path, standins, corpus):
         assert roi.shape == tuple(sizes[i])
         assert record["empty_roi"] == (roi.sum() == 0)
         assert 0.0 <= cache.read_saliency(i).min() and cache.read_saliency(i).max() <= 1.0
-        assert len(cache.read_boxes(i)) <= config.refine["top_k"]
+        assert len(cache.read_boxes(i)) >= (not record["empty_roi"])
+        # the stored rectangles are the release's expanded ROI of the stored (here lossless: 64 px < 256) mask
+        np.testing.assert_array_equal(cache.read_mask(i, shape="rect"), fill_rects(expanded_rects(roi), roi.shape))
     scores, report = evaluate_cache(cache, corpus / "truth")
     assert report["evaluated"] == len(manifest) and set(report["per_modality"]) == {"CT", "MR", "XR"}
     assert ((scores.dice >= 0) & (scores.dice <= 1)).all() and report["untrained_models"] is True
 
 
 def test_batched_equals_one_image_at_a_time(standins, corpus):
-    config = LocalizeConfig.load(standins, ["saliency.steps=3"])
+    config = LocalizeConfig.load(standins, ["saliency.steps=3", "saliency.noise_samples=2"])
     localizer = Localizer.from_config(config)
     manifest, _ = scan_corpus(corpus, progress=False)
     rows = manifest.iloc[[0, 3, 5, 8]]  # mixed modalities and sizes in one batch
@@ -86,6 +90,7 @@ def test_batched_equals_one_image_at_a_time(standins, corpus):
         np.testing.assert_allclose(single.saliency_hw, b.saliency_hw, atol=1e-4)
         assert (single.roi_hw != b.roi_hw).mean() < 1e-3  # identical up to float noise at the mask edge
         np.testing.assert_array_equal(single.boxes_k4, b.boxes_k4)
+        np.testing.assert_array_equal(single.rects_k4, b.rects_k4)
 
 
 def _run_cli(*args: str, env_extra: dict | None = None, **kw) -> subprocess.Popen:
@@ -115,7 +120,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, standins, corpu
         "--set",
         "batch_size=1",
         "--set",
-        "shard_items=4",
+        "geometry.shard_items=4",
     ]
     killed = tmp_path / "killed.zarr"
     proc = _run_cli("run", "--cache", str(killed), *common)
@@ -198,7 +203,7 @@ def test_empty_saliency_and_corrupt_item(tmp_path, standins):
 
 
 def test_two_worker_dask_run_equals_single_process(tmp_path, standins, corpus):
-    overrides = [*FAST, "shard_items=4"]
+    overrides = [*FAST, "geometry.shard_items=4"]
     config = LocalizeConfig.load(standins, overrides)
     single = run_localization(config, corpus, tmp_path / "single.zarr", workers=0, progress=False)
     dask = run_localization(config, corpus, tmp_path / "dask.zarr", workers=2, progress=False)

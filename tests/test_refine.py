@@ -1,4 +1,5 @@
-"""Saliency -> ROI refinement: components, top-k, box expansion, empty ROIs, batched SAM == SamPredictor."""
+"""Saliency -> ROI refinement as the release does it, on hand-made non-square cases (a swapped x/y cannot pass):
+nearest resize, 8-bit binarisation, top-k components with ties, box prompts, SAM union + K largest, rectangles."""
 
 from __future__ import annotations
 
@@ -7,78 +8,78 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
+from data.roi_rects import expanded_rects
+from localize.components import binarise, largest_components, prompt_boxes, to_image_size
+from localize.models import load_sam
 from localize.prompts import PromptConfig, combine_saliency
-from localize.refine import (
-    RefineConfig,
-    SamBoxPrompter,
-    expand_to_boxes,
-    refine_batch,
-    saliency_components,
-)
+from localize.refine import RefineConfig, refine_batch
 from localize.saliency import build_saliency, encode_prompts, image_text_scores
+from localize.sam_prompter import SamBoxPrompter
 
 pytest_plugins = ["tests.localize_fixtures"]  # fixtures: standins, clip, clip_dir, sam
 
 
-def three_blobs() -> np.ndarray:
-    """A 40x50 map: a 6x8 blob, a diagonal 3-pixel chain (one 8-connected component) and a 2x2 blob."""
-    saliency = np.zeros((40, 50), np.float32)
-    saliency[4:10, 5:13] = 0.9  # area 48, box (5, 4, 13, 10)
-    saliency[[20, 21, 22], [30, 31, 32]] = 0.5  # area 3 (diagonal)
-    saliency[30:32, 40:42] = 0.31  # area 4, just above 0.3
-    saliency[35:39, 0:4] = 0.3  # not above the threshold
-    return saliency
+def test_map_goes_to_the_image_with_opencv_nearest():
+    map_23 = np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], np.float32)
+    # integer scales (2 rows, 3 columns per pixel): every value repeated, rows and columns not swapped
+    np.testing.assert_array_equal(to_image_size(map_23, (4, 9)), np.repeat(np.repeat(map_23, 2, 0), 3, 1))
+    # 3 -> 7 columns: OpenCV's INTER_NEAREST takes source floor(x * 3 / 7) = 0,0,0,1,1,2,2 (the release's call)
+    np.testing.assert_array_equal(to_image_size(map_23, (2, 7))[0], map_23[0, [0, 0, 0, 1, 1, 2, 2]])
 
 
-def test_components_keep_the_largest_with_their_boxes():
-    mask, boxes = saliency_components(three_blobs(), threshold=0.3, top_k=2)
-    assert boxes.tolist() == [[5, 4, 13, 10], [40, 30, 42, 32]]
-    assert mask.sum() == 48 + 4 and mask[4:10, 5:13].all() and not mask[20, 30]
-    mask3, boxes3 = saliency_components(three_blobs(), threshold=0.3, top_k=3)
-    assert boxes3[2].tolist() == [30, 20, 33, 23] and mask3.sum() == 48 + 4 + 3  # diagonal pixels are one component
-    empty, no_boxes = saliency_components(np.full((8, 8), 0.3, np.float32), threshold=0.3, top_k=2)
-    assert not empty.any() and no_boxes.shape == (0, 4)
+def test_binarise_uses_the_releases_8_bit_truncation():
+    values = np.array([[0.3, 0.3015, 0.302, 1.0, 0.0]], np.float32)
+    # floor(255 v) / 255 > 0.3: 76/255 = 0.298 (0.3 and 0.3015 fall below), 77/255 = 0.302 passes
+    np.testing.assert_array_equal(binarise(values, 0.3), [[False, False, True, True, False]])
 
 
-def test_box_expansion_fills_and_scales_about_the_centre():
-    l_shape = np.zeros((20, 20), bool)
-    l_shape[8:12, 8] = True
-    l_shape[11, 8:12] = True
-    tight = expand_to_boxes(l_shape, 1.0)
-    assert tight.sum() == 16 and tight[8:12, 8:12].all()
-    doubled = expand_to_boxes(l_shape, 2.0)
-    assert doubled.sum() == 64 and doubled[6:14, 6:14].all()
-    corner = np.zeros((10, 10), bool)
-    corner[0:2, 0:2] = True
-    assert expand_to_boxes(corner, 3.0).sum() == 16  # (-2..4) clipped to 0..4 on both axes
+def blobs() -> np.ndarray:
+    """A 10 x 17 mask: components of 6, 4, 4 and 1 pixels."""
+    mask = np.zeros((10, 17), bool)
+    mask[1:3, 1:4] = True  # 6 px
+    mask[6, 2:6] = True  # 4 px, a row
+    mask[4:8, 14] = True  # 4 px, a column
+    mask[9, 9] = True  # 1 px
+    return mask
 
 
-def test_refine_without_sam_keeps_components_and_flags_empty_images():
-    images = [np.zeros((40, 50), np.float32), np.zeros((20, 30, 3), np.float32)]
-    saliency = [three_blobs(), np.zeros((20, 30), np.float32)]
-    roi, nothing = refine_batch(saliency, images, None, RefineConfig(use_sam=False))
-    expected_mask, expected_boxes = saliency_components(three_blobs(), 0.3, 2)
-    assert np.array_equal(roi.roi_hw, expected_mask) and np.array_equal(roi.boxes_k4, expected_boxes)
-    assert not roi.empty and np.isnan(roi.sam_iou)
-    assert roi.score == pytest.approx((48 * 0.9 + 4 * 0.31) / 52, rel=1e-5)
-    assert nothing.empty and not nothing.roi_hw.any() and nothing.roi_hw.shape == (20, 30)
-    assert nothing.boxes_k4.shape == (0, 4) and nothing.score == 0.0
+def test_largest_components_keep_ties_as_the_release():
+    kept = largest_components(blobs(), 2)  # top-2 sizes are 6 and 4: both 4-pixel components stay
+    assert kept.sum() == 6 + 4 + 4 and not kept[9, 9]
+    assert largest_components(blobs(), 1).sum() == 6
+    assert largest_components(blobs(), 4).sum() == 15
+    diagonal = np.eye(5, 7, dtype=bool)  # 8-connected: one component of 5 pixels
+    assert largest_components(diagonal, 1).sum() == 5
+    assert not largest_components(np.zeros((3, 4), bool), 2).any()
 
 
-def test_refine_resizes_low_resolution_saliency_and_expands_boxes():
-    saliency = np.zeros((10, 10), np.float32)
-    saliency[2:4, 2:4] = 1.0
-    (roi,) = refine_batch(
-        [torch.from_numpy(saliency)],
-        [np.zeros((40, 40), np.float32)],
-        None,
-        RefineConfig(use_sam=False, box_expansion=2.0),
-    )
-    x0, y0, x1, y1 = roi.boxes_k4[0]
-    assert roi.roi_hw.shape == (40, 40) and 6 <= x0 <= 8 and 16 <= x1 <= 18 and (x0, y0, x1, y1) == (y0, x0, y1, x1)
-    rows, cols = np.nonzero(roi.roi_hw)
-    assert roi.roi_hw.sum() == (np.ptp(rows) + 1) * (np.ptp(cols) + 1)  # one filled rectangle ...
-    assert np.ptp(rows) + 1 >= 2 * (y1 - y0) - 1  # ... twice the component's size
+def test_prompt_boxes_clip_the_far_edge_to_the_last_pixel():
+    mask = np.zeros((8, 12), bool)
+    mask[5:8, 9:12] = True  # x=9, y=5, w=h=3 touching the bottom-right corner: far edge 12 -> 11, 8 -> 7
+    mask[0:4, 1:3] = True  # x=1, y=0, w=2, h=4
+    boxes = {tuple(b) for b in prompt_boxes(mask).tolist()}
+    assert boxes == {(9.0, 5.0, 11.0, 7.0), (1.0, 0.0, 3.0, 4.0)}
+    assert prompt_boxes(np.zeros((8, 12), bool)).shape == (0, 4)
+
+
+def test_refine_without_sam_is_the_coarse_output():
+    saliency = np.zeros((5, 17), np.float32)  # 2x nearest to 10 x 17 rows; columns 1:1
+    saliency[0:2, 1:4] = 0.9
+    saliency[3, 2:6] = 0.5
+    saliency[2:4, 14] = 0.31
+    image = np.zeros((10, 17), np.float32)
+    (roi,) = refine_batch([saliency], [image], None, RefineConfig(use_sam=False))
+    expected = np.zeros((10, 17), bool)
+    expected[0:4, 1:4] = True  # 12 px
+    expected[6:8, 2:6] = True  # 8 px
+    # rows 4..7 of column 14 (0.31 -> 79/255 > 0.3) are a third component of 4 px: not kept
+    np.testing.assert_array_equal(roi.roi_hw, expected)
+    assert {tuple(b) for b in roi.boxes_k4.tolist()} == {(1.0, 0.0, 4.0, 4.0), (2.0, 6.0, 6.0, 8.0)}
+    # without SAM the rectangles follow the release's coarse rule: one column and row more than the tight box
+    assert {tuple(r) for r in roi.rects_k4.tolist()} == {(1, 0, 5, 5), (2, 6, 7, 9)}
+    assert roi.score == pytest.approx((12 * 0.9 + 8 * 0.5) / 20, rel=1e-6) and np.isnan(roi.sam_iou)
+    (nothing,) = refine_batch([np.zeros((5, 17), np.float32)], [image], None, RefineConfig(use_sam=False))
+    assert nothing.empty and not nothing.roi_hw.any() and nothing.boxes_k4.shape == (0, 4) and nothing.score == 0.0
 
 
 def test_batched_sam_equals_sam_predictor_per_image(sam):
@@ -112,33 +113,53 @@ def test_batched_sam_equals_sam_predictor_per_image(sam):
         assert torch.allclose(iou, expected_iou[:, 0], atol=1e-5)
 
 
-def test_refine_with_sam_is_the_union_of_the_box_masks(sam):
-    rng = np.random.default_rng(1)
-    images = [rng.random((40, 50)).astype(np.float32), rng.random((24, 24)).astype(np.float32)]
-    results = refine_batch([three_blobs(), np.zeros((24, 24), np.float32)], images, sam, RefineConfig())
-    _, boxes = saliency_components(three_blobs(), 0.3, 2)
-    predictor = SamPredictor(sam)
-    predictor.set_torch_image(SamBoxPrompter(sam).prepare(images[0]), (40, 50))
+def test_refine_with_sam_keeps_the_k_largest_components_of_the_union(standins):
+    # The random tiny SAM masks nearly the whole image at its threshold 0; at 0.02 its masks break into pieces,
+    # so that the filter after the union has work to do (both paths read the model's `mask_threshold`).
+    sam = load_sam(standins["sam"])
+    sam.mask_threshold = 0.02
+    rng = np.random.default_rng(3)
+    saliency = np.zeros((40, 56), np.float32)
+    saliency[4:12, 5:20] = 0.9
+    saliency[25:36, 30:50] = 0.6
+    images = [rng.random((40, 56)).astype(np.float32), rng.random((24, 24)).astype(np.float32)]
+    results = refine_batch([saliency, np.zeros((24, 24), np.float32)], images, sam, RefineConfig())
+    boxes = prompt_boxes(largest_components(binarise(saliency, 0.3), 2))
+    predictor = SamPredictor(sam)  # segment_anything's own path: all boxes in one call, as prompt_sam.py
+    predictor.set_torch_image(SamBoxPrompter(sam).prepare(images[0]), (40, 56))
     masks, iou, _ = predictor.predict_torch(
         None,
         None,
-        boxes=predictor.transform.apply_boxes_torch(torch.from_numpy(boxes), (40, 50)),
+        boxes=predictor.transform.apply_boxes_torch(torch.from_numpy(boxes), (40, 56)),
         multimask_output=False,
     )
-    assert results[0].roi_hw.any() and np.array_equal(results[0].roi_hw, masks[:, 0].any(0).numpy())
-    assert np.array_equal(results[0].boxes_k4, boxes) and results[0].sam_iou == pytest.approx(float(iou.mean()))
+    union = masks[:, 0].any(0).numpy()
+    assert largest_components(union, 10).sum() > largest_components(union, 2).sum()  # the filter has work here
+    np.testing.assert_array_equal(results[0].roi_hw, largest_components(union, len(boxes)))
+    np.testing.assert_array_equal(results[0].boxes_k4, boxes)
+    assert {tuple(r) for r in results[0].rects_k4.tolist()} == {
+        tuple(r) for r in expanded_rects(results[0].roi_hw, 1.0, "sam").tolist()
+    }
+    assert results[0].sam_iou == pytest.approx(float(iou.mean()))
     assert results[1].empty and not results[1].roi_hw.any() and np.isnan(results[1].sam_iou)
 
 
 def test_refine_input_errors(sam):
     with pytest.raises(ValueError, match="2 saliency maps for 1 images"):
-        refine_batch([three_blobs(), three_blobs()], [np.zeros((40, 50))], sam)
+        refine_batch([blobs(), blobs()], [np.zeros((10, 17))], sam)
     with pytest.raises(ValueError, match="needs a SAM model"):
-        refine_batch([three_blobs()], [np.zeros((40, 50))], None)
+        refine_batch([blobs()], [np.zeros((10, 17))], None)
     with pytest.raises(ValueError, match="threshold"):
         RefineConfig(threshold=1.5)
-    with pytest.raises(ValueError, match="box_expansion"):
-        RefineConfig(box_expansion=0.0)
+    with pytest.raises(ValueError, match="expand_ratio"):
+        RefineConfig(expand_ratio=0.0)
+    assert RefineConfig().provenance() == {
+        "threshold": 0.3,
+        "top_k": 2,
+        "use_sam": True,
+        "expand_ratio": 1.0,
+        "rect_rule": "sam",
+    }  # the release's: threshold 0.3, --num-contours 2, SAM, EXPAND_RATIO=1 (zeroshot.sh)
 
 
 def test_stand_in_pipeline_end_to_end(standins, clip, sam):
@@ -149,11 +170,11 @@ def test_stand_in_pipeline_end_to_end(standins, clip, sam):
     images = [rng.random((70, 90)).astype(np.float32), rng.random((64, 64)).astype(np.float32)]
     text = encode_prompts(model, tokenizer, prompts.prompts)
     clip_images = preprocess(images)
-    saliency_bphw = build_saliency({**standins["saliency"], "steps": 2})(model, clip_images, text)
+    saliency_bphw = build_saliency({**standins["saliency"], "steps": 2, "noise_samples": 2})(model, clip_images, text)
     union = combine_saliency(saliency_bphw, prompts.combine)
     best = combine_saliency(saliency_bphw, "best", image_text_scores(model, clip_images, text))
     assert union.shape == best.shape == (2, 160, 160) and (union >= best).all()
     results = refine_batch(list(union), images, sam, RefineConfig(**standins["refine"]))
     for image, result in zip(images, results, strict=True):
         assert result.roi_hw.shape == image.shape and result.roi_hw.dtype == bool
-        assert 1 <= len(result.boxes_k4) <= 2 and result.empty == (not result.roi_hw.any())
+        assert len(result.boxes_k4) >= 1 and result.empty == (not result.roi_hw.any())

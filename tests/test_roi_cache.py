@@ -175,7 +175,7 @@ def test_plain_zarr_sees_status_and_provenance(tmp_path, manifest):
     cache = RoiCache.create(tmp_path / "c.zarr", manifest, PROVENANCE, mask_size=32)
     cache.write_failed([4], ["boom"])
     group = zarr.open(tmp_path / "c.zarr", mode="r")
-    assert group.attrs["provenance"] == PROVENANCE and group.attrs["schema_version"] == 1
+    assert group.attrs["provenance"] == PROVENANCE and group.attrs["schema_version"] == 2
     assert group["status"][4] == FAILED and group["status"][5] == PENDING
     assert list(group["item_id"][:3]) == list(manifest.item_id[:3])
 

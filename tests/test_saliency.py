@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from localize.precision import autocast
 from localize.saliency import (
     M2IBSaliency,
     PatchSimilaritySaliency,
@@ -20,7 +21,7 @@ from localize.saliency.vit_suffix import ClassTokenBlock, VisionSuffix
 pytest_plugins = ["tests.localize_fixtures"]  # fixtures: standins, clip, clip_dir, sam
 
 PROMPTS = ["brain tumor", "left and right lungs", "lung nodule"]
-M2IB = M2IBSaliency(layer=3, steps=4)
+M2IB = M2IBSaliency(layer=3, steps=4, noise_samples=2)  # the release's M2IB, fewer steps and noise copies
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_m2ib_is_deterministic_given_its_seed(clip, batch):
     images, text = batch
     first, again = M2IB(clip.model, images, text), M2IB(clip.model, images, text)
     assert torch.equal(first, again)
-    other_seed = M2IBSaliency(layer=3, steps=4, seed=1)(clip.model, images, text)
+    other_seed = M2IBSaliency(layer=3, steps=4, noise_samples=2, seed=1)(clip.model, images, text)
     assert not torch.allclose(first, other_seed, atol=1e-3)
 
 
@@ -60,9 +61,9 @@ def test_m2ib_prefix_reuse_equals_the_full_tower_every_step(clip, batch):
     calls = []
     handle = first_block.register_forward_hook(lambda m, i, out: calls.append(1))
     try:
-        reused = M2IBSaliency(layer=3, steps=4).run(clip.model, images, text)
+        reused = M2IB.run(clip.model, images, text)
         reused_calls = len(calls)
-        full = M2IBSaliency(layer=3, steps=4, reuse_prefix=False).run(clip.model, images, text)
+        full = M2IBSaliency(layer=3, steps=4, noise_samples=2, reuse_prefix=False).run(clip.model, images, text)
     finally:
         handle.remove()
     assert reused_calls == 1 and len(calls) - reused_calls == 1 + 4  # the prefix runs once, not once per step
@@ -113,22 +114,23 @@ def test_m2ib_noise_samples_average_several_draws_per_step(clip, batch):
     full = M2IBSaliency(layer=3, steps=3, noise_samples=3, reuse_prefix=False).run(clip.model, images, text)
     torch.testing.assert_close(maps.saliency_bphw, full.saliency_bphw, atol=1e-5, rtol=1e-4)
     # The first draw of each step is the one-sample run's draw: more samples change the learnt mask.
-    one = M2IBSaliency(layer=3, steps=3).run(clip.model, images, text)
+    one = M2IBSaliency(layer=3, steps=3, noise_samples=1).run(clip.model, images, text)
     assert not torch.allclose(one.lambda_ntc, maps.lambda_ntc, atol=1e-4)
     assert several.provenance()["noise_samples"] == 3
     with pytest.raises(ValueError, match="noise_samples >= 1"):
         M2IBSaliency(noise_samples=0)
+    assert M2IBSaliency().noise_samples == 10  # the release's IBAInterpreter batch_size
 
 
 def test_m2ib_really_optimises_its_mask(clip, batch):
     images, text = batch
-    run = M2IBSaliency(layer=3, steps=10).run(clip.model, images[:1], text[:1])
+    run = M2IBSaliency(layer=3, steps=10, noise_samples=2).run(clip.model, images[:1], text[:1])
     initial = torch.sigmoid(torch.tensor(5.0))
     assert run.lambda_ntc.shape == (1, 101, 64)  # 1 item, 1 + 10x10 tokens, 64 channels (test_vit)
     assert (run.lambda_ntc - initial).abs().max() > 0.1
     assert run.loss_s.shape == (10,) and run.loss_s[-1] < run.loss_s[0]
     # More steps give a different map: the map is the learnt information, not a fixed function of the features.
-    shorter = M2IBSaliency(layer=3, steps=1)(clip.model, images[:1], text[:1])
+    shorter = M2IBSaliency(layer=3, steps=1, noise_samples=2)(clip.model, images[:1], text[:1])
     assert not torch.allclose(run.saliency_bphw, shorter, atol=1e-3)
 
 
@@ -145,9 +147,9 @@ def test_m2ib_leaves_the_model_as_it_was(clip, batch):
 def test_m2ib_layer_beyond_depth_is_clamped_with_a_warning(clip, batch):
     images, text = batch
     with pytest.warns(UserWarning, match="using the last block"):
-        clamped = M2IBSaliency(layer=7, steps=2)(clip.model, images[:1], text[:1])
+        clamped = M2IBSaliency(layer=7, steps=2, noise_samples=1)(clip.model, images[:1], text[:1])
         assert M2IBSaliency(layer=7).provenance(clip.model)["effective_layer"] == 5
-    last = M2IBSaliency(layer=5, steps=2)(clip.model, images[:1], text[:1])
+    last = M2IBSaliency(layer=5, steps=2, noise_samples=1)(clip.model, images[:1], text[:1])
     assert torch.equal(clamped, last)
     assert M2IBSaliency(layer=3).provenance(clip.model)["effective_layer"] == 3
 
@@ -172,16 +174,39 @@ def test_prompt_embeddings_and_scores(clip, batch):
     assert scores.shape == (2, 3) and (scores.abs() <= 1).all()
 
 
-def test_build_saliency_from_config():
-    method = build_saliency({"method": "m2ib", "layer": 7, "beta": 0.1, "noise_var": 1.0, "steps": 10, "lr": 1.0})
-    assert method == M2IBSaliency() and method.provenance()["gradient_free"] is False
+def test_build_saliency_from_config_and_presets():
+    release = build_saliency({"method": "m2ib"})
+    assert release == M2IBSaliency() and release.provenance()["gradient_free"] is False
+    # the release's values (scripts/iba.py, methods.py, generate_saliency_maps.py defaults)
+    assert (release.layer, release.beta, release.steps, release.lr, release.noise_samples) == (7, 0.1, 10, 1.0, 10)
+    assert (release.noise_stats, release.map_at, release.preset) == ("raw", "last_forward", "release")
+    fast = build_saliency({"method": "m2ib", "preset": "fast", "steps": 4})
+    assert fast.provenance() | {"steps": 10} == release.provenance() | {
+        "preset": "fast",
+        "noise_stats": "empirical",
+        "noise_samples": 1,
+        "map_at": "final",
+    }
     assert build_saliency({"method": "similarity"}).provenance() == {"method": "similarity", "gradient_free": True}
     with pytest.raises(ValueError, match="Unknown saliency method"):
         build_saliency({"method": "gradcam"})
+    with pytest.raises(ValueError, match="Unknown m2ib preset"):
+        build_saliency({"method": "m2ib", "preset": "fastest"})
     with pytest.raises(ValueError, match="Bad parameters"):
         build_saliency({"method": "m2ib", "layers": 7})
     with pytest.raises(ValueError, match="steps >= 1"):
         build_saliency({"method": "m2ib", "steps": 0})
+    with pytest.raises(ValueError, match="map_at"):
+        build_saliency({"method": "m2ib", "map_at": "best"})
+
+
+def test_bf16_autocast_runs_on_the_cpu_and_stays_close(clip, batch):
+    images, text = batch
+    fp32 = M2IB(clip.model, images, text)
+    with autocast(images.device, "bf16"):
+        bf16 = M2IB(clip.model, images, text)
+    assert bf16.dtype == torch.float32 and 0 <= bf16.min() and bf16.max() <= 1
+    assert not torch.equal(bf16, fp32) and (bf16 - fp32).abs().mean() < 0.1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -190,14 +215,16 @@ def test_bf16_on_gpu_matches_cpu_roughly(clip, batch):
     model_gpu = clip.model.to("cuda")
     try:
         for method in (M2IB, PatchSimilaritySaliency()):
-            on_gpu = method(model_gpu, images.cuda(), text.cuda()).cpu()
+            with autocast(torch.device("cuda"), "bf16"):
+                on_gpu = method(model_gpu, images.cuda(), text.cuda()).cpu()
             assert on_gpu.shape == (2, 3, 160, 160) and on_gpu.dtype == torch.float32
             assert 0 <= on_gpu.min() and on_gpu.max() <= 1
         # Under bf16 the suffix (class-token last block included) still passes its check: the prefix runs once.
         calls = []
         handle = vit_trunk(model_gpu).blocks[0].register_forward_hook(lambda m, i, out: calls.append(1))
         try:
-            M2IB(model_gpu, images.cuda(), text.cuda())
+            with autocast(torch.device("cuda"), "bf16"):
+                M2IB(model_gpu, images.cuda(), text.cuda())
         finally:
             handle.remove()
         assert len(calls) == 1

@@ -1,19 +1,13 @@
-"""Pieces shared by the saliency methods: prompt encoding, image-text scores, token maps -> image maps."""
+"""Pieces shared by the saliency methods: prompt encoding, image-text scores, token maps -> image maps.
+
+Nothing here switches precision: callers run these under `localize.precision.autocast` (fp32 unless asked)."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-
-
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -35,17 +29,14 @@ def vit_trunk(model: torch.nn.Module) -> torch.nn.Module:
 def encode_prompts(model: torch.nn.Module, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
     """Unit-norm text embeddings (P,D) float32, computed once per batch of prompts."""
     device = model_device(model)
-    tokens_pl = tokenizer(list(prompts)).to(device)
-    with autocast_for(device):
-        text_pd = model.encode_text(tokens_pl)
+    text_pd = model.encode_text(tokenizer(list(prompts)).to(device))
     return F.normalize(text_pd.float(), dim=-1)
 
 
 @torch.no_grad()
 def image_text_scores(model: torch.nn.Module, images_b3hw: torch.Tensor, text_pd: torch.Tensor) -> torch.Tensor:
     """Cosine similarity (B,P) of each image's CLIP embedding with each unit-norm prompt embedding."""
-    with autocast_for(images_b3hw.device):
-        image_bd = model.encode_image(images_b3hw)
+    image_bd = model.encode_image(images_b3hw)
     return F.normalize(image_bd.float(), dim=-1) @ text_pd.float().T
 
 

@@ -4,21 +4,25 @@ For every (image, prompt) item a per-token, per-channel mask lambda is learnt at
 the block's output is replaced (forward hook on our model instance) by z = lambda*x + (1-lambda)*noise and the
 vision tower runs on. Loss per item = beta * mean capacity (KL to the noise prior) - cos(image embedding, prompt
 embedding); Adam on the mask parameters for ``steps`` steps. The information map (capacity summed over channels
-at the patch tokens) is upsampled to the image and min-max scaled to [0,1].
+at the patch tokens) is upsampled bilinearly to the CLIP input and min-max scaled to [0,1].
 
-Choices (documented differences to the authors' release):
-  - ``noise_stats='empirical'`` (default) standardises the features with the item's own per-channel mean/std over
-    tokens, as IBA does with its estimated statistics; ``'prior'`` uses mean 0 / variance ``noise_var`` on the raw
-    features as the M2IB release emulates it.
-  - ``noise_samples`` noise draws per step, their fitting terms averaged: 1 by default (the release averages 10
-    copies, at 10x the cost; ``noise_samples: 10`` does the same). The noise is drawn once from a generator seeded
-    by ``seed`` and shared by every item, so a batched result equals the one-image result.
-  - The map is read at the final lambda (after the last update).
-  - The blocks before the bottleneck do not depend on the mask, so they run once and each step runs only the rest
-    of the tower, its last block for the class token only (``reuse_prefix``, `vit_suffix.py`; checked against the
-    model's own embedding, else the whole tower runs per step).
-  - ``layer`` counts blocks from 0 (the release's layer 7 of 12 is ``layer=7``); a layer beyond the tower's depth
-    is clamped to the last block with a warning.
+Defaults: the release (M2IB `scripts/iba.py` + `methods.py`, as MedCLIP-SAMv2 and MWM `text2region` run them):
+standard-normal noise on the raw features and capacity against N(0, 1) (``noise_stats='raw'``; the release's
+``var`` reaches its bottleneck but is never used, so it always computes with variance 1), 10 noise copies per
+step with their fitting terms averaged (``noise_samples=10``), and the map of the last forward pass, i.e. before
+the final optimiser step (``map_at='last_forward'``).
+
+Preset "fast" (``build_saliency({'method': 'm2ib', 'preset': 'fast'})``; provenance ``preset: fast``): features
+standardised with the item's own per-channel mean/std over tokens, as IBA does with its estimated statistics
+(``noise_stats='empirical'``), one noise copy per step, the map at the final mask (``map_at='final'``): ~10x less
+work, different maps.
+
+Exact shortcuts (any preset): the noise is drawn once from a generator seeded by ``seed`` and shared by every
+item, so a batched result equals the one-image result; the blocks before the bottleneck do not depend on the mask,
+so they run once and each step runs only the rest of the tower, its last block for the class token only
+(``reuse_prefix``, `vit_suffix.py`; checked against the model's own embedding, else the whole tower runs per step).
+``layer`` counts blocks from 0 (the release's ``--vlayer 7`` is ``layer=7``); a layer beyond the tower's depth is
+clamped to the last block with a warning. Precision is the caller's (`localize.precision.autocast`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from localize.saliency.bottleneck import TokenBottleneck
-from localize.saliency.common import autocast_for, tokens_to_image, vit_trunk
+from localize.saliency.common import tokens_to_image, vit_trunk
 from localize.saliency.vit_suffix import VisionSuffix
 
 
@@ -75,20 +79,38 @@ class M2IBRun:
     loss_s: torch.Tensor
 
 
+NOISE_STATS = ("raw", "empirical")
+MAP_AT = ("last_forward", "final")
+# Named starting points; the release's values are the dataclass defaults. Provenance lists every parameter.
+M2IB_PRESETS: dict[str, dict] = {
+    "release": {},
+    "fast": {"noise_stats": "empirical", "noise_samples": 1, "map_at": "final"},
+}
+
+
 @dataclass(frozen=True)
 class M2IBSaliency:
-    """Information-bottleneck attribution; defaults are the authors' (layer 7 of 12, beta 0.1, var 1, 10 steps)."""
+    """Information-bottleneck attribution; defaults are the release's (see the module docstring)."""
 
     layer: int = 7
     beta: float = 0.1
-    noise_var: float = 1.0
     steps: int = 10
     lr: float = 1.0
+    noise_samples: int = 10
+    noise_stats: str = "raw"
+    map_at: str = "last_forward"
+    noise_var: float = 1.0  # variance of the noise prior; the release's bottleneck always uses 1
     seed: int = 0
-    noise_samples: int = 1
-    noise_stats: str = "empirical"
+    preset: str = "release"  # the name of the preset these parameters started from (provenance)
     # Run the blocks before `layer` once instead of every step (exact, so not part of the provenance).
     reuse_prefix: bool = True
+
+    @classmethod
+    def from_preset(cls, preset: str = "release", **params) -> M2IBSaliency:
+        """The preset's parameters, then ``params`` on top."""
+        if preset not in M2IB_PRESETS:
+            raise ValueError(f"Unknown m2ib preset {preset!r}: use one of {sorted(M2IB_PRESETS)}.")
+        return cls(**{**M2IB_PRESETS[preset], **params, "preset": preset})
 
     def __post_init__(self) -> None:
         if (
@@ -102,8 +124,12 @@ class M2IBSaliency:
             raise ValueError(
                 f"m2ib needs layer >= 0, steps >= 1, noise_var > 0, lr > 0, beta >= 0, noise_samples >= 1; got {self}."
             )
-        if self.noise_stats not in ("empirical", "prior"):
-            raise ValueError(f"m2ib noise_stats must be 'empirical' or 'prior', got {self.noise_stats!r}.")
+        if self.noise_stats not in NOISE_STATS:
+            raise ValueError(f"m2ib noise_stats must be one of {NOISE_STATS}, got {self.noise_stats!r}.")
+        if self.map_at not in MAP_AT:
+            raise ValueError(f"m2ib map_at must be one of {MAP_AT}, got {self.map_at!r}.")
+        if self.preset not in M2IB_PRESETS:
+            raise ValueError(f"Unknown m2ib preset {self.preset!r}: use one of {sorted(M2IB_PRESETS)}.")
 
     def provenance(self, model: nn.Module | None = None) -> dict:
         """Method and parameters; with ``model``, also the block actually used (``effective_layer``)."""
@@ -135,9 +161,9 @@ class M2IBSaliency:
         n_img, n_txt = images_b3hw.shape[0], text_pd.shape[0]
         device = images_b3hw.device
 
-        # 1. The layer's clean output -> per-image standardisation statistics.
+        # 1. The layer's clean output (and, for noise_stats 'empirical', each image's statistics).
         captured: list[torch.Tensor] = []
-        with torch.no_grad(), autocast_for(device), forward_hook(block, lambda m, i, out: captured.append(out)):
+        with torch.no_grad(), forward_hook(block, lambda m, i, out: captured.append(out)):
             clean_bd = model.encode_image(images_b3hw)
         feat_btc = captured[0].float()
         # The blocks up to `layer` do not depend on the mask: run only the rest of the tower per step when that
@@ -145,8 +171,7 @@ class M2IBSaliency:
         suffix = VisionSuffix(model, trunk, self.effective_layer(model))
         use_suffix = False
         if self.reuse_prefix:
-            with autocast_for(device):
-                use_suffix = suffix.reproduces(captured[0], clean_bd)
+            use_suffix = suffix.reproduces(captured[0], clean_bd)
         if self.noise_stats == "empirical":
             mean_b1c = feat_btc.mean(dim=1, keepdim=True)
             std_b1c = feat_btc.std(dim=1, keepdim=True).clamp_min(1e-6)
@@ -176,7 +201,7 @@ class M2IBSaliency:
         with forward_hook(block if not use_suffix else suffix.bottleneck_site, hook):
             for step in range(self.steps):
                 hook.step = step
-                with torch.enable_grad(), autocast_for(device):
+                with torch.enable_grad():
                     image_md = suffix(feat_mtc) if use_suffix else model.encode_image(images_m3hw)
                     fitting_m = F.cosine_similarity(image_md.float(), text_md, dim=-1)
                     fitting_n = fitting_m.view(-1, n_samples).mean(dim=1)
@@ -187,9 +212,14 @@ class M2IBSaliency:
                 optimizer.step()
                 losses.append(loss.detach() / len(fitting_n))
 
-        # 4. Information map at the final mask: capacity summed over channels at the patch tokens.
+        # 4. Information map: capacity summed over channels at the patch tokens, from the last forward pass (the
+        #    release: lambda before the final update) or at the final lambda.
         with torch.no_grad():
-            info_nt = bottleneck.capacity(feat_btc.repeat_interleave(n_txt, 0)).sum(dim=-1)
+            if self.map_at == "last_forward":
+                capacity_ntc = hook.capacity_ntc.detach()
+            else:
+                capacity_ntc = bottleneck.capacity(feat_btc.repeat_interleave(n_txt, 0))
+            info_nt = capacity_ntc.sum(dim=-1)
             grid_hw = tuple(trunk.patch_embed.grid_size)
             saliency_nhw = tokens_to_image(info_nt[:, trunk.num_prefix_tokens :], grid_hw, images_b3hw.shape[-2:])
         return M2IBRun(

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from localize.saliency.common import autocast_for, tokens_to_image, vit_trunk
+from localize.saliency.common import tokens_to_image, vit_trunk
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,8 @@ class PatchSimilaritySaliency:
     def __call__(self, model: nn.Module, images_b3hw: torch.Tensor, text_pd: torch.Tensor) -> torch.Tensor:
         """Saliency (B,P,H,W) in [0,1] for CLIP-preprocessed images and unit-norm prompt embeddings (P,D)."""
         trunk = vit_trunk(model)
-        with autocast_for(images_b3hw.device):
-            tokens_btc = trunk.forward_features(images_b3hw)
-            patches_btd = model.visual.head(tokens_btc[:, trunk.num_prefix_tokens :])
+        tokens_btc = trunk.forward_features(images_b3hw)
+        patches_btd = model.visual.head(tokens_btc[:, trunk.num_prefix_tokens :])
         cos_bpt = torch.einsum("btd,pd->bpt", F.normalize(patches_btd.float(), dim=-1), text_pd.float())
         n_img, n_txt, _ = cos_bpt.shape
         saliency_nhw = tokens_to_image(
