@@ -189,7 +189,7 @@ class ClassificationModule(FinetuneTask):
         self.ema = ModelEmaV3(self.network(), decay=self.recipe.ema_decay) if self.recipe.ema_decay > 0 else None
         if self.ema is not None:
             self.ema.requires_grad_(False)
-        self._ema_step = -1
+        self._ema_step = 0
         self.lr_used: float | None = None
         self.metrics = nn.ModuleDict(
             {name: classification_metrics(num_classes) for name in ("val", "val_ema", "test", "test_ema")}
@@ -250,8 +250,12 @@ class ClassificationModule(FinetuneTask):
         r = self.recipe
         self.lr_used = self.hparams.lr if self.hparams.lr is not None else r.base_lr * self.effective_batch_size() / 256
         optimizer = make_optimizer(r.optimizer, self.parameter_groups(self.lr_used), self.lr_used)
-        warmup_steps = round(r.warmup_epochs * self.steps_per_epoch())
-        return self.warmup_cosine(optimizer, warmup_steps, r.warmup_start_ratio, r.min_lr_ratio)
+        return self.warmup_cosine(
+            optimizer,
+            warmup_epochs=r.warmup_epochs,
+            warmup_start_ratio=r.warmup_start_ratio,
+            min_lr_ratio=r.min_lr_ratio,
+        )
 
     def parameter_groups(self, lr: float) -> list[dict]:
         """Layer-decay groups (SparK's layer map for ResNets, timm's grouping otherwise); the probe head alone."""

@@ -255,7 +255,9 @@ class DetectionModule(FinetuneTask):
         )
         optimizer = make_optimizer(hp.optimizer, groups, hp.lr)
         if hp.schedule == "cosine":
-            return self.warmup_cosine(optimizer, hp.warmup_steps, hp.warmup_factor, 0.0)
+            return self.warmup_cosine(
+                optimizer, warmup_steps=hp.warmup_steps, warmup_start_ratio=hp.warmup_factor, min_lr_ratio=0.0
+            )
         if hp.schedule != "multistep":
             raise ValueError(f"schedule must be 'multistep' or 'cosine', got {hp.schedule!r}")
         warmup = LinearLR(optimizer, start_factor=hp.warmup_factor, total_iters=max(1, hp.warmup_steps))

@@ -145,8 +145,9 @@ class SegmentationModule(FinetuneTask):
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         optimizer = torch.optim.AdamW(param_groups_weight_decay(self.net, hp.weight_decay), lr=hp.lr)
-        warmup_steps = round(hp.warmup_epochs * self.steps_per_epoch())
-        return self.warmup_cosine(optimizer, warmup_steps, warmup_start_ratio=0.005, min_lr_ratio=0.001)
+        return self.warmup_cosine(
+            optimizer, warmup_epochs=hp.warmup_epochs, warmup_start_ratio=0.005, min_lr_ratio=0.001
+        )
 
     def _loss(self, logits_bchw: torch.Tensor, mask_bhw: torch.Tensor) -> torch.Tensor:
         logits_bchw = logits_bchw.float()

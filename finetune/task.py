@@ -42,30 +42,34 @@ class FinetuneTask(pl.LightningModule):
             raise ValueError("cannot tell the batch size to scale the learning rate: train with a task datamodule")
         return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
 
-    def total_steps(self) -> int:
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise ValueError("the lr schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
-        return max(1, int(total))
-
-    def steps_per_epoch(self) -> int:
-        self.total_steps()  # makes the trainer count the training batches
-        return max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
-
     def warmup_cosine(
-        self, optimizer: Optimizer, warmup_steps: int, warmup_start_ratio: float, min_lr_ratio: float
+        self,
+        optimizer: Optimizer,
+        *,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int = 0,
+        warmup_start_ratio: float,
+        min_lr_ratio: float,
     ) -> dict[str, Any]:
         """Lightning's optimizer config with the project's one warm-up + cosine schedule (pretrain.schedules), per
-        step: linear from `warmup_start_ratio`·lr over `warmup_steps`, cosine down to `min_lr_ratio`·lr."""
-        total = self.total_steps()
-        schedule = WarmupCosineSchedule(
-            optimizer,
-            total_steps=total,
-            warmup_steps=max(0, min(warmup_steps, total - 1)),
-            warmup_start_ratio=warmup_start_ratio,
-            min_lr_ratio=min_lr_ratio,
-        )
+        optimizer step: linear from `warmup_start_ratio`·lr over warmup_steps + warmup_epochs' steps, then cosine
+        down to `min_lr_ratio`·lr at the end of the run. The horizon is fixed in on_train_start, once the trainer
+        knows its batches (as pretraining does, so a resumed run keeps its curve)."""
+        self._warmup = (warmup_epochs, warmup_steps)
+        schedule = WarmupCosineSchedule(optimizer, warmup_start_ratio=warmup_start_ratio, min_lr_ratio=min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        schedule = self.lr_schedulers()
+        if not isinstance(schedule, WarmupCosineSchedule):
+            return
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("the lr schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        warmup_epochs, warmup_steps = getattr(self, "_warmup", (0.0, 0))
+        schedule.set_horizon(int(total), warmup_steps + round(warmup_epochs * steps_per_epoch))
 
     def results_details(self) -> dict[str, Any]:
         """Task-specific extras for the results JSON."""
