@@ -43,6 +43,9 @@ class DetectionData(FinetuneData):
                    frequent category.
     modalities:    keep only images whose 'modality' field is one of these.
     train_fraction: seeded subset of the training images, stratified the same way (>= 1 per stratum).
+    filter_empty:  leave training images without a (non-crowd) instance out, as detectron2 does
+                   (DATALOADER.FILTER_EMPTY_ANNOTATIONS); after the subset, so it does not change which images
+                   the fraction draws. Evaluation keeps every image.
     """
 
     collate_fn = staticmethod(collate_lists)  # images of different sizes + per-image targets
@@ -64,6 +67,7 @@ class DetectionData(FinetuneData):
         val_share: float = 0.2,
         test_share: float = 0.2,
         intensity: dict[str, Any] | None = None,
+        filter_empty: bool = True,
     ) -> None:
         super().__init__(train_fraction, subset_seed, intensity)
         self.root = Path(root)
@@ -86,8 +90,14 @@ class DetectionData(FinetuneData):
                 else images.loc[splits == "test", "id"].tolist()
             ),
         }
+        if filter_empty:
+            self.image_ids["train"] = [i for i in self.image_ids["train"] if self._has_instance(self.coco, i)]
         if not self.image_ids["train"]:
-            raise ValueError(f"{ann_file}: the training split is empty")
+            raise ValueError(f"{ann_file}: the training split is empty (filter_empty: {filter_empty})")
+
+    @staticmethod
+    def _has_instance(coco, image_id: int) -> bool:
+        return any(not a.get("iscrowd", 0) for a in coco.imgToAnns.get(image_id, []))
 
     def _under_root(self, path: str) -> Path:
         path = Path(path)
