@@ -211,3 +211,40 @@ def test_recipes_and_presets_carry_the_published_constants():
     )
     assert detect["trainer"]["max_steps"] == 90000 and detect["data"]["batch_size"] == 2
     assert model["train_sizes"] == list(range(480, 897, 32)) and model["test_size"] == 800
+
+
+@pytest.mark.parametrize(
+    ("config", "task", "recipe"),
+    [("classify_r50.yaml", "classify", SPARK_FINETUNE), ("probe_r50.yaml", "classify", MAE_LINEAR_PROBE)],
+)
+def test_gpu_classification_presets_resolve_to_their_recipe(corpus, tmp_path, monkeypatch, config, task, recipe):
+    from finetune.cli import FinetuneCLI
+
+    monkeypatch.setattr("sys.argv", ["python -m finetune"])
+    cli = FinetuneCLI(
+        ClassificationModule,
+        ClassificationData,
+        run=False,
+        args=["--config", str(CONFIGS / config), "--data.root", str(corpus), "--data.modalities", "null"]
+        + ["--model.init", "scratch", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)],
+    )
+    assert cli.model.recipe == recipe
+    assert cli.datamodule.augment == ("spark" if recipe is SPARK_FINETUNE else "mae")
+
+
+def test_gpu_detection_preset_builds_sparks_mask_rcnn(corpus, tmp_path, monkeypatch):
+    from finetune.cli import FinetuneCLI
+    from finetune.detect import DetectionData
+
+    monkeypatch.setattr("sys.argv", ["python -m finetune"])
+    cli = FinetuneCLI(
+        DetectionModule,
+        DetectionData,
+        run=False,
+        args=["--config", str(CONFIGS / "detect_r50.yaml"), "--data.root", str(corpus), "--data.modalities", "null"]
+        + ["--model.init", "scratch", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)],
+    )
+    model = cli.model.model
+    assert model.transform.train_sizes == tuple(range(480, 897, 32)) and model.transform.test_size == 800
+    assert model.rpn._post_nms_top_n == {"training": 1000, "testing": 1000}
+    assert cli.trainer.max_steps == 90000 and cli.datamodule.batch_size == 2
