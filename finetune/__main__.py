@@ -14,9 +14,9 @@ TASKS = {
 
 USAGE = """usage: python -m finetune {classify,detect,segment} {fit,test} --config configs/finetune/X.yaml [options]
 
-  classify  image classification (fine-tune or linear probe): accuracy, macro AUROC / AUPRC / F1
+  classify  image classification (SparK fine-tune or MAE linear probe): accuracy, macro AUROC / AUPRC / F1
   detect    Mask R-CNN + FPN on COCO data: BoxAP, MaskAP (AP, AP50, AP75)
-  segment   UNet decoder on the backbone's features: Dice, IoU
+  segment   UNet decoder on the backbone's features: mean Dice per image, pooled Dice, IoU
 
 `fit` trains, tests on the test split and writes one results JSON to --results_dir.
 Run `python -m finetune TASK fit --help` for every option."""

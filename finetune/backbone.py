@@ -214,17 +214,19 @@ def create_backbone(
     features_only: bool = False,
     out_indices: Iterable[int] | None = None,
     strict: bool = True,
+    drop_path_rate: float = 0.0,
 ) -> tuple[nn.Module, LoadReport]:
     """A timm model named `model_name` with initial weights from `init` (see the module docstring).
 
     num_classes:   classifier outputs (0: no head, the model returns pooled features).
     features_only: return timm's hierarchical feature extractor instead (a list of (B, C_i, H/r_i, W/r_i));
                    `out_indices` picks levels (model.feature_info lists channels and reductions).
+    drop_path_rate: timm's stochastic-depth rate (SparK fine-tunes ResNet-50 with 0.05).
     The weights are loaded into the plain model first (so the report is exact), then timm wraps that same
     state into its feature extractor.
     """
     spec, weights = resolve_weights(model_name, init)
-    base = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    base = timm.create_model(model_name, pretrained=False, num_classes=num_classes, drop_path_rate=drop_path_rate)
     if weights is None:
         heads = head_keys(model_name)
         report = LoadReport(init=SCRATCH, head=sorted(k for k in base.state_dict() if _is_head(k, heads)))
@@ -239,7 +241,7 @@ def create_backbone(
         )
     if not features_only:
         return base, report
-    kwargs = {} if out_indices is None else {"out_indices": tuple(out_indices)}
+    kwargs = {"drop_path_rate": drop_path_rate} | ({} if out_indices is None else {"out_indices": tuple(out_indices)})
     if weights is None:
         return timm.create_model(model_name, pretrained=False, features_only=True, **kwargs), report
     # timm's features_only builder renames modules (e.g. stages.0 -> stages_0); let it map the loaded state.

@@ -14,6 +14,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from timm.data import Mixup
+from timm.data.mixup import mixup_target
+from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
+from timm.utils import ModelEmaV3
+from torch import nn
 from torch.utils.data import Dataset
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
@@ -23,11 +29,15 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
     MulticlassF1Score,
 )
-from torchvision.transforms import v2
 
+from finetune.augment import Policy, classify_transform
 from finetune.backbone import create_backbone, head_keys
 from finetune.data import LabelledImages, assign_splits, read_label_csv, scan_image_folder
-from finetune.task import IMAGENET_MEAN, IMAGENET_STD, FinetuneData, FinetuneTask
+from finetune.layer_decay import classify_layer_id, layer_decay_groups, resnet_depths, spark_no_decay
+from finetune.optim import make_optimizer
+from finetune.probe import ProbeHead
+from finetune.recipe import RECIPES, Optimizer
+from finetune.task import FinetuneData, FinetuneTask
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
@@ -51,6 +61,8 @@ class ClassificationData(FinetuneData):
     modalities:  keep only these modalities (CSV with a modality column), e.g. ['MR'].
     Without a split column / split folders, a seeded stratified split (val_share, test_share) is drawn.
     train_fraction keeps a seeded, stratified subset of the training split (at least one image per class).
+    augment:     training policy of finetune.augment ('spark' | 'mae' | 'light' | 'none'; true = 'light').
+    eval_crop:   evaluation centre-crop fraction (SparK 0.95, MAE 0.875); 1 = resize the whole image.
     """
 
     def __init__(
@@ -61,7 +73,8 @@ class ClassificationData(FinetuneData):
         image_size: int = 224,
         batch_size: int = 32,
         num_workers: int = 0,
-        augment: bool = True,
+        augment: bool | Policy = "light",
+        eval_crop: float = 1.0,
         train_fraction: float = 1.0,
         subset_seed: int = 0,
         split_seed: int = 0,
@@ -71,7 +84,10 @@ class ClassificationData(FinetuneData):
     ) -> None:
         super().__init__(train_fraction, subset_seed, intensity)
         self.root = Path(root)
-        self.image_size, self.batch_size, self.num_workers, self.augment = image_size, batch_size, num_workers, augment
+        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.augment: Policy = "light" if augment is True else "none" if augment is False else augment
+        self.eval_crop = eval_crop
+        classify_transform(self.augment, image_size, train=True, eval_crop=eval_crop)  # bad values fail early
         table = self._read_table(labels_csv, modalities)
         if "split" not in table.columns:
             table["split"] = assign_splits(table["label"], seed=split_seed, val_share=val_share, test_share=test_share)
@@ -95,25 +111,22 @@ class ClassificationData(FinetuneData):
     def split_size(self, split: str) -> int:
         return len(self.tables[split])
 
-    def _transform(self, train: bool) -> v2.Transform:
-        size = (self.image_size, self.image_size)
-        geometry = (
-            [v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()]
-            if train and self.augment
-            else [v2.Resize(size, antialias=True)]
-        )
-        return v2.Compose([*geometry, v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
     def split_dataset(self, split: str) -> Dataset:
         train = split == "train"
-        return LabelledImages(self.root, self.tables[split], self.class_names, self._transform(train), self.intensity)
+        transform = classify_transform(self.augment, self.image_size, train, self.eval_crop)
+        return LabelledImages(self.root, self.tables[split], self.class_names, transform, self.intensity)
 
 
 class ClassificationModule(FinetuneTask):
-    """A timm classifier on the backbone.
+    """A timm classifier on the backbone: full fine-tune (SparK's recipe) or linear probe (MAE's).
 
-    mode: 'finetune' trains everything; 'linear_probe' trains only the new linear head on a frozen backbone whose
-    BatchNorm layers stay in eval mode (running statistics are not updated).
+    mode:  'finetune' trains everything with finetune.recipe.SPARK_FINETUNE (LAMB, layer decay, mixup, drop
+           path, EMA); 'linear_probe' puts finetune.probe.ProbeHead (BatchNorm without affine + Linear) on the
+           pooled features of a frozen backbone kept in eval mode (running statistics stay the pretrained ones)
+           and trains only that head with MAE_LINEAR_PROBE (LARS, base lr 0.1).
+    The recipe fields (optimizer ... loss, see finetune.recipe.ClassifyRecipe) default to the mode's recipe; a
+    value given here replaces it. lr: an absolute learning rate instead of base_lr x batch / 256.
+    With EMA (ema_decay > 0) validation and test also score the EMA weights ('val_ema/*', 'ema_*' metrics).
     """
 
     task = "classify"
@@ -125,30 +138,82 @@ class ClassificationModule(FinetuneTask):
         num_classes: int = 2,
         class_names: list[str] | None = None,
         mode: Literal["finetune", "linear_probe"] = "finetune",
-        lr: float = 1e-3,
-        weight_decay: float = 0.05,
-        warmup_fraction: float = 0.05,
-        label_smoothing: float = 0.0,
+        optimizer: Optimizer | None = None,
+        base_lr: float | None = None,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        layer_decay: float | None = None,
+        warmup_epochs: float | None = None,
+        mixup: float | None = None,
+        cutmix: float | None = None,
+        label_smoothing: float | None = None,
+        drop_path: float | None = None,
+        ema_decay: float | None = None,
+        loss: Literal["bce", "ce"] | None = None,
         strict_load: bool = True,
     ) -> None:
-        super().__init__(backbone, init, lr, weight_decay, warmup_fraction)
+        super().__init__(backbone, init)
         self.save_hyperparameters()
+        if mode not in RECIPES:
+            raise ValueError(f"mode must be 'finetune' or 'linear_probe', got {mode!r}")
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
-        self.mode = mode
-        self.model, self.load_report = create_backbone(backbone, init, num_classes=num_classes, strict=strict_load)
-        if mode == "linear_probe":
-            heads = head_keys(backbone)
-            for name, param in self.model.named_parameters():
-                param.requires_grad = any(name.startswith(h + ".") for h in heads)
-            if not any(p.requires_grad for p in self.model.parameters()):
-                raise ValueError(f"linear probe: no classifier head found for {backbone} (looked for {heads})")
-        elif mode != "finetune":
-            raise ValueError(f"mode must be 'finetune' or 'linear_probe', got {mode!r}")
-        self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
-        self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
+        self.mode, self.num_classes = mode, num_classes
+        self.recipe = RECIPES[mode].updated(
+            optimizer=optimizer,
+            base_lr=base_lr,
+            weight_decay=weight_decay,
+            layer_decay=layer_decay,
+            warmup_epochs=warmup_epochs,
+            mixup=mixup,
+            cutmix=cutmix,
+            label_smoothing=label_smoothing,
+            drop_path=drop_path,
+            ema_decay=ema_decay,
+            loss=loss,
+        )
+        probe = mode == "linear_probe"
+        self.model, self.load_report = create_backbone(
+            backbone,
+            init,
+            num_classes=0 if probe else num_classes,
+            strict=strict_load,
+            drop_path_rate=self.recipe.drop_path,
+        )
+        self.head: nn.Module = ProbeHead(self.model.num_features, num_classes) if probe else nn.Identity()
+        if probe:
+            self.model.requires_grad_(False)
+        self.mixup = self._make_mixup()
+        self.criterion = BinaryCrossEntropy(smoothing=0.0) if self.recipe.loss == "bce" else SoftTargetCrossEntropy()
+        self.ema = ModelEmaV3(self.network(), decay=self.recipe.ema_decay) if self.recipe.ema_decay > 0 else None
+        if self.ema is not None:
+            self.ema.requires_grad_(False)
+        self._ema_step = 0
+        self.lr_used: float | None = None
+        self.metrics = nn.ModuleDict(
+            {name: classification_metrics(num_classes) for name in ("val", "val_ema", "test", "test_ema")}
+        )
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+
+    def _make_mixup(self) -> Mixup:
+        """SparK's mixup: mixup alpha `mixup`, cutmix alpha `cutmix`, one of the two per batch, smoothed targets."""
+        r = self.recipe
+        mixup = Mixup(
+            mixup_alpha=r.mixup,
+            cutmix_alpha=r.cutmix,
+            prob=1.0,
+            switch_prob=0.5,
+            mode="batch",
+            label_smoothing=r.label_smoothing,
+            num_classes=self.num_classes,
+        )
+        mixup.mixup_enabled = r.mixup > 0  # SparK: mixup 0 turns cutmix off too
+        return mixup
+
+    def network(self) -> nn.Sequential:
+        """Backbone (with its own classifier when fine-tuning) followed by the probe head (identity otherwise)."""
+        return nn.Sequential(self.model, self.head)
 
     def train(self, mode: bool = True) -> ClassificationModule:
         super().train(mode)
@@ -161,47 +226,115 @@ class ClassificationModule(FinetuneTask):
         self.train()
 
     def forward(self, image_b3hw: torch.Tensor) -> torch.Tensor:
-        return self.model(image_b3hw)
+        return self.head(self.model(image_b3hw))
+
+    def soft_targets(self, image_b3hw: torch.Tensor, label_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixed images and their (mixed, smoothed) one-hot targets; timm's Mixup needs an even batch, so an odd
+        one is left unmixed."""
+        if self.mixup.mixup_enabled and len(label_b) % 2 == 0:
+            return self.mixup(image_b3hw, label_b)
+        return image_b3hw, mixup_target(label_b, self.num_classes, lam=1.0, smoothing=self.recipe.label_smoothing)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        image_b3hw, label_b = batch
-        loss = F.cross_entropy(self(image_b3hw), label_b, label_smoothing=self.hparams.label_smoothing)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(label_b))
+        image_b3hw, target_bk = self.soft_targets(*batch)
+        loss = self.criterion(self(image_b3hw).float(), target_bk)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(target_bk))
         return loss
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, stage: str) -> None:
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None and self.global_step != self._ema_step:  # once per optimizer step
+            self._ema_step = self.global_step
+            self.ema.update(self.network())
+
+    def configure_optimizers(self) -> Any:
+        r = self.recipe
+        self.lr_used = self.hparams.lr if self.hparams.lr is not None else r.base_lr * self.effective_batch_size() / 256
+        optimizer = make_optimizer(r.optimizer, self.parameter_groups(self.lr_used), self.lr_used)
+        return self.warmup_cosine(
+            optimizer,
+            warmup_epochs=r.warmup_epochs,
+            warmup_start_ratio=r.warmup_start_ratio,
+            min_lr_ratio=r.min_lr_ratio,
+        )
+
+    def parameter_groups(self, lr: float) -> list[dict]:
+        """Layer-decay groups (SparK's layer map for ResNets, timm's grouping otherwise); the probe head alone."""
+        r = self.recipe
+        if self.mode == "linear_probe":
+            layer_of, n = (lambda name: 0), 1
+            return layer_decay_groups(
+                self.head,
+                lr=lr,
+                weight_decay=r.weight_decay,
+                layer_decay=1.0,
+                layer_of=layer_of,
+                num_layers=n,
+                no_decay=spark_no_decay,
+            )
+        depths = resnet_depths(self.model)
+        if depths is None and r.layer_decay != 1:
+            groups = param_groups_layer_decay(self.model, weight_decay=r.weight_decay, layer_decay=r.layer_decay)
+            return [dict(g, lr=lr * g["lr_scale"]) for g in groups]
+        layer_of, n = classify_layer_id(depths, head_keys(self.backbone_name)) if depths else ((lambda name: 0), 1)
+        return layer_decay_groups(
+            self.model,
+            lr=lr,
+            weight_decay=r.weight_decay,
+            layer_decay=r.layer_decay,
+            layer_of=layer_of,
+            num_layers=n,
+            no_decay=spark_no_decay,
+        )
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         image_b3hw, label_b = batch
         logits_bc = self(image_b3hw).float()
         self.log(f"{stage}/loss", F.cross_entropy(logits_bc, label_b), batch_size=len(label_b))
         probs_bc = logits_bc.softmax(dim=1)
-        metrics.update(probs_bc, label_b)
+        self.metrics[stage].update(probs_bc, label_b)
         if stage == "test":
             self.test_confusion.update(probs_bc, label_b)
+        if self.ema is not None:
+            self.metrics[f"{stage}_ema"].update(self.ema.module(image_b3hw).float().softmax(dim=1), label_b)
+
+    def _compute(self, stage: str) -> dict[str, float]:
+        """{metric: value} of the model, plus ema_<metric> for the EMA weights; resets the metrics."""
+        names = [stage] + ([f"{stage}_ema"] if self.ema is not None else [])
+        out = {}
+        for name in names:
+            prefix = "ema_" if name.endswith("_ema") else ""
+            out.update({f"{prefix}{k}": float(v) for k, v in self.metrics[name].compute().items()})
+            self.metrics[name].reset()
+        return out
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
+        self._evaluate(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
-        self.val_metrics.reset()
+        values = self._compute("val")
+        self.log_dict(
+            {("val_ema/" + k[4:] if k.startswith("ema_") else "val/" + k): v for k, v in values.items()}, prog_bar=True
+        )
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+        self._evaluate(batch, "test")
 
     def on_test_epoch_start(self) -> None:
-        self.test_metrics.reset()
+        for name in ("test", "test_ema"):
+            self.metrics[name].reset()
         self.test_confusion.reset()
 
     def on_test_epoch_end(self) -> None:
-        values = self.test_metrics.compute()
-        self.log_dict(values)
-        self.test_metrics_out = {k.removeprefix("test/"): float(v) for k, v in values.items()}
+        self.test_metrics_out = self._compute("test")
+        self.log_dict({f"test/{k}": v for k, v in self.test_metrics_out.items()})
         self.confusion_matrix = self.test_confusion.compute().cpu().numpy().astype(np.int64)
 
     def results_details(self) -> dict[str, Any]:
         details = super().results_details()
         details.update(
             mode=self.mode,
+            recipe=self.recipe.as_dict(),
+            lr=self.lr_used,
             class_names=self.class_names,
             confusion_matrix=getattr(self, "confusion_matrix", np.zeros(0)).tolist(),
         )

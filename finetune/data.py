@@ -202,7 +202,9 @@ class LabelledImages(Dataset):
 class MaskedImages(Dataset):
     """Rows with path, frame, modality, mask_path -> (image float32 (3, H, W), mask int64 (H, W)).
 
-    `transform` is a torchvision v2 transform called as `transform(image, mask)` so the mask moves with the image.
+    `transform` is a torchvision v2 transform called as `transform(image, mask)` so the mask moves with the image;
+    with `transform_mask=False` it maps the image only and the mask keeps the image's original size (scoring at
+    the image's own resolution).
     """
 
     def __init__(
@@ -212,11 +214,12 @@ class MaskedImages(Dataset):
         num_classes: int = 2,
         transform: Transform | None = None,
         intensity: IntensityConfig | None = None,
+        transform_mask: bool = True,
     ) -> None:
         self.root, self.intensity = Path(root), intensity
         self.table = table.reset_index(drop=True)
         self.num_classes = num_classes
-        self.transform = transform
+        self.transform, self.transform_mask = transform, transform_mask
 
     def __len__(self) -> int:
         return len(self.table)
@@ -231,8 +234,10 @@ class MaskedImages(Dataset):
                 f"{row['path']} (frame {row['frame']}) is {tuple(image_chw.shape[-2:])}"
             )
         image, mask = tv_tensors.Image(image_chw), tv_tensors.Mask(mask_hw[None])
-        if self.transform is not None:
+        if self.transform is not None and self.transform_mask:
             image, mask = self.transform(image, mask)
+        elif self.transform is not None:
+            image = self.transform(image)
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)[0].long()
 
 
@@ -369,3 +374,9 @@ def collate_lists(batch: list) -> tuple[list, list]:
     """Detection batches: (list of images, list of targets); images keep their own sizes."""
     images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
+
+
+def collate_stack_and_list(batch: list) -> tuple[torch.Tensor, list]:
+    """Segmentation evaluation batches: (stacked images, list of masks at each image's own size)."""
+    images, masks = zip(*batch, strict=True)
+    return torch.stack(images), list(masks)

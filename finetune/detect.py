@@ -9,19 +9,25 @@ sample corpus's coco/instances.json does. Plain COCO datasets with ordinary imag
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, MultiStepLR
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from data.ids import make_item_id
 from finetune.coco_eval import coco_evaluate, predictions_to_coco
 from finetune.data import CocoInstances, assign_splits, collate_lists, load_coco, primary_category, stratified_subset
-from finetune.maskrcnn import build_mask_rcnn
-from finetune.task import IMAGENET_MEAN, IMAGENET_STD, FinetuneData, FinetuneTask
+from finetune.layer_decay import detect_layer_id, detectron2_no_decay, layer_decay_groups, resnet_depths
+from finetune.maskrcnn import D2_TEST_SIZE, D2_TRAIN_SIZES, Norm, build_mask_rcnn
+from finetune.optim import make_optimizer
+from finetune.task import FinetuneData, FinetuneTask
+
+# detectron2 SOLVER.STEPS of SparK's / MWM's config (90k iterations in all), in optimizer steps
+D2_MILESTONES = (60000, 80000)
 
 
 class DetectionData(FinetuneData):
@@ -37,6 +43,9 @@ class DetectionData(FinetuneData):
                    frequent category.
     modalities:    keep only images whose 'modality' field is one of these.
     train_fraction: seeded subset of the training images, stratified the same way (>= 1 per stratum).
+    filter_empty:  leave training images without a (non-crowd) instance out, as detectron2 does
+                   (DATALOADER.FILTER_EMPTY_ANNOTATIONS); after the subset, so it does not change which images
+                   the fraction draws. Evaluation keeps every image.
     """
 
     collate_fn = staticmethod(collate_lists)  # images of different sizes + per-image targets
@@ -58,6 +67,7 @@ class DetectionData(FinetuneData):
         val_share: float = 0.2,
         test_share: float = 0.2,
         intensity: dict[str, Any] | None = None,
+        filter_empty: bool = True,
     ) -> None:
         super().__init__(train_fraction, subset_seed, intensity)
         self.root = Path(root)
@@ -80,8 +90,14 @@ class DetectionData(FinetuneData):
                 else images.loc[splits == "test", "id"].tolist()
             ),
         }
+        if filter_empty:
+            self.image_ids["train"] = [i for i in self.image_ids["train"] if self._has_instance(self.coco, i)]
         if not self.image_ids["train"]:
-            raise ValueError(f"{ann_file}: the training split is empty")
+            raise ValueError(f"{ann_file}: the training split is empty (filter_empty: {filter_empty})")
+
+    @staticmethod
+    def _has_instance(coco, image_id: int) -> bool:
+        return any(not a.get("iscrowd", 0) for a in coco.imgToAnns.get(image_id, []))
 
     def _under_root(self, path: str) -> Path:
         path = Path(path)
@@ -165,13 +181,22 @@ class DetectionData(FinetuneData):
 
 
 class DetectionModule(FinetuneTask):
-    """Mask R-CNN + FPN on the backbone (see finetune.maskrcnn); AdamW; COCO evaluation on val / test.
+    """Mask R-CNN + FPN on the backbone (finetune.maskrcnn), fine-tuned as SparK's / MWM's detectron2 config does;
+    COCO evaluation on val / test.
 
     num_classes:  categories + 1 (linked from the data); category_ids: the COCO ids of labels 1..K (linked).
-    min_size / max_size: Mask R-CNN's internal resize (800 / 1333 for COCO-sized images; small for tests).
+    norm, box_head, trainable_layers, train_sizes, test_size, max_size: see finetune.maskrcnn.build_mask_rcnn
+                  (defaults: trainable BatchNorm everywhere, 4conv1fc, nothing frozen, shorter side 480-896 in
+                  training and 800 in evaluation, longer side <= 1333).
+    optimizer:    'adamw' (SparK) | 'sgd' (momentum 0.9, detectron2's default); lr is absolute (detectron2's
+                  BASE_LR, not scaled by the batch); weight decay on everything but normalisation layers.
+    layer_decay:  detectron2 layer map of SparK (finetune.layer_decay.detect_layer_id): the stem trains at
+                  lr x 0.6^6 for ResNet-50, FPN and heads at lr; ResNet backbones only (1 = off).
+    schedule:     'multistep' (detectron2: linear warm-up over warmup_steps from warmup_factor x lr, then x gamma
+                  at each of `milestones`, in optimizer steps) | 'cosine' (the shared warm-up + cosine schedule).
     COCO evaluation gathers predictions in this process: run evaluation on one device (the configs use devices: 1).
-    maskrcnn_kwargs: further torchvision MaskRCNN arguments (e.g. box_batch_size_per_image,
-                  rpn_post_nms_top_n_train, box_detections_per_img); fewer sampled RoIs make CPU runs fast.
+    maskrcnn_kwargs: further torchvision MaskRCNN arguments (e.g. rpn_post_nms_top_n_train, box_batch_size_per_image,
+                  box_detections_per_img); fewer sampled RoIs make CPU runs fast.
     """
 
     task = "detect"
@@ -182,17 +207,26 @@ class DetectionModule(FinetuneTask):
         init: str = "scratch",
         num_classes: int = 2,
         category_ids: list[int] | None = None,
-        min_size: int = 800,
+        norm: Norm = "bn",
+        box_head: Literal["4conv1fc", "2fc"] = "4conv1fc",
+        trainable_layers: int = 5,
+        train_sizes: list[int] | None = None,
+        test_size: int = D2_TEST_SIZE,
         max_size: int = 1333,
-        trainable_layers: int = 3,
-        lr: float = 1e-4,
+        optimizer: Literal["adamw", "sgd"] = "adamw",
+        lr: float = 2.5e-4,
         weight_decay: float = 1e-4,
-        warmup_fraction: float = 0.05,
+        layer_decay: float = 0.6,
+        schedule: Literal["multistep", "cosine"] = "multistep",
+        warmup_steps: int = 1000,
+        warmup_factor: float = 0.01,
+        milestones: list[int] | None = None,
+        gamma: float = 0.25,
         mask_threshold: float = 0.5,
         strict_load: bool = True,
         maskrcnn_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(backbone, init, lr, weight_decay, warmup_fraction)
+        super().__init__(backbone, init)
         self.save_hyperparameters()
         self.category_ids = list(category_ids) if category_ids else list(range(1, num_classes))
         if len(self.category_ids) != num_classes - 1:
@@ -201,16 +235,45 @@ class DetectionModule(FinetuneTask):
             backbone,
             init,
             num_classes,
-            min_size=min_size,
-            max_size=max_size,
+            norm=norm,
+            box_head=box_head,
             trainable_layers=trainable_layers,
-            image_mean=IMAGENET_MEAN,
-            image_std=IMAGENET_STD,
+            train_sizes=tuple(train_sizes) if train_sizes else D2_TRAIN_SIZES,
+            test_size=test_size,
+            max_size=max_size,
             strict=strict_load,
             **(maskrcnn_kwargs or {}),
         )
+        depths = resnet_depths(self.model.backbone)
+        if depths is None and layer_decay != 1:
+            raise ValueError(f"layer_decay {layer_decay}: the detection layer map knows ResNets only, not {backbone}")
+        self.layer_map = detect_layer_id(depths) if depths else ((lambda name: 0), 1)
         self.mask_threshold = mask_threshold
         self._results: list[dict] = []
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        layer_of, n = self.layer_map
+        groups = layer_decay_groups(
+            self.model,
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
+            layer_decay=hp.layer_decay,
+            layer_of=layer_of,
+            num_layers=n,
+            no_decay=detectron2_no_decay,
+        )
+        optimizer = make_optimizer(hp.optimizer, groups, hp.lr)
+        if hp.schedule == "cosine":
+            return self.warmup_cosine(
+                optimizer, warmup_steps=hp.warmup_steps, warmup_start_ratio=hp.warmup_factor, min_lr_ratio=0.0
+            )
+        if hp.schedule != "multistep":
+            raise ValueError(f"schedule must be 'multistep' or 'cosine', got {hp.schedule!r}")
+        warmup = LinearLR(optimizer, start_factor=hp.warmup_factor, total_iters=max(1, hp.warmup_steps))
+        steps = MultiStepLR(optimizer, milestones=list(hp.milestones or D2_MILESTONES), gamma=hp.gamma)
+        schedule = ChainedScheduler([warmup, steps], optimizer=optimizer)  # the factors multiply, as in detectron2
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         return self.model(images)
@@ -261,5 +324,11 @@ class DetectionModule(FinetuneTask):
 
     def results_details(self) -> dict[str, Any]:
         details = super().results_details()
-        details.update(category_ids=self.category_ids, min_size=self.hparams.min_size, max_size=self.hparams.max_size)
+        transform = self.model.transform
+        details.update(
+            category_ids=self.category_ids,
+            train_sizes=list(transform.train_sizes),
+            test_size=transform.test_size,
+            max_size=transform.max_size,
+        )
         return details

@@ -12,8 +12,10 @@ File: ``<results_dir>/<task>-<backbone>-<init>-f<train_fraction>-s<seed>-<UTC ti
     seed            the run's seed (seed_everything)
     subset_seed     the seed of the train-fraction subset
     metrics         {name: float} on the test split; per task:
-                      classify: accuracy, auroc, auprc, f1 (macro over classes, except accuracy: micro)
-                      segment:  dice, iou (foreground classes)
+                      classify: accuracy, auroc, auprc, f1 (macro over classes, except accuracy: micro); with
+                                an EMA (the fine-tune recipe) also ema_accuracy, ema_auroc, ema_auprc, ema_f1
+                      segment:  dice, iou (mean per image, nnU-Net's convention), dice_pooled, iou_pooled (over
+                                all pixels of the split); foreground classes, each image at its own resolution
                       detect:   box_ap, box_ap50, box_ap75, mask_ap, mask_ap50, mask_ap75 (COCO evaluation)
     n_train         training examples actually used (after train_fraction)
     n_test          test examples

@@ -2,45 +2,36 @@
 
 `python -m finetune segment fit --config configs/finetune/segment_tiny.yaml` trains, tests and writes the results
 JSON. Data: a corpus in the sample layout (labels.csv items with truth/<item_id>.png masks) or a folder of images
-with a folder of same-named masks.
+with a folder of same-named masks. Validation and test score each image at its own resolution: the logits of the
+resized image are resized back to the mask's size before the argmax (finetune.seg_metrics: mean Dice per image as
+the headline 'dice', pooled Dice beside it).
 """
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from timm.optim import param_groups_weight_decay
 from torch.utils.data import Dataset
-from torchmetrics import MetricCollection
-from torchmetrics.segmentation import DiceScore, MeanIoU
 from torchvision.transforms import v2
 
+from finetune.augment import normalize
 from finetune.data import (
     MaskedImages,
     assign_splits,
+    collate_stack_and_list,
     corpus_mask_table,
     folder_mask_table,
     read_mask_hw,
 )
-from finetune.task import IMAGENET_MEAN, IMAGENET_STD, FinetuneData, FinetuneTask
+from finetune.seg_metrics import SegmentationScores
+from finetune.task import FinetuneData, FinetuneTask
 from finetune.unet import UNet
-
-
-def segmentation_metrics(num_classes: int) -> MetricCollection:
-    """dice (over the whole split, foreground classes) and iou (mean IoU of foreground classes).
-
-    Update with (pred_bhw, target_bhw) class-index maps.
-    """
-    with warnings.catch_warnings():  # torchmetrics warns about a default we set explicitly
-        warnings.filterwarnings("ignore", message="DiceScore metric currently defaults")
-        dice = DiceScore(
-            num_classes, include_background=False, average="micro", aggregation_level="global", input_format="index"
-        )
-    return MetricCollection({"dice": dice, "iou": MeanIoU(num_classes, include_background=False, input_format="index")})
 
 
 def soft_dice_loss(logits_bchw: torch.Tensor, target_bhw: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -108,15 +99,22 @@ class SegmentationData(FinetuneData):
             if train and self.augment
             else [v2.Resize(size, antialias=True)]
         )
-        return v2.Compose([*geometry, v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # Mask: nearest, not normalised
+        return v2.Compose([*geometry, normalize()])  # Mask: nearest, not normalised
+
+    def collate_for(self, split: str) -> Callable | None:
+        return None if split == "train" else collate_stack_and_list  # evaluation masks keep their own sizes
 
     def split_dataset(self, split: str) -> Dataset:
         train = split == "train"
-        return MaskedImages(self.root, self.tables[split], self.num_classes, self._transform(train), self.intensity)
+        transform = self._transform(train)
+        return MaskedImages(self.root, self.tables[split], self.num_classes, transform, self.intensity, train)
 
 
 class SegmentationModule(FinetuneTask):
-    """UNet on the backbone, trained with cross-entropy + soft Dice; tested with Dice and IoU."""
+    """UNet on the backbone, trained with cross-entropy + soft Dice (AdamW, warm-up + cosine); scored with the mean
+    Dice per image ('dice', the medical convention), the pooled Dice ('dice_pooled') and IoU both ways, each image
+    at its own resolution. empty_score: the score of an image where a class is absent from truth and prediction
+    (None: skipped, as nnU-Net does)."""
 
     task = "segment"
 
@@ -128,20 +126,28 @@ class SegmentationModule(FinetuneTask):
         decoder_channels: list[int] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.05,
-        warmup_fraction: float = 0.05,
+        warmup_epochs: float = 5,
         dice_weight: float = 1.0,
+        empty_score: float | None = None,
         strict_load: bool = True,
     ) -> None:
-        super().__init__(backbone, init, lr, weight_decay, warmup_fraction)
+        super().__init__(backbone, init)
         self.save_hyperparameters()
         self.net = UNet(backbone, init, num_classes, decoder_channels, strict_load)
         self.load_report = self.net.load_report
         self.dice_weight = dice_weight
-        self.val_metrics = segmentation_metrics(num_classes).clone(prefix="val/")
-        self.test_metrics = segmentation_metrics(num_classes).clone(prefix="test/")
+        self.val_scores = SegmentationScores(num_classes, empty_score)
+        self.test_scores = SegmentationScores(num_classes, empty_score)
 
     def forward(self, image_b3hw: torch.Tensor) -> torch.Tensor:
         return self.net(image_b3hw)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(param_groups_weight_decay(self.net, hp.weight_decay), lr=hp.lr)
+        return self.warmup_cosine(
+            optimizer, warmup_epochs=hp.warmup_epochs, warmup_start_ratio=0.005, min_lr_ratio=0.001
+        )
 
     def _loss(self, logits_bchw: torch.Tensor, mask_bhw: torch.Tensor) -> torch.Tensor:
         logits_bchw = logits_bchw.float()
@@ -153,31 +159,43 @@ class SegmentationModule(FinetuneTask):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(mask_bhw))
         return loss
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, stage: str) -> None:
-        image_b3hw, mask_bhw = batch
-        logits_bchw = self(image_b3hw)
-        self.log(f"{stage}/loss", self._loss(logits_bchw, mask_bhw), batch_size=len(mask_bhw))
-        metrics.update(logits_bchw.argmax(dim=1), mask_bhw)
+    def _evaluate(self, batch: tuple[torch.Tensor, list[torch.Tensor]], scores: SegmentationScores, stage: str) -> None:
+        """Resize each image's logits back to its mask's (original) size, then score and take the loss there."""
+        image_b3hw, masks_hw = batch
+        logits_bchw = self(image_b3hw).float()
+        losses = []
+        for logits_chw, mask_hw in zip(logits_bchw, masks_hw, strict=True):
+            logits_1chw = F.interpolate(logits_chw[None], size=mask_hw.shape, mode="bilinear", align_corners=False)
+            losses.append(self._loss(logits_1chw, mask_hw[None]))
+            scores.update(logits_1chw[0].argmax(dim=0), mask_hw)
+        self.log(f"{stage}/loss", torch.stack(losses).mean(), batch_size=len(masks_hw))
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
+    def validation_step(self, batch: tuple[torch.Tensor, list[torch.Tensor]], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_scores, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
-        self.val_metrics.reset()
+        values = self.val_scores.compute()
+        self.log_dict({f"val/{k}": v for k, v in values.items() if k != "n_images"}, prog_bar=True)
+        self.val_scores.reset()
 
     def on_test_epoch_start(self) -> None:
-        self.test_metrics.reset()
+        self.test_scores.reset()
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+    def test_step(self, batch: tuple[torch.Tensor, list[torch.Tensor]], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_scores, "test")
 
     def on_test_epoch_end(self) -> None:
-        values = self.test_metrics.compute()
-        self.log_dict(values)
-        self.test_metrics_out = {k.removeprefix("test/"): float(v) for k, v in values.items()}
+        values = {k: float(v) for k, v in self.test_scores.compute().items()}
+        self.n_scored = int(values.pop("n_images"))
+        self.log_dict({f"test/{k}": v for k, v in values.items()})
+        self.test_metrics_out = values
 
     def results_details(self) -> dict[str, Any]:
         details = super().results_details()
-        details.update(num_classes=self.hparams.num_classes)
+        details.update(
+            num_classes=self.hparams.num_classes,
+            scored_at="each image's own resolution",
+            empty_score=self.hparams.empty_score,
+            n_scored=getattr(self, "n_scored", None),
+        )
         return details

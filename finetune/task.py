@@ -1,4 +1,4 @@
-"""What every fine-tuning task shares: the optimiser schedule, the test outcome the CLI writes, data bookkeeping."""
+"""What every fine-tuning task shares: the lr schedule, the test outcome the CLI writes, data bookkeeping."""
 
 from __future__ import annotations
 
@@ -9,57 +9,67 @@ from typing import Any
 
 import pandas as pd
 import pytorch_lightning as pl
-import torch
+from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from data.intensity import IntensityConfig
 from finetune.backbone import LoadReport
 from finetune.data import stratified_subset
-
-# Images are normalised with ImageNet statistics, as timm's pretrained models and SparK's pretraining expect.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """Learning-rate factor: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+from pretrain.schedules import WarmupCosineSchedule
 
 
 class FinetuneTask(pl.LightningModule):
-    """Base of the task modules: AdamW with warm-up + cosine schedule over trainable parameters.
+    """Base of the task modules: the run's batch and step counts, the shared warm-up + cosine schedule.
 
-    Subclasses set `task`, `backbone_name`, `load_report`, and fill `test_metrics_out` (name -> float) at the end of
-    testing; the CLI turns those into the run's results JSON.
+    Subclasses set `task`, `backbone_name`, `load_report`, build their optimizer in `configure_optimizers`, and fill
+    `test_metrics_out` (name -> float) at the end of testing; the CLI turns those into the run's results JSON.
     """
 
     task: str = ""
 
-    def __init__(self, backbone: str, init: str, lr: float, weight_decay: float, warmup_fraction: float) -> None:
+    def __init__(self, backbone: str, init: str) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.init = init
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.warmup_fraction = warmup_fraction
         self.load_report: LoadReport | None = None
         self.test_metrics_out: dict[str, float] = {}
 
-    def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        # No weight decay on norms and biases (1-D tensors), as usual for convnets.
-        groups = [
-            {"params": [p for p in params if p.ndim > 1], "weight_decay": self.weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.warmup_fraction * total)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
+    def effective_batch_size(self) -> int:
+        """Images per optimizer step: per-device batch x devices x gradient accumulation (the lr-scaling batch)."""
+        trainer = self.trainer
+        per_device = getattr(trainer.datamodule, "batch_size", None)
+        if per_device is None:
+            raise ValueError("cannot tell the batch size to scale the learning rate: train with a task datamodule")
+        return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
+
+    def warmup_cosine(
+        self,
+        optimizer: Optimizer,
+        *,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int = 0,
+        warmup_start_ratio: float,
+        min_lr_ratio: float,
+    ) -> dict[str, Any]:
+        """Lightning's optimizer config with the project's one warm-up + cosine schedule (pretrain.schedules), per
+        optimizer step: linear from `warmup_start_ratio`·lr over warmup_steps + warmup_epochs' steps, then cosine
+        down to `min_lr_ratio`·lr at the end of the run. The horizon is fixed in on_train_start, once the trainer
+        knows its batches (as pretraining does, so a resumed run keeps its curve)."""
+        self._warmup = (warmup_epochs, warmup_steps)
+        schedule = WarmupCosineSchedule(optimizer, warmup_start_ratio=warmup_start_ratio, min_lr_ratio=min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        schedule = self.lr_schedulers()
+        if not isinstance(schedule, WarmupCosineSchedule):
+            return
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("the lr schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        warmup_epochs, warmup_steps = getattr(self, "_warmup", (0.0, 0))
+        schedule.set_horizon(int(total), warmup_steps + round(warmup_epochs * steps_per_epoch))
 
     def results_details(self) -> dict[str, Any]:
         """Task-specific extras for the results JSON."""
@@ -87,6 +97,10 @@ class FinetuneData(pl.LightningDataModule):
     num_workers: int
     collate_fn: Callable | None = None
     drop_last_train: bool = True
+
+    def collate_for(self, split: str) -> Callable | None:
+        """The loader's collate function for `split` (one for all splits unless a task needs otherwise)."""
+        return self.collate_fn
 
     def split_tables(self, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """Rows per split ('split' column); the training rows reduced to the seeded, stratified (by 'label')
@@ -123,7 +137,7 @@ class FinetuneData(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=train,
             num_workers=self.num_workers,
-            collate_fn=self.collate_fn,
+            collate_fn=self.collate_for(split),
             persistent_workers=self.num_workers > 0,
             drop_last=train and self.drop_last_train and len(dataset) > self.batch_size,
         )

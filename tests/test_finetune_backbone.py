@@ -111,14 +111,28 @@ def test_imagenet_weights_only_from_disk(tmp_path, monkeypatch, exported):
 
 def test_mask_rcnn_torchvision_body_loads_timm_resnet(exported):
     path, sd = exported
-    model, report = build_mask_rcnn("resnet18", str(path), num_classes=3, min_size=64, max_size=64)
+    model, report = build_mask_rcnn("resnet18", str(path), num_classes=3, train_sizes=(64,), test_size=64)
     body = model.backbone.body.state_dict()
     for key in ("conv1.weight", "layer1.0.bn1.running_mean", "layer4.1.conv2.weight"):
         assert torch.equal(body[key], sd[key]), key
     assert len(report.loaded) == len(sd) and not report.missing and not report.unexpected
-    assert type(model.backbone.body.bn1).__name__ == "FrozenBatchNorm2d"  # pretrained: BN statistics frozen
-    scratch, _ = build_mask_rcnn("resnet18", "scratch", num_classes=3, min_size=64, max_size=64)
-    assert isinstance(scratch.backbone.body.bn1, nn.BatchNorm2d)
+    # SparK's detectron2 config: trainable BatchNorm in backbone, FPN and both heads, nothing frozen
+    assert type(model.backbone.body.bn1) is nn.BatchNorm2d
+    assert all(p.requires_grad for p in model.parameters())
+    norms = {
+        name.split(".")[0] + "." + name.split(".")[1] for name, m in model.named_modules() if type(m) is nn.BatchNorm2d
+    }
+    assert {"backbone.body", "backbone.fpn", "roi_heads.box_head", "roi_heads.mask_head"} <= norms
+    convs = [m for m in model.roi_heads.box_head.modules() if isinstance(m, nn.Conv2d)]
+    fcs = [m for m in model.roi_heads.box_head.modules() if isinstance(m, nn.Linear)]
+    assert len(convs) == 4 and [f.out_features for f in fcs] == [1024]  # 4conv1fc
+
+    frozen, _ = build_mask_rcnn("resnet18", str(path), num_classes=3, norm="frozen_bn", box_head="2fc")
+    assert type(frozen.backbone.body.bn1).__name__ == "FrozenBatchNorm2d"  # option: pretraining statistics frozen
+    assert torch.equal(frozen.backbone.body.bn1.running_mean, sd["bn1.running_mean"])
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())  # no norm in FPN and heads
+    with pytest.raises(ValueError, match="frozen_bn.*scratch"):
+        build_mask_rcnn("resnet18", "scratch", num_classes=3, norm="frozen_bn")
 
 
 def test_timm_fpn_backbone_for_other_timm_models():

@@ -137,12 +137,18 @@ def test_coco_instances_read_sample_json(corpus):
     mask = target["masks"][0]
     assert mask.shape == image.shape[1:] and abs(int(mask.sum()) - first["area"]) <= 0.3 * first["area"]
 
-    data = DetectionData(str(corpus), "coco/instances.json", split_csv="labels.csv")
+    data = DetectionData(str(corpus), "coco/instances.json", split_csv="labels.csv", filter_empty=False)
     labels = pd.read_csv(corpus / "labels.csv")
     test_items = {coco.imgs[i]["item_id"] for i in data.image_ids["test"]}
     assert test_items == set(labels.loc[labels["split"] == "test", "item_id"])
     assert data.num_classes == 4 and data.category_ids == [1, 2, 3]
-    small = DetectionData(str(corpus), "coco/instances.json", split_csv="labels.csv", train_fraction=0.1)
+    # detectron2's FILTER_EMPTY_ANNOTATIONS (the default): training images without an instance are left out
+    filtered = DetectionData(str(corpus), "coco/instances.json", split_csv="labels.csv")
+    assert filtered.image_ids["train"] == [i for i in data.image_ids["train"] if primary_category(coco, i) != 0]
+    assert filtered.image_ids["test"] == data.image_ids["test"]  # evaluation keeps every image
+    small = DetectionData(
+        str(corpus), "coco/instances.json", split_csv="labels.csv", train_fraction=0.1, filter_empty=False
+    )
     strata = {primary_category(coco, i) for i in data.image_ids["train"]}
     assert len(strata) == 4  # three lesion categories + images without lesions
     assert {primary_category(coco, i) for i in small.image_ids["train"]} == strata

@@ -1,5 +1,5 @@
 """The metric wiring of every fine-tuning task: planted perfect predictions score 1, planted wrong ones less;
-COCO evaluation agrees with hand-computed AP on trivial cases."""
+COCO evaluation agrees with hand-computed AP on trivial cases; Dice against hand computations."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from finetune.classify import classification_metrics
 from finetune.coco_eval import coco_evaluate, predictions_to_coco
 from finetune.data import load_coco
-from finetune.segment import segmentation_metrics, soft_dice_loss
+from finetune.seg_metrics import SegmentationScores
+from finetune.segment import soft_dice_loss
 
 
 def _scores(metrics, preds, target) -> dict[str, float]:
@@ -39,19 +40,61 @@ def test_classification_metrics_perfect_and_wrong():
     assert 0 < scores["f1"] < 1 and scores["auroc"] < 1
 
 
-def test_segmentation_metrics_perfect_and_wrong():
-    target = torch.zeros(3, 16, 16, dtype=torch.long)
-    target[0, 2:8, 2:8] = 1
-    target[1, 10:14, 4:12] = 1  # image 2 has no foreground at all
-    metrics = segmentation_metrics(2)
-    assert _scores(metrics, target.clone(), target) == pytest.approx({"dice": 1, "iou": 1})
+def _seg_scores(pairs, num_classes=2, empty_score=None) -> dict[str, float]:
+    scores = SegmentationScores(num_classes, empty_score)
+    for pred, truth in pairs:
+        scores.update(pred, truth)
+    return {k: float(v) for k, v in scores.compute().items()}
 
-    half = target.clone()
-    half[0, 2:8, 2:5] = 0  # half of the first object (36 px) missed: Dice over the split = 2*50 / (50 + 68)
-    scores = _scores(metrics, half, target)
-    assert scores["dice"] == pytest.approx(2 * 50 / (50 + 68), rel=1e-5)
-    assert scores["iou"] < 1
-    assert _scores(metrics, 1 - target, target)["dice"] == 0
+
+def test_dice_and_iou_of_one_image_match_a_hand_computation():
+    truth = torch.zeros(12, 12, dtype=torch.long)
+    truth[2:8, 2:8] = 1  # |T| = 36
+    pred = torch.zeros_like(truth)
+    pred[2:8, 5:9] = 1  # |P| = 24, |P∩T| = 18 (columns 5..7)
+    scores = _seg_scores([(pred, truth)])
+    assert scores["dice"] == pytest.approx(2 * 18 / (24 + 36))  # 0.6; without the factor 2 it would be 0.3
+    assert scores["iou"] == pytest.approx(18 / (24 + 36 - 18))
+    assert scores["dice_pooled"] == pytest.approx(0.6) and scores["n_images"] == 1
+    assert _seg_scores([(truth, truth)])["dice"] == 1 and _seg_scores([(1 - truth, truth)])["dice"] == 0
+
+
+def test_mean_dice_per_image_differs_from_pooled_dice_on_a_hand_made_pair():
+    """A small lesion found exactly (Dice 1) and a large one half found (Dice 2/3): the medical mean per image is
+    5/6; pooling the pixels of both images weighs the large lesion: 2 x 54 / (54 + 104)."""
+    small_t = torch.zeros(10, 10, dtype=torch.long)
+    small_t[0:2, 0:2] = 1  # 4 px, predicted exactly
+    large_t = torch.zeros(20, 20, dtype=torch.long)
+    large_t[0:10, 0:10] = 1  # 100 px
+    large_p = torch.zeros_like(large_t)
+    large_p[0:5, 0:10] = 1  # 50 px, all inside: Dice 100 / 150
+    scores = _seg_scores([(small_t.clone(), small_t), (large_p, large_t)])
+    assert scores["dice"] == pytest.approx((1 + 2 / 3) / 2)
+    assert scores["dice_pooled"] == pytest.approx(2 * 54 / (54 + 104))
+    assert scores["iou"] == pytest.approx((1 + 0.5) / 2) and scores["iou_pooled"] == pytest.approx(54 / 104)
+
+
+def test_empty_images_are_skipped_unless_scored_and_false_positives_on_them_score_zero():
+    empty = torch.zeros(8, 8, dtype=torch.long)
+    hit = torch.zeros(8, 8, dtype=torch.long)
+    hit[2:4, 2:4] = 1
+    # nnU-Net: no truth and no prediction -> NaN, left out of the mean
+    assert _seg_scores([(hit, hit), (empty, empty)])["dice"] == pytest.approx(1.0)
+    assert _seg_scores([(hit, hit), (empty, empty)], empty_score=1.0)["dice"] == pytest.approx(1.0)
+    assert _seg_scores([(hit, hit), (hit, empty)])["dice"] == pytest.approx(0.5)  # a false positive scores 0
+    assert _seg_scores([(hit, empty), (empty, empty)], empty_score=1.0)["dice"] == pytest.approx(0.5)
+
+
+def test_multi_class_dice_averages_each_class_over_images_then_the_classes():
+    truth = torch.zeros(6, 6, dtype=torch.long)
+    truth[0:2, 0:2] = 1  # class 1: 4 px
+    truth[4:6, 4:6] = 2  # class 2: 4 px
+    pred = truth.clone()
+    pred[4:6, 4:5] = 0  # class 2: 2 of 4 px found -> Dice 4 / 6
+    assert _seg_scores([(pred, truth)], num_classes=3)["dice"] == pytest.approx((1 + 4 / 6) / 2)
+    only_one = torch.zeros_like(truth)
+    only_one[0:2, 0:2] = 1  # a second image where class 2 is absent from both: it counts for class 1 only
+    assert _seg_scores([(pred, truth), (only_one, only_one)], num_classes=3)["dice"] == pytest.approx((1 + 4 / 6) / 2)
 
 
 def test_soft_dice_loss_is_zero_only_for_confident_perfect_logits():

@@ -134,13 +134,14 @@ def test_linear_probe_from_exported_backbone_keeps_backbone_frozen(corpus, tmp_p
         ],
     )
     model = cli.model
-    head_before = model.model.fc.weight.detach().clone()
+    head_before = model.head[1].weight.detach().clone()
     assert torch.equal(model.model.layer2[0].conv1.weight, sd["layer2.0.conv1.weight"])  # loaded
     cli.trainer.fit(model, datamodule=cli.datamodule)
     after = model.model.state_dict()
     for key in ("conv1.weight", "bn1.running_mean", "layer4.1.bn2.running_var", "layer4.1.bn2.num_batches_tracked"):
         assert torch.equal(after[key], sd[key]), key  # frozen weights, BatchNorm statistics not updated
-    assert not torch.equal(model.model.fc.weight, head_before)  # the head did train
+    assert not torch.equal(model.head[1].weight, head_before)  # the head did train
+    assert int(model.head[0].num_batches_tracked) > 0  # the probe's own BatchNorm runs in training mode
     assert cli.datamodule.n_train == 2  # half of the 2 + 2 MR training images, one per class
 
     cli.after_fit()
@@ -157,7 +158,7 @@ def test_segment_fit_writes_dice_and_iou(corpus, tmp_path):
     result = _run(
         "segment", "segment_tiny.yaml", corpus, tmp_path, "--trainer.max_epochs", "1", "--data.modalities", "[CT]"
     )
-    assert result["task"] == "segment" and set(result["metrics"]) == {"dice", "iou"}
+    assert result["task"] == "segment" and set(result["metrics"]) == {"dice", "dice_pooled", "iou", "iou_pooled"}
     assert all(0 <= v <= 1 for v in result["metrics"].values())
     assert result["n_test"] == 2
 
