@@ -35,7 +35,9 @@ class MaskedPretraining(pl.LightningModule):
             decoder width at the coarsest level).
         sync_bn: all-reduce BatchNorm statistics across processes; None = on when the trainer's world size > 1.
         masking: "differentiated" (MWM: ROI cells masked at `r_roi`, background at `r_bg`; a cell is ROI by
-            `roi_rule` / `roi_min_fraction`) or "random" (SparK: uniform at `mask_ratio`).
+            `roi_rule` / `roi_min_fraction`, default the MWM fork's nearest resize; cells kept per region
+            int(n(1-r)) in floats as the fork, or the exact decimal floor with `exact_counts`) or "random"
+            (SparK: round(N(1-mask_ratio)) cells kept). See `pretrain.masking`.
         optimizer: "lamb" (timm's LAMB, SparK's choice) or "adamw"; `betas` for both.
         base_lr: lr per 256 images; the lr is base_lr x effective batch / 256 (per-device batch x devices x
             nodes x gradient accumulation) unless `lr` gives it outright.
@@ -54,8 +56,9 @@ class MaskedPretraining(pl.LightningModule):
         masking: Literal["differentiated", "random"] = "differentiated",
         r_roi: float = 0.8,
         r_bg: float = 0.4,
-        roi_rule: Literal["any", "fraction"] = "any",
+        roi_rule: Literal["nearest", "any", "fraction"] = "nearest",
         roi_min_fraction: float = 0.0,
+        exact_counts: bool = False,
         mask_ratio: float = 0.6,
         optimizer: Literal["lamb", "adamw"] = "lamb",
         base_lr: float = 2e-4,
@@ -71,7 +74,13 @@ class MaskedPretraining(pl.LightningModule):
         self.save_hyperparameters()  # plain values only: checkpoints stay loadable with weights_only=True
         self.model = SparkMIM(backbone, input_size, decoder_width, sync_bn=bool(sync_bn))
         self.masking = build_masking(
-            masking, r_roi=r_roi, r_bg=r_bg, roi_rule=roi_rule, roi_min_fraction=roi_min_fraction, mask_ratio=mask_ratio
+            masking,
+            r_roi=r_roi,
+            r_bg=r_bg,
+            roi_rule=roi_rule,
+            roi_min_fraction=roi_min_fraction,
+            exact_counts=exact_counts,
+            mask_ratio=mask_ratio,
         )
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
@@ -175,10 +184,19 @@ class MaskedPretraining(pl.LightningModule):
 
 
 def build_masking(
-    kind: str, *, r_roi: float, r_bg: float, roi_rule: str, roi_min_fraction: float, mask_ratio: float
+    kind: str,
+    *,
+    r_roi: float,
+    r_bg: float,
+    roi_rule: str,
+    roi_min_fraction: float,
+    exact_counts: bool,
+    mask_ratio: float,
 ) -> RandomMasking | DifferentiatedMasking:
     if kind == "differentiated":
-        return DifferentiatedMasking(r_roi=r_roi, r_bg=r_bg, rule=roi_rule, min_fraction=roi_min_fraction)
+        return DifferentiatedMasking(
+            r_roi=r_roi, r_bg=r_bg, rule=roi_rule, min_fraction=roi_min_fraction, exact_counts=exact_counts
+        )
     if kind == "random":
         return RandomMasking(ratio=mask_ratio)
     raise ValueError(f"unknown masking {kind!r}; use 'differentiated' or 'random'")
