@@ -82,7 +82,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--decoder-width", type=int, default=512)
+    parser.add_argument("--decoder", choices=["spark", "pixel_shuffle"], default="spark")
+    parser.add_argument("--decoder-width", type=int, default=768)
     parser.add_argument("--optimizer", choices=["adamw", "lamb"], default="adamw")
     parser.add_argument("--r-roi", type=float, default=0.8)
     parser.add_argument("--r-bg", type=float, default=0.4)
@@ -107,7 +108,7 @@ def main() -> None:
         else None
     )
 
-    mim = SparkMIM(args.backbone, input_size=args.size, decoder_width=args.decoder_width).to(device).train()
+    mim = SparkMIM(args.backbone, args.size, decoder_width=args.decoder_width, decoder=args.decoder).to(device).train()
     dense = timm.create_model(args.backbone, num_classes=10).to(device).train()
     mim_opt, dense_opt = (
         make_optimizer(args.optimizer, mim.parameters()),
@@ -177,6 +178,7 @@ def main() -> None:
             "batch": args.batch,
             "steps": args.steps,
             "warmup": args.warmup,
+            "decoder": args.decoder,
             "decoder_width": args.decoder_width,
             "optimizer": args.optimizer,
             "r_roi": args.r_roi,

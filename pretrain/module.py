@@ -31,14 +31,16 @@ class MaskedPretraining(pl.LightningModule):
     """SparK-style masked image modelling with random (SparK) or differentiated ROI (MWM) masking.
 
     Args:
-        backbone, input_size, decoder_width: passed to `SparkMIM` (timm convnet name, square input side,
-            decoder width at the coarsest level).
+        backbone, input_size, decoder, decoder_width, per_channel_target, drop_path_rate: passed to `SparkMIM`
+            (timm convnet name, square input side, SparK's decoder or the lighter pixel-shuffle one, its width
+            at the coarsest level, the target's normalisation, stochastic depth; None = SparK's per backbone).
         sync_bn: all-reduce BatchNorm statistics across processes; None = on when the trainer's world size > 1.
         masking: "differentiated" (MWM: ROI cells masked at `r_roi`, background at `r_bg`; a cell is ROI by
             `roi_rule` / `roi_min_fraction`, default the MWM fork's nearest resize; cells kept per region
             int(n(1-r)) in floats as the fork, or the exact decimal floor with `exact_counts`) or "random"
             (SparK: round(N(1-mask_ratio)) cells kept). See `pretrain.masking`.
-        optimizer: "lamb" (timm's LAMB, SparK's choice) or "adamw"; `betas` for both.
+        optimizer: "lamb" (timm's LAMB, SparK's choice) or "adamw"; `betas` for both, None = SparK's:
+            (0.9, 0.95) for ResNets, (0.9, 0.999) for ConvNeXts.
         base_lr: lr per 256 images; the lr is base_lr x effective batch / 256 (per-device batch x devices x
             nodes x gradient accumulation) unless `lr` gives it outright.
         weight_decay, weight_decay_end: cosine ramp over the run (norms, biases, mask tokens: none).
@@ -51,7 +53,10 @@ class MaskedPretraining(pl.LightningModule):
         self,
         backbone: str = "resnet50",
         input_size: int = 224,
-        decoder_width: int = 512,
+        decoder: Literal["spark", "pixel_shuffle"] = "spark",
+        decoder_width: int = 768,
+        per_channel_target: bool = False,
+        drop_path_rate: float | None = None,
         sync_bn: bool | None = None,
         masking: Literal["differentiated", "random"] = "differentiated",
         r_roi: float = 0.8,
@@ -63,7 +68,7 @@ class MaskedPretraining(pl.LightningModule):
         optimizer: Literal["lamb", "adamw"] = "lamb",
         base_lr: float = 2e-4,
         lr: float | None = None,
-        betas: tuple[float, float] = (0.9, 0.95),
+        betas: tuple[float, float] | None = None,
         weight_decay: float = 0.04,
         weight_decay_end: float = 0.2,
         warmup_epochs: float = 40.0,
@@ -72,7 +77,7 @@ class MaskedPretraining(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # plain values only: checkpoints stay loadable with weights_only=True
-        self.model = SparkMIM(backbone, input_size, decoder_width, sync_bn=bool(sync_bn))
+        self.model = self._build_model(sync_bn=bool(sync_bn))
         self.masking = build_masking(
             masking,
             r_roi=r_roi,
@@ -90,11 +95,22 @@ class MaskedPretraining(pl.LightningModule):
         # Runs before checkpoint weights are restored and before the optimizer is built.
         want_sync = self.hparams.sync_bn if self.hparams.sync_bn is not None else self.trainer.world_size > 1
         if want_sync and not self._sync_bn:
-            hp = self.hparams
-            synced = SparkMIM(hp.backbone, hp.input_size, hp.decoder_width, sync_bn=True)
+            synced = self._build_model(sync_bn=True)
             synced.load_state_dict(self.model.state_dict())  # same names; keeps weights loaded before fit
             self.model = synced.to(self.device)
             rank_zero_info("MaskedPretraining: BatchNorm statistics synchronised across processes (sync_bn)")
+
+    def _build_model(self, sync_bn: bool) -> SparkMIM:
+        hp = self.hparams
+        return SparkMIM(
+            hp.backbone,
+            hp.input_size,
+            decoder_width=hp.decoder_width,
+            decoder=hp.decoder,
+            per_channel_target=hp.per_channel_target,
+            drop_path_rate=hp.drop_path_rate,
+            sync_bn=sync_bn,
+        )
 
     @property
     def _sync_bn(self) -> bool:
@@ -161,11 +177,12 @@ class MaskedPretraining(pl.LightningModule):
         hp = self.hparams
         lr = self.learning_rate()
         groups = param_groups_weight_decay(self.model, hp.weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY)
+        betas = spark_betas(hp.backbone) if hp.betas is None else tuple(hp.betas)
         if hp.optimizer == "lamb":
             # gradient clipping is the trainer's (gradient_clip_val), not LAMB's own global-norm clip
-            optimizer = Lamb(groups, lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, max_grad_norm=None)
+            optimizer = Lamb(groups, lr=lr, betas=betas, weight_decay=hp.weight_decay, max_grad_norm=None)
         elif hp.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+            optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=hp.weight_decay)
         else:
             raise ValueError(f"unknown optimizer {hp.optimizer!r}; use 'lamb' or 'adamw'")
         # The horizon is set in on_train_start: asking the trainer for it here would build the train loader
@@ -181,6 +198,11 @@ class MaskedPretraining(pl.LightningModule):
         steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         scheduler = self.lr_schedulers()
         scheduler.set_horizon(int(total_steps), round(self.hparams.warmup_epochs * steps_per_epoch))
+
+
+def spark_betas(backbone: str) -> tuple[float, float]:
+    """SparK's Adam betas (`arg_util.py`, `ada`): (0.9, 0.999) for ConvNeXts, (0.9, 0.95) otherwise."""
+    return (0.9, 0.999) if "convnext" in backbone else (0.9, 0.95)
 
 
 def build_masking(
