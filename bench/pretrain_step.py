@@ -47,9 +47,9 @@ def loader_images_per_s(corpus: str, cache: str, size: int, batch: int, batches:
     from torch.utils.data import DataLoader
 
     from data.dataset import RoiDataset
-    from pretrain.datamodule import joint_augmentation
+    from pretrain.transforms import train_transform
 
-    dataset = RoiDataset(corpus, cache=cache, transform=joint_augmentation(size, (0.5, 1.0), (3 / 4, 4 / 3), 0.5))
+    dataset = RoiDataset(corpus, cache=cache, transform=train_transform(size))  # the presets' resize + flip
     loader = DataLoader(
         dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0
     )

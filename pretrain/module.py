@@ -1,8 +1,10 @@
 """The Lightning module of masked pretraining: SparkMIM + a mask sampler + SparK's optimisation recipe.
 
-Normalisation: batches arrive in [0, 1] (RoiDataModule); this module subtracts the ImageNet mean and divides
-by the ImageNet std on the training device before the model sees them. `SparkMIM` is normalisation-agnostic
-(its target is the same image, normalised per patch), so `recon_b3HW` comes back in the normalised space and
+Normalisation: batches arrive in [0, 1] (RoiDataModule); this module subtracts a per-channel mean and divides
+by a std on the training device before the model sees them: the data module's `pixel_stats` (the dataset's,
+as the MWM fork, or ImageNet's), ImageNet's without a data module. They are buffers, so a checkpoint keeps
+the numbers a run trained with and a resumed run uses those. `SparkMIM` is normalisation-agnostic (its target
+is the same image, normalised per patch), so `recon_b3HW` comes back in the normalised space and
 `denormalise` brings it back to [0, 1] for panels.
 """
 
@@ -87,12 +89,16 @@ class MaskedPretraining(pl.LightningModule):
             exact_counts=exact_counts,
             mask_ratio=mask_ratio,
         )
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1))
 
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
-        # Runs before checkpoint weights are restored and before the optimizer is built.
+        # Runs after the data module's setup, before checkpoint weights are restored and the optimizer is built.
+        stats = getattr(self.trainer.datamodule, "pixel_stats", None)
+        if stats is not None:
+            self.pixel_mean.copy_(torch.tensor(stats.mean).view(1, 3, 1, 1))
+            self.pixel_std.copy_(torch.tensor(stats.std).view(1, 3, 1, 1))
         want_sync = self.hparams.sync_bn if self.hparams.sync_bn is not None else self.trainer.world_size > 1
         if want_sync and not self._sync_bn:
             synced = self._build_model(sync_bn=True)
