@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pretrain.decoder import SparkDecoder
 from pretrain.masking import DifferentiatedMasking, sample_random_mask
 from pretrain.spark import SparkMIM, masked_patch_loss, patch_target
 from pretrain.sparse_norm import SparseBatchNorm2d, SparseLayerNorm
@@ -149,6 +150,16 @@ def test_spark_decoder_widths_and_shapes_for_resnet50_at_224():
     assert sum(p.numel() for p in model.decoder.parameters()) == expected
     # SparK's drop-path rate for ResNet-50: 0.05, reached by the last block (timm's linear schedule)
     assert model.encoder.model.layer4[-1].drop_path.drop_prob == pytest.approx(0.05)
+
+
+def test_spark_decoder_adds_each_level_before_the_block_that_upsamples_it():
+    decoder = SparkDecoder(upsample=32, width=64).eval()
+    skips = [torch.randn(1, c, 2 * 2**i, 2 * 2**i, requires_grad=True) for i, c in enumerate((64, 32, 16, 8))]
+    decoder(skips).sum().backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in skips)  # every level reaches the image
+    # each level is added where the features have its resolution: a level given at the wrong one cannot be added
+    with pytest.raises(RuntimeError, match="size of tensor"):
+        decoder([skips[0], skips[2], skips[1]])
 
 
 def test_convnext_small_coarsest_level_needs_no_projection():
