@@ -208,7 +208,9 @@ class RoiDataModule(pl.LightningDataModule):
         train_items = np.flatnonzero(~is_val).tolist()
         self.train_set = Subset(train_full, train_items)
         if is_val.any():
-            self.val_set = Subset(dataset(eval_transform(hp.input_size, hp.augment, **resampling)), is_val.nonzero()[0])
+            self.val_set = Subset(
+                dataset(eval_transform(hp.input_size, hp.augment, **resampling)), np.flatnonzero(is_val).tolist()
+            )
         if hp.normalize == "dataset":
             resized = Subset(dataset(square_resize(hp.input_size, hp.augment, **resampling)), train_items)
             self.pixel_stats = dataset_stats(resized, hp.stats_images, num_workers=hp.num_workers)
