@@ -10,6 +10,8 @@ that load from other processes hits both alike; medians are reported.
 `step_ratio_vs_dense` = MWM step time / dense step time; `mask_share` = mask sampling time / MWM step time.
 With `--corpus DIR --cache CACHE.zarr`, `loader_images_per_s` is the throughput of a DataLoader over
 `data.dataset.RoiDataset` with the pretraining augmentation (2 workers), measured before the steps.
+`--breakdown` adds `breakdown_share`: forward + backward time of each part of the model (encoder, densify,
+each decoder block, output head), each timed alone on its real inputs, as shares of their sum.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ def loader_images_per_s(corpus: str, cache: str, size: int, batch: int, batches:
     from torch.utils.data import DataLoader
 
     from data.dataset import RoiDataset
-    from pretrain.datamodule import joint_augmentation
+    from pretrain.transforms import train_transform
 
-    dataset = RoiDataset(corpus, cache=cache, transform=joint_augmentation(size, (0.5, 1.0), (3 / 4, 4 / 3), 0.5))
+    dataset = RoiDataset(corpus, cache=cache, transform=train_transform(size))  # the presets' resize + flip
     loader = DataLoader(
         dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0
     )
@@ -67,6 +69,41 @@ def loader_images_per_s(corpus: str, cache: str, size: int, batch: int, batches:
     return n_images / (time.perf_counter() - t0)
 
 
+def breakdown(mim: SparkMIM, img: torch.Tensor, active: torch.Tensor, repeats: int, sync) -> dict[str, float]:
+    """Forward + backward seconds (median of `repeats`) of each part of `mim`, fed the activations it sees."""
+
+    def timed(part: torch.nn.Module, *inputs) -> float:
+        inputs = [[t.detach().requires_grad_() for t in x] if isinstance(x, list) else x for x in inputs]
+        runs = []
+        for _ in range(repeats + 1):  # the first run warms up
+            sync()
+            t0 = time.perf_counter()
+            out = part(*inputs)
+            outs = out if isinstance(out, list) else [out]
+            torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+            sync()
+            runs.append(time.perf_counter() - t0)
+        return statistics.median(runs[1:])
+
+    with torch.no_grad():
+        feats = mim.encoder(img, active)[::-1]
+        dense = mim.densify(feats, active)
+    parts = {"encoder": timed(mim.encoder, img, active), "densify": timed(mim.densify, feats, active)}
+    decoder = mim.decoder
+    if not hasattr(decoder, "proj"):  # the pixel-shuffle option: one part
+        parts["decoder"] = timed(decoder, dense)
+        return parts
+    x = dense[0]
+    for i, block in enumerate(decoder.blocks):
+        if 0 < i < len(dense):
+            x = x + dense[i]
+        parts[f"decoder.blocks.{i} ({x.shape[1]}ch {x.shape[2]}->{2 * x.shape[2]}px)"] = timed(block, x.detach())
+        with torch.no_grad():
+            x = block(x)
+    parts["decoder.proj"] = timed(decoder.proj, x.detach())
+    return parts
+
+
 def make_optimizer(name: str, params) -> torch.optim.Optimizer:
     if name == "lamb":
         return timm.optim.Lamb(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.04)
@@ -82,13 +119,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--decoder-width", type=int, default=512)
+    parser.add_argument("--decoder", choices=["spark", "pixel_shuffle"], default="spark")
+    parser.add_argument("--decoder-width", type=int, default=768)
     parser.add_argument("--optimizer", choices=["adamw", "lamb"], default="adamw")
     parser.add_argument("--r-roi", type=float, default=0.8)
     parser.add_argument("--r-bg", type=float, default=0.4)
     parser.add_argument("--corpus", help="corpus folder: also measure the DataLoader (needs --cache)")
     parser.add_argument("--cache", help="ROI cache of the corpus (.zarr)")
     parser.add_argument("--loader-batches", type=int, default=20)
+    parser.add_argument("--breakdown", action="store_true", help="also time each part of the model alone")
     args = parser.parse_args()
     if bool(args.corpus) != bool(args.cache):
         parser.error("--corpus and --cache go together")
@@ -107,7 +146,7 @@ def main() -> None:
         else None
     )
 
-    mim = SparkMIM(args.backbone, input_size=args.size, decoder_width=args.decoder_width).to(device).train()
+    mim = SparkMIM(args.backbone, args.size, decoder_width=args.decoder_width, decoder=args.decoder).to(device).train()
     dense = timm.create_model(args.backbone, num_classes=10).to(device).train()
     mim_opt, dense_opt = (
         make_optimizer(args.optimizer, mim.parameters()),
@@ -177,6 +216,7 @@ def main() -> None:
             "batch": args.batch,
             "steps": args.steps,
             "warmup": args.warmup,
+            "decoder": args.decoder,
             "decoder_width": args.decoder_width,
             "optimizer": args.optimizer,
             "r_roi": args.r_roi,
@@ -188,6 +228,12 @@ def main() -> None:
     }
     if loader is not None:
         result["loader_images_per_s"] = round(loader, 2)
+    if args.breakdown:
+        active, _ = masking(roi, grid_hw, generator=gen)
+        with autocast:
+            parts = breakdown(mim, img, active, repeats=3, sync=sync)
+        total = sum(parts.values())
+        result["breakdown_share"] = {name: round(t / total, 3) for name, t in parts.items()}
     print(json.dumps(result))
 
 

@@ -8,7 +8,10 @@
   weights are not on disk the error says where they were looked for.
 - ``"imagenet:/path/to/weights.safetensors"``: timm's ImageNet weights from a local file (.safetensors/.pth/.bin).
 - any other string: the path of a backbone exported by ``python -m pretrain export`` (a plain timm-style state
-  dict, ``torch.save(sd, "backbone.pt")``) or any other timm state dict for the same architecture.
+  dict, ``torch.save(sd, "backbone.pt")``, read by `pretrain.export.read_backbone` with its JSON sidecar) or any
+  other timm state dict for the same architecture.
+
+The head (`pretrain.export.head_prefixes`, one definition for both phases) is never loaded and may be absent.
 
 Every load returns a `LoadReport` (what was loaded, missing, unexpected, and which head keys stayed at their fresh
 initialisation). By default loading is strict: a key the model expects but the file lacks (other than the
@@ -27,6 +30,10 @@ import torch
 from torch import nn
 
 from data.hashing import file_sha256
+from pretrain.export import head_prefixes as head_keys  # one definition of the head, shared with the export
+from pretrain.export import is_head as _is_head
+from pretrain.export import read_backbone
+from pretrain.export import read_state_dict as _read_state_dict
 
 SCRATCH = "scratch"
 IMAGENET = "imagenet"
@@ -83,24 +90,23 @@ class LoadReport:
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a plain state dict from .safetensors or a torch file (weights_only); a clear error otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise BackboneInitError(f"{path}: backbone weights file not found")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        return _read_state_dict(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise BackboneInitError(str(err)) from err
 
-            obj = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any reader failure becomes one message naming the file
-        raise BackboneInitError(f"{path}: cannot read weights ({type(err).__name__}: {err})") from err
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+
+def read_exported(path: Path, model_name: str) -> dict[str, torch.Tensor]:
+    """An exported backbone's weights; its sidecar, when present, must name the same architecture."""
+    try:
+        state_dict, meta = read_backbone(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise BackboneInitError(str(err)) from err
+    if meta is not None and meta["backbone"].split(".")[0] != model_name.split(".")[0]:
         raise BackboneInitError(
-            f"{path}: not a plain state dict of tensors (a Lightning checkpoint? export the backbone first with "
-            "`python -m pretrain export CKPT --out backbone.pt`)"
+            f"{path}: exported from a '{meta['backbone']}' pretraining run (its .json sidecar), not '{model_name}'"
         )
-    return dict(obj)
+    return state_dict
 
 
 def find_imagenet_weights(model_name: str, hf_cache_dir: str | os.PathLike | None = None) -> Path:
@@ -144,17 +150,6 @@ def resolve_weights(model_name: str, init: str | os.PathLike) -> tuple[InitSpec,
     if spec.kind == IMAGENET and spec.path is None:
         return spec, find_imagenet_weights(model_name)
     return spec, spec.path
-
-
-def head_keys(model_name: str) -> tuple[str, ...]:
-    """Prefixes of the classifier-head parameters of a timm model ('fc', 'head.fc', ...)."""
-    cfg = timm.models.get_pretrained_cfg(model_name.split(".")[0]) or timm.models.get_pretrained_cfg(model_name)
-    classifier = (cfg.classifier if cfg is not None else None) or "fc"
-    return tuple([classifier] if isinstance(classifier, str) else classifier)
-
-
-def _is_head(key: str, prefixes: Iterable[str]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def load_into(
@@ -227,25 +222,19 @@ def create_backbone(
     """
     spec, weights = resolve_weights(model_name, init)
     base = timm.create_model(model_name, pretrained=False, num_classes=num_classes, drop_path_rate=drop_path_rate)
+    heads = head_keys(model_name)
     if weights is None:
-        heads = head_keys(model_name)
         report = LoadReport(init=SCRATCH, head=sorted(k for k in base.state_dict() if _is_head(k, heads)))
     else:
-        report = load_into(
-            base,
-            read_state_dict(weights),
-            init=spec.kind,
-            source=weights,
-            head_prefixes=head_keys(model_name),
-            strict=strict,
-        )
+        state_dict = read_exported(weights, model_name) if spec.kind == PRETRAINED else read_state_dict(weights)
+        report = load_into(base, state_dict, init=spec.kind, source=weights, head_prefixes=heads, strict=strict)
     if not features_only:
         return base, report
     kwargs = {"drop_path_rate": drop_path_rate} | ({} if out_indices is None else {"out_indices": tuple(out_indices)})
     if weights is None:
         return timm.create_model(model_name, pretrained=False, features_only=True, **kwargs), report
     # timm's features_only builder renames modules (e.g. stages.0 -> stages_0); let it map the loaded state.
-    loaded_sd = {k: v for k, v in base.state_dict().items() if not _is_head(k, head_keys(model_name))}
+    loaded_sd = {k: v for k, v in base.state_dict().items() if not _is_head(k, heads)}
     features = timm.create_model(
         model_name,
         pretrained=True,

@@ -1,7 +1,8 @@
 """Corpus + ROI cache as a LightningDataModule, with joint image/ROI augmentation and resumable randomness.
 
-Images come out of the loader in [0, 1] (RoiDataset's contract); ImageNet mean/std normalisation happens in
-`MaskedPretraining` on the training device, so panels and metrics can use the raw batch.
+Images come out of the loader in [0, 1] (RoiDataset's contract); the mean/std normalisation happens in
+`MaskedPretraining` on the training device, with the statistics this module computes at setup (`pixel_stats`:
+the dataset's, as the MWM fork, or ImageNet's), so panels and metrics can use the raw batch.
 
 Randomness: the training order is a permutation seeded by (seed, epoch), split across ranks like
 DistributedSampler does; item i of epoch e is augmented under torch's RNG seeded by (seed, e, i). Data order
@@ -14,10 +15,11 @@ permutation differently; that is warned about.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -29,23 +31,9 @@ from torchvision.transforms import v2
 from data.dataset import RoiDataset
 from data.intensity import IntensityConfig
 from data.roi_cache import RoiCache
+from pretrain.pixel_stats import PixelStats, dataset_stats
 from pretrain.seeding import derive_seed, unit_interval
-
-
-def joint_augmentation(input_size: int, scale: Sequence[float], ratio: Sequence[float], hflip: float) -> v2.Transform:
-    """Random resized crop to `input_size`² + horizontal flip, applied alike to the image and its ROI mask
-    (v2 transforms resize a tv_tensors.Mask with nearest interpolation)."""
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(input_size, scale=tuple(scale), ratio=tuple(ratio), antialias=True),
-            v2.RandomHorizontalFlip(hflip),
-        ]
-    )
-
-
-def eval_transform(input_size: int) -> v2.Transform:
-    """Deterministic: shorter side to `input_size`, centre crop."""
-    return v2.Compose([v2.Resize(input_size, antialias=True), v2.CenterCrop(input_size)])
+from pretrain.transforms import Augment, Interpolation, eval_transform, square_resize, train_transform
 
 
 class EpochSampler(DistributedSampler):
@@ -111,9 +99,20 @@ class RoiDataModule(pl.LightningDataModule):
         corpus: corpus root folder (paths in the manifest are relative to it).
         cache: ROI cache (Zarr store) made by `python -m localize run`.
         manifest: optional manifest file; default: the cache's own manifest (`RoiCache.manifest()`).
-        input_size: square crop size fed to the model (linked to `model.input_size` by the CLI).
-        batch_size: per device; the module scales the learning rate by the effective batch.
-        scale, ratio: RandomResizedCrop area fraction and aspect ranges; hflip: flip probability.
+        input_size: square side fed to the model (linked to `model.input_size` by the CLI).
+        global_batch_size: images per optimizer step over all devices (the MWM fork's `--bs`, 128); the
+            per-device batch is derived from it at setup (divided by devices x nodes x gradient accumulation;
+            a global batch that does not divide is refused).
+        batch_size: per device, instead of `global_batch_size`; None (with no global batch either): 64. The
+            module scales the learning rate by the effective batch.
+        augment: "resize" (the MWM fork: resize to input_size², horizontal flip) or "random_resized_crop"
+            (SparK: crop of `scale` area and `ratio` aspect, flip); see `pretrain.transforms`.
+        scale, ratio: RandomResizedCrop area fraction and aspect ranges (SparK: 0.67-1, 3/4-4/3); hflip: flip
+            probability; interpolation, antialias: None = the chosen reference's (bilinear without
+            antialiasing for "resize", bicubic with it for "random_resized_crop").
+        normalize: "dataset" (the MWM fork: mean of the per-image channel means and stds of the first
+            `stats_images` training items, resized like the inputs) or "imagenet" (SparK). The numbers are
+            logged, written to `pixel_stats.json` in the run folder and kept in the checkpoint.
         only_done: keep only items the localizer finished; False also trains on pending/failed items,
             whose ROI is then empty (they are masked like background).
         modalities: keep only these manifest modalities (e.g. ['MR']); None keeps all.
@@ -131,10 +130,16 @@ class RoiDataModule(pl.LightningDataModule):
         cache: str | Path,
         manifest: str | Path | None = None,
         input_size: int = 224,
-        batch_size: int = 64,
-        scale: tuple[float, float] = (0.5, 1.0),
+        global_batch_size: int | None = None,
+        batch_size: int | None = None,
+        augment: Augment = "resize",
+        scale: tuple[float, float] = (0.67, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: float = 0.5,
+        interpolation: Interpolation | None = None,
+        antialias: bool | None = None,
+        normalize: Literal["dataset", "imagenet"] = "dataset",
+        stats_images: int = 1000,
         only_done: bool = True,
         modalities: list[str] | None = None,
         intensity: dict[str, Any] | None = None,
@@ -147,24 +152,31 @@ class RoiDataModule(pl.LightningDataModule):
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if global_batch_size is not None and batch_size is not None:
+            raise ValueError("set data.global_batch_size or data.batch_size (per device), not both")
+        if normalize not in ("dataset", "imagenet"):
+            raise ValueError(f"normalize must be 'dataset' or 'imagenet', got {normalize!r}")
         # paths as plain strings: checkpoints stay loadable with torch.load(weights_only=True)
         self.save_hyperparameters(ignore=["corpus", "cache", "manifest"])
         self.hparams.update(corpus=str(corpus), cache=str(cache), manifest=None if manifest is None else str(manifest))
         self.corpus, self.cache_path = Path(corpus), Path(cache)
         self.manifest_path = None if manifest is None else Path(manifest)
-        self.batch_size = batch_size
+        self.batch_size = batch_size if batch_size is not None or global_batch_size is not None else 64
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.pixel_stats: PixelStats | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         hp = self.hparams
+        if hp.global_batch_size is not None:
+            self.batch_size = per_device_batch(hp.global_batch_size, self.trainer)
         if not self.cache_path.exists():
             raise FileNotFoundError(f"{self.cache_path}: no ROI cache here; make one with `python -m localize run`")
         cache = RoiCache.open(self.cache_path, mode="r")
 
-        def dataset(transform: v2.Transform) -> RoiDataset:
+        def dataset(transform: v2.Transform | None) -> RoiDataset:
             return RoiDataset(
                 self.corpus,
                 self.manifest_path,
@@ -175,7 +187,10 @@ class RoiDataModule(pl.LightningDataModule):
                 modalities=hp.modalities,
             )
 
-        train_full = dataset(joint_augmentation(hp.input_size, hp.scale, hp.ratio, hp.hflip))
+        resampling = {"interpolation": hp.interpolation, "antialias": hp.antialias}
+        train_full = dataset(
+            train_transform(hp.input_size, hp.augment, scale=hp.scale, ratio=hp.ratio, hflip=hp.hflip, **resampling)
+        )
         if len(train_full) == 0:
             what = "done" if hp.only_done else "selected"
             raise ValueError(
@@ -190,9 +205,28 @@ class RoiDataModule(pl.LightningDataModule):
             )
         if hp.val_fraction > 0 and not is_val.any():
             rank_zero_warn(f"val_fraction {hp.val_fraction} selects none of {len(item_ids)} items: no validation")
-        self.train_set = Subset(train_full, np.flatnonzero(~is_val).tolist())
+        train_items = np.flatnonzero(~is_val).tolist()
+        self.train_set = Subset(train_full, train_items)
         if is_val.any():
-            self.val_set = Subset(dataset(eval_transform(hp.input_size)), np.flatnonzero(is_val).tolist())
+            self.val_set = Subset(
+                dataset(eval_transform(hp.input_size, hp.augment, **resampling)), np.flatnonzero(is_val).tolist()
+            )
+        if hp.normalize == "dataset":
+            resized = Subset(dataset(square_resize(hp.input_size, hp.augment, **resampling)), train_items)
+            self.pixel_stats = dataset_stats(resized, hp.stats_images, num_workers=hp.num_workers)
+        else:
+            self.pixel_stats = PixelStats.imagenet()
+        self._record_pixel_stats()
+
+    def _record_pixel_stats(self) -> None:
+        """The statistics as numbers: in this module's hparams (hence the checkpoint) and next to the run."""
+        stats = self.pixel_stats.as_dict()
+        self.hparams["pixel_stats"] = stats
+        trainer = self.trainer
+        log_dir = trainer.log_dir if trainer is not None else None  # every rank asks: log_dir broadcasts
+        if log_dir is not None and trainer.is_global_zero:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(log_dir) / "pixel_stats.json").write_text(json.dumps(stats, indent=2))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
@@ -226,6 +260,19 @@ class RoiDataModule(pl.LightningDataModule):
             pin_memory=on_gpu if hp.pin_memory is None else hp.pin_memory,
             drop_last=shuffle,  # equal batches for training (BatchNorm); every item for validation
         )
+
+
+def per_device_batch(global_batch: int, trainer: pl.Trainer | None) -> int:
+    """`global_batch` / (devices x nodes x gradient accumulation); refused unless it divides exactly."""
+    world = trainer.world_size if trainer is not None else 1
+    accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+    parts = world * accumulate
+    if global_batch < 1 or global_batch % parts:
+        raise ValueError(
+            f"data.global_batch_size {global_batch} is not divisible by {world} device(s) x {accumulate} "
+            f"gradient accumulation step(s); use a multiple of {parts}, or set data.batch_size per device"
+        )
+    return global_batch // parts
 
 
 def _epoch_to_run(trainer: pl.Trainer | None) -> int:

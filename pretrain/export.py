@@ -1,17 +1,18 @@
-"""Export the pretrained encoder as a plain timm state dict, and load it back into a timm model.
+"""The exported backbone: one writer (`export_backbone`), one reader (`read_backbone`), one head definition.
 
 The exported file is what `torch.save(state_dict)` writes: tensors under the names of
-`timm.create_model(backbone)`, classifier head absent. Loading it with `strict=False` reports no unexpected
-key and, as missing, exactly the head: `fc.*` for ResNets, `head.norm.*` and `head.fc.*` for ConvNeXts (the
-head LayerNorm is not used by pretraining and stays freshly initialised). `load_backbone` does that load and
-checks it. A JSON sidecar (`<out>.json`) records the backbone name and the export summary.
+`timm.create_model(backbone)`, head absent. The head (`head_prefixes`) is whatever the timm model has that
+pretraining does not train: `fc` for ResNets; `head.norm` and `head.fc` for ConvNeXts (the final LayerNorm
+sits in timm's head and pretraining prunes it, as SparK does). Downstream tasks (`finetune`) re-initialise the
+head and load everything else strictly. A JSON sidecar (`<out>.json`) records the backbone name and the
+export summary; `read_backbone` returns it with the weights. `load_backbone` builds a checked timm model.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,26 @@ from pretrain.sparse_encoder import build_timm_trunk
 CHECKPOINT_PREFIX = "model." + ENCODER_PREFIX
 
 
-def head_keys(backbone: str) -> set[str]:
-    """Keys of `timm.create_model(backbone)` that the exported encoder does not have (the classifier head)."""
+def head_prefixes(backbone: str) -> tuple[str, ...]:
+    """Module prefixes of the head of timm `backbone`: what pretraining does not export and a downstream task
+    initialises afresh (('fc',) for ResNets, ('head.fc', 'head.norm') for ConvNeXts).
+
+    It is the difference between `timm.create_model(backbone)` and the trunk pretraining builds
+    (`build_timm_trunk`); for a model pretraining cannot build (no hierarchical features), timm's classifier.
+    """
     with torch.device("meta"):  # names only: no memory, no init time
         full = timm.create_model(backbone, pretrained=False)
-        trunk, _ = build_timm_trunk(backbone)
-    return set(full.state_dict()) - set(trunk.state_dict())
+        try:
+            trunk, _ = build_timm_trunk(backbone)
+        except ValueError:
+            classifier = full.pretrained_cfg.get("classifier") or "fc"
+            return tuple([classifier] if isinstance(classifier, str) else classifier)
+    return tuple(sorted({key.rsplit(".", 1)[0] for key in set(full.state_dict()) - set(trunk.state_dict())}))
+
+
+def is_head(key: str, prefixes: Iterable[str]) -> bool:
+    """Whether state-dict `key` belongs to a module under one of `prefixes` (see `head_prefixes`)."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def backbone_from_hparams(hparams: Mapping[str, Any], source: str) -> str:
@@ -81,7 +96,8 @@ def _checked_load(
             f"{source}: weights do not fit timm '{backbone}': {str(err).splitlines()[-1].strip()}"
         ) from err
     unexpected, missing = list(result.unexpected_keys), sorted(result.missing_keys)
-    not_head = sorted(set(missing) - head_keys(backbone))
+    heads = head_prefixes(backbone)
+    not_head = [k for k in missing if not is_head(k, heads)]
     if unexpected or not_head:
         raise ValueError(
             f"{source}: weights do not fit timm '{backbone}': unexpected keys {unexpected[:5]}, "
@@ -135,19 +151,60 @@ def sidecar_path(out_path: str | Path) -> Path:
     return out_path.with_name(out_path.name + ".json")
 
 
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from .safetensors or a torch file (weights_only). Raises FileNotFoundError or
+    ValueError naming the file (a Lightning checkpoint is told to go through `export` first)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: backbone weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any reader failure becomes one message naming the file
+        raise ValueError(f"{path}: cannot read weights ({type(err).__name__}: {err})") from err
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(
+            f"{path}: not a plain state dict of tensors (a Lightning checkpoint? export the backbone first with "
+            "`python -m pretrain export CKPT --out backbone.pt`)"
+        )
+    return dict(obj)
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any] | None:
+    """The export's JSON sidecar (`<path>.json`: backbone name, source, step, ...), or None without one."""
+    meta = sidecar_path(path)
+    if not meta.is_file():
+        return None
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{meta}: unreadable export sidecar ({err})") from err
+    if not isinstance(info, dict) or not isinstance(info.get("backbone"), str):
+        raise ValueError(f"{meta}: export sidecar without a 'backbone' name")
+    return info
+
+
+def read_backbone(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The weights written by `export_backbone` and its sidecar (None for a state dict from elsewhere)."""
+    return read_state_dict(path), read_sidecar(path)
+
+
 def load_backbone(path: str | Path, backbone: str | None = None, num_classes: int = 0, **timm_kwargs) -> nn.Module:
     """A `timm.create_model(backbone, num_classes=num_classes, **timm_kwargs)` with the exported weights.
 
     `backbone` defaults to the one recorded in the export's JSON sidecar. The load is checked: no unexpected
-    key, and missing keys only in the head (none at all for a ResNet with num_classes=0).
+    key, and missing keys only in the head (`head_prefixes`).
     """
     path = Path(path)
+    state_dict, meta = read_backbone(path)
     if backbone is None:
-        meta = sidecar_path(path)
-        if not meta.is_file():
-            raise ValueError(f"{path}: no sidecar {meta.name}; pass the backbone name")
-        backbone = json.loads(meta.read_text())["backbone"]
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        if meta is None:
+            raise ValueError(f"{path}: no sidecar {sidecar_path(path).name}; pass the backbone name")
+        backbone = meta["backbone"]
     model = timm.create_model(backbone, pretrained=False, num_classes=num_classes, **timm_kwargs)
     _checked_load(model, state_dict, backbone, str(path))
     return model

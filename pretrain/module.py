@@ -1,8 +1,10 @@
 """The Lightning module of masked pretraining: SparkMIM + a mask sampler + SparK's optimisation recipe.
 
-Normalisation: batches arrive in [0, 1] (RoiDataModule); this module subtracts the ImageNet mean and divides
-by the ImageNet std on the training device before the model sees them. `SparkMIM` is normalisation-agnostic
-(its target is the same image, normalised per patch), so `recon_b3HW` comes back in the normalised space and
+Normalisation: batches arrive in [0, 1] (RoiDataModule); this module subtracts a per-channel mean and divides
+by a std on the training device before the model sees them: the data module's `pixel_stats` (the dataset's,
+as the MWM fork, or ImageNet's), ImageNet's without a data module. They are buffers, so a checkpoint keeps
+the numbers a run trained with and a resumed run uses those. `SparkMIM` is normalisation-agnostic (its target
+is the same image, normalised per patch), so `recon_b3HW` comes back in the normalised space and
 `denormalise` brings it back to [0, 1] for panels.
 """
 
@@ -31,12 +33,16 @@ class MaskedPretraining(pl.LightningModule):
     """SparK-style masked image modelling with random (SparK) or differentiated ROI (MWM) masking.
 
     Args:
-        backbone, input_size, decoder_width: passed to `SparkMIM` (timm convnet name, square input side,
-            decoder width at the coarsest level).
+        backbone, input_size, decoder, decoder_width, per_channel_target, drop_path_rate: passed to `SparkMIM`
+            (timm convnet name, square input side, SparK's decoder or the lighter pixel-shuffle one, its width
+            at the coarsest level, the target's normalisation, stochastic depth; None = SparK's per backbone).
         sync_bn: all-reduce BatchNorm statistics across processes; None = on when the trainer's world size > 1.
         masking: "differentiated" (MWM: ROI cells masked at `r_roi`, background at `r_bg`; a cell is ROI by
-            `roi_rule` / `roi_min_fraction`) or "random" (SparK: uniform at `mask_ratio`).
-        optimizer: "lamb" (timm's LAMB, SparK's choice) or "adamw"; `betas` for both.
+            `roi_rule` / `roi_min_fraction`, default the MWM fork's nearest resize; cells kept per region
+            int(n(1-r)) in floats as the fork, or the exact decimal floor with `exact_counts`) or "random"
+            (SparK: round(N(1-mask_ratio)) cells kept). See `pretrain.masking`.
+        optimizer: "lamb" (timm's LAMB, SparK's choice) or "adamw"; `betas` for both, None = SparK's:
+            (0.9, 0.95) for ResNets, (0.9, 0.999) for ConvNeXts.
         base_lr: lr per 256 images; the lr is base_lr x effective batch / 256 (per-device batch x devices x
             nodes x gradient accumulation) unless `lr` gives it outright.
         weight_decay, weight_decay_end: cosine ramp over the run (norms, biases, mask tokens: none).
@@ -49,18 +55,22 @@ class MaskedPretraining(pl.LightningModule):
         self,
         backbone: str = "resnet50",
         input_size: int = 224,
-        decoder_width: int = 512,
+        decoder: Literal["spark", "pixel_shuffle"] = "spark",
+        decoder_width: int = 768,
+        per_channel_target: bool = False,
+        drop_path_rate: float | None = None,
         sync_bn: bool | None = None,
         masking: Literal["differentiated", "random"] = "differentiated",
         r_roi: float = 0.8,
         r_bg: float = 0.4,
-        roi_rule: Literal["any", "fraction"] = "any",
+        roi_rule: Literal["nearest", "any", "fraction"] = "nearest",
         roi_min_fraction: float = 0.0,
+        exact_counts: bool = False,
         mask_ratio: float = 0.6,
         optimizer: Literal["lamb", "adamw"] = "lamb",
         base_lr: float = 2e-4,
         lr: float | None = None,
-        betas: tuple[float, float] = (0.9, 0.95),
+        betas: tuple[float, float] | None = None,
         weight_decay: float = 0.04,
         weight_decay_end: float = 0.2,
         warmup_epochs: float = 40.0,
@@ -69,23 +79,44 @@ class MaskedPretraining(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # plain values only: checkpoints stay loadable with weights_only=True
-        self.model = SparkMIM(backbone, input_size, decoder_width, sync_bn=bool(sync_bn))
+        self.model = self._build_model(sync_bn=bool(sync_bn))
         self.masking = build_masking(
-            masking, r_roi=r_roi, r_bg=r_bg, roi_rule=roi_rule, roi_min_fraction=roi_min_fraction, mask_ratio=mask_ratio
+            masking,
+            r_roi=r_roi,
+            r_bg=r_bg,
+            roi_rule=roi_rule,
+            roi_min_fraction=roi_min_fraction,
+            exact_counts=exact_counts,
+            mask_ratio=mask_ratio,
         )
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1))
 
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
-        # Runs before checkpoint weights are restored and before the optimizer is built.
+        # Runs after the data module's setup, before checkpoint weights are restored and the optimizer is built.
+        stats = getattr(self.trainer.datamodule, "pixel_stats", None)
+        if stats is not None:
+            self.pixel_mean.copy_(torch.tensor(stats.mean).view(1, 3, 1, 1))
+            self.pixel_std.copy_(torch.tensor(stats.std).view(1, 3, 1, 1))
         want_sync = self.hparams.sync_bn if self.hparams.sync_bn is not None else self.trainer.world_size > 1
         if want_sync and not self._sync_bn:
-            hp = self.hparams
-            synced = SparkMIM(hp.backbone, hp.input_size, hp.decoder_width, sync_bn=True)
+            synced = self._build_model(sync_bn=True)
             synced.load_state_dict(self.model.state_dict())  # same names; keeps weights loaded before fit
             self.model = synced.to(self.device)
             rank_zero_info("MaskedPretraining: BatchNorm statistics synchronised across processes (sync_bn)")
+
+    def _build_model(self, sync_bn: bool) -> SparkMIM:
+        hp = self.hparams
+        return SparkMIM(
+            hp.backbone,
+            hp.input_size,
+            decoder_width=hp.decoder_width,
+            decoder=hp.decoder,
+            per_channel_target=hp.per_channel_target,
+            drop_path_rate=hp.drop_path_rate,
+            sync_bn=sync_bn,
+        )
 
     @property
     def _sync_bn(self) -> bool:
@@ -152,11 +183,12 @@ class MaskedPretraining(pl.LightningModule):
         hp = self.hparams
         lr = self.learning_rate()
         groups = param_groups_weight_decay(self.model, hp.weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY)
+        betas = spark_betas(hp.backbone) if hp.betas is None else tuple(hp.betas)
         if hp.optimizer == "lamb":
             # gradient clipping is the trainer's (gradient_clip_val), not LAMB's own global-norm clip
-            optimizer = Lamb(groups, lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, max_grad_norm=None)
+            optimizer = Lamb(groups, lr=lr, betas=betas, weight_decay=hp.weight_decay, max_grad_norm=None)
         elif hp.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+            optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=hp.weight_decay)
         else:
             raise ValueError(f"unknown optimizer {hp.optimizer!r}; use 'lamb' or 'adamw'")
         # The horizon is set in on_train_start: asking the trainer for it here would build the train loader
@@ -174,11 +206,25 @@ class MaskedPretraining(pl.LightningModule):
         scheduler.set_horizon(int(total_steps), round(self.hparams.warmup_epochs * steps_per_epoch))
 
 
+def spark_betas(backbone: str) -> tuple[float, float]:
+    """SparK's Adam betas (`arg_util.py`, `ada`): (0.9, 0.999) for ConvNeXts, (0.9, 0.95) otherwise."""
+    return (0.9, 0.999) if "convnext" in backbone else (0.9, 0.95)
+
+
 def build_masking(
-    kind: str, *, r_roi: float, r_bg: float, roi_rule: str, roi_min_fraction: float, mask_ratio: float
+    kind: str,
+    *,
+    r_roi: float,
+    r_bg: float,
+    roi_rule: str,
+    roi_min_fraction: float,
+    exact_counts: bool,
+    mask_ratio: float,
 ) -> RandomMasking | DifferentiatedMasking:
     if kind == "differentiated":
-        return DifferentiatedMasking(r_roi=r_roi, r_bg=r_bg, rule=roi_rule, min_fraction=roi_min_fraction)
+        return DifferentiatedMasking(
+            r_roi=r_roi, r_bg=r_bg, rule=roi_rule, min_fraction=roi_min_fraction, exact_counts=exact_counts
+        )
     if kind == "random":
         return RandomMasking(ratio=mask_ratio)
     raise ValueError(f"unknown masking {kind!r}; use 'differentiated' or 'random'")

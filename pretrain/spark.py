@@ -2,40 +2,58 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
 
-from pretrain.decoder import Densify, LightDecoder
+from pretrain.decoder import SparkDecoder, decoder_widths
+from pretrain.densify import Densify, spark_kernel_sizes
+from pretrain.shuffle_decoder import PixelShuffleDecoder
 from pretrain.sparse_encoder import SparseEncoder
 
 # Prefix of the timm encoder's keys in `SparkMIM.state_dict()` (export strips it).
 ENCODER_PREFIX = "encoder.model."
 _PATCH_EPS = 1e-6
+# SparK's pretraining drop-path rates (`pretrain/models/__init__.py`); other backbones: 0.
+SPARK_DROP_PATH = {
+    "resnet50": 0.05,
+    "resnet101": 0.08,
+    "resnet152": 0.10,
+    "resnet200": 0.15,
+    "convnext_small": 0.2,
+    "convnext_base": 0.3,
+    "convnext_large": 0.4,
+}
+
+
+def spark_drop_path(backbone: str) -> float:
+    """SparK's drop-path rate for `backbone` (a timm name, tag allowed), 0 when SparK lists none."""
+    return SPARK_DROP_PATH.get(backbone.split(".")[0], 0.0)
 
 
 class PatchTarget(NamedTuple):
-    """Per-patch normalised input and the per-patch statistics, shaped (B,C,h,1,w,1) to broadcast over
-    the patchified image (B,C,h,p,w,p)."""
+    """Per-patch normalised input and the per-patch statistics, shaped to broadcast over the patchified
+    image (B,C,h,p,w,p): (B,1,h,1,w,1) when normalised over channels jointly, (B,C,h,1,w,1) per channel."""
 
     normalised_bchpwp: torch.Tensor
     mean_bch1w1: torch.Tensor
     std_bch1w1: torch.Tensor
 
 
-def patch_target(img_bCHW: torch.Tensor, patch: int) -> PatchTarget:
-    """Normalise each p x p patch of each channel to zero mean, unit variance (unbiased var + 1e-6).
+def patch_target(img_bCHW: torch.Tensor, patch: int, per_channel: bool = False) -> PatchTarget:
+    """Normalise each p x p patch to zero mean, unit variance (unbiased var + 1e-6, as SparK).
 
-    SparK normalises a patch over all its channels jointly; here each channel of a patch is normalised on
-    its own. For grey images repeated to 3 channels (our medical inputs) the two are identical.
+    SparK normalises a patch over its C x p x p values jointly (the default); `per_channel` normalises each
+    channel of a patch on its own. For grey images repeated to 3 channels the two are identical.
     """
     b, c, H, W = img_bCHW.shape
     if H % patch or W % patch:
         raise ValueError(f"image size {(H, W)} is not a multiple of the patch size {patch}")
     x = img_bCHW.float().reshape(b, c, H // patch, patch, W // patch, patch)
-    mean = x.mean(dim=(3, 5), keepdim=True)
-    std = (x.var(dim=(3, 5), keepdim=True) + _PATCH_EPS).sqrt()
+    dims = (3, 5) if per_channel else (1, 3, 5)
+    mean = x.mean(dim=dims, keepdim=True)
+    std = (x.var(dim=dims, keepdim=True) + _PATCH_EPS).sqrt()
     return PatchTarget((x - mean) / std, mean, std)
 
 
@@ -64,32 +82,54 @@ class SparkMIM(nn.Module):
     Args:
         backbone: timm model name with hierarchical features (resnet18/50, convnext_tiny/small, ...).
         input_size: default training input side (multiple of the downsample ratio, 32).
-        decoder_width: decoder channels at the coarsest level (stride 32); they halve at each finer level
-            (min 8).
+        decoder_width: decoder channels at the coarsest level (stride 32), halving at each finer level
+            (SparK: 768).
+        decoder: "spark" (SparK's decoder: UNet blocks up to full resolution, densify projections 3x3 but 1x1
+            at the coarsest level) or "pixel_shuffle" (lighter: blocks up to stride 4, 1x1 projections, a
+            pixel-shuffle head; `pretrain.shuffle_decoder`).
+        per_channel_target: normalise each channel of a target patch on its own instead of the C x p x p
+            values jointly (SparK).
+        drop_path_rate: stochastic depth of the encoder; None = SparK's rate for the backbone
+            (`SPARK_DROP_PATH`: 0.05 for ResNet-50, 0.2 for ConvNeXt-S, 0 for unlisted ones).
         sync_bn: all-reduce BatchNorm statistics over DDP processes (use this, not Trainer(sync_batchnorm)).
 
     Inputs to `forward` are images (B,3,H,W) normalised as the caller wishes (the loss target is the same
     image, normalised per patch) and the visible-cell mask (B,1,H/32,W/32), True = visible. The encoder
-    zeroes masked pixels itself. Decoder: `pretrain.decoder.LightDecoder` (x2 upsampling blocks with skips
-    up to stride 4, then a pixel-shuffle head). `loss` averages over all masked patches of the batch, as
-    SparK does; `loss_per_image_b` averages over each image's own masked patches.
+    zeroes masked pixels itself. `loss` averages over all masked patches of the batch, as SparK does;
+    `loss_per_image_b` averages over each image's own masked patches.
     """
 
     def __init__(
-        self, backbone: str = "resnet50", input_size: int = 224, decoder_width: int = 512, sync_bn: bool = False
+        self,
+        backbone: str = "resnet50",
+        input_size: int = 224,
+        decoder_width: int = 768,
+        decoder: Literal["spark", "pixel_shuffle"] = "spark",
+        per_channel_target: bool = False,
+        drop_path_rate: float | None = None,
+        sync_bn: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.encoder = SparseEncoder(backbone, sync_bn=sync_bn)
+        self.per_channel_target = per_channel_target
+        drop_path = spark_drop_path(backbone) if drop_path_rate is None else drop_path_rate
+        self.encoder = SparseEncoder(backbone, sync_bn=sync_bn, drop_path_rate=drop_path)
         self.downsample_ratio: int = self.encoder.downsample_ratio
         self.input_size = input_size
         self.grid_hw((input_size, input_size))  # validates input_size
         enc_channels = self.encoder.channels[::-1]  # coarse to fine
-        widths = [max(decoder_width // 2**i, 8) for i in range(len(enc_channels))]
-        self.densify = Densify(
-            enc_channels, widths, norm="layer" if self.encoder.uses_layer_norm else "batch", sync_bn=sync_bn
-        )
-        self.decoder = LightDecoder(widths, head_upsample=self.encoder.reductions[0], out_channels=3, sync_bn=sync_bn)
+        norm = "layer" if self.encoder.uses_layer_norm else "batch"
+        if decoder == "spark":
+            widths = decoder_widths(decoder_width, len(enc_channels))
+            kernels = spark_kernel_sizes(enc_channels, widths)
+            self.decoder = SparkDecoder(self.downsample_ratio, decoder_width, out_channels=3, sync_bn=sync_bn)
+        elif decoder == "pixel_shuffle":
+            widths, kernels = decoder_widths(decoder_width, len(enc_channels), minimum=8), None
+            head = self.encoder.reductions[0]
+            self.decoder = PixelShuffleDecoder(widths, head_upsample=head, out_channels=3, sync_bn=sync_bn)
+        else:
+            raise ValueError(f"unknown decoder {decoder!r}; use 'spark' or 'pixel_shuffle'")
+        self.densify = Densify(enc_channels, widths, kernels, norm=norm, sync_bn=sync_bn)
 
     def grid_hw(self, input_hw: tuple[int, int]) -> tuple[int, int]:
         """Mask grid (h, w) for an input of size `input_hw`."""
@@ -104,7 +144,7 @@ class SparkMIM(nn.Module):
         # 3. decode to an image of per-patch normalised pixels
         pred_b3HW = self.decoder(dense_bchw)
         # 4. loss on masked patches only
-        target = patch_target(img_b3HW, self.downsample_ratio)
+        target = patch_target(img_b3HW, self.downsample_ratio, self.per_channel_target)
         loss, loss_per_image_b = masked_patch_loss(pred_b3HW, target, active_b1hw)
         with torch.no_grad():
             recon_b3HW = self.reconstruction(pred_b3HW, img_b3HW, target, active_b1hw)

@@ -30,7 +30,8 @@ class _ActiveBatchNorm(torch.autograd.Function):
 
     The backward is the usual BatchNorm one restricted to active positions, in a few passes instead of the
     many small ops autograd would record. With `sync`, the per-channel sums (and in the backward the gradient
-    sums) are all-reduced over `group`, as `nn.SyncBatchNorm` does. Sums accumulate in float32 (or wider).
+    sums the input gradient needs) are all-reduced over `group`, as `nn.SyncBatchNorm` does; the weight and
+    bias gradients stay this process's own sums (DDP averages them). Sums accumulate in float32 (or wider).
     Returns (y, mean, biased var, count); the statistics are non-differentiable, for the running averages.
     """
 
@@ -74,10 +75,13 @@ class _ActiveBatchNorm(torch.autograd.Function):
         sum_g = g.sum(_DIMS, dtype=mean.dtype)
         sum_gx = (g * x).sum(_DIMS, dtype=mean.dtype)  # g is zero at masked positions
         sum_gxhat = invstd * (sum_gx - mean * sum_g)  # sum of g * normalised x
-        if ctx.sync:
-            sum_g, sum_gxhat = _all_reduce_sum(torch.cat([sum_g, sum_gxhat]), ctx.group).chunk(2)
+        # weight/bias gradients are this process's sums, as nn.SyncBatchNorm returns them: DDP averages them
+        dw = sum_gxhat.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
+        db = sum_g.to(weight.dtype if weight is not None else sum_g.dtype) if ctx.needs_input_grad[3] else None
         dx = None
         if ctx.needs_input_grad[0]:
+            if ctx.sync:  # the input gradient goes through the global statistics: it needs the global sums
+                sum_g, sum_gxhat = _all_reduce_sum(torch.cat([sum_g, sum_gxhat]), ctx.group).chunk(2)
             a = invstd if weight is None else invstd * weight.to(mean.dtype)
             # dx = a * (g - sum_g/n - xhat * sum_gxhat/n), written as a*g + b*x + c with per-channel a, b, c
             b = -a * invstd * sum_gxhat / n
@@ -86,8 +90,6 @@ class _ActiveBatchNorm(torch.autograd.Function):
             dx.addcmul_(g, a.view(1, -1, 1, 1).to(x.dtype))
             if active is not None:
                 dx.mul_(active)
-        dw = sum_gxhat.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
-        db = sum_g.to(weight.dtype if weight is not None else sum_g.dtype) if ctx.needs_input_grad[3] else None
         return dx, None, dw, db, None, None, None, None
 
 

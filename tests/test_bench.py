@@ -78,7 +78,14 @@ def test_pretrain_step_bench_runs():
         "1",
         "--decoder-width",
         "32",
+        "--breakdown",
     )
     assert result["config"]["backbone"] == "resnet18" and result["config"]["size"] == 32
+    assert result["config"]["decoder"] == "spark"
+    parts = result["breakdown_share"]
+    assert (
+        set(parts) >= {"encoder", "densify", "decoder.proj"} and sum(k.startswith("decoder.blocks") for k in parts) == 5
+    )
+    assert abs(sum(parts.values()) - 1) < 0.01
     assert result["step_ratio_vs_dense"] > 0
     assert 0 <= result["mask_share"] < 1

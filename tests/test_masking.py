@@ -20,6 +20,11 @@ PERCENT = st.integers(min_value=0, max_value=100)
 
 
 def keep_count(n: int, percent: int) -> int:
+    """The MWM fork's count: int(n * (1 - r)) in Python floats (float error included)."""
+    return int(n * (1 - percent / 100))
+
+
+def exact_keep_count(n: int, percent: int) -> int:
     """floor(n * (1 - percent/100)) in exact integer arithmetic."""
     return n * (100 - percent) // 100
 
@@ -43,14 +48,24 @@ def roi_grids(draw):
 
 
 @settings(max_examples=150, deadline=None)
-@given(roi=roi_grids(), p_roi=PERCENT, p_bg=PERCENT, min_visible=st.integers(0, 1), seed=st.integers(0, 2**31))
-def test_differentiated_mask_keeps_exact_counts_per_region(roi, p_roi, p_bg, min_visible, seed):
+@given(
+    roi=roi_grids(),
+    p_roi=PERCENT,
+    p_bg=PERCENT,
+    min_visible=st.integers(0, 1),
+    exact=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_differentiated_mask_keeps_exact_counts_per_region(roi, p_roi, p_bg, min_visible, exact, seed):
     gen = torch.Generator().manual_seed(seed)
-    active = sample_differentiated_mask(roi, p_roi / 100, p_bg / 100, generator=gen, min_visible=min_visible)
+    active = sample_differentiated_mask(
+        roi, p_roi / 100, p_bg / 100, generator=gen, min_visible=min_visible, exact_counts=exact
+    )
     assert active.shape == roi.shape and active.dtype == torch.bool
+    count = exact_keep_count if exact else keep_count
     for a, r in zip(active[:, 0].numpy(), roi[:, 0].numpy(), strict=True):
         n_roi, n_bg = int(r.sum()), int((~r).sum())
-        keep_roi, keep_bg = keep_count(n_roi, p_roi), keep_count(n_bg, p_bg)
+        keep_roi, keep_bg = count(n_roi, p_roi), count(n_bg, p_bg)
         if keep_roi + keep_bg < min_visible:  # top-up: background first, then ROI
             if n_bg > keep_bg:
                 keep_bg += 1
@@ -92,15 +107,23 @@ def test_differentiated_stats(roi, p_roi, p_bg):
 def test_random_mask_exact_count(batch, h, w, percent, seed):
     active = sample_random_mask(batch, (h, w), percent / 100, generator=torch.Generator().manual_seed(seed))
     assert active.shape == (batch, 1, h, w)
-    expected = max(keep_count(h * w, percent), 1)
+    expected = max(round(h * w * (1 - percent / 100)), 1)  # SparK's len_keep
     assert active.flatten(1).sum(1).tolist() == [expected] * batch
 
 
-def test_float_rounding_does_not_drop_a_cell():
-    # 1 - 0.8 == 0.19999999999999996 in floating point; 5 cells must still keep exactly 1
-    roi = torch.ones(3, 1, 1, 5, dtype=torch.bool)
-    active = sample_differentiated_mask(roi, 0.8, 0.4, min_visible=0)
-    assert active.flatten(1).sum(1).tolist() == [1, 1, 1]
+def test_counts_follow_the_reference_code_float_error_included():
+    # MWM: int(n * (1 - r)); 1 - 0.8 == 0.19999999999999996, so 5 ROI cells keep 0 and 10 keep 1 (not 1 and 2)
+    roi = torch.zeros(2, 1, 7, 7, dtype=torch.bool)
+    roi[0].view(-1)[:5] = True
+    roi[1].view(-1)[:10] = True
+    kept = sample_differentiated_mask(roi, 0.8, 0.4, min_visible=0)
+    assert (kept & roi).flatten(1).sum(1).tolist() == [0, 1]
+    assert (kept & ~roi).flatten(1).sum(1).tolist() == [26, 23]  # int(44 * 0.6) = 26, int(39 * 0.6) = 23
+    exact = sample_differentiated_mask(roi, 0.8, 0.4, min_visible=0, exact_counts=True)
+    assert (exact & roi).flatten(1).sum(1).tolist() == [1, 2]
+    # SparK: round(49 * (1 - r)): 19.6 -> 20 at r = 0.6, 14.7 -> 15 at r = 0.7, 9.8 -> 10 at r = 0.8
+    for ratio, keep in ((0.6, 20), (0.7, 15), (0.8, 10)):
+        assert sample_random_mask(3, (7, 7), ratio).flatten(1).sum(1).tolist() == [keep] * 3
     assert sample_random_mask(2, (1, 10), 0.7, min_visible=0).flatten(1).sum(1).tolist() == [3, 3]
 
 
@@ -139,7 +162,17 @@ def test_roi_cells_rules():
     roi = torch.zeros(1, 1, 64, 64, dtype=torch.uint8)
     roi[0, 0, 0, 0] = 1  # a single pixel in cell (0, 0)
     roi[0, 0, 32:, 32:48] = 1  # half of cell (1, 1)
-    assert roi_cells(roi, (2, 2))[0, 0].tolist() == [[True, False], [False, True]]
+    assert roi_cells(roi, (2, 2), "any")[0, 0].tolist() == [[True, False], [False, True]]
+    assert roi_cells(roi, (2, 2))[0, 0].tolist() == [[True, False], [False, True]]  # both hold their top-left
+    # nearest (the default, as the MWM fork) reads one pixel per cell, its top-left one
+    top_left = torch.zeros(1, 1, 64, 64, dtype=torch.uint8)
+    top_left[0, 0, 31, 31] = 1  # the bottom-right pixel of cell (0, 0)
+    top_left[0, 0, 32:, :32] = 1  # all of cell (1, 0) ...
+    top_left[0, 0, 32, 0] = 0  # ... but its top-left pixel
+    top_left[0, 0, 32, 32] = 255  # only the top-left pixel of cell (1, 1), any non-zero value
+    assert roi_cells(top_left, (2, 2))[0, 0].tolist() == [[False, False], [False, True]]
+    assert roi_cells(top_left, (2, 2), "nearest")[0, 0].tolist() == [[False, False], [False, True]]
+    assert roi_cells(top_left, (2, 2), "any")[0, 0].tolist() == [[True, False], [True, True]]
     assert roi_cells(roi, (2, 2), "fraction", 0.5)[0, 0].tolist() == [[False, False], [False, True]]
     assert roi_cells(roi, (2, 2), "fraction", 0.6)[0, 0].tolist() == [[False, False], [False, False]]
     with pytest.raises(ValueError, match="min_fraction"):

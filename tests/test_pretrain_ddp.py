@@ -47,6 +47,8 @@ def test_two_process_ddp_fit_through_the_cli(tmp_path):
         "false",
         "--panel.every_n_steps",
         "2",
+        "--trainer.callbacks+=tests.ddp_probe.StepProbe",
+        f"--trainer.callbacks.out_dir={tmp_path / 'probe'}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -69,3 +71,11 @@ def test_two_process_ddp_fit_through_the_cli(tmp_path):
     assert train["mask/realised_ratio"].notna().all()
     assert metrics["val/loss"].notna().any()
     assert (run / "panels" / "step_0000002.png").is_file() and (run / "config.yaml").is_file()
+
+    # every step: the two ranks trained on different items and ended with identical weights
+    for step in (1, 2, 3):
+        rank0, rank1 = (torch.load(tmp_path / "probe" / f"rank{r}_step{step}.pt", weights_only=True) for r in (0, 1))
+        assert len(rank0["index"]) == len(rank1["index"]) == 4 and not set(rank0["index"]) & set(rank1["index"])
+        assert torch.equal(rank0["params"], rank1["params"]), step
+    before, after = (torch.load(tmp_path / "probe" / f"rank0_step{s}.pt", weights_only=True)["params"] for s in (1, 2))
+    assert not torch.equal(before, after)  # the weights did change

@@ -15,7 +15,6 @@ import pytest
 import pytorch_lightning as pl
 import timm
 import torch
-import yaml
 from PIL import Image
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
@@ -30,7 +29,6 @@ from tests.pretrain_lightning_fixtures import write_roi_corpus
 N_ITEMS = 20  # 19 done, 1 pending
 SIZE = 64
 BATCH = 4
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::UserWarning",
@@ -377,56 +375,6 @@ def test_export_cli_writes_a_timm_state_dict(reference_run, tmp_path, capsys):
     trained = load_ckpt(ckpt_dir / "last.ckpt")["state_dict"]
     for name, tensor in weights.items():
         assert torch.equal(tensor, trained["model.encoder.model." + name]), name
-
-
-@pytest.mark.parametrize(
-    ("preset", "expected"),
-    [
-        (
-            "mwm_resnet50.yaml",
-            {
-                "model.backbone": "resnet50",
-                "model.masking": "differentiated",
-                "model.r_roi": 0.8,
-                "model.r_bg": 0.4,
-                "model.optimizer": "lamb",
-                "model.input_size": 224,
-                "trainer.precision": "bf16-mixed",
-                "trainer.strategy": "ddp",
-            },
-        ),
-        (
-            "spark_resnet50.yaml",
-            {
-                "model.backbone": "resnet50",
-                "model.masking": "random",
-                "model.mask_ratio": 0.6,
-                "model.optimizer": "lamb",
-                "trainer.precision": "bf16-mixed",
-            },
-        ),
-        (
-            "tiny_cpu.yaml",
-            {
-                "model.backbone": "resnet18",
-                "model.input_size": 64,
-                "data.batch_size": 8,
-                "trainer.precision": "32-true",
-                "trainer.accelerator": "cpu",
-            },
-        ),
-    ],
-)
-def test_presets_parse(preset, expected, capsys):
-    with pytest.raises(SystemExit) as exited:
-        main(["fit", "--config", str(CONFIGS / preset), "--print_config"])
-    assert exited.value.code in (0, None)
-    config = yaml.safe_load(capsys.readouterr().out)
-    for dotted, value in expected.items():
-        section, key = dotted.split(".")
-        assert config[section][key] == value, dotted
-    assert config["trainer"]["gradient_clip_val"] == 5.0 and config["checkpoint"]["save_last"] is True
-    assert config["model"]["betas"] == [0.9, 0.95]
 
 
 @pytest.mark.gpu

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pretrain.decoder import SparkDecoder
 from pretrain.masking import DifferentiatedMasking, sample_random_mask
 from pretrain.spark import SparkMIM, masked_patch_loss, patch_target
 from pretrain.sparse_norm import SparseBatchNorm2d, SparseLayerNorm
@@ -14,7 +15,7 @@ P = 32
 
 
 def reference_loss(pred: np.ndarray, img: np.ndarray, active: np.ndarray) -> tuple[float, list[float]]:
-    """Patch by patch, channel by channel, in float64."""
+    """Patch by patch in float64, each patch normalised over its 3 x P x P values (SparK's patchify)."""
     total, count, per_image = 0.0, 0, []
     for b in range(img.shape[0]):
         errs = []
@@ -23,8 +24,8 @@ def reference_loss(pred: np.ndarray, img: np.ndarray, active: np.ndarray) -> tup
                 if active[b, 0, i, j]:
                     continue
                 sl = (b, slice(None), slice(i * P, (i + 1) * P), slice(j * P, (j + 1) * P))
-                x, y = img[sl].reshape(3, -1), pred[sl].reshape(3, -1)
-                t = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, ddof=1, keepdims=True) + 1e-6)
+                x, y = img[sl].reshape(-1), pred[sl].reshape(-1)
+                t = (x - x.mean()) / np.sqrt(x.var(ddof=1) + 1e-6)
                 errs.append(((y - t) ** 2).mean())
         total, count = total + sum(errs), count + len(errs)
         per_image.append(float(np.mean(errs)) if errs else 0.0)
@@ -67,17 +68,113 @@ def test_loss_ignores_visible_patches(batch):
     assert masked_patch_loss(pred_masked, patch_target(img, P), active)[0].item() > loss.item() + 1e-3
 
 
-def test_target_is_normalised_per_masked_patch_and_channel(batch):
+def test_per_patch_normalisation_by_hand_on_a_two_patch_rgb_image():
+    img = torch.zeros(1, 3, P, 2 * P)
+    # patch 0: R = 0, G = 1, B = 2 everywhere -> mean 1, squares of deviations 2 x P*P over 3 x P*P values
+    img[0, :, :, :P] = torch.tensor([0.0, 1.0, 2.0]).view(3, 1, 1)
+    # patch 1: R a 0/4 checkerboard, G = B = 2 -> mean 2, squares of deviations 4 x P*P
+    checker = (torch.arange(P).view(P, 1) + torch.arange(P).view(1, P)) % 2 * 4.0
+    img[0, 0, :, P:], img[0, 1:, :, P:] = checker, 2.0
+    n = 3 * P * P  # unbiased variance: divide by n - 1
+    std0, std1 = ((2 * P * P / (n - 1)) + 1e-6) ** 0.5, ((4 * P * P / (n - 1)) + 1e-6) ** 0.5
+    target = patch_target(img, P).normalised_bchpwp.reshape(img.shape)
+    expected = torch.zeros_like(img)
+    expected[0, :, :, :P] = torch.tensor([-1.0, 0.0, 1.0]).view(3, 1, 1) / std0
+    expected[0, 0, :, P:] = (checker - 2.0) / std1
+    torch.testing.assert_close(target, expected, rtol=1e-5, atol=1e-6)
+    # per channel (the option): the constant channels of patch 0 and the flat G, B of patch 1 become 0
+    per_channel = patch_target(img, P, per_channel=True).normalised_bchpwp.reshape(img.shape)
+    assert per_channel[0, :, :, :P].abs().max() == 0 and per_channel[0, 1:, :, P:].abs().max() == 0
+    torch.testing.assert_close(per_channel[0, 0, :, P:], (checker - 2.0) / ((4 * P * P / (P * P - 1)) + 1e-6) ** 0.5)
+
+
+def test_target_is_normalised_per_masked_patch(batch):
     img, pred, active = batch
     loss = masked_patch_loss(pred, patch_target(img, P), active)[0]
     img_affine = img.clone()
-    img_affine[2, 0, :P, :P] = img_affine[2, 0, :P, :P] * 7.0 + 3.0  # one channel of one masked patch
-    img_affine[2, 1, P:, P : 2 * P] -= 5.0
+    img_affine[2, :, :P, :P] = img_affine[2, :, :P, :P] * 7.0 + 3.0  # all channels of one masked patch
+    img_affine[2, :, P:, P : 2 * P] -= 5.0
     assert masked_patch_loss(pred, patch_target(img_affine, P), active)[0].item() == pytest.approx(
         loss.item(), rel=1e-5
     )
     target = patch_target(img, P).normalised_bchpwp
-    assert torch.allclose(target.mean(dim=(3, 5)), torch.zeros(()), atol=1e-5)
+    assert torch.allclose(target.mean(dim=(1, 3, 5)), torch.zeros(()), atol=1e-5)
+
+
+def test_spark_decoder_widths_and_shapes_for_resnet50_at_224():
+    # SparK with ResNet-50 at 224: densified levels 768@7, 384@14, 192@28, 96@56 (projections 1x1, then 3x3),
+    # five UNet blocks to 384@14, 192@28, 96@56, 48@112, 24@224, then 3 channels at 224
+    model = SparkMIM("resnet50", input_size=224)
+    assert [p.kernel_size for p in model.densify.projs] == [(1, 1), (3, 3), (3, 3), (3, 3)]
+    assert [b[0].kernel_size + b[0].stride for b in model.decoder.blocks] == [(4, 4, 2, 2)] * 5
+    assert [type(m).__name__ for m in model.decoder.blocks[0]] == [
+        "ConvTranspose2d",
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU6",
+        "Conv2d",
+        "BatchNorm2d",
+    ]
+    shapes = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            shapes[name] = [t.shape[1:] for t in output] if isinstance(output, list) else output.shape[1:]
+
+        return hook
+
+    hooks = [b.register_forward_hook(record(f"block{i}")) for i, b in enumerate(model.decoder.blocks)]
+    hooks.append(model.densify.register_forward_hook(record("dense")))
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 224, 224), sample_random_mask(1, (7, 7), 0.6))
+    for h in hooks:
+        h.remove()
+    assert shapes["dense"] == [(768, 7, 7), (384, 14, 14), (192, 28, 28), (96, 56, 56)]
+    assert [shapes[f"block{i}"] for i in range(5)] == [
+        (384, 14, 14),
+        (192, 28, 28),
+        (96, 56, 56),
+        (48, 112, 112),
+        (24, 224, 224),
+    ]
+    assert out["recon_b3HW"].shape == (1, 3, 224, 224) and model.decoder.proj.in_channels == 24
+    # parameters of a block (cin -> cout): transposed conv cin*cin*16 + cin, convs cin*cin*9 + cin*cout*9, BNs
+    expected = (
+        sum(
+            c * c * 16 + c + c * c * 9 + 2 * c + c * d * 9 + 2 * d
+            for c, d in [(768, 384), (384, 192), (192, 96), (96, 48), (48, 24)]
+        )
+        + 24 * 3
+        + 3
+    )
+    assert sum(p.numel() for p in model.decoder.parameters()) == expected
+    # SparK's drop-path rate for ResNet-50: 0.05, reached by the last block (timm's linear schedule)
+    assert model.encoder.model.layer4[-1].drop_path.drop_prob == pytest.approx(0.05)
+
+
+def test_spark_decoder_adds_each_level_before_the_block_that_upsamples_it():
+    decoder = SparkDecoder(upsample=32, width=64).eval()
+    skips = [torch.randn(1, c, 2 * 2**i, 2 * 2**i, requires_grad=True) for i, c in enumerate((64, 32, 16, 8))]
+    decoder(skips).sum().backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in skips)  # every level reaches the image
+    # each level is added where the features have its resolution: a level given at the wrong one cannot be added
+    with pytest.raises(RuntimeError, match="size of tensor"):
+        decoder([skips[0], skips[2], skips[1]])
+
+
+def test_convnext_small_coarsest_level_needs_no_projection():
+    model = SparkMIM("convnext_small", input_size=64, decoder_width=768)
+    assert isinstance(model.densify.projs[0], torch.nn.Identity)  # 768 channels = decoder width 768 (SparK)
+    assert model.encoder.model.stages[3].blocks[-1].drop_path.drop_prob == pytest.approx(0.2)
+
+
+def test_pixel_shuffle_decoder_option():
+    model = SparkMIM("resnet18", input_size=64, decoder_width=64, decoder="pixel_shuffle")
+    assert [p.kernel_size for p in model.densify.projs] == [(1, 1)] * 4
+    out = model(torch.rand(2, 3, 64, 64), sample_random_mask(2, (2, 2), 0.5))
+    assert out["recon_b3HW"].shape == (2, 3, 64, 64) and torch.isfinite(out["loss"])
+    with pytest.raises(ValueError, match="unknown decoder"):
+        SparkMIM("resnet18", input_size=64, decoder="unet")
 
 
 def test_reconstruction_pastes_visible_patches_and_denormalises(batch):
@@ -133,13 +230,13 @@ def test_sync_bn_flag_reaches_every_batch_norm():
 
 def test_a_few_steps_reduce_the_loss():
     torch.manual_seed(0)
-    model = SparkMIM("resnet18", input_size=64, decoder_width=256)
+    model = SparkMIM("resnet18", input_size=64, decoder_width=64)
     yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
     img = torch.stack([torch.sin(6 * xx * (k + 1)) * torch.cos(4 * yy) for k in range(4)])[:, None].expand(4, 3, 64, 64)
     active = sample_random_mask(4, (2, 2), 0.5, generator=torch.Generator().manual_seed(0))
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     losses = []
-    for _ in range(12):
+    for _ in range(16):
         loss = model(img, active)["loss"]
         opt.zero_grad()
         loss.backward()

@@ -1,0 +1,23 @@
+"""A callback the DDP tests add through the command line: after every optimizer step, each process writes the
+item indices of its batch and its flattened parameters to `out_dir/rank{R}_step{S}.pt`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+
+class StepProbe(pl.Callback):
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        params = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
+        record = {"index": batch["index"].tolist(), "params": params}
+        torch.save(record, self.out_dir / f"rank{trainer.global_rank}_step{trainer.global_step}.pt")
