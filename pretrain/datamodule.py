@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 
 from data.dataset import RoiDataset
 from data.intensity import IntensityConfig
-from data.roi_cache import RoiCache
+from data.roi_cache import RoiCache, RoiShape
 from pretrain.pixel_stats import PixelStats, dataset_stats
 from pretrain.seeding import derive_seed, unit_interval
 from pretrain.transforms import Augment, Interpolation, eval_transform, square_resize, train_transform
@@ -113,6 +113,8 @@ class RoiDataModule(pl.LightningDataModule):
         normalize: "dataset" (the MWM fork: mean of the per-image channel means and stds of the first
             `stats_images` training items, resized like the inputs) or "imagenet" (SparK). The numbers are
             logged, written to `pixel_stats.json` in the run folder and kept in the checkpoint.
+        roi_shape: "rect" (the expanded ROI: each component's filled bounding rectangle, what the MWM fork
+            pretrains on, `masks_expanded/`) or "sam" (the refined mask itself).
         only_done: keep only items the localizer finished; False also trains on pending/failed items,
             whose ROI is then empty (they are masked like background).
         modalities: keep only these manifest modalities (e.g. ['MR']); None keeps all.
@@ -140,6 +142,7 @@ class RoiDataModule(pl.LightningDataModule):
         antialias: bool | None = None,
         normalize: Literal["dataset", "imagenet"] = "dataset",
         stats_images: int = 1000,
+        roi_shape: RoiShape = "rect",
         only_done: bool = True,
         modalities: list[str] | None = None,
         intensity: dict[str, Any] | None = None,
@@ -185,6 +188,7 @@ class RoiDataModule(pl.LightningDataModule):
                 intensity=IntensityConfig(**(hp.intensity or {})),
                 only_done=hp.only_done,
                 modalities=hp.modalities,
+                roi_shape=hp.roi_shape,
             )
 
         resampling = {"interpolation": hp.interpolation, "antialias": hp.antialias}
