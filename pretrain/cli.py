@@ -89,12 +89,13 @@ def export_main(argv: Sequence[str]) -> int:
     return 0
 
 
-USAGE = """usage: python -m pretrain {fit,validate,export,experiment} ...
+USAGE = """usage: python -m pretrain {fit,validate,export,experiment,maskedclip} ...
 
   fit --config configs/pretrain/X.yaml [--data.corpus DIR --data.cache CACHE.zarr] [--ckpt_path last.ckpt]
   validate --config ... --ckpt_path CKPT
   export CKPT --out backbone.pt      the encoder as a timm state dict
   experiment --config configs/experiment/X.yaml   the masking-strategy study (table + plot)
+  maskedclip {fit,validate,export} ...           MaskedCLIP pretraining (docs/MASKEDCLIP.md)
 
 Run `python -m pretrain fit --help` (or `--print_config`) for every option."""
 
@@ -111,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pretrain.experiment import main as experiment_main
 
         return experiment_main(argv[1:])
+    if argv[0] == "maskedclip":
+        from pretrain.maskedclip.cli import main as maskedclip_main
+
+        return maskedclip_main(argv[1:])
     PretrainCLI(
         MaskedPretraining,
         RoiDataModule,
