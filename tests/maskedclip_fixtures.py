@@ -48,3 +48,31 @@ def write_paired_corpus(root: Path, n: int = 16, paired_share: float = 0.5) -> t
     """-> (corpus, cache, pairs CSV) under `root`."""
     corpus, cache = write_roi_corpus(root, n=n)
     return corpus, cache, write_pairs(corpus, root / "pairs.csv", paired_share)
+
+
+def tiny_model_args(**overrides) -> dict:
+    """MaskedClipPretraining arguments of a tiny model (test_vit: 6 blocks of width 64, 2 of them the bridge)."""
+    args = dict(
+        vit="test_vit",
+        bridge_depth=2,
+        embed_dim=32,
+        input_size=64,
+        bert=TINY_BERT,
+        context_length=48,
+        decoder_width=32,
+        decoder_depth=1,
+        decoder_heads=2,
+        feature_decoder_depth=1,
+        warmup_epochs=0.5,
+    )
+    return {**args, **overrides}
+
+
+def tiny_maskedclip(**overrides):
+    """The bare `MaskedCLIP` of `tiny_model_args`, with its tokenizer."""
+    from pretrain.maskedclip.module import MaskedClipPretraining
+
+    module = MaskedClipPretraining(**tiny_model_args(**overrides))
+    from pretrain.maskedclip.tokenizer import ReportTokenizer
+
+    return module.model, ReportTokenizer(None, module.hparams.context_length)

@@ -19,7 +19,7 @@ from pretrain.maskedclip.model import MaskedCLIP, Teacher
 from pretrain.maskedclip.tokenizer import ReportTokenizer
 from pretrain.masking import DifferentiatedMasking, RandomMasking
 from pretrain.schedules import WarmupCosineSchedule
-from pretrain.seeding import seeded_generator
+from pretrain.seeding import derive_seed, seeded_generator
 
 # Besides 1-D parameters (norms, biases, the logit scale), these never decay (fnmatch patterns).
 NO_WEIGHT_DECAY = ("*mask_token*", "*pos_embed*", "*cls_token*", "*reg_token*")
@@ -147,7 +147,12 @@ class MaskedClipPretraining(pl.LightningModule):
         self.log(f"{stage}/paired_share", batch["paired"].float().mean(), batch_size=batch_size, **kwargs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        out = self(batch, self._mask_generator("train", self.current_epoch, batch_idx))
+        # Dropout (BERT's) draws from the global RNG, which a resumed run does not get back: it is seeded from
+        # the run's position instead, like the masks, inside a fork that leaves the caller's RNG untouched.
+        where = (self.current_epoch, batch_idx, self.global_rank)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(derive_seed(self.hparams.seed, "dropout", *where))
+            out = self(batch, self._mask_generator("train", self.current_epoch, batch_idx))
         self._log_terms("train", out, batch)
         for name in MASK_STATS:
             self.log(name, out[name])
