@@ -146,7 +146,9 @@ def main() -> None:
     torch.manual_seed(0)
     mim = build(size, tokenizer, clip_and_mkd=False).to(device).train()
     optimizers = {
-        id(m): torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95))
+        id(m): torch.optim.AdamW(
+            [p for p in m.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95), foreach=True
+        )
         for m in (full, mim)
     }
     img, roi, ids, paired = (

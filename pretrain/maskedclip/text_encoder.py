@@ -74,5 +74,11 @@ class TextEncoder(nn.Module):
         return self.tower.config
 
     def forward(self, text_ids_bl: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, L) -> text embeddings (B, embed_dim) (unnormalised)."""
-        return self.tower(text_ids_bl)
+        """Token ids (B, L) -> text embeddings (B, embed_dim) (unnormalised).
+
+        Trailing columns that are padding in every row are dropped first: padded keys are masked out and the
+        position embeddings are absolute, so the embeddings are those of the full-length ids, for less work.
+        """
+        is_text_l = (text_ids_bl != self.tower.config.pad_token_id).any(0)
+        length = int(is_text_l.nonzero().max()) + 1 if bool(is_text_l.any()) else text_ids_bl.shape[1]
+        return self.tower(text_ids_bl[:, :length])
