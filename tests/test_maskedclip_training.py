@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
@@ -201,3 +202,37 @@ def test_no_report_text_reaches_any_output_of_a_run(preset_run):
     hparams = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert hparams["datamodule_hyper_parameters"]["reports"].endswith("pairs.csv")  # a path, not its content
     assert json.loads((root / "vit.pt.json").read_text())["backbone"] == "test_vit2"
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        (
+            "gpu_vitb16.yaml",
+            {
+                "model.vit": "vit_base_patch16_224",
+                "model.input_size": 224,
+                "model.context_length": 256,
+                "model.bert.hidden_size": 768,
+                "model.bert.num_hidden_layers": 12,
+                "model.masking": "differentiated",
+                "model.base_lr": 1.5e-4,
+                "model.betas": [0.9, 0.95],
+                "data.hflip": 0.0,
+                "trainer.precision": "bf16-mixed",
+                "trainer.strategy": "ddp_find_unused_parameters_true",
+            },
+        ),
+        ("cpu_tiny.yaml", {"model.vit": "test_vit2", "trainer.accelerator": "cpu", "trainer.precision": "32-true"}),
+    ],
+)
+def test_presets_parse_with_the_documented_settings(preset, expected, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["maskedclip", "fit", "--config", str(REPO / "configs/maskedclip" / preset), "--print_config"])
+    assert done.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    for dotted, value in expected.items():
+        node = config
+        for key in dotted.split("."):
+            node = node[key]
+        assert node == value, dotted
