@@ -83,6 +83,7 @@ experiment:
 bench:
 	$(PY) bench/cache_io.py
 	$(PY) bench/pretrain_step.py
+	$(PY) bench/maskedclip_step.py
 	$(PY) bench/localize.py --size tiny
 
 lint:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
+from data.clip_folder import write_biomedclip_folder
 from localize.prompts import DEFAULT_PROMPTS_PATH, PromptConfig
-from localize.standins import write_biomedclip_folder
 
 # microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224's open_clip_config.json (model part).
 BIOMEDCLIP_EMBED_DIM = 512

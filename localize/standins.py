@@ -15,10 +15,7 @@ Layout written under ``out_dir``::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,12 +23,10 @@ from typing import Any
 import torch
 import yaml
 
+from data.clip_folder import write_biomedclip_folder
 from localize.prompts import DEFAULT_PROMPTS_PATH, PromptConfig
 from localize.refine import RefineConfig
 from localize.sam_loader import build_custom_sam
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 TINY_SAM_ARCH: dict[str, Any] = {
     "image_encoder": {
@@ -80,7 +75,6 @@ TINY_BERT = {
     "max_position_embeddings": 64,
 }
 TINY_CONTEXT_LENGTH = 32
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 def write_standins(out_dir: str | Path, seed: int = 0) -> Path:
@@ -125,53 +119,6 @@ def write_tiny_biomedclip(folder: Path, vocabulary: list[str] = ()) -> Path:
     )
 
 
-def write_biomedclip_folder(
-    folder: Path,
-    vocabulary: list[str],
-    *,
-    embed_dim: int,
-    vision_cfg: dict[str, Any],
-    bert: dict[str, Any],
-    context_length: int,
-) -> Path:
-    """A local-dir folder in BiomedCLIP's layout (timm ViT + HF BERT, mlp proj, CLS pooler) with random weights,
-    created by open_clip from its own config; the vocabulary is built from `vocabulary`'s words."""
-    import open_clip
-    from safetensors.torch import save_file
-    from transformers import BertConfig, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    words = sorted({w for text in vocabulary for w in text.lower().split()})
-    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
-    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars), *(w for w in words if w not in chars)]
-    # transformers 5 takes the vocabulary itself; save_pretrained writes vocab.txt + tokenizer.json + configs.
-    BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")  # as in the hub repos
-    BertConfig(vocab_size=len(vocab), **bert).save_pretrained(folder)
-    clip_config = {
-        "model_cfg": {
-            "embed_dim": embed_dim,
-            "vision_cfg": vision_cfg,
-            # Offline layout: the text tower's config and tokenizer are this folder (see clip_loader).
-            "text_cfg": {
-                "hf_model_name": str(folder),
-                "hf_tokenizer_name": str(folder),
-                "hf_proj_type": "mlp",
-                "hf_pooler_type": "cls_last_hidden_state_pooler",
-                "context_length": context_length,
-            },
-        },
-        "preprocess_cfg": {"mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)},
-    }
-    (folder / "open_clip_config.json").write_text(json.dumps(clip_config, indent=2), encoding="utf-8")
-    # No weights file yet, so open_clip builds a randomly initialised model from the config (what we want here;
-    # its warnings about that are dropped).
-    with _without_log_records("no CLIP weights found", "initialized randomly"):
-        model = open_clip.create_model(f"local-dir:{folder}", pretrained_text=False)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "open_clip_model.safetensors")
-    return folder
-
-
 def write_tiny_sam(checkpoint: Path) -> Path:
     """A randomly initialised tiny SAM: ``checkpoint`` (.pth state dict) + its architecture ``.json``."""
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -179,19 +126,6 @@ def write_tiny_sam(checkpoint: Path) -> Path:
     sam = build_custom_sam(TINY_SAM_ARCH, source="TINY_SAM_ARCH")
     torch.save(sam.state_dict(), checkpoint)
     return checkpoint
-
-
-@contextlib.contextmanager
-def _without_log_records(*fragments: str) -> Iterator[None]:
-    """Drop root-logger records containing any of ``fragments`` (open_clip logs through the root logger)."""
-    drop = logging.Filter()
-    drop.filter = lambda record: not any(f in record.getMessage() for f in fragments)
-    root = logging.getLogger()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
 
 
 def standins_main(argv: list[str] | None = None) -> int:

@@ -89,11 +89,12 @@ def export_main(argv: Sequence[str]) -> int:
     return 0
 
 
-USAGE = """usage: python -m pretrain {fit,validate,export} ...
+USAGE = """usage: python -m pretrain {fit,validate,export,maskedclip} ...
 
   fit --config configs/pretrain/X.yaml [--data.corpus DIR --data.cache CACHE.zarr] [--ckpt_path last.ckpt]
   validate --config ... --ckpt_path CKPT
   export CKPT --out backbone.pt      the encoder as a timm state dict
+  maskedclip {fit,validate,export} ...           MaskedCLIP pretraining (docs/MASKEDCLIP.md)
 
 Run `python -m pretrain fit --help` (or `--print_config`) for every option."""
 
@@ -109,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] == "experiment":
         print("the masking-strategy study moved: python -m study --config configs/experiment/X.yaml", file=sys.stderr)
         return 2
+    if argv[0] == "maskedclip":
+        from pretrain.maskedclip.cli import main as maskedclip_main
+
+        return maskedclip_main(argv[1:])
     PretrainCLI(
         MaskedPretraining,
         RoiDataModule,

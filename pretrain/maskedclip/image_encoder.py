@@ -1,0 +1,98 @@
+"""E: the image encoder, a timm ViT that encodes only the visible patches (MAE-style)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+
+class VisibleTokens(NamedTuple):
+    """Encoder tokens of the visible patches: prefix tokens (class token) first, then up to L visible patches
+    per image in grid order, right-padded where images keep fewer patches than the batch's most.
+
+    `stream_btc` is the residual stream after the last block (what the bridge continues), `features_btc` the
+    same after the encoder's final norm (what the decoders read); `ids_bl` the grid index of each visible slot
+    and `valid_bl` whether the slot holds a patch or padding.
+    """
+
+    stream_btc: torch.Tensor
+    features_btc: torch.Tensor
+    ids_bl: torch.Tensor
+    valid_bl: torch.Tensor
+
+
+def vit_depth(name: str) -> int:
+    """Number of blocks of timm ViT `name` (built on the meta device: no memory, no init)."""
+    with torch.device("meta"):
+        return len(timm.create_model(name, pretrained=False, num_classes=0).blocks)
+
+
+class ImageEncoder(nn.Module):
+    """The first `depth` blocks of timm ViT `vit` with their own final norm.
+
+    `self.vit` is exactly `timm.create_model(vit, depth=depth, num_classes=0)`: its state dict is the timm export.
+    The bridge continues the residual stream *before* this norm with the ViT's remaining blocks, so E followed
+    by B is the plain timm ViT `vit` (the open_clip export's vision trunk).
+
+    Args:
+        vit: timm VisionTransformer name (class-token or average pooling, learned position embeddings).
+        depth: blocks kept for the encoder (the ViT's other blocks form the bridge).
+        input_size: square training input; must be the ViT's own size unless it resamples position embeddings
+            itself (`dynamic_img_size`, e.g. timm's `test_vit`), because open_clip builds the exported trunk
+            from the name alone.
+    """
+
+    def __init__(self, vit: str, depth: int, input_size: int) -> None:
+        super().__init__()
+        self.vit = timm.create_model(vit, pretrained=False, num_classes=0, depth=depth)
+        model = self.vit
+        if not isinstance(model, VisionTransformer) or model.pos_embed is None or model.attn_pool is not None:
+            raise ValueError(f"{vit!r}: MaskedCLIP needs a timm VisionTransformer with learned position embeddings")
+        if model.global_pool not in ("token", "avg"):
+            raise ValueError(f"{vit!r}: pooling {model.global_pool!r} is not supported; use 'token' or 'avg'")
+        self.patch: int = model.patch_embed.patch_size[0]
+        native = model.patch_embed.img_size
+        if input_size % self.patch or (not model.dynamic_img_size and (input_size, input_size) != tuple(native)):
+            raise ValueError(
+                f"{vit!r}: input_size {input_size} must be a multiple of the patch ({self.patch}) and, as this ViT "
+                f"does not resample its position embeddings, equal to its own size {tuple(native)}"
+            )
+        self.width: int = model.embed_dim
+        self.num_prefix_tokens: int = model.num_prefix_tokens
+
+    def grid_hw(self, input_hw: tuple[int, int]) -> tuple[int, int]:
+        return input_hw[0] // self.patch, input_hw[1] // self.patch
+
+    def embed(self, img_b3HW: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + position embedding, prefix tokens first -> (B, P+N, C), as the ViT's own forward."""
+        model = self.vit
+        # _pos_embed is the ViT's own step (class token, resampling for dynamic sizes): reused, not rewritten
+        return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(img_b3HW))))
+
+    def forward(self, img_b3HW: torch.Tensor, active_bn: torch.Tensor | None = None) -> VisibleTokens:
+        """Encode the patches where `active_bn` (bool (B, N), grid row-major) is True; None = every patch."""
+        tokens_btc = self.embed(img_b3HW)
+        batch, n_tokens, width = tokens_btc.shape
+        n_patches = n_tokens - self.num_prefix_tokens
+        prefix_bpc, patches_bnc = tokens_btc.split([self.num_prefix_tokens, n_patches], dim=1)
+        if active_bn is None:
+            active_bn = torch.ones(batch, n_patches, dtype=torch.bool, device=tokens_btc.device)
+        # 1. gather the visible patches, grid order kept, right-padded to the batch's largest count
+        counts_b = active_bn.sum(1)
+        n_slots = int(counts_b.max())
+        ids_bl = torch.argsort((~active_bn).to(torch.int8), dim=1, stable=True)[:, :n_slots]
+        valid_bl = torch.arange(n_slots, device=ids_bl.device) < counts_b[:, None]
+        visible_blc = patches_bnc.gather(1, ids_bl[..., None].expand(-1, -1, width))
+        x_btc = torch.cat([prefix_bpc, visible_blc], dim=1)
+        # 2. transformer blocks; padded slots are masked out as keys (no mask at all when none is padded)
+        attn_mask = None
+        if not bool(valid_bl.all()):
+            keys_valid_bt = torch.cat([valid_bl.new_ones(batch, self.num_prefix_tokens), valid_bl], dim=1)
+            attn_mask = keys_valid_bt[:, None, None, :]
+        for block in self.vit.blocks:
+            x_btc = block(x_btc, attn_mask=attn_mask)
+        return VisibleTokens(x_btc, self.vit.norm(x_btc), ids_bl, valid_bl)

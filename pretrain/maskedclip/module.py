@@ -1,0 +1,203 @@
+"""The Lightning module of MaskedCLIP pretraining: `MaskedCLIP` + a mask sampler on the ViT patch grid + AdamW.
+
+Batches arrive in [0, 1] (RoiDataModule) with `text_ids` and `paired` (PairedDataModule); images are
+normalised here with CLIP's (OpenAI) mean/std, the statistics the open_clip export declares, so the exported
+towers see images as in training.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from timm.optim import param_groups_weight_decay
+
+from data.clip_folder import OPENAI_MEAN, OPENAI_STD
+from pretrain.maskedclip.model import MaskedCLIP, Teacher
+from pretrain.maskedclip.tokenizer import ReportTokenizer
+from pretrain.masking import DifferentiatedMasking, RandomMasking
+from pretrain.schedules import WarmupCosineSchedule
+from pretrain.seeding import derive_seed, seeded_generator
+
+# Besides 1-D parameters (norms, biases, the logit scale), these never decay (fnmatch patterns).
+NO_WEIGHT_DECAY = ("*mask_token*", "*pos_embed*", "*cls_token*", "*reg_token*")
+MASK_STATS = ("mask/expected_ratio", "mask/realised_ratio", "mask/empty_roi_share")
+LOSS_TERMS = ("loss_mim", "loss_clip", "loss_mkd")
+
+
+class MaskedClipPretraining(pl.LightningModule):
+    """MaskedCLIP (see `MaskedCLIP` for the model and the loss terms) with random (MAE) or differentiated (MWM)
+    masking of the ViT patch grid.
+
+    Args:
+        vit, bridge_depth, embed_dim, input_size: the image side (timm ViT name, its last blocks that form the
+            bridge, joint-space width, square input side).
+        text_model, text_pretrained, bert, context_length: the text side (see `TextEncoder`, `ReportTokenizer`).
+        decoder_width, decoder_depth, decoder_heads, feature_decoder_depth: the two decoders' sizes.
+        mim, lambda_clip, lambda_mkd: the loss terms (0 switches a weighted term off).
+        teacher, ema_momentum, mkd_target_norm: the distillation target.
+        masking: "differentiated" (MWM: ROI cells at `r_roi`, background at `r_bg`, ROI by `roi_rule` /
+            `roi_min_fraction`) or "random" (MAE: uniform at `mask_ratio`).
+        optimizer: "adamw" (MAE's); base_lr per 256 images scaled by the effective batch unless `lr` is given;
+            betas, weight_decay (constant unless `weight_decay_end`), warmup_epochs, min_lr_ratio: the schedule.
+        seed: seeds the masks, drawn per batch from (seed, epoch, batch, rank), as `MaskedPretraining` does.
+    """
+
+    def __init__(
+        self,
+        vit: str = "vit_base_patch16_224",
+        bridge_depth: int = 2,
+        embed_dim: int = 512,
+        input_size: int = 224,
+        text_model: str | None = None,
+        text_pretrained: bool = False,
+        bert: dict[str, Any] | None = None,
+        context_length: int = 256,
+        decoder_width: int = 512,
+        decoder_depth: int = 8,
+        decoder_heads: int = 16,
+        feature_decoder_depth: int = 4,
+        mim: bool = True,
+        lambda_clip: float = 1.0,
+        lambda_mkd: float = 1.0,
+        teacher: Teacher = "stop_gradient",
+        ema_momentum: float = 0.996,
+        mkd_target_norm: bool = True,
+        masking: Literal["differentiated", "random"] = "differentiated",
+        r_roi: float = 0.8,
+        r_bg: float = 0.4,
+        roi_rule: Literal["any", "fraction"] = "any",
+        roi_min_fraction: float = 0.0,
+        mask_ratio: float = 0.75,
+        optimizer: Literal["adamw"] = "adamw",
+        base_lr: float = 1.5e-4,
+        lr: float | None = None,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.05,
+        weight_decay_end: float | None = None,
+        warmup_epochs: float = 40.0,
+        min_lr_ratio: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # plain values only: checkpoints stay loadable with weights_only=True
+        if optimizer != "adamw":
+            raise ValueError(f"unknown optimizer {optimizer!r}; MaskedCLIP trains with 'adamw'")
+        tokenizer = ReportTokenizer(text_model, context_length)
+        text = dict(
+            vocab_size=tokenizer.vocab_size,
+            pad_token_id=tokenizer.pad_token_id,
+            context_length=context_length,
+            text_model=text_model,
+            bert=bert,
+            pretrained=text_pretrained,
+        )
+        self.model = MaskedCLIP(
+            vit,
+            bridge_depth,
+            embed_dim,
+            input_size,
+            text,
+            decoder_width=decoder_width,
+            decoder_depth=decoder_depth,
+            decoder_heads=decoder_heads,
+            feature_decoder_depth=feature_decoder_depth,
+            mim=mim,
+            lambda_clip=lambda_clip,
+            lambda_mkd=lambda_mkd,
+            teacher=teacher,
+            ema_momentum=ema_momentum,
+            mkd_target_norm=mkd_target_norm,
+        )
+        if masking == "differentiated":
+            self.masking = DifferentiatedMasking(r_roi=r_roi, r_bg=r_bg, rule=roi_rule, min_fraction=roi_min_fraction)
+        elif masking == "random":
+            self.masking = RandomMasking(ratio=mask_ratio)
+        else:
+            raise ValueError(f"unknown masking {masking!r}; use 'differentiated' or 'random'")
+        self.register_buffer("pixel_mean", torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(OPENAI_STD).view(1, 3, 1, 1), persistent=False)
+
+    def normalise(self, img_b3HW: torch.Tensor) -> torch.Tensor:
+        return (img_b3HW - self.pixel_mean) / self.pixel_std
+
+    def denormalise(self, img_b3HW: torch.Tensor) -> torch.Tensor:
+        return img_b3HW.float() * self.pixel_std + self.pixel_mean
+
+    def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Mask one batch and compute the loss terms -> MaskedCLIP's outputs + `active_b1hw` + mask statistics."""
+        img_b3HW = self.normalise(batch["image"])
+        grid_hw = self.model.grid_hw(tuple(img_b3HW.shape[-2:]))
+        active_b1hw, stats = self.masking(batch["roi"], grid_hw, generator=generator)
+        out = self.model(img_b3HW, active_b1hw, batch["text_ids"], batch["paired"].bool())
+        return {**out, **stats, "active_b1hw": active_b1hw}
+
+    # ------------------------------------------------------------------ steps
+    def _mask_generator(self, *where: int | str) -> torch.Generator:
+        return seeded_generator(self.device, self.hparams.seed, "mask", *where, self.global_rank)
+
+    def _log_terms(self, stage: str, out: dict[str, torch.Tensor], batch: dict[str, Any], **kwargs: Any) -> None:
+        batch_size = batch["image"].shape[0]
+        self.log(f"{stage}/loss", out["loss"], prog_bar=stage == "train", batch_size=batch_size, **kwargs)
+        for name in LOSS_TERMS:
+            if name in out:  # a term is absent when switched off, or L_CLIP in a batch without pairs
+                self.log(f"{stage}/{name}", out[name], batch_size=batch_size, **kwargs)
+        self.log(f"{stage}/paired_share", batch["paired"].float().mean(), batch_size=batch_size, **kwargs)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        # Dropout (BERT's) draws from the global RNG, which a resumed run does not get back: it is seeded from
+        # the run's position instead, like the masks, inside a fork that leaves the caller's RNG untouched.
+        where = (self.current_epoch, batch_idx, self.global_rank)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(derive_seed(self.hparams.seed, "dropout", *where))
+            out = self(batch, self._mask_generator("train", self.current_epoch, batch_idx))
+        self._log_terms("train", out, batch)
+        for name in MASK_STATS:
+            self.log(name, out[name])
+        self.log("train/temperature", 1.0 / self.model.logit_scale.detach().exp())
+        groups = self.trainer.optimizers[0].param_groups  # the values this step's update uses
+        self.log("lr", groups[0]["lr"])
+        self.log("wd", max(g["weight_decay"] for g in groups))
+        result = {"loss": out["loss"], "active_b1hw": out["active_b1hw"]}
+        if "recon_b3HW" in out:  # for ReconstructionPanel, without a second forward pass
+            result["recon_b3HW"] = out["recon_b3HW"]
+        return result
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self(batch, self._mask_generator("val", batch_idx))  # the same masks every epoch
+        self._log_terms("val", out, batch, sync_dist=True)
+        return out["loss"]
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.model.update_teacher()  # after each real update, not per micro-batch
+
+    # ------------------------------------------------------------------ optimisation
+    def effective_batch_size(self) -> int:
+        """Images per optimizer step: per-device batch x devices x nodes x gradient accumulation."""
+        trainer = self.trainer
+        per_device = getattr(trainer.datamodule, "batch_size", None)
+        if per_device is None:
+            raise ValueError("cannot tell the batch size to scale the learning rate: set model.lr")
+        return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        lr = hp.lr if hp.lr is not None else hp.base_lr * self.effective_batch_size() / 256
+        # trainable parameters only: the EMA teacher and BERT's unused pooler are frozen
+        groups = param_groups_weight_decay(self.model, hp.weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY)
+        # foreach: one fused update over the many small tensors of two towers and two decoders (CPU too)
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, foreach=True)
+        scheduler = WarmupCosineSchedule(optimizer, weight_decay_end=hp.weight_decay_end, min_lr_ratio=hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        # the horizon is known only now (see MaskedPretraining.configure_optimizers)
+        trainer = self.trainer
+        total_steps = trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ValueError("the lr schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+        self.lr_schedulers().set_horizon(int(total_steps), round(self.hparams.warmup_epochs * steps_per_epoch))

@@ -1,0 +1,78 @@
+"""Tiny MaskedCLIP inputs: the pretraining test corpus + ROI cache and a table of image-report pairs.
+
+Reports describe where the bright disk of each image lies (tests/pretrain_lightning_fixtures.py), phrased a few
+ways; they carry a marker word, MARKER, that a privacy test looks for in every output of a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from tests.pretrain_lightning_fixtures import write_roi_corpus
+
+MARKER = "zyxwvorbital"
+PHRASES = ("{v} {h} bright lesion {m}", "lesion in the {v} {h} quadrant {m}", "{m} focal finding {v} {h}")
+TINY_BERT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
+
+
+def describe(image_path: Path, phrase: int) -> str:
+    """A report naming the quadrant of the image's brightest region."""
+    img = cv2.imread(str(image_path), cv2.IMREAD_GRAYSCALE).astype(float)
+    r, c = np.unravel_index(np.argmax(cv2.GaussianBlur(img, (9, 9), 3)), img.shape)
+    v = "upper" if r < img.shape[0] / 2 else "lower"
+    h = "left" if c < img.shape[1] / 2 else "right"
+    return PHRASES[phrase % len(PHRASES)].format(v=v, h=h, m=MARKER)
+
+
+def write_pairs(corpus: Path, out: Path, paired_share: float = 0.5, seed: int = 0) -> Path:
+    """A CSV `path, frame, report` for a random `paired_share` of the corpus's PNG images."""
+    paths = sorted(p.relative_to(corpus).as_posix() for p in corpus.rglob("*.png"))
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(paths), size=round(paired_share * len(paths)), replace=False))
+    rows = [{"path": paths[i], "frame": 0, "report": describe(corpus / paths[i], i)} for i in chosen]
+    pd.DataFrame(rows, columns=["path", "frame", "report"]).to_csv(out, index=False)
+    return out
+
+
+def write_paired_corpus(root: Path, n: int = 16, paired_share: float = 0.5) -> tuple[Path, Path, Path]:
+    """-> (corpus, cache, pairs CSV) under `root`."""
+    corpus, cache = write_roi_corpus(root, n=n)
+    return corpus, cache, write_pairs(corpus, root / "pairs.csv", paired_share)
+
+
+def tiny_model_args(**overrides) -> dict:
+    """MaskedClipPretraining arguments of a tiny model (test_vit: 6 blocks of width 64, 2 of them the bridge)."""
+    args = dict(
+        vit="test_vit",
+        bridge_depth=2,
+        embed_dim=32,
+        input_size=64,
+        bert=TINY_BERT,
+        context_length=48,
+        decoder_width=32,
+        decoder_depth=1,
+        decoder_heads=2,
+        feature_decoder_depth=1,
+        warmup_epochs=0.5,
+    )
+    return {**args, **overrides}
+
+
+def tiny_maskedclip(**overrides):
+    """The bare `MaskedCLIP` of `tiny_model_args`, with its tokenizer."""
+    from pretrain.maskedclip.module import MaskedClipPretraining
+
+    module = MaskedClipPretraining(**tiny_model_args(**overrides))
+    from pretrain.maskedclip.tokenizer import ReportTokenizer
+
+    return module.model, ReportTokenizer(None, module.hparams.context_length)
