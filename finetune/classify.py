@@ -38,6 +38,7 @@ from finetune.optim import make_optimizer
 from finetune.probe import ProbeHead
 from finetune.recipe import RECIPES, Optimizer
 from finetune.task import FinetuneData, FinetuneTask
+from pretrain.schedules import scaled_lr
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
@@ -248,7 +249,7 @@ class ClassificationModule(FinetuneTask):
 
     def configure_optimizers(self) -> Any:
         r = self.recipe
-        self.lr_used = self.hparams.lr if self.hparams.lr is not None else r.base_lr * self.effective_batch_size() / 256
+        self.lr_used = self.hparams.lr if self.hparams.lr is not None else scaled_lr(r.base_lr, self.trainer)
         optimizer = make_optimizer(r.optimizer, self.parameter_groups(self.lr_used), self.lr_used)
         return self.warmup_cosine(
             optimizer,
