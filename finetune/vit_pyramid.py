@@ -2,9 +2,10 @@
 
 The neck of BEiT's and MAE's semantic segmentation (their `fpn1..fpn4`): the outputs of four blocks of the ViT,
 as (B, C, H/16, W/16) grids (timm's `features_only` for ViTs, `forward_intermediates`), are upsampled x4 (two
-stride-2 transposed convolutions with BatchNorm + GELU between), x2 (one), kept, and max-pooled to x1/2. The
-blocks are evenly spaced and end at the last (`vit_levels`; MAE/BEiT take 3, 5, 7, 11 of ViT-B's 12, this
-rule 2, 5, 8, 11). The block outputs are taken before the ViT's final norm, as in BEiT.
+stride-2 transposed convolutions with BatchNorm + GELU between), x2 (one), kept, and max-pooled to x1/2
+(microsoft/unilm beit/semantic_segmentation/backbone/beit.py; mmseg's Feature2Pyramid, rescales 4, 2, 1, 0.5).
+The blocks are BEiT's out_indices 3, 5, 7, 11 of ViT-B's 12, scaled to other depths (`vit_levels`). The block
+outputs are taken before the ViT's final norm, as in BEiT.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from torch import nn
 STRIDE_FACTORS = (4, 2, 1, 0.5)  # each level's resolution relative to the ViT's patch grid
 
 
+BEIT_LEVELS = (4 / 12, 6 / 12, 8 / 12, 12 / 12)  # BEiT's blocks 3, 5, 7, 11 (0-based) as fractions of 12
+
+
 def vit_levels(depth: int) -> tuple[int, ...]:
-    """Indices of the four blocks (0-based) whose outputs form the pyramid: evenly spaced, the last one last."""
+    """Indices of the four blocks (0-based) whose outputs form the pyramid: BEiT's for 12 blocks, scaled to `depth`
+    (round(depth x f) - 1), the last block last."""
     if depth < 4:
         raise ValueError(f"a four-level pyramid needs a ViT of at least 4 blocks, got {depth}")
-    return tuple(round(depth * (k + 1) / 4) - 1 for k in range(4))
+    return tuple(round(depth * fraction) - 1 for fraction in BEIT_LEVELS)
 
 
 class SimplePyramid(nn.Module):

@@ -135,8 +135,10 @@ def test_segment_builds_a_pyramid_on_the_vit(pretrained, tmp_path):
     assert net(torch.rand(2, 3, SIZE, SIZE)).shape == (2, 2, SIZE, SIZE)
 
 
-def test_pyramid_levels_are_evenly_spaced_blocks():
-    assert vit_levels(12) == (2, 5, 8, 11) and vit_levels(6) == (1, 2, 3, 5) and vit_levels(4) == (0, 1, 2, 3)
+def test_pyramid_levels_are_beits_blocks_scaled_to_the_depth():
+    # BEiT / MAE segmentation: blocks 3, 5, 7, 11 of ViT-B; 10 blocks (GPU preset's E): 3.3, 5, 6.7, 10 -> 2, 4, 6, 9
+    assert vit_levels(12) == (3, 5, 7, 11) and vit_levels(10) == (2, 4, 6, 9)
+    assert vit_levels(6) == (1, 2, 3, 5) and vit_levels(4) == (0, 1, 2, 3)
     with pytest.raises(ValueError, match="at least 4 blocks"):
         vit_levels(3)
 
