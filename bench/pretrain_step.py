@@ -43,6 +43,7 @@ from collections.abc import Callable
 import timm
 import torch
 import torch.nn.functional as F
+from timm.optim import Lamb
 from torch.utils.data import DataLoader, RandomSampler
 
 from pretrain.masking import DifferentiatedMasking
@@ -132,7 +133,7 @@ def breakdown(mim: SparkMIM, img: torch.Tensor, active: torch.Tensor, repeats: i
 
 def make_optimizer(name: str, params) -> torch.optim.Optimizer:
     if name == "lamb":
-        return timm.optim.Lamb(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.04)
+        return Lamb(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.04)
     return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.04)
 
 
