@@ -93,7 +93,7 @@ def run_all(
             outcome = Outcome.skipped(f"global budget: {left:.0f} s left of {budget_s:.0f} s, under {min_part_s:.0f} s")
         else:
             outcome = run_part(part, python, dry_run, limit, env, REPO)
-        summary["parts"][part.name] = outcome.record(part, dry_run, limit)
+        summary["parts"][part.name] = outcome.record(part, dry_run, max(limit, 0.0))
         if outcome.data is not None:
             write_json(out / f"{part.name}.json", outcome.data)
         with (out / LOG).open("a") as log:

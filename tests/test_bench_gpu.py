@@ -15,12 +15,18 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from bench._corpus import write_loader_corpus
+from bench._models import write_random_sam
 from bench._gpu_parts import Figure, Part, Target, default_parts
 from bench._gpu_run import Outcome, pytest_outcome
 from bench.gpu import run_all, select
+from data.roi_cache import DONE, RoiCache
 
 REPO = Path(__file__).resolve().parents[1]
 ORDER = ["loc_vitb_release", "pretrain_resnet50", "maskedclip_vitb16", "gpu_tests", "loc_vitb_fast", "loc_vith_release"]
@@ -167,6 +173,14 @@ def test_pytest_result_lines_are_read():
     assert broken.status == "failed" and broken.data is None and broken.reason == "ImportError: no zarr"
 
 
+def test_no_gpu_test_file_skips_rather_than_collecting_the_suite(tmp_path):
+    part = Part("gpu_tests", "tests", ("-m", "pytest", "-m", "gpu"), (), (), 60, 1, kind="pytest", files=())
+    summary = run_all([part], tmp_path, dry_run=True, budget_s=60, min_part_s=1)
+    assert (
+        summary["parts"]["gpu_tests"]["status"] == "skipped" and "marked gpu" in summary["parts"]["gpu_tests"]["reason"]
+    )
+
+
 def test_part_selection():
     parts = default_parts(REPO)
     assert [p.name for p in select(parts, "gpu_tests,loc_vitb_fast", None)] == ["gpu_tests", "loc_vitb_fast"]
@@ -181,3 +195,29 @@ def test_the_real_run_refuses_a_machine_without_gpu(tmp_path):
         [sys.executable, "bench/gpu.py", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True
     )
     assert done.returncode != 0 and "no CUDA device" in done.stderr and not any(tmp_path.iterdir())
+
+
+def test_loader_corpus_copies_the_files_with_their_truth_masks(tmp_path):
+    corpus, cache_path = write_loader_corpus(tmp_path, per_modality=3, size=48, copies=2)
+    cache = RoiCache.open(cache_path)
+    manifest = cache.manifest()
+    assert len(manifest) == 3 * 3 * 2 and (cache.status() == DONE).all()
+    labels = pd.read_csv(corpus / "labels.csv")
+    index_of = {(r.path, r.frame): i for i, r in enumerate(manifest.itertuples())}
+    nonempty = 0
+    for row in labels.itertuples():
+        original, copy = index_of[(row.path, row.frame)], index_of[(f"copy_001/{row.path}", row.frame)]
+        roi = cache.read_mask(original)
+        assert np.array_equal(cache.read_mask(copy), roi)  # a copy carries its original's ROI
+        truth_png = corpus / "truth" / f"{row.item_id}.png"
+        truth = cv2.imread(str(truth_png), cv2.IMREAD_GRAYSCALE) > 0 if truth_png.exists() else np.zeros_like(roi)
+        union = np.logical_or(roi, truth).sum()
+        assert union == 0 or np.logical_and(roi, truth).sum() / union > 0.9, row.item_id  # resized to 256 and back
+        nonempty += bool(truth.any())
+    assert 0 < nonempty < len(labels)  # some items with a ROI, some without
+
+
+def test_real_size_sam_names_a_registry_architecture(tmp_path):
+    with pytest.raises(ValueError, match="vit_b, vit_l or vit_h"):
+        write_random_sam(tmp_path / "sam.pth", "vit_hh")
+    assert not (tmp_path / "sam.pth").exists()
