@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from bench._corpus import write_loader_corpus
-from bench._models import write_random_sam
 from bench._gpu_parts import Figure, Part, Target, default_parts
 from bench._gpu_run import Outcome, pytest_outcome
+from bench._models import write_random_sam
 from bench.gpu import run_all, select
 from data.roi_cache import DONE, RoiCache
 
