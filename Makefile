@@ -12,7 +12,7 @@ CLIP    ?= local-dir:$(WORK)/maskedclip/clip
 ZEROSHOT_PROMPTS ?= configs/zeroshot/sample.yaml
 
 .PHONY: install test sample standins localize eval inspect pretrain export finetune demo bench lint experiment \
-	maskedclip maskedclip-export zeroshot
+	maskedclip maskedclip-export zeroshot bench-gpu bench-gpu-dry bench-gpu-wheels
 
 install:
 	python3 -m venv .venv
@@ -106,6 +106,23 @@ bench:
 	$(PY) bench/pretrain_step.py
 	$(PY) bench/maskedclip_step.py
 	$(PY) bench/localize.py --size tiny
+
+# Every real-size figure in one run on one H100/H200 (<= 8 min): one JSON per part + summary.json in GPU_OUT ($OUT
+# when set). bench-gpu-dry: the same parts at tiny sizes on the CPU. bench-gpu-wheels: the packages the device
+# machine's image lacks, as wheels for its Python 3.12 (bench/gpu_wheels.txt). See docs/BENCHMARKS.md, "GPU run".
+GPU_OUT ?= $(if $(OUT),$(OUT),$(WORK)/gpu_run)
+GPU_PYTHON ?= 3.12
+bench-gpu:
+	PY=$(PY) bash bench/gpu.sh --out $(GPU_OUT)
+
+bench-gpu-dry:
+	PY=$(PY) bash bench/gpu.sh --dry-run --out $(WORK)/gpu_dry_run
+
+bench-gpu-wheels:
+	rm -rf $(WORK)/gpu_wheels
+	$(PY) -m pip download --no-deps --only-binary=:all: --implementation cp --python-version $(GPU_PYTHON) \
+	  $(foreach n,34 31 28 27 17,--platform manylinux_2_$(n)_x86_64) --platform manylinux2014_x86_64 \
+	  -d $(WORK)/gpu_wheels -r bench/gpu_wheels.txt
 
 lint:
 	$(PY) -m ruff check .

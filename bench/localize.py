@@ -1,6 +1,7 @@
 """Localization throughput: the batched `Localizer` against the authors' one-image/one-prompt loop.
 
-    python bench/localize.py --size tiny|real [--method m2ib|similarity] [--preset release|fast] [--images N]
+    python bench/localize.py --size tiny|real [--sam vit_b|vit_l|vit_h] [--method m2ib|similarity]
+                             [--preset release|fast] [--images N]
                              [--batch-size B] [--steps 10] [--device auto|cpu|cuda] [--repeats 3] [--threads T]
                              [--precision fp32|bf16] [--bf16-on-cpu] [--no-warmup] [--no-stages]
 
@@ -26,13 +27,15 @@ script writes to a temporary folder), the same images and the same text embeddin
              from the baseline's and `mask_agreement` says by how much).
 
 Precision: `bf16_*` keys compare the batched path in fp32 and in bf16 autocast on the same images (ROI pixels that
-differ, time). On CUDA this always runs; on the CPU only with `--bf16-on-cpu` (CPU autocast works, but a run
-refuses bf16 off the GPU), else the keys are null and `bf16_skipped` says why.
+differ, time; `bf16_other_precision_images_per_s`: one pass at the other precision). On CUDA this always runs; on
+the CPU only with `--bf16-on-cpu` (CPU autocast works, but a run refuses bf16 off the GPU), else the keys are null
+and `bf16_skipped` says why.
 
 `--size tiny`: the untrained stand-ins (`localize.standins.write_standins`), sample-corpus images of 96 px.
-`--size real`: BiomedCLIP ViT-B/16 + BERT-base and SAM vit_b architectures with random weights (bench/_models.py;
-timing needs no trained weights), sample-corpus images of 512 px - a GPU job (SAM vit_b takes minutes per image
-on 2 CPU cores; a CPU smoke run: `--images 2 --batch-size 2 --repeats 1 --no-warmup --no-stages`).
+`--size real`: BiomedCLIP ViT-B/16 + BERT-base and SAM vit_b architectures (`--sam vit_h`: SAM's largest) with
+random weights (bench/_models.py; timing needs no trained weights), sample-corpus images of 512 px - a GPU job (SAM
+vit_b takes minutes per image on 2 CPU cores; a CPU smoke run: `--images 2 --batch-size 2 --repeats 1 --no-warmup
+--no-stages`).
 
 Timing: images are loaded beforehand; warm-up calls are excluded; on CUDA the measured regions are bracketed by
 `torch.cuda.synchronize()`. Each of `--repeats` rounds times the three paths over all images, alternating batch by
@@ -90,8 +93,11 @@ DEFAULT_BATCH = {"tiny": 8, "real": 16}
 # --- inputs -------------------------------------------------------------------------------------------------------
 
 
-def write_config(size: str, method: str, preset: str, steps: int, folder: Path) -> LocalizeConfig:
-    """Checkpoints for `size` written under `folder`, as a LocalizeConfig using `method` (m2ib: `preset`)."""
+def write_config(
+    size: str, method: str, preset: str, steps: int, folder: Path, sam_arch: str = "vit_b"
+) -> LocalizeConfig:
+    """Checkpoints for `size` written under `folder` (real size: SAM `sam_arch`), as a LocalizeConfig using
+    `method` (m2ib: `preset`)."""
     saliency = {"method": "similarity"} if method == "similarity" else None
     if size == "tiny":
         path = write_standins(folder / "standins")
@@ -99,7 +105,7 @@ def write_config(size: str, method: str, preset: str, steps: int, folder: Path) 
         return LocalizeConfig.load(path, overrides if saliency is None else [f"saliency={json.dumps(saliency)}"])
     from bench._models import write_real_size_models  # the real-size writer is only needed here
 
-    clip_spec, sam_spec = write_real_size_models(folder / "real")
+    clip_spec, sam_spec = write_real_size_models(folder / "real", sam_arch=sam_arch)
     saliency = saliency or {"method": "m2ib", "preset": preset, "steps": steps}  # the release's layer 7 of 12
     return LocalizeConfig.load(
         None,
@@ -141,6 +147,7 @@ def resolve_device(name: str) -> torch.device:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=("tiny", "real"), default="tiny")
+    parser.add_argument("--sam", choices=("vit_b", "vit_l", "vit_h"), default=None, help="real size: SAM (vit_b)")
     parser.add_argument("--method", choices=("m2ib", "similarity"), default="m2ib")
     parser.add_argument("--preset", choices=sorted(M2IB_PRESETS), default="release", help="M2IB preset (batched)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="batched path's precision")
@@ -171,6 +178,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="an extra batched pass for saliency_s / sam_s",
     )
     args = parser.parse_args(argv)
+    if args.size == "tiny" and args.sam is not None:
+        parser.error("--sam chooses the real-size SAM; --size tiny uses the stand-in SAM")
     if args.precision == "bf16" and resolve_device(args.device).type != "cuda" and not args.bf16_on_cpu:
         parser.error("--precision bf16 on the CPU needs --bf16-on-cpu (a localization run refuses it)")
     args.images = DEFAULT_IMAGES[args.size] if args.images is None else args.images
@@ -195,6 +204,7 @@ def precision_comparison(
             "bf16_skipped": "CPU run: bf16 autocast is a GPU option (pass --bf16-on-cpu to compare with CPU autocast)",
             "bf16_roi_pixels_differing": None,
             "bf16_roi_pixel_disagreement": None,
+            "bf16_other_precision_images_per_s": None,
         }
     other = with_precision(localizer, "bf16" if localizer.precision == "fp32" else "fp32")
     t0, other_items = watch.now(), []
@@ -206,6 +216,7 @@ def precision_comparison(
         "bf16_skipped": None,
         **{f"bf16_{key}": value for key, value in roi_disagreement(fp32, bf16).items()},
         "bf16_other_precision_s": other_s,
+        "bf16_other_precision_images_per_s": len(images) / other_s,
         "bf16_saliency_mae": float(
             np.mean([np.abs(a.saliency_hw - b.saliency_hw).mean() for a, b in zip(fp32, bf16, strict=True)])
         ),
@@ -219,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     watch = StopWatch(device)
     with tempfile.TemporaryDirectory(prefix="bench-localize-") as tmp:
-        config = write_config(args.size, args.method, args.preset, args.steps, Path(tmp))
+        config = write_config(args.size, args.method, args.preset, args.steps, Path(tmp), args.sam or "vit_b")
         localizer = with_precision(Localizer.from_config(config, device), args.precision)
         images, modalities = sample_images(args.images, IMAGE_PX[args.size], Path(tmp))
     naive, unbatched = NaiveLocalizer(localizer), NaiveLocalizer(localizer, authors=False)
@@ -243,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cuda = device.type == "cuda"
     result: dict[str, Any] = {
         "size": args.size,
+        "sam": "tiny stand-in" if args.size == "tiny" else args.sam or "vit_b",
         "method": args.method,
         "preset": config.saliency.get("preset") if args.method == "m2ib" else None,
         "batched_saliency": localizer.saliency.provenance(),

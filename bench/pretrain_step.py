@@ -6,24 +6,45 @@ input size and optimizer, measured in the same run. The two are interleaved step
 that load from other processes hits both alike; medians are reported.
 
     python bench/pretrain_step.py [--backbone resnet18] [--size 128] [--batch 16] [--steps 20] [--device auto]
+    python bench/pretrain_step.py --backbone resnet50 --size 224 --batch 64 --optimizer lamb \
+        --loader-corpus 8 --corpus-copies 16 --loader-workers 8          # the GPU run's settings (bench/gpu.py)
 
 `step_ratio_vs_dense` = MWM step time / dense step time; `mask_share` = mask sampling time / MWM step time.
-With `--corpus DIR --cache CACHE.zarr`, `loader_images_per_s` is the throughput of a DataLoader over
-`data.dataset.RoiDataset` with the pretraining augmentation (2 workers), measured before the steps.
+The data loader (with `--corpus DIR --cache CACHE.zarr`, or `--loader-corpus N`: a sample corpus of N items per
+modality at `--corpus-px`, its files copied `--corpus-copies` times, with the corpus's truth masks as ROIs,
+`bench/_corpus.py`) is a DataLoader over `data.dataset.RoiDataset` with the pretraining augmentation and ROI shape,
+`--loader-workers` workers, pinned memory on CUDA, items drawn at random with replacement (no epoch ends):
+`loader_images_per_s` is its throughput alone (GPU idle), measured before the steps; `fed_step_images_per_s` is the
+MWM step fed by it, the training loop's pattern (workers decode the next batches while the GPU runs the current
+step), and `fed_share_of_step` = fed / `step_images_per_s` (about 1: the loader keeps the GPU busy). Both time the
+batches after 2 x workers warm-up batches (the prefetched queue drained).
 `--breakdown` adds `breakdown_share`: forward + backward time of each part of the model (encoder, densify,
 each decoder block, output head), each timed alone on its real inputs, as shares of their sum.
 """
 
+# ruff: noqa: E402  (the sys.path fix below must run before the project imports)
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder is sys.path[0]; the project root must come first for its packages.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
+import contextlib
 import json
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
 
 import timm
 import torch
 import torch.nn.functional as F
+from timm.optim import Lamb
+from torch.utils.data import DataLoader, RandomSampler
 
 from pretrain.masking import DifferentiatedMasking
 from pretrain.spark import SparkMIM
@@ -44,28 +65,34 @@ def synthetic_batch(batch: int, size: int, seed: int = 0) -> tuple[torch.Tensor,
     return img, inside[:, None].to(torch.uint8), labels
 
 
-def loader_images_per_s(corpus: str, cache: str, size: int, batch: int, batches: int, workers: int) -> float:
-    """Images/s of the pretraining input pipeline (decode + ROI read + joint augmentation + collate)."""
-    from torch.utils.data import DataLoader
-
+def make_loader(
+    corpus: str, cache: str, size: int, batch: int, n_batches: int, workers: int, roi_shape: str, pin_memory: bool
+) -> DataLoader:
+    """The pretraining input pipeline (decode + ROI read + joint augmentation + collate) for `n_batches` batches."""
     from data.dataset import RoiDataset
     from pretrain.transforms import train_transform
 
-    dataset = RoiDataset(corpus, cache=cache, transform=train_transform(size))  # the presets' resize + flip
-    loader = DataLoader(
-        dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0
-    )
-    if len(loader) < 2:
-        raise ValueError(f"{corpus}: too few cached items for batches of {batch}")
+    dataset = RoiDataset(corpus, cache=cache, transform=train_transform(size), roi_shape=roi_shape)
+    if len(dataset) < batch:
+        raise ValueError(f"{corpus}: {len(dataset)} cached items do not fill a batch of {batch}")
+    sampler = RandomSampler(dataset, replacement=True, num_samples=n_batches * batch)  # no epoch ends
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, pin_memory=pin_memory)
+
+
+def timed_batches(loader: DataLoader, warmup: int, consume: Callable[[dict], None], sync: Callable[[], None]) -> float:
+    """Images/s over the loader's batches after the first `warmup` (worker start-up, prefetched queue), each
+    passed to `consume`."""
     n_images, t0 = 0, None
-    while n_images < batches * batch:  # as many epochs as needed
-        for items in loader:
-            if t0 is None:  # the first batch pays for the worker start-up
-                t0 = time.perf_counter()
-                continue
+    for i, items in enumerate(loader):
+        if i == warmup:
+            sync()
+            t0 = time.perf_counter()
+        consume(items)
+        if i >= warmup:
             n_images += items["image"].shape[0]
-            if n_images >= batches * batch:
-                break
+    sync()
+    if t0 is None or n_images == 0:
+        raise ValueError("the loader gave no batch after the warm-up")
     return n_images / (time.perf_counter() - t0)
 
 
@@ -106,11 +133,11 @@ def breakdown(mim: SparkMIM, img: torch.Tensor, active: torch.Tensor, repeats: i
 
 def make_optimizer(name: str, params) -> torch.optim.Optimizer:
     if name == "lamb":
-        return timm.optim.Lamb(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.04)
+        return Lamb(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.04)
     return torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.04)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--size", type=int, default=128)
@@ -126,12 +153,23 @@ def main() -> None:
     parser.add_argument("--r-bg", type=float, default=0.4)
     parser.add_argument("--corpus", help="corpus folder: also measure the DataLoader (needs --cache)")
     parser.add_argument("--cache", help="ROI cache of the corpus (.zarr)")
-    parser.add_argument("--loader-batches", type=int, default=20)
+    parser.add_argument("--loader-corpus", type=int, metavar="N", help="write a sample corpus of N items/modality")
+    parser.add_argument("--corpus-px", type=int, default=512, help="--loader-corpus image size")
+    parser.add_argument("--corpus-copies", type=int, default=1, help="--loader-corpus: copies of its files")
+    parser.add_argument("--loader-workers", type=int, default=2)
+    parser.add_argument("--roi-shape", choices=["rect", "sam"], default="rect", help="as data.roi_shape (rect)")
+    parser.add_argument("--loader-batches", type=int, default=20, help="timed loader batches (alone and fed)")
     parser.add_argument("--breakdown", action="store_true", help="also time each part of the model alone")
     args = parser.parse_args()
     if bool(args.corpus) != bool(args.cache):
         parser.error("--corpus and --cache go together")
+    if args.corpus and args.loader_corpus:
+        parser.error("--corpus/--cache or --loader-corpus, not both")
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(
         "cuda"
@@ -140,11 +178,30 @@ def main() -> None:
     )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     torch.manual_seed(0)
-    loader = (
-        loader_images_per_s(args.corpus, args.cache, args.size, args.batch, args.loader_batches, workers=2)
-        if args.corpus
-        else None
-    )
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with contextlib.ExitStack() as stack:
+        corpus, cache = args.corpus, args.cache
+        if args.loader_corpus:
+            from bench._corpus import write_loader_corpus
+
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-loader-")))
+            corpus, cache = write_loader_corpus(tmp, args.loader_corpus, args.corpus_px, args.corpus_copies)
+        result = measure(args, device, autocast, sync, corpus, cache)
+    print(json.dumps(result))
+
+
+def measure(args: argparse.Namespace, device: torch.device, autocast, sync, corpus, cache) -> dict:
+    warm_batches, pin_memory = 2 * args.loader_workers + 1, device.type == "cuda"
+
+    def loader() -> DataLoader:
+        n, workers = warm_batches + args.loader_batches, args.loader_workers
+        return make_loader(str(corpus), str(cache), args.size, args.batch, n, workers, args.roi_shape, pin_memory)
+
+    loader_alone = timed_batches(loader(), warm_batches, lambda items: None, sync) if corpus else None
 
     mim = SparkMIM(args.backbone, args.size, decoder_width=args.decoder_width, decoder=args.decoder).to(device).train()
     dense = timm.create_model(args.backbone, num_classes=10).to(device).train()
@@ -157,11 +214,7 @@ def main() -> None:
     grid_hw = mim.grid_hw((args.size, args.size))
     gen = torch.Generator(device=device).manual_seed(0)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def mwm_step() -> tuple[float, float]:
+    def mwm_step(img: torch.Tensor = img, roi: torch.Tensor = roi) -> tuple[float, float]:
         sync()
         t0 = time.perf_counter()
         active, _ = masking(roi, grid_hw, generator=gen)
@@ -226,15 +279,34 @@ def main() -> None:
             "timm": timm.__version__,
         },
     }
-    if loader is not None:
-        result["loader_images_per_s"] = round(loader, 2)
+    if corpus:
+        # The MWM step on the loader's batches: the workers prepare the next batches while the GPU computes.
+        def fed(items: dict) -> None:
+            image, roi = (items[k].as_subclass(torch.Tensor).to(device, non_blocking=True) for k in ("image", "roi"))
+            mwm_step(image, roi)
+
+        fed_loader = loader()
+        fed_images_per_s = timed_batches(fed_loader, warm_batches, fed, sync)
+        result["loader_images_per_s"] = round(loader_alone, 2)
+        result["fed_step_images_per_s"] = round(fed_images_per_s, 2)
+        result["fed_share_of_step"] = round(fed_images_per_s / (args.batch / step), 3)
+        result["config"]["loader"] = {
+            "items": len(fed_loader.dataset),
+            "workers": args.loader_workers,
+            "timed_batches": args.loader_batches,
+            "warmup_batches": warm_batches,
+            "roi_shape": args.roi_shape,
+            "pin_memory": pin_memory,
+            "corpus": "sample corpus" if args.loader_corpus else "given",
+            "corpus_px": args.corpus_px if args.loader_corpus else None,
+        }
     if args.breakdown:
         active, _ = masking(roi, grid_hw, generator=gen)
         with autocast:
             parts = breakdown(mim, img, active, repeats=3, sync=sync)
         total = sum(parts.values())
         result["breakdown_share"] = {name: round(t / total, 3) for name, t in parts.items()}
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

@@ -209,6 +209,7 @@ def test_bf16_autocast_runs_on_the_cpu_and_stays_close(clip, batch):
     assert not torch.equal(bf16, fp32) and (bf16 - fp32).abs().mean() < 0.1
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_bf16_on_gpu_matches_cpu_roughly(clip, batch):
     images, text = batch
