@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data.intensity import IntensityConfig, normalize
 from data.readers import Frame, UnreadableImage, decodes_whole, iter_frames, normalize_modality, read_frame
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB of decoded float32 frames per reading process
@@ -103,6 +104,11 @@ class FrameSource:
                 return _as_requested(found, modality)
         self.stats.frame_reads += 1
         return read_frame(self.root / relpath, frame, modality=modality)
+
+    def image(self, relpath: str, frame: int, modality: str | None, intensity: IntensityConfig | None = None):
+        """The model-ready image, float32 in [0, 1], as `data.readers.load_image` gives it."""
+        found = self.read(relpath, frame, modality)
+        return normalize(found.pixels, found.modality, intensity or IntensityConfig())
 
     def _decodes_whole(self, relpath: str) -> bool:
         if relpath not in self._whole:

@@ -107,9 +107,10 @@ class IntensityConfig:
             raise ValueError(f"intensity: {e}; fields are ct_window, percentiles, per_modality") from e
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, JSON-ready (what stores record as their intensity settings)."""
+        """Every field, JSON-ready, CT windows as [level, width]: equal for configs that map images alike (what the
+        packed store records)."""
         return {
-            "ct_window": self.ct_window if isinstance(self.ct_window, str) else list(self.ct_window),
+            "ct_window": list(window_level_width(self.ct_window)),
             "percentiles": list(self.percentiles),
             "per_modality": {m: _rule_to_dict(r) for m, r in sorted(self.per_modality.items())},
         }
@@ -119,7 +120,7 @@ class IntensityConfig:
         'field: <self> vs <other>' lines; empty when both map every image alike."""
         lines = []
         if window_level_width(self.ct_window) != window_level_width(other.ct_window):
-            lines.append(f"ct_window: {_show(self.ct_window)} vs {_show(other.ct_window)}")
+            lines.append(f"ct_window: {json.dumps(_show(self.ct_window))} vs {json.dumps(_show(other.ct_window))}")
         if self.percentiles != other.percentiles:
             lines.append(f"percentiles: {list(self.percentiles)} vs {list(other.percentiles)}")
         for modality in sorted(set(self.per_modality) | set(other.per_modality)):
@@ -182,8 +183,11 @@ def _rule_from_mapping(spec: Mapping[str, Any]) -> IntensityRule:
     return IntensityRule(**fields)
 
 
-def _rule_to_dict(rule: IntensityRule) -> dict[str, Any]:
-    return {name: _show(value) for name, value in asdict(rule).items() if value is not None}
+def _rule_to_dict(rule: IntensityRule, resolve: bool = True) -> dict[str, Any]:
+    fields = asdict(rule)
+    if resolve and rule.window is not None:
+        fields["window"] = window_level_width(rule.window)
+    return {name: _show(value) for name, value in fields.items() if value is not None}
 
 
 def _rule_key(rule: IntensityRule | None) -> tuple | None:
@@ -199,4 +203,4 @@ def _show(value: Any) -> Any:
 
 
 def _show_rule(rule: IntensityRule | None) -> str:
-    return "<none>" if rule is None else json.dumps(_rule_to_dict(rule))
+    return "<none>" if rule is None else json.dumps(_rule_to_dict(rule, resolve=False))

@@ -89,13 +89,14 @@ class ItemStore:
 
     @staticmethod
     def check_provenance(
-        path: Path, stored: Mapping[str, Any], requested: Mapping[str, Any], what: str, advice: str
+        path: Path, stored: Mapping[str, Any], requested: Mapping[str, Any], what: str, advice: str, noun: str
     ) -> None:
-        """Refuse (ProvenanceMismatch, naming every differing key) a run whose provenance differs from the store's."""
-        differences = diff_provenance(stored, canonical(requested))
+        """Refuse (ProvenanceMismatch, naming every differing key) a run whose provenance differs from the store's;
+        `noun` names the store in the message ('cache', 'store')."""
+        differences = diff_provenance(stored, canonical(requested), stored_in=noun)
         if differences:
             raise ProvenanceMismatch(
-                f"{path}: this run's {what} differs from the one the store was made with:\n  "
+                f"{path}: this run's {what} differs from the one the {noun} was made with:\n  "
                 + "\n  ".join(differences)
                 + f"\n{advice}"
             )

@@ -139,7 +139,7 @@ class RoiCache(ItemStore):
         cache = cls(cls.open_group(path, mode, "ROI cache"), path)
         if provenance is not None:
             advice = "Write to a new cache path (--cache NEW.zarr) or delete this cache to start over."
-            cls.check_provenance(path, cache.provenance, provenance, "localizer configuration", advice)
+            cls.check_provenance(path, cache.provenance, provenance, "localizer configuration", advice, "cache")
         return cache
 
     # ---------------------------------------------------------------- bookkeeping
