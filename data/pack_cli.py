@@ -2,7 +2,8 @@
 
 The items are the ROI cache's (`--cache`, the usual case: the store then lines up with it item for item), a
 manifest's, or a fresh scan's. The intensity rules are the cache's (recorded by `localize run`) unless `--intensity`
-sets others (a warning names the differing fields). Re-running resumes; a store made with other settings is refused.
+sets others (a warning names the differing fields). Re-running resumes (an existing store keeps its settings); a
+store of other items or intensity rules is refused.
 """
 
 from __future__ import annotations
@@ -35,10 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="IntensityConfig fields as YAML, e.g. '{ct_window: lung}' (default: the cache's, else the defaults)",
     )
     parser.add_argument(
-        "--max-side", type=int, default=DEFAULT_MAX_SIDE, help=f"longest stored side (default {DEFAULT_MAX_SIDE})"
+        "--max-side",
+        type=int,
+        help=f"longest stored side of a new store (default {DEFAULT_MAX_SIDE}; images up to it "
+        "are stored at their own size)",
     )
-    parser.add_argument("--dtype", choices=PACKED_DTYPES, default="uint8", help="stored pixel type (default uint8)")
-    parser.add_argument("--shard-items", type=int, help="items per shard (default: the cache's, else 256)")
+    parser.add_argument("--dtype", choices=PACKED_DTYPES, help="stored pixel type of a new store (default uint8)")
+    parser.add_argument(
+        "--shard-items", type=int, help="items per shard of a new store (default: the cache's, else 256)"
+    )
     parser.add_argument("--workers", type=int, default=None, help="processes (default: cores, up to 8; 1: this one)")
     parser.add_argument("--part", default="0/1", metavar="K/N", help="pack every N-th shard from the K-th (0-based)")
     parser.add_argument(
@@ -95,5 +101,5 @@ def open_store(args: argparse.Namespace) -> PackedStore:
             else scan_corpus(args.corpus, progress=not args.no_progress)[0]
         )
         intensity = follow_intensity(requested, None, "")
-    settings = {"max_side": args.max_side, "dtype": args.dtype, "shard_items": shard_items or 256}
+    settings = {"max_side": args.max_side, "dtype": args.dtype, "shard_items": shard_items}
     return PackedStore.open_or_create(args.out, manifest, intensity, **settings)

@@ -157,23 +157,32 @@ class PackedStore(ItemStore):
 
     @classmethod
     def open_or_create(
-        cls, path: str | Path, manifest: pd.DataFrame, intensity: IntensityConfig, **settings: Any
+        cls,
+        path: str | Path,
+        manifest: pd.DataFrame,
+        intensity: IntensityConfig,
+        *,
+        max_side: int | None = None,
+        dtype: str | None = None,
+        shard_items: int | None = None,
     ) -> PackedStore:
-        """The store at `path` for these settings: created when absent, else opened for writing if it was made with
-        the same ones (IntensityMismatch for other intensity rules, ProvenanceMismatch for other settings)."""
+        """The store at `path` for these items and intensity rules: created when absent (None settings: the
+        defaults), else opened for writing if it was made from the same items with the same rules and the settings
+        given (None: whatever the store has). IntensityMismatch for other rules, ProvenanceMismatch or ValueError
+        for other items or settings."""
         path = Path(path)
         if not path.exists():
+            settings = {"max_side": max_side or DEFAULT_MAX_SIDE, "dtype": dtype or "uint8"}
             try:
-                return cls.create(path, manifest, intensity, **settings)
+                return cls.create(path, manifest, intensity, **settings, shard_items=shard_items or 256)
             except FileExistsError:  # another process created it meanwhile: join it if it has these settings
                 pass
-        require_same_intensity(intensity, cls.open(path).intensity, str(path))  # the clearest refusal first
-        expect = packed_provenance(
-            intensity, settings.get("max_side", DEFAULT_MAX_SIDE), settings.get("dtype", "uint8"), manifest
-        )
+        found = cls.open(path)
+        require_same_intensity(intensity, found.intensity, str(path))  # the clearest refusal first
+        expect = packed_provenance(intensity, max_side or found.max_side, dtype or found.dtype, manifest)
         store = cls.open(path, mode="r+", expect=expect)
-        if "shard_items" in settings and int(settings["shard_items"]) != store.shard_items:
-            raise ValueError(f"{path}: holds {store.shard_items} items per shard, this run {settings['shard_items']}")
+        if shard_items is not None and int(shard_items) != store.shard_items:
+            raise ValueError(f"{path}: holds {store.shard_items} items per shard, this run {shard_items}")
         return store
 
     # ---------------------------------------------------------------- writing
