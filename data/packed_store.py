@@ -97,6 +97,7 @@ class PackedStore(ItemStore):
         self.manifest_sha256: str = self.provenance["manifest_sha256"]
         self._stored_hw: np.ndarray | None = None
         self._channels: np.ndarray | None = None
+        self._where: dict[tuple[str, int], int] | None = None
 
     # ---------------------------------------------------------------- creation / opening
     @classmethod
@@ -222,7 +223,7 @@ class PackedStore(ItemStore):
         channels = self._channels[index]
         if channels == 0:
             raise ValueError(f"{self.path}: item {index} is not packed (status {self.status()[index]})")
-        return self._read_item("image" if channels == 1 else "image_rgb", int(index))[:h, :w]
+        return np.array(self._read_item("image" if channels == 1 else "image_rgb", int(index))[:h, :w])  # owned
 
     def read_image(self, index: int, size: ImageSize = "stored") -> np.ndarray:
         """Item `index` as float32 in [0, 1] at its stored size, or resized (bilinear) back to its original size."""
@@ -234,6 +235,25 @@ class PackedStore(ItemStore):
         elif size != "stored":
             raise ValueError(f"size must be 'stored' or 'native', got {size!r}")
         return image
+
+    def image_at(self, relpath: str, frame: int, modality: str | None = None, size: ImageSize = "stored") -> np.ndarray:
+        """`read_image` of the item of file `relpath`, frame `frame` (a table row of another dataset over the same
+        corpus). A `modality` other than the store's is refused: the pixels were normalised by the store's."""
+        if self._where is None:
+            paths, frames = self._group["path"][:], self._group["frame"][:]
+            self._where = {(str(p), int(f)): i for i, (p, f) in enumerate(zip(paths, frames, strict=True))}
+        index = self._where.get((str(relpath), int(frame)))
+        if index is None:
+            raise KeyError(
+                f"{relpath} (frame {frame}): not in the packed store {self.path} (packed from another corpus?)"
+            )
+        stored_modality = str(self._group["modality"][index])
+        if modality and modality != stored_modality:
+            raise ValueError(
+                f"{relpath} (frame {frame}): modality {modality!r} here, {stored_modality!r} in the packed store "
+                f"{self.path}, whose pixels were normalised by the {stored_modality} rule"
+            )
+        return self.read_image(index, size)
 
     def stored_sizes(self) -> np.ndarray:
         """(N, 2) stored (H, W) of every item (0, 0 until packed)."""

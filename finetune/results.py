@@ -86,8 +86,6 @@ def _finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-
-
 def jsonable(obj: Any) -> Any:
     """A JSON-serialisable copy of a config-like object (paths and other objects become strings)."""
     return json.loads(json.dumps(obj, default=str))

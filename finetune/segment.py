@@ -51,6 +51,8 @@ class SegmentationData(FinetuneData):
     num_classes:   classes including background; 2 = binary (mask > 0 is foreground), else mask values are ids.
     The split comes from the CSV's split column, else a seeded split stratified by 'label' (CSV) or by
     empty/non-empty mask (folders). train_fraction: seeded stratified subset of the training split.
+    packed, init, intensity: a packed image store of the corpus to read images from, the model's init (linked by
+                 the CLI) and the intensity rules; see `FinetuneData` (the rules follow the store / the export).
     """
 
     def __init__(
@@ -70,8 +72,10 @@ class SegmentationData(FinetuneData):
         val_share: float = 0.2,
         test_share: float = 0.2,
         intensity: dict[str, Any] | None = None,
+        packed: str | None = None,
+        init: str | None = None,
     ) -> None:
-        super().__init__(train_fraction, subset_seed, intensity)
+        super().__init__(train_fraction, subset_seed, intensity, packed, init)
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
         self.root, self.num_classes = Path(root), num_classes
@@ -107,7 +111,9 @@ class SegmentationData(FinetuneData):
     def split_dataset(self, split: str) -> Dataset:
         train = split == "train"
         transform = self._transform(train)
-        return MaskedImages(self.root, self.tables[split], self.num_classes, transform, self.intensity, train)
+        return MaskedImages(
+            self.root, self.tables[split], self.num_classes, transform, self.intensity, train, packed=self.packed
+        )
 
 
 class SegmentationModule(FinetuneTask):

@@ -134,9 +134,7 @@ def _pick_device(index: int = 0) -> torch.device:
 
 
 # Runs work units: (units, cache, corpus, manifest, progress, packed store) -> each unit's counts.
-UnitRunner = Callable[
-    [list[WorkUnit], RoiCache, Path, pd.DataFrame, ItemProgress, PackedStore | None], Iterator[dict[str, Any]]
-]
+UnitRunner = Callable[[list[WorkUnit], RoiCache, Path, pd.DataFrame, ItemProgress, PackedStore | None], list[dict]]
 
 
 @contextlib.contextmanager
@@ -145,19 +143,11 @@ def _local_runner(config: LocalizeConfig) -> Iterator[UnitRunner]:
     localizer = Localizer.from_config(config, _pick_device())
     intensity = IntensityConfig(**config.intensity)
 
-    def run_units(units, cache, corpus, manifest, progress, store) -> Iterator[dict[str, Any]]:
-        for unit in units:
-            yield process_unit(
-                unit,
-                localizer,
-                cache,
-                corpus,
-                manifest,
-                on_progress=progress,
-                intensity=intensity,
-                max_bytes=config.volume_cache_mb << 20,
-                store=store,
-            )
+    def run_units(units, cache, corpus, manifest, progress, store=None) -> list[dict[str, Any]]:
+        max_bytes = config.volume_cache_mb << 20
+        return [
+            process_unit(u, localizer, cache, corpus, manifest, progress, intensity, max_bytes, store) for u in units
+        ]
 
     yield run_units
 
@@ -246,7 +236,7 @@ def _dask_runner(config: LocalizeConfig, workers: int | None, scheduler: str | N
         if errors:
             raise RuntimeError(errors[0])
 
-        def run_units(units, cache, corpus, manifest, progress, store) -> Iterator[dict[str, Any]]:
+        def run_units(units, cache, corpus, manifest, progress, store=None) -> list[dict[str, Any]]:
             client.subscribe_topic(PROGRESS_TOPIC, lambda event: progress(event[1]["items"]))
             # Each task gets its own rows of the manifest: no worker re-reads the whole item table per shard.
             store_path = str(store.path) if store is not None else None
@@ -256,8 +246,7 @@ def _dask_runner(config: LocalizeConfig, workers: int | None, scheduler: str | N
                 )
                 for u in units
             ]
-            for future in as_completed(futures):
-                yield future.result()  # re-raises a worker's unexpected error here
+            return [future.result() for future in as_completed(futures)]  # re-raises a worker's error here
 
         yield run_units
     finally:
