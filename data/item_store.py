@@ -28,10 +28,15 @@ STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 ITEM_COLUMNS = ("item_id", "path", "frame", "modality", "height", "width")
 
 
+def is_url(path: str | Path) -> bool:
+    """True for a store address such as 's3://bucket/store.zarr' or 'file:///data/store.zarr'."""
+    return "://" in str(path)
+
+
 class ItemStore:
     """A Zarr v3 group of per-item arrays in shards of `shard_items` items; subclasses add their arrays."""
 
-    def __init__(self, group: zarr.Group, path: Path, shard_items: int) -> None:
+    def __init__(self, group: zarr.Group, path: Path | str, shard_items: int) -> None:
         self._group = group
         self.path = path
         self.shard_items = int(shard_items)
@@ -82,6 +87,10 @@ class ItemStore:
 
     @staticmethod
     def open_group(path: str | Path, mode: str, what: str) -> zarr.Group:
+        """The group at a local path, or at a URL zarr opens through fsspec (e.g. s3://..., read with zarr's own
+        chunk reads: `ShardReader` is for local files)."""
+        if is_url(path):
+            return zarr.open_group(str(path), mode=mode, zarr_format=3)
         path = Path(path)
         if not (path / "zarr.json").is_file():
             raise FileNotFoundError(f"{path}: no {what} here (missing zarr.json)")

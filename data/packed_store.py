@@ -30,7 +30,7 @@ import zarr
 
 from data.intensity import IntensityConfig
 from data.intensity_follow import require_same_intensity
-from data.item_store import DONE, ItemStore
+from data.item_store import DONE, ItemStore, is_url
 from data.manifest import manifest_sha256
 from data.provenance import canonical, code_version
 
@@ -81,7 +81,7 @@ def packed_provenance(intensity: IntensityConfig, max_side: int, dtype: str, man
 class PackedStore(ItemStore):
     """A packed image store. Make one with `create` (or `open_or_create` to resume), read one with `open`."""
 
-    def __init__(self, group: zarr.Group, path: Path) -> None:
+    def __init__(self, group: zarr.Group, path: Path | str) -> None:
         attrs = group.attrs.asdict()
         if attrs.get("kind") != KIND or attrs.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(
@@ -148,8 +148,9 @@ class PackedStore(ItemStore):
     def open(
         cls, path: str | Path, mode: Literal["r", "r+"] = "r", expect: Mapping[str, Any] | None = None
     ) -> PackedStore:
-        """Open a store. With `expect` (a `packed_provenance`), refuse (ProvenanceMismatch) unless it is the store's."""
-        path = Path(path)
+        """Open a store (a path, or a URL zarr reads through fsspec). With `expect` (a `packed_provenance`), refuse
+        (ProvenanceMismatch) unless it is the store's."""
+        path = path if is_url(path) else Path(path)
         store = cls(cls.open_group(path, mode, "packed image store"), path)
         if expect is not None:
             advice = "Pack into a new path (--out NEW.zarr), or delete this store to start over."

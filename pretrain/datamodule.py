@@ -174,7 +174,7 @@ class RoiDataModule(pl.LightningDataModule):
         self.hparams.update(packed=None if packed is None else str(packed))
         self.corpus, self.cache_path = Path(corpus), Path(cache)
         self.manifest_path = None if manifest is None else Path(manifest)
-        self.packed_path = None if packed is None else Path(packed)
+        self.packed_path = None if packed is None else str(packed)  # a path, or a URL (docs/PACKING.md)
         self.batch_size = batch_size if batch_size is not None or global_batch_size is not None else 64
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None

@@ -99,6 +99,14 @@ def test_readable_with_plain_zarr(tmp_path, corpus):
         np.testing.assert_array_equal(group[name][i][:h, :w], store.read_pixels(i))
 
 
+def test_readable_through_an_fsspec_url(tmp_path, corpus):
+    store = packed(tmp_path, corpus)
+    remote = PackedStore.open(f"file://{store.path}")  # zarr's FsspecStore, as for s3://: no local fast path
+    assert remote._group.store.__class__.__name__ == "FsspecStore"
+    for i in np.flatnonzero(store.status() == DONE):
+        np.testing.assert_array_equal(remote.read_pixels(i), store.read_pixels(i))
+
+
 def test_other_settings_are_refused_naming_the_field(tmp_path, corpus):
     _, manifest = corpus
     path = tmp_path / "s.zarr"
