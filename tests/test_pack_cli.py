@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,9 +54,10 @@ def test_two_processes_on_distinct_shards_build_the_one_process_store(tmp_path, 
     common = ["--corpus", str(corpus), "--workers", "1", "--shard-items", "4"]
     finish(pack(*common, "--out", str(tmp_path / "one.zarr")))
     both = [pack(*common, "--out", str(tmp_path / "two.zarr"), "--part", f"{k}/2") for k in (0, 1)]  # racing to create
-    for proc in both:
-        finish(proc)
+    outs = [finish(proc) for proc in both]
     assert_same_store(tmp_path / "one.zarr", tmp_path / "two.zarr")
+    processed = [int(re.search(r"processed (\d+) items", out).group(1)) for out in outs]
+    assert sum(processed) == PackedStore.open(tmp_path / "two.zarr").n_items and min(processed) > 0  # no shard twice
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, corpus):
