@@ -41,7 +41,7 @@ class ItemStore:
         self.path = path
         self.shard_items = int(shard_items)
         self.n_items: int = group["status"].shape[0]
-        self._readers: dict[str, ShardReader | None] = {}
+        self._readers: dict[str, ShardReader | zarr.Array] = {}
         self._size_hw: np.ndarray | None = None
 
     # ---------------------------------------------------------------- creation / opening
@@ -176,14 +176,13 @@ class ItemStore:
         """Item `index` of a per-item array (`add_item_array`), through ShardReader when the layout allows."""
         if not 0 <= index < self.n_items:
             raise IndexError(f"{self.path}: item {index} out of range (0..{self.n_items - 1})")
-        if name not in self._readers:
+        if name not in self._readers:  # looking an array up in the group costs milliseconds: once per array
             array = self._group[name]
-            self._readers[name] = ShardReader(array) if ShardReader.supports(array) else None
+            self._readers[name] = ShardReader(array) if ShardReader.supports(array) else array
         reader = self._readers[name]
-        if reader is None:
-            return self._group[name][index]
-        array_ndim = len(self._group[name].shape)
-        return reader.read_chunk((int(index),) + (0,) * (array_ndim - 1))[0]  # one item per chunk: drop the axis
+        if not isinstance(reader, ShardReader):
+            return reader[index]
+        return reader.read_chunk((int(index),) + (0,) * (reader.ndim - 1))[0]  # one item per chunk: drop the axis
 
     def _sizes(self) -> np.ndarray:
         if self._size_hw is None:
