@@ -9,8 +9,11 @@ Corpora (written once under --work, reused while their sizes do not change):
 Per corpus: `raw_images_per_s` and `packed_images_per_s` are the images/s of the pretraining DataLoader
 (`pretrain.datamodule.RoiDataModule`: resize to 224 + flip, the expanded ROI, 2 workers, batches of --batch) reading
 the files or the packed store, measured in the same run for --seconds each after the first batch; `packed_speedup`
-is their ratio; `packing_s` the time `pack_corpus` took (2 processes), `bytes_per_image` the store's size on disk
-per image; `packed_max_abs_diff` the largest pixel difference of one batch read both ways (<= 0.5/255).
+is their ratio; `*_cpu_ms_per_image` the CPU time the loader's processes (2 workers + the main one) spent per
+image, a figure a shared machine's load hardly changes, and `packed_images_per_s_on_2_free_cores` = 2000 / it,
+what two idle cores would deliver; `packing_s` the time `pack_corpus` took (2 processes), `bytes_per_image` the
+store's size on disk per image; `packed_max_abs_diff` the largest pixel difference of one batch read both ways
+(<= 0.5/255).
 
 `localize` (nifti_gz, the tiny stand-ins with similarity saliency so that reading dominates): items/s reading item by
 item (`volume_cache_mb: 0`, as before volume-aware reads), volume-aware, and on the same slices stored as PNG files;
@@ -65,8 +68,21 @@ def roi_cache(corpus: Path, path: Path) -> RoiCache:
     return cache
 
 
-def loader_rate(corpus: Path, cache: Path, packed: Path | None, batch: int, seconds: float) -> tuple[float, dict]:
-    """Images/s of the pretraining DataLoader for `seconds` after its first batch; and that first batch."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of this process and of `pids` (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = sum(os.times()[:2])
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def loader_rate(
+    corpus: Path, cache: Path, packed: Path | None, batch: int, seconds: float
+) -> tuple[float, float, dict]:
+    """(images/s of the pretraining DataLoader for `seconds` after its first batch, CPU ms per image of the loader's
+    processes in that time, the first batch)."""
     from pretrain.datamodule import RoiDataModule
 
     dm = RoiDataModule(
@@ -74,16 +90,19 @@ def loader_rate(corpus: Path, cache: Path, packed: Path | None, batch: int, seco
     )
     dm.setup("fit")
     loader = dm.train_dataloader()
-    first, n_images, t0 = None, 0, None
+    first, n_images, t0, cpu0, pids = None, 0, None, 0.0, []
     while t0 is None or time.perf_counter() - t0 < seconds:
-        for items in loader:
+        iterator = iter(loader)  # persistent workers: the same processes every pass
+        pids = [w.pid for w in iterator._workers]
+        for items in iterator:
             if first is None:  # pays for the workers' start-up
-                first, t0 = items, time.perf_counter()
+                first, t0, cpu0 = items, time.perf_counter(), cpu_seconds(pids)
                 continue
             n_images += items["image"].shape[0]
             if time.perf_counter() - t0 >= seconds:
                 break
-    return n_images / (time.perf_counter() - t0), first
+    wall, cpu = time.perf_counter() - t0, cpu_seconds(pids) - cpu0
+    return n_images / wall, 1e3 * cpu / n_images, first
 
 
 def corpus_figures(name: str, corpus: Path, work: Path, args: argparse.Namespace) -> dict:
@@ -94,14 +113,18 @@ def corpus_figures(name: str, corpus: Path, work: Path, args: argparse.Namespace
     store = PackedStore.create(store_path, cache.manifest(), IntensityConfig(), shard_items=cache.shard_items)
     summary = pack_corpus(store, corpus, workers=2, progress=False)
     packing_s = time.perf_counter() - started
-    raw, raw_batch = loader_rate(corpus, cache.path, None, args.batch, args.seconds)
-    packed, packed_batch = loader_rate(corpus, cache.path, store_path, args.batch, args.seconds)
+    raw, raw_cpu, raw_batch = loader_rate(corpus, cache.path, None, args.batch, args.seconds)
+    packed, packed_cpu, packed_batch = loader_rate(corpus, cache.path, store_path, args.batch, args.seconds)
     assert raw_batch["item_id"] == packed_batch["item_id"]  # the same seeded order and augmentation
     return {
         "items": cache.n_items,
         "raw_images_per_s": round(raw, 1),
         "packed_images_per_s": round(packed, 1),
         "packed_speedup": round(packed / raw, 1),
+        # load-independent: CPU time of the loader's 3 processes per image, and what 2 free cores would deliver
+        "raw_cpu_ms_per_image": round(raw_cpu, 2),
+        "packed_cpu_ms_per_image": round(packed_cpu, 2),
+        "packed_images_per_s_on_2_free_cores": round(2000 / packed_cpu, 1),
         "packing_s": round(packing_s, 2),
         "packing_images_per_s": round(cache.n_items / packing_s, 1),
         "bytes_per_image": round(summary.bytes_per_image),

@@ -7,7 +7,9 @@ Layout (Zarr v3, the per-item layout of `data.item_store`; row i is manifest row
       stored_hw  (N, 2)        int32   size of the stored image: the original when its longest side <= max_side,
                                        else scaled (cv2 INTER_AREA, aspect kept) to a longest side of max_side
       channels   (N,)          uint8   1 grey, 3 RGB (0 until the item is done)
-      image      (N, L, L)     dtype   grey images at the top left of an L x L chunk (L = max_side), zero-padded
+      image      (N, L, L)     dtype   grey images at the top left of an L x L chunk, zero-padded; L is the largest
+                                       stored side of the manifest's items (at most max_side), so that reading an
+                                       image decodes little padding
       image_rgb  (N, L, L, 3)  dtype   RGB images, the same way (only RGB items' chunks exist on disk)
 
 A pixel is round(x * M) of the normalised value x in [0, 1], M = 255 (uint8) or 65535 (uint16); q / M reads it back
@@ -95,6 +97,7 @@ class PackedStore(ItemStore):
         self.dtype: str = self.provenance["dtype"]
         self.intensity = IntensityConfig.from_fields(self.provenance["intensity"])
         self.manifest_sha256: str = self.provenance["manifest_sha256"]
+        self.chunk_side: int = int(group["image"].shape[1])
         self._stored_hw: np.ndarray | None = None
         self._channels: np.ndarray | None = None
         self._where: dict[tuple[str, int], int] | None = None
@@ -129,7 +132,9 @@ class PackedStore(ItemStore):
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             group = cls.create_group(tmp, manifest, attrs, shard_items)
-            n, side = len(manifest), int(max_side)
+            n = len(manifest)
+            sizes = manifest[["height", "width"]].to_numpy()
+            side = max(max(stored_size(int(h), int(w), int(max_side))) for h, w in sizes)
             group.create_array("stored_hw", shape=(n, 2), dtype="int32", chunks=(int(shard_items), 2), fill_value=0)
             group.create_array("channels", shape=(n,), dtype="uint8", chunks=(int(shard_items),), fill_value=0)
             cls.add_item_array(group, "image", (side, side), dtype, 0, shard_items)
@@ -201,7 +206,10 @@ class PackedStore(ItemStore):
         """Store pixels made by `pack` for `indices`; mark them done (status last)."""
         idx = np.asarray(indices, dtype=np.int64)
         channels = np.array([1 if p.ndim == 2 else 3 for p in packed], dtype=np.uint8)
-        side = self.max_side
+        side = self.chunk_side
+        too_large = [int(i) for i, p in zip(idx, packed, strict=True) if max(p.shape[:2]) > side]
+        if too_large:
+            raise ValueError(f"{self.path}: item {too_large[0]} is larger than its manifest size (file changed?)")
         for name, want in (("image", 1), ("image_rgb", 3)):
             rows = np.flatnonzero(channels == want)
             if len(rows) == 0:

@@ -53,7 +53,7 @@ def test_roi_dataset_reads_from_the_store_what_it_reads_from_the_files(data):
     transform = train_transform(48)
     raw = RoiDataset(corpus, cache=cache, transform=transform, intensity=LUNG, roi_shape="rect")
     packed = RoiDataset(corpus, cache=cache, transform=transform, intensity=LUNG, roi_shape="rect", packed=store)
-    assert len(raw) == len(packed) == 12
+    assert len(raw) == len(packed) == 12 and packed.packed.chunk_side == 64  # chunks as large as the images
     flips = 0
     for i in range(len(raw)):
         torch.manual_seed(i)
