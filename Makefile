@@ -3,6 +3,7 @@ PY      ?= .venv/bin/python
 WORK    ?= work
 CORPUS  ?= $(WORK)/corpus
 CACHE   ?= $(WORK)/roi_cache.zarr
+PACKED  ?= $(WORK)/packed.zarr
 LOCALIZE_CONFIG ?= $(WORK)/standins/localize.yaml
 PRETRAIN_CONFIG ?= configs/pretrain/tiny_cpu.yaml
 FINETUNE_CONFIG ?= configs/finetune/classify_tiny.yaml
@@ -30,10 +31,10 @@ sample:
 standins:
 	$(PY) -m localize stand-ins --out $(WORK)/standins
 
-# Uses $(LOCALIZE_CONFIG); without one, the untrained stand-ins (and says so).
+# Uses $(LOCALIZE_CONFIG); without one, the untrained stand-ins (and says so). Packs the images in the same pass.
 localize:
 	@test -f $(LOCALIZE_CONFIG) || $(MAKE) --no-print-directory standins
-	$(PY) -m localize run --config $(LOCALIZE_CONFIG) --corpus $(CORPUS) --cache $(CACHE)
+	$(PY) -m localize run --config $(LOCALIZE_CONFIG) --corpus $(CORPUS) --cache $(CACHE) $(if $(PACKED),--pack $(PACKED))
 
 eval:
 	$(PY) -m localize eval --cache $(CACHE) --truth $(CORPUS)/truth --out $(WORK)/localize_eval.json
@@ -41,9 +42,11 @@ eval:
 inspect:
 	$(PY) -m localize inspect --cache $(CACHE) --corpus $(CORPUS) --out $(WORK)/inspect
 
+# Reads the images from the packed store (made, or completed, first: docs/PACKING.md); PACKED= reads the files.
 pretrain:
+	@if [ -n "$(PACKED)" ]; then $(PY) -m data pack --corpus $(CORPUS) --cache $(CACHE) --out $(PACKED) --no-progress; fi
 	$(PY) -m pretrain fit --config $(PRETRAIN_CONFIG) --data.corpus $(CORPUS) --data.cache $(CACHE) \
-	  --trainer.default_root_dir $(WORK)/pretrain
+	  $(if $(PACKED),--data.packed $(PACKED)) --trainer.default_root_dir $(WORK)/pretrain
 
 # The newest last.ckpt under $(WORK)/pretrain unless PRETRAIN_CKPT is given.
 export:
@@ -88,6 +91,7 @@ demo:
 	@echo "demo artefacts:"
 	@echo "  corpus           $(CORPUS)"
 	@echo "  ROI cache        $(CACHE)"
+	@echo "  packed images    $(PACKED)"
 	@echo "  localize eval    $(WORK)/localize_eval.json"
 	@echo "  inspect page     $(WORK)/inspect/index.html"
 	@echo "  pretraining      $(WORK)/pretrain/logs (TensorBoard + CSV, checkpoints, panels)"

@@ -1,4 +1,4 @@
-"""Torch datasets over a corpus, its manifest and (optionally) its ROI cache."""
+"""Torch datasets over a corpus, its manifest and (optionally) its ROI cache and packed image store."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from data.intensity import IntensityConfig
-from data.manifest import read_manifest
+from data.intensity_follow import require_same_intensity
+from data.item_store import FAILED, PENDING
+from data.manifest import manifest_sha256, read_manifest
+from data.packed_store import PackedStore
 from data.readers import load_image
 from data.roi_cache import DONE, ROI_SHAPES, RoiCache, RoiShape
 
@@ -27,9 +30,15 @@ class RoiDataset(Dataset):
     `index` (int, the item's row in the manifest / cache). `transform` is a torchvision v2 transform called
     as `transform(image, roi)`, so geometric augmentations move the mask with the image.
     `roi_shape`: "sam" (the refined mask) or "rect" (the expanded ROI, each component's filled rectangle, what the
-    MWM authors pretrain on; `RoiCache.read_mask`).
+    MWM authors pretrain on; `RoiCache.read_mask`). Grey images are repeated to `channels` after `transform`
+    (geometric transforms act alike on every copy, at a third of the cost).
 
-    The manifest defaults to the cache's own; row i of the manifest must be item i of the cache.
+    `packed`: a packed image store (`data.packed_store`) of the same items; images are then read from it at their
+    stored size (the ROI drawn at that size) instead of decoded from the corpus. Its intensity rules must be
+    `intensity`'s (when given), its items the manifest's, and the selected items packed; failed ones are left out.
+
+    The manifest defaults to the cache's own (else the store's); row i of the manifest must be item i of the cache
+    and of the store.
     """
 
     def __init__(
@@ -43,16 +52,18 @@ class RoiDataset(Dataset):
         modalities: Sequence[str] | None = None,
         channels: int = 3,
         roi_shape: RoiShape = "sam",
+        packed: PackedStore | str | Path | None = None,
     ) -> None:
         if roi_shape not in ROI_SHAPES:
             raise ValueError(f"roi_shape must be one of {ROI_SHAPES}, got {roi_shape!r}")
         self.roi_shape = roi_shape
         self.corpus = Path(corpus)
         self.cache = RoiCache.open(cache) if isinstance(cache, str | Path) else cache
+        self.packed = PackedStore.open(packed) if isinstance(packed, str | Path) else packed
         if manifest is None:
-            if self.cache is None:
-                raise ValueError("RoiDataset needs a manifest or a cache")
-            manifest = self.cache.manifest()
+            if self.cache is None and self.packed is None:
+                raise ValueError("RoiDataset needs a manifest, a cache or a packed store")
+            manifest = (self.cache or self.packed).manifest()
         elif isinstance(manifest, str | Path):
             manifest = read_manifest(manifest)
         self.manifest = manifest.reset_index(drop=True)
@@ -63,19 +74,22 @@ class RoiDataset(Dataset):
             keep &= self.cache.status() == DONE
         if modalities is not None:
             keep &= self.manifest["modality"].isin(list(modalities)).to_numpy()
+        if self.packed is not None:
+            keep &= _packed_items(self.manifest, self.packed, intensity, keep)
         self.indices = np.flatnonzero(keep)
         self.transform = transform
         self.intensity = intensity
         self.channels = channels
+        # plain arrays: a pandas row lookup per item costs more than reading a packed image
+        self._paths, self._frames = self.manifest["path"].to_numpy(), self.manifest["frame"].to_numpy()
+        self._modalities, self._ids = self.manifest["modality"].to_numpy(), self.manifest["item_id"].to_numpy()
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict:
         index = int(self.indices[i])
-        row = self.manifest.iloc[index]
-        pixels = load_image(self.corpus, row["path"], int(row["frame"]), row["modality"], self.intensity)
-        image_chw = _to_chw(pixels, self.channels)
+        image_chw = self._image_chw(index)
         h, w = image_chw.shape[-2:]
         if self.cache is not None:
             roi_hw = torch.from_numpy(self.cache.read_mask(index, (h, w), self.roi_shape))
@@ -84,20 +98,43 @@ class RoiDataset(Dataset):
         image, roi = tv_tensors.Image(image_chw), tv_tensors.Mask(roi_hw[None])
         if self.transform is not None:
             image, roi = self.transform(image, roi)
-        return {"image": image, "roi": roi, "item_id": str(row["item_id"]), "index": index}
+        if image.shape[0] == 1 and self.channels != 1:
+            image = tv_tensors.Image(image.expand(self.channels, -1, -1))  # a view: the collate copies it once
+        return {"image": image, "roi": roi, "item_id": str(self._ids[index]), "index": index}
+
+    def _image_chw(self, index: int) -> torch.Tensor:
+        """The item's image, float32 (1 or 3, H, W) in [0, 1]: grey stays one channel, RGB becomes grey when
+        `channels` is 1."""
+        if self.packed is not None:
+            pixels = torch.from_numpy(self.packed.read_pixels(index))
+            x = pixels.float().div_(float(np.iinfo(self.packed.dtype).max))
+        else:
+            path, frame, modality = self._paths[index], int(self._frames[index]), self._modalities[index]
+            x = torch.from_numpy(load_image(self.corpus, path, frame, modality, self.intensity))
+        x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+        if x.shape[0] == 3 and self.channels == 1:  # RGB -> grey, ITU-R 601 luma
+            return (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+        if x.shape[0] not in (1, self.channels):
+            raise ValueError(f"cannot turn a {x.shape[0]}-channel image into {self.channels} channels")
+        return x.contiguous()
 
 
-def _to_chw(pixels: np.ndarray, channels: int) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
-    if x.shape[0] == channels:
-        return x
-    if x.shape[0] == 1:
-        return x.expand(channels, -1, -1).contiguous()
-    if channels == 1:  # RGB -> grey, ITU-R 601 luma
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
-        return (x * weights).sum(0, keepdim=True)
-    raise ValueError(f"cannot turn a {x.shape[0]}-channel image into {channels} channels")
+def _packed_items(
+    manifest: pd.DataFrame, packed: PackedStore, intensity: IntensityConfig | None, selected: np.ndarray
+) -> np.ndarray:
+    """Which items the packed store can serve (its failed items are left out); refuses a store of other items,
+    other intensity rules, or with selected items still pending."""
+    if packed.manifest_sha256 != manifest_sha256(manifest):
+        raise ValueError(f"{packed.path}: packed from other items than this manifest's (different corpus or scan?)")
+    if intensity is not None:
+        require_same_intensity(intensity, packed.intensity, str(packed.path))
+    status = packed.status()
+    pending = int((selected & (status == PENDING)).sum())
+    if pending:
+        raise ValueError(
+            f"{packed.path}: {pending} selected items are not packed yet; finish it with `python -m data pack`"
+        )
+    return status != FAILED
 
 
 def _check_same_items(manifest: pd.DataFrame, cache: RoiCache) -> None:

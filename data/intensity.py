@@ -7,8 +7,9 @@ absolute meaning); RGB images in the 8-bit range are divided by 255 (their value
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -97,6 +98,37 @@ class IntensityConfig:
         }
         object.__setattr__(self, "per_modality", MappingProxyType(rules))
 
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, Any] | None) -> IntensityConfig:
+        """The config of a mapping of its fields (YAML, provenance); None or {} = the defaults."""
+        try:
+            return cls(**dict(fields or {}))
+        except TypeError as e:  # an unknown field: name the ones that exist
+            raise ValueError(f"intensity: {e}; fields are ct_window, percentiles, per_modality") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready, CT windows as [level, width]: equal for configs that map images alike (what the
+        packed store records)."""
+        return {
+            "ct_window": list(window_level_width(self.ct_window)),
+            "percentiles": list(self.percentiles),
+            "per_modality": {m: _rule_to_dict(r) for m, r in sorted(self.per_modality.items())},
+        }
+
+    def differences(self, other: IntensityConfig) -> list[str]:
+        """The fields whose rules differ (a CT window by name equals the same (level, width)), as
+        'field: <self> vs <other>' lines; empty when both map every image alike."""
+        lines = []
+        if window_level_width(self.ct_window) != window_level_width(other.ct_window):
+            lines.append(f"ct_window: {json.dumps(_show(self.ct_window))} vs {json.dumps(_show(other.ct_window))}")
+        if self.percentiles != other.percentiles:
+            lines.append(f"percentiles: {list(self.percentiles)} vs {list(other.percentiles)}")
+        for modality in sorted(set(self.per_modality) | set(other.per_modality)):
+            mine, theirs = self.per_modality.get(modality), other.per_modality.get(modality)
+            if _rule_key(mine) != _rule_key(theirs):
+                lines.append(f"per_modality.{modality}: {_show_rule(mine)} vs {_show_rule(theirs)}")
+        return lines
+
     def rule_for(self, modality: str, rgb: bool = False, max_value: float = 0.0) -> IntensityRule:
         """The rule for an image of `modality`; `rgb` and `max_value` pick the RGB default."""
         modality = modality.upper()
@@ -149,3 +181,26 @@ def normalize(pixels: np.ndarray, modality: str, config: IntensityConfig = Inten
 def _rule_from_mapping(spec: Mapping[str, Any]) -> IntensityRule:
     fields = {key: tuple(value) if isinstance(value, list | tuple) else value for key, value in spec.items()}
     return IntensityRule(**fields)
+
+
+def _rule_to_dict(rule: IntensityRule, resolve: bool = True) -> dict[str, Any]:
+    fields = asdict(rule)
+    if resolve and rule.window is not None:
+        fields["window"] = window_level_width(rule.window)
+    return {name: _show(value) for name, value in fields.items() if value is not None}
+
+
+def _rule_key(rule: IntensityRule | None) -> tuple | None:
+    """What decides a rule's mapping: CT window names resolved to (level, width)."""
+    if rule is None:
+        return None
+    window = window_level_width(rule.window) if rule.window is not None else None
+    return window, rule.percentiles, rule.value_range
+
+
+def _show(value: Any) -> Any:
+    return value if isinstance(value, str) or value is None else [float(v) for v in value]
+
+
+def _show_rule(rule: IntensityRule | None) -> str:
+    return "<none>" if rule is None else json.dumps(_rule_to_dict(rule, resolve=False))

@@ -14,6 +14,7 @@ Nothing derived from DICOM patient or study tags is stored.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 import os
 import sys
@@ -226,6 +227,17 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     if manifest["item_id"].duplicated().any():
         raise ValueError(f"{path}: manifest has duplicate item ids")
     return manifest.reset_index(drop=True)
+
+
+def manifest_sha256(manifest: pd.DataFrame) -> str:
+    """SHA-256 of a manifest's items in order (item_id, path, frame, modality, height, width): the same for the same
+    items in the same order, whether read from a manifest file, a ROI cache or a packed store."""
+    columns = [
+        manifest[c].astype("int64").astype(str) if c in _INT_COLUMNS else manifest[c].astype(str)
+        for c in ("item_id", "path", "frame", "modality", "height", "width")
+    ]
+    lines = columns[0].str.cat(columns[1:], sep="\t")
+    return hashlib.sha256(lines.str.cat(sep="\n").encode()).hexdigest()
 
 
 def failures_path(manifest_path: str | os.PathLike) -> Path:

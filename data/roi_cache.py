@@ -21,11 +21,9 @@ Layout (all arrays have the item index as first axis; row i is manifest row i)::
       reason    (N,)       str      failure reason ('' otherwise)
 
 `mask`, `saliency` and `rects` hold one item per chunk inside shards of `shard_items` items (read through
-`data.shard_reader` without zarr's per-call overhead); every other per-item
-array uses chunks of `shard_items` items. A unit of work therefore owns whole files: two writers on
-distinct shards never touch the same file. Writes are atomic per file (zarr's LocalStore writes a
-temporary file and renames it), and `status` is written last, so an interrupted write leaves its items
-pending and a re-run redoes exactly them.
+`data.shard_reader` without zarr's per-call overhead); every other per-item array uses chunks of `shard_items`
+items. The layout, the resumable bookkeeping and the rules for parallel writers are `data.item_store`'s, shared
+with the packed image store.
 """
 
 from __future__ import annotations
@@ -39,15 +37,14 @@ import cv2
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.codecs import ZstdCodec
 
-from data.provenance import ProvenanceMismatch, canonical, diff_provenance
+from data.item_store import DONE, FAILED, PENDING, STATUS_NAMES, ItemStore
+from data.provenance import ProvenanceMismatch, canonical
 from data.roi_rects import expanded_rects, fill_rects
-from data.shard_reader import ShardReader
+
+__all__ = ["DONE", "FAILED", "PENDING", "STATUS_NAMES", "CacheGeometry", "ProvenanceMismatch", "RoiCache"]
 
 SCHEMA_VERSION = 2  # 2: + `rects` (the expanded ROI)
-PENDING, DONE, FAILED = 0, 1, 2
-STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 FLAG_EMPTY_ROI, FLAG_EMPTY_RECT = 1, 2
 RoiShape = Literal["sam", "rect"]
 ROI_SHAPES: tuple[str, ...] = ("sam", "rect")
@@ -69,16 +66,13 @@ class CacheGeometry:
                 raise ValueError(f"cache geometry: {name} must be >= 1, got {value}")
 
 
-_MANIFEST_COLUMNS = ("item_id", "path", "frame", "modality", "height", "width")
-
-
-class RoiCache:
+class RoiCache(ItemStore):
     """A Zarr v3 ROI cache. Make one with `RoiCache.create`, open one with `RoiCache.open`."""
 
     def __init__(self, group: zarr.Group, path: Path) -> None:
-        self._group = group
-        self.path = path
         attrs = group.attrs.asdict()
+        if attrs.get("kind"):
+            raise ValueError(f"{path}: a {attrs['kind']} store, not a ROI cache")
         version = attrs.get("schema_version")
         if version != SCHEMA_VERSION:
             before = " (made before the expanded ROI's rectangles were stored)" if version == 1 else ""
@@ -88,14 +82,11 @@ class RoiCache:
                 "exactly."
             )
         self.geometry = CacheGeometry(**{f.name: attrs[f.name] for f in fields(CacheGeometry)})
+        super().__init__(group, path, self.geometry.shard_items)
         self.mask_size, self.max_boxes = self.geometry.mask_size, self.geometry.max_boxes
-        self.max_rects, self.shard_items = self.geometry.max_rects, self.geometry.shard_items
+        self.max_rects = self.geometry.max_rects
         self.provenance: dict[str, Any] = attrs["provenance"]
         self.info: dict[str, Any] = attrs.get("info", {})
-        self._mask = group["mask"]
-        self.n_items: int = self._mask.shape[0]
-        self._readers: dict[str, ShardReader | None] = {}
-        self._size_hw: np.ndarray | None = None
 
     # ---------------------------------------------------------------- creation / opening
     @classmethod
@@ -118,55 +109,22 @@ class RoiCache:
             geometry = replace(geometry, **sizes)
         except TypeError as e:
             raise TypeError(f"RoiCache.create: {e}; sizes are CacheGeometry's fields") from e
-        path = Path(path)
-        if path.exists():
-            raise FileExistsError(f"{path}: already exists; open it with RoiCache.open or choose another path")
-        missing = [c for c in _MANIFEST_COLUMNS if c not in manifest.columns]
-        if missing:
-            raise ValueError(f"manifest lacks columns {missing}")
         n, s, k, r, shard_items = len(manifest), *astuple(geometry)
-        if n == 0:
-            raise ValueError("manifest is empty: nothing to cache")
-        group = zarr.open_group(path, mode="w-", zarr_format=3)
-        group.attrs.update(
-            {
-                "schema_version": SCHEMA_VERSION,
-                **asdict(geometry),
-                "provenance": canonical(provenance),
-                "info": canonical(info or {}),
-            }
-        )
-        rows = (shard_items,)
-        zstd = [ZstdCodec(level=3)]
+        attrs = {
+            "schema_version": SCHEMA_VERSION,
+            **asdict(geometry),
+            "provenance": canonical(provenance),
+            "info": canonical(info or {}),
+        }
+        path = Path(path)
+        group = cls.create_group(path, manifest, attrs, shard_items)
         for name in ("mask", "saliency"):
-            group.create_array(
-                name,
-                shape=(n, s, s),
-                dtype="uint8",
-                chunks=(1, s, s),
-                shards=(shard_items, s, s),
-                compressors=zstd,
-                fill_value=0,
-            )
+            cls.add_item_array(group, name, (s, s), "uint8", 0, shard_items)
+        cls.add_item_array(group, "rects", (r, 4), "float32", np.nan, shard_items)
+        rows = (shard_items,)
         group.create_array("boxes", shape=(n, k, 4), dtype="float32", chunks=(shard_items, k, 4), fill_value=np.nan)
-        group.create_array(
-            "rects",
-            shape=(n, r, 4),
-            dtype="float32",
-            chunks=(1, r, 4),
-            shards=(shard_items, r, 4),
-            compressors=zstd,
-            fill_value=np.nan,
-        )
         group.create_array("score", shape=(n,), dtype="float32", chunks=rows, fill_value=np.nan)
         group.create_array("flags", shape=(n,), dtype="uint8", chunks=rows, fill_value=0)
-        group.create_array("status", shape=(n,), dtype="uint8", chunks=rows, fill_value=PENDING)
-        group.create_array("reason", shape=(n,), dtype=str, chunks=rows, fill_value="")
-        for name in ("item_id", "path", "modality"):
-            group.create_array(name, shape=(n,), dtype=str, chunks=rows)[:] = manifest[name].astype(str).to_numpy()
-        group.create_array("frame", shape=(n,), dtype="int32", chunks=rows)[:] = manifest["frame"].to_numpy()
-        size_hw = manifest[["height", "width"]].to_numpy(dtype="int32")
-        group.create_array("size_hw", shape=(n, 2), dtype="int32", chunks=(shard_items, 2))[:] = size_hw
         return cls(group, path)
 
     @classmethod
@@ -178,61 +136,18 @@ class RoiCache:
     ) -> RoiCache:
         """Open a store. With `provenance`, refuse (ProvenanceMismatch) unless it equals the store's."""
         path = Path(path)
-        if not (path / "zarr.json").is_file():
-            raise FileNotFoundError(f"{path}: no ROI cache here (missing zarr.json)")
-        cache = cls(zarr.open_group(path, mode=mode, zarr_format=3), path)
+        cache = cls(cls.open_group(path, mode, "ROI cache"), path)
         if provenance is not None:
-            differences = diff_provenance(cache.provenance, canonical(provenance))
-            if differences:
-                raise ProvenanceMismatch(
-                    f"{path}: this run's localizer configuration differs from the one the cache was made with:\n  "
-                    + "\n  ".join(differences)
-                    + "\nWrite to a new cache path (--cache NEW.zarr) or delete this cache to start over."
-                )
+            advice = "Write to a new cache path (--cache NEW.zarr) or delete this cache to start over."
+            cls.check_provenance(path, cache.provenance, provenance, "localizer configuration", advice, "cache")
         return cache
 
     # ---------------------------------------------------------------- bookkeeping
-    def manifest(self) -> pd.DataFrame:
-        """The items of this cache as a manifest (index = item index)."""
-        g = self._group
-        size_hw = self._sizes()
-        return pd.DataFrame(
-            {
-                "item_id": g["item_id"][:],
-                "path": g["path"][:],
-                "frame": g["frame"][:],
-                "modality": g["modality"][:],
-                "height": size_hw[:, 0],
-                "width": size_hw[:, 1],
-            }
-        )
-
-    def status(self) -> np.ndarray:
-        return self._group["status"][:]
-
-    def pending(self, *, include_failed: bool = False) -> np.ndarray:
-        """Indices still to do (and failed ones when `include_failed`)."""
-        status = self.status()
-        todo = status == PENDING
-        if include_failed:
-            todo |= status == FAILED
-        return np.flatnonzero(todo)
-
-    def shards(self) -> list[range]:
-        """Item-index ranges, one per shard: the unit of work a single writer owns."""
-        return [range(s, min(s + self.shard_items, self.n_items)) for s in range(0, self.n_items, self.shard_items)]
-
     def summary(self) -> dict[str, int]:
-        status = self.status()
-        flags = self._group["flags"][:]
-        done = status == DONE
-        return {
-            "items": int(status.size),
-            "done": int(done.sum()),
-            "empty_roi": int((done & (flags & FLAG_EMPTY_ROI > 0)).sum()),
-            "failed": int((status == FAILED).sum()),
-            "pending": int((status == PENDING).sum()),
-        }
+        counts = self.counts()
+        done = self.status() == DONE
+        counts["empty_roi"] = int((done & (self._group["flags"][:] & FLAG_EMPTY_ROI > 0)).sum())
+        return counts
 
     # ---------------------------------------------------------------- writing
     def write(
@@ -287,27 +202,6 @@ class RoiCache:
             out[row, : len(b)] = b / np.array([w, h, w, h], dtype=np.float64)
         return out
 
-    def write_failed(self, indices: Sequence[int], reasons: Sequence[str]) -> None:
-        """Mark `indices` failed with a human-readable reason each (they are retried with include_failed)."""
-        idx = np.asarray(indices, dtype=np.int64)
-        self._put("reason", idx, np.asarray([str(r)[:500] for r in reasons], dtype=object))
-        self._put("status", idx, np.full(len(idx), FAILED, dtype=np.uint8))
-
-    def _put(self, name: str, idx: np.ndarray, values: np.ndarray) -> None:
-        """Write `values` at item indices `idx`, one read-modify-write per touched shard."""
-        array = self._group[name]
-        shard_of = idx // self.shard_items
-        for shard in np.unique(shard_of):
-            sel = shard_of == shard
-            rows = idx[sel]
-            lo, hi = int(rows.min()), int(rows.max()) + 1
-            if hi - lo == len(rows) and np.all(np.diff(rows) == 1):
-                array[lo:hi] = values[sel]
-                continue
-            block = array[lo:hi]
-            block[rows - lo] = values[sel]
-            array[lo:hi] = block
-
     # ---------------------------------------------------------------- reading
     def read_mask(self, index: int, size_hw: tuple[int, int] | None = None, shape: RoiShape = "sam") -> np.ndarray:
         """ROI of item `index` as uint8 0/1 at `size_hw` (default: the original image size).
@@ -322,19 +216,19 @@ class RoiCache:
             return _from_square(rect_hw, target_hw, cv2.INTER_NEAREST_EXACT)
         if shape != "sam":
             raise ValueError(f"ROI shape must be one of {ROI_SHAPES}, got {shape!r}")
-        return _from_square(self._read_square("mask", index), target_hw, cv2.INTER_NEAREST_EXACT)
+        return _from_square(self._read_item("mask", index), target_hw, cv2.INTER_NEAREST_EXACT)
 
     def read_rects(self, index: int) -> np.ndarray:
         """The expanded ROI's rectangles of item `index`: (r, 4) int64 xyxy end-exclusive pixels of the original
         image."""
-        rects_r4 = self._read_square("rects", index)
+        rects_r4 = self._read_item("rects", index)
         rects_r4 = rects_r4[~np.isnan(rects_r4).any(axis=1)].astype(np.float64)
         h, w = self._sizes()[index]
         return np.rint(rects_r4 * np.array([w, h, w, h], dtype=np.float64)).astype(np.int64)
 
     def read_saliency(self, index: int, size_hw: tuple[int, int] | None = None) -> np.ndarray:
         """Soft saliency of item `index` as float32 in [0, 1], resized (bilinear) to `size_hw`."""
-        sal_ss = self._read_square("saliency", index)
+        sal_ss = self._read_item("saliency", index)
         return _from_square(sal_ss, self._target_size(index, size_hw), cv2.INTER_LINEAR).astype(np.float32) / 255.0
 
     def read_boxes(self, index: int) -> np.ndarray:
@@ -371,30 +265,11 @@ class RoiCache:
         df["reason"] = g["reason"][:]
         return df
 
-    def _read_square(self, name: str, index: int) -> np.ndarray:
-        if not 0 <= index < self.n_items:
-            raise IndexError(f"{self.path}: item {index} out of range (0..{self.n_items - 1})")
-        if name not in self._readers:
-            array = self._group[name]
-            self._readers[name] = ShardReader(array) if ShardReader.supports(array) else None
-        reader = self._readers[name]
-        if reader is None:
-            return self._group[name][index]
-        return reader.read_chunk((int(index), 0, 0))[0]  # one item per chunk: (1, ...) -> (...)
-
-    def _sizes(self) -> np.ndarray:
-        if self._size_hw is None:
-            self._size_hw = self._group["size_hw"][:]
-        return self._size_hw
-
     def _target_size(self, index: int, size_hw: tuple[int, int] | None) -> tuple[int, int]:
         if size_hw is not None:
             return int(size_hw[0]), int(size_hw[1])
         h, w = self._sizes()[index]
         return int(h), int(w)
-
-    def __len__(self) -> int:
-        return self.n_items
 
     def __repr__(self) -> str:
         return f"RoiCache({str(self.path)!r}, items={self.n_items}, mask_size={self.mask_size})"

@@ -36,6 +36,7 @@ class ShardReader:
         self._root = Path(str(array.store_path).removeprefix("file://"))
         self._metadata = array.metadata
         self._chunk_shape = tuple(codec.chunk_shape)
+        self.ndim = len(self._chunk_shape)
         self._chunks_per_shard = tuple(s // c for s, c in zip(array.shards, self._chunk_shape, strict=True))
         self._dtype = np.dtype(array.dtype)
         self._fill = array.fill_value

@@ -86,6 +86,8 @@ class ClassificationData(FinetuneData):
     train_fraction keeps a seeded, stratified subset of the training split (at least one image per class).
     augment:     training policy of finetune.augment ('spark' | 'mae' | 'light' | 'none'; true = 'light').
     eval_crop:   evaluation centre-crop fraction (SparK 0.95, MAE 0.875); 1 = resize the whole image.
+    packed, init, intensity: a packed image store of the corpus to read images from, the model's init (linked by
+                 the CLI) and the intensity rules; see `FinetuneData` (the rules follow the store / the export).
     """
 
     def __init__(
@@ -105,8 +107,10 @@ class ClassificationData(FinetuneData):
         test_share: float = 0.2,
         intensity: dict[str, Any] | None = None,
         normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+        packed: str | None = None,
+        init: str | None = None,
     ) -> None:
-        super().__init__(train_fraction, subset_seed, intensity)
+        super().__init__(train_fraction, subset_seed, intensity, packed, init)
         self.root = Path(root)
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.augment: Policy = "light" if augment is True else "none" if augment is False else augment
@@ -128,7 +132,9 @@ class ClassificationData(FinetuneData):
     def split_dataset(self, split: str) -> Dataset:
         train = split == "train"
         transform = classify_transform(self.augment, self.image_size, train, self.eval_crop, self.normalization)
-        return LabelledImages(self.root, self.tables[split], self.class_names, transform, self.intensity)
+        return LabelledImages(
+            self.root, self.tables[split], self.class_names, transform, self.intensity, packed=self.packed
+        )
 
 
 class ClassificationModule(FinetuneTask):

@@ -60,6 +60,7 @@ class FinetuneCLI(LightningCLI):
             help="fraction of the training split to use (seeded, stratified, >= 1 per class)",
         )
         parser.link_arguments("train_fraction", "data.train_fraction")
+        parser.link_arguments("model.init", "data.init")  # an export's record of its pretraining's intensity rules
         self.link_task_arguments(parser)
 
     def link_task_arguments(self, parser: LightningArgumentParser) -> None:

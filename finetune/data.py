@@ -1,7 +1,8 @@
 """Downstream datasets: labelled images (CSV or ImageFolder), image + mask pairs, COCO instances; splits and subsets.
 
-Pixels are always read through `data.readers.load_image`, so DICOM, NIfTI and 16-bit PNG get the same intensity
-handling as in pretraining; plain 8-bit PNG/JPEG work the same way. Images come out as float32 (3, H, W) in [0, 1]
+Pixels are read through `data.readers.load_image` (or from a packed image store of the corpus, `data.packed_store`),
+so DICOM, NIfTI and 16-bit PNG get the same intensity handling as in pretraining; plain 8-bit PNG/JPEG work the same
+way. Images come out as float32 (3, H, W) in [0, 1]
 (grey repeated to three channels).
 
 Tables (pandas) have one row per 2-D image with columns path (relative to the data root), frame (int), modality
@@ -25,6 +26,7 @@ from torchvision import tv_tensors
 from data.ids import make_item_id
 from data.intensity import IntensityConfig
 from data.masks import read_label_image, read_mask_image
+from data.packed_store import ImageSize, PackedStore
 from data.readers import load_image
 
 SPLITS = ("train", "val", "test")
@@ -37,9 +39,17 @@ def read_image_chw(
     frame: int = 0,
     modality: str | None = None,
     intensity: IntensityConfig | None = None,
+    packed: PackedStore | None = None,
+    size: ImageSize = "native",
 ) -> torch.Tensor:
-    """Frame `frame` of `root/relpath` as float32 (3, H, W) in [0, 1]; grey is repeated to three channels."""
-    pixels = load_image(root, relpath, int(frame), modality or None, intensity)
+    """Frame `frame` of `root/relpath` as float32 (3, H, W) in [0, 1]; grey is repeated to three channels.
+
+    With `packed`, the image comes from that packed store (normalised by its rules), at its stored `size` or
+    resized back to the file's own ("native", so that masks and boxes line up)."""
+    if packed is not None:
+        pixels = packed.image_at(relpath, int(frame), modality or None, size)
+    else:
+        pixels = load_image(root, relpath, int(frame), modality or None, intensity)
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
     x = x[None].expand(3, -1, -1) if x.ndim == 2 else x.permute(2, 0, 1)
     return x.contiguous()
@@ -179,8 +189,9 @@ class LabelledImages(Dataset):
         class_names: Sequence[str],
         transform: Transform | None = None,
         intensity: IntensityConfig | None = None,
+        packed: PackedStore | None = None,
     ) -> None:
-        self.root, self.intensity = Path(root), intensity
+        self.root, self.intensity, self.packed = Path(root), intensity, packed
         self.table = table.reset_index(drop=True)
         self.class_index = {name: i for i, name in enumerate(class_names)}
         unknown = sorted(set(self.table["label"]) - set(self.class_index))
@@ -193,7 +204,11 @@ class LabelledImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.table.iloc[i]
-        image = tv_tensors.Image(read_image_chw(self.root, row["path"], row["frame"], row["modality"], self.intensity))
+        # stored size from a packed store: the transform resizes it anyway
+        image_chw = read_image_chw(
+            self.root, row["path"], row["frame"], row["modality"], self.intensity, self.packed, "stored"
+        )
+        image = tv_tensors.Image(image_chw)
         if self.transform is not None:
             image = self.transform(image)
         return image.as_subclass(torch.Tensor), torch.tensor(self.class_index[row["label"]])
@@ -215,8 +230,9 @@ class MaskedImages(Dataset):
         transform: Transform | None = None,
         intensity: IntensityConfig | None = None,
         transform_mask: bool = True,
+        packed: PackedStore | None = None,
     ) -> None:
-        self.root, self.intensity = Path(root), intensity
+        self.root, self.intensity, self.packed = Path(root), intensity, packed
         self.table = table.reset_index(drop=True)
         self.num_classes = num_classes
         self.transform, self.transform_mask = transform, transform_mask
@@ -226,7 +242,7 @@ class MaskedImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.table.iloc[i]
-        image_chw = read_image_chw(self.root, row["path"], row["frame"], row["modality"], self.intensity)
+        image_chw = read_image_chw(self.root, row["path"], row["frame"], row["modality"], self.intensity, self.packed)
         mask_hw = read_mask_hw(row["mask_path"], self.num_classes)
         if tuple(mask_hw.shape) != tuple(image_chw.shape[-2:]):
             raise ValueError(
@@ -318,8 +334,9 @@ class CocoInstances(Dataset):
         image_ids: Sequence[int] | None = None,
         transform: Transform | None = None,
         intensity: IntensityConfig | None = None,
+        packed: PackedStore | None = None,
     ) -> None:
-        self.root, self.intensity = Path(root), intensity
+        self.root, self.intensity, self.packed = Path(root), intensity, packed
         self.coco = coco
         self.image_ids = list(image_ids) if image_ids is not None else sorted(coco.getImgIds())
         self.category_ids = sorted(coco.getCatIds())
@@ -333,7 +350,7 @@ class CocoInstances(Dataset):
         image_id = self.image_ids[i]
         info = self.coco.imgs[image_id]
         image_chw = read_image_chw(
-            self.root, info["file_name"], info.get("frame", 0), info.get("modality"), self.intensity
+            self.root, info["file_name"], info.get("frame", 0), info.get("modality"), self.intensity, self.packed
         )
         h, w = image_chw.shape[-2:]
         if (info.get("height", h), info.get("width", w)) != (h, w):

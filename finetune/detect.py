@@ -46,6 +46,8 @@ class DetectionData(FinetuneData):
     filter_empty:  leave training images without a (non-crowd) instance out, as detectron2 does
                    (DATALOADER.FILTER_EMPTY_ANNOTATIONS); after the subset, so it does not change which images
                    the fraction draws. Evaluation keeps every image.
+    packed, init, intensity: a packed image store of the corpus to read images from, the model's init (linked by
+                 the CLI) and the intensity rules; see `FinetuneData` (the rules follow the store / the export).
     """
 
     collate_fn = staticmethod(collate_lists)  # images of different sizes + per-image targets
@@ -67,9 +69,11 @@ class DetectionData(FinetuneData):
         val_share: float = 0.2,
         test_share: float = 0.2,
         intensity: dict[str, Any] | None = None,
+        packed: str | None = None,
+        init: str | None = None,
         filter_empty: bool = True,
     ) -> None:
-        super().__init__(train_fraction, subset_seed, intensity)
+        super().__init__(train_fraction, subset_seed, intensity, packed, init)
         self.root = Path(root)
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
         self.coco = load_coco(self._under_root(ann_file))
@@ -177,7 +181,7 @@ class DetectionData(FinetuneData):
     def split_dataset(self, split: str) -> Dataset:
         transform = v2.RandomHorizontalFlip() if split == "train" and self.augment else None
         coco, ids = self.evaluation_source(split)
-        return CocoInstances(self.root, coco, ids, transform, self.intensity)
+        return CocoInstances(self.root, coco, ids, transform, self.intensity, packed=self.packed)
 
 
 class DetectionModule(FinetuneTask):

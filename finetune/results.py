@@ -34,11 +34,12 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from data.provenance import code_version
 
 SCHEMA_VERSION = 1
 TASKS = ("classify", "detect", "segment", "zeroshot")
@@ -85,21 +86,6 @@ def _finite_or_none(value: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def code_version() -> str:
-    """`git describe --always --dirty` of this code's repository, or 'unknown' outside git / without commits."""
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
 def jsonable(obj: Any) -> Any:

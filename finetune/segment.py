@@ -53,6 +53,8 @@ class SegmentationData(FinetuneData):
                    it from model.init, `finetune.backbone.pretrained_statistics`).
     The split comes from the CSV's split column, else a seeded split stratified by 'label' (CSV) or by
     empty/non-empty mask (folders). train_fraction: seeded stratified subset of the training split.
+    packed, init, intensity: a packed image store of the corpus to read images from, the model's init (linked by
+                 the CLI) and the intensity rules; see `FinetuneData` (the rules follow the store / the export).
     """
 
     def __init__(
@@ -73,8 +75,10 @@ class SegmentationData(FinetuneData):
         test_share: float = 0.2,
         intensity: dict[str, Any] | None = None,
         normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+        packed: str | None = None,
+        init: str | None = None,
     ) -> None:
-        super().__init__(train_fraction, subset_seed, intensity)
+        super().__init__(train_fraction, subset_seed, intensity, packed, init)
         self.normalization = normalization
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
@@ -111,7 +115,9 @@ class SegmentationData(FinetuneData):
     def split_dataset(self, split: str) -> Dataset:
         train = split == "train"
         transform = self._transform(train)
-        return MaskedImages(self.root, self.tables[split], self.num_classes, transform, self.intensity, train)
+        return MaskedImages(
+            self.root, self.tables[split], self.num_classes, transform, self.intensity, train, packed=self.packed
+        )
 
 
 class SegmentationModule(FinetuneTask):

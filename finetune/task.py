@@ -11,9 +11,11 @@ import pytorch_lightning as pl
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
-from data.intensity import IntensityConfig
-from finetune.backbone import LoadReport
+from data.intensity_follow import follow_intensity, recorded_intensity, require_same_intensity
+from data.packed_store import PackedStore
+from finetune.backbone import PRETRAINED, InitSpec, LoadReport
 from finetune.data import stratified_subset
+from pretrain.export import read_sidecar
 from pretrain.schedules import WarmupCosineSchedule, effective_batch_size, set_run_horizon
 
 
@@ -72,10 +74,29 @@ class FinetuneTask(pl.LightningModule):
 class FinetuneData(pl.LightningDataModule):
     """Base of the task data modules: the train-fraction subset and the sizes the results JSON reports."""
 
-    def __init__(self, train_fraction: float, subset_seed: int, intensity: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        train_fraction: float,
+        subset_seed: int,
+        intensity: dict[str, Any] | None = None,
+        packed: str | None = None,
+        init: str | None = None,
+    ) -> None:
+        """intensity: data.intensity.IntensityConfig fields; None: the rules recorded with the data, so the backbone
+        sees the images it was pretrained on: the packed store's (`packed`), else those the pretraining of an
+        exported backbone used (`init`, the model's, linked by the CLI), else the defaults. Set rules that differ
+        are warned about; a packed store of other rules is refused."""
         super().__init__()
-        # data.intensity.IntensityConfig fields; use the pretraining run's so the backbone sees familiar images
-        self.intensity = IntensityConfig(**(intensity or {}))
+        self.packed = PackedStore.open(packed) if packed else None
+        recorded, where = None, ""
+        if self.packed is not None:
+            recorded, where = self.packed.intensity, f"the packed store {packed}"
+        elif init and InitSpec.parse(init).kind == PRETRAINED:
+            sidecar = read_sidecar(InitSpec.parse(init).path) or {}
+            recorded, where = recorded_intensity(sidecar), f"the export record of {init}"
+        self.intensity = follow_intensity(intensity, recorded, where)
+        if self.packed is not None:
+            require_same_intensity(self.intensity, self.packed.intensity, str(packed))
         if not 0 < train_fraction <= 1:
             raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
         self.train_fraction = train_fraction

@@ -38,6 +38,7 @@ def _run(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         retry_failed=args.retry_failed,
         progress=not args.no_progress,
+        pack_path=args.pack,
     )
     print(summary.line())
     return 0
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
     run.add_argument(
         "--workers", type=int, help="local Dask workers (default: one per GPU, else sized to the CPU); 0 = no Dask"
+    )
+    run.add_argument(
+        "--pack", metavar="STORE.zarr", help="also fill this packed image store in the same pass (docs/PACKING.md)"
     )
     run.add_argument("--retry-failed", action="store_true", help="also redo items recorded as failed")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -42,6 +42,8 @@ class LocalizeConfig:
     intensity: dict[str, Any] = field(default_factory=dict)
     untrained: bool = False
     batch_size: int = 8
+    # cap on the decoded frames a worker holds while it reads a shard (data.frame_source); 0: item by item
+    volume_cache_mb: int = 1024
     seed: int = 0
     geometry: CacheGeometry = field(default_factory=CacheGeometry)  # of a new cache
 
@@ -101,6 +103,8 @@ class LocalizeConfig:
             raise ConfigError(f"{source}: intensity: {e}") from e
         if int(self.batch_size) < 1:
             raise ConfigError(f"{source}: batch_size must be >= 1")
+        if int(self.volume_cache_mb) < 0:
+            raise ConfigError(f"{source}: volume_cache_mb must be >= 0 (0 reads item by item)")
         if self.refine.top_k > self.geometry.max_boxes:
             raise ConfigError(
                 f"{source}: refine.top_k ({self.refine.top_k}) exceeds geometry.max_boxes ({self.geometry.max_boxes})"

@@ -3,6 +3,8 @@
 With Dask, each worker holds one copy of the models (a WorkerPlugin loads them once) and processes whole
 shards; workers report the items they finish through Dask's event topics, and the client counts each item once
 (`job.ItemProgress`: a shard re-run after a lost worker reports its items again), showing items/s and an ETA.
+With `pack_path`, the images read for localization also fill a packed image store (same items, same shards, the
+run's intensity rules); items the run did not read (done before, or failed) are packed after it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ import pandas as pd
 import torch
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from data.frame_source import ReadStats
 from data.intensity import IntensityConfig
 from data.manifest import read_manifest, scan_corpus
+from data.packed_store import PackedStore
+from data.packing import pack_corpus
 from data.roi_cache import RoiCache
 from localize.config import LocalizeConfig
 from localize.job import (
@@ -69,39 +74,57 @@ def run_localization(
     scheduler: str | None = None,
     retry_failed: bool = False,
     progress: bool = True,
+    pack_path: str | Path | None = None,
 ) -> RunSummary:
     """Localize every pending item of the corpus into the cache and return the run's summary.
 
     workers=0 runs in this process (no Dask); workers=None sizes a local Dask cluster to the machine
     (one worker per GPU, else a few CPU workers); `scheduler` connects to an existing Dask cluster.
     The models are loaded before a new cache's corpus scan, so that a bad checkpoint fails in seconds.
+    `pack_path`: a packed image store to fill in the same pass (created, or resumed, for the cache's items).
     """
     started = time.perf_counter()
     corpus, cache_path = Path(corpus), Path(cache_path)
     provenance = localizer_provenance(config)
     existing = RoiCache.open(cache_path, mode="r+", provenance=provenance) if cache_path.exists() else None
-    if existing is not None:
-        if unit_sizes(plan_units(existing, config.batch_size, retry_failed=retry_failed)) == 0:
-            log.info("nothing to do: every item of %s is done", cache_path)
-            return summarize(existing, 0, started)
-        log.info("resuming %s (%d items)", cache_path, existing.n_items)
-    in_process = scheduler is None and workers == 0
-    runner = _local_runner(config) if in_process else _dask_runner(config, workers, scheduler)
-    with runner as run_units:
-        cache = (
-            existing
-            if existing is not None
-            else create_cache(config, corpus, cache_path, Path(manifest_path) if manifest_path else None, provenance)
-        )
-        units = plan_units(cache, config.batch_size, retry_failed=retry_failed)
-        total = unit_sizes(units)
-        bar = item_progress_bar(total, progress)
-        try:
-            if total:
-                run_units(units, cache, corpus, cache.manifest(), ItemProgress(bar, cache.n_items))
-        finally:
-            bar.close()
-    return summarize(RoiCache.open(cache_path), total, started)
+    if existing is not None and unit_sizes(plan_units(existing, config.batch_size, retry_failed=retry_failed)) == 0:
+        log.info("nothing to localize: every item of %s is done", cache_path)
+        summary = summarize(existing, 0, started)
+        store = _open_store(pack_path, existing, config) if pack_path else None
+    else:
+        if existing is not None:
+            log.info("resuming %s (%d items)", cache_path, existing.n_items)
+        in_process = scheduler is None and workers == 0
+        runner = _local_runner(config) if in_process else _dask_runner(config, workers, scheduler)
+        with runner as run_units:
+            cache = existing or create_cache(
+                config, corpus, cache_path, Path(manifest_path) if manifest_path else None, provenance
+            )
+            store = _open_store(pack_path, cache, config) if pack_path else None
+            units = plan_units(cache, config.batch_size, retry_failed=retry_failed)
+            total = unit_sizes(units)
+            bar = item_progress_bar(total, progress)
+            reads = ReadStats(config.volume_cache_mb << 20)
+            try:
+                if total:
+                    for counts in run_units(
+                        units, cache, corpus, cache.manifest(), ItemProgress(bar, cache.n_items), store
+                    ):
+                        reads.merge(counts["reads"])
+            finally:
+                bar.close()
+        summary = summarize(RoiCache.open(cache_path), total, started, reads=reads if total else None)
+    if store is not None:  # what the localization did not read: items done before, or failed
+        summary.packed = pack_corpus(
+            store, corpus, workers=1, max_bytes=config.volume_cache_mb << 20, progress=False
+        ).line()
+    return summary
+
+
+def _open_store(path: str | Path, cache: RoiCache, config: LocalizeConfig) -> PackedStore:
+    """The packed store for `--pack`: the cache's items and shards, the run's intensity rules."""
+    intensity = IntensityConfig.from_fields(config.intensity)
+    return PackedStore.open_or_create(path, cache.manifest(), intensity, shard_items=cache.shard_items)
 
 
 def _pick_device(index: int = 0) -> torch.device:
@@ -110,8 +133,8 @@ def _pick_device(index: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-# Runs work units: (units, cache, corpus, manifest, progress) -> None.
-UnitRunner = Callable[[list[WorkUnit], RoiCache, Path, pd.DataFrame, ItemProgress], None]
+# Runs work units: (units, cache, corpus, manifest, progress, packed store) -> each unit's counts.
+UnitRunner = Callable[[list[WorkUnit], RoiCache, Path, pd.DataFrame, ItemProgress, PackedStore | None], list[dict]]
 
 
 @contextlib.contextmanager
@@ -120,9 +143,11 @@ def _local_runner(config: LocalizeConfig) -> Iterator[UnitRunner]:
     localizer = Localizer.from_config(config, _pick_device())
     intensity = IntensityConfig(**config.intensity)
 
-    def run_units(units, cache, corpus, manifest, progress) -> None:
-        for unit in units:
-            process_unit(unit, localizer, cache, corpus, manifest, on_progress=progress, intensity=intensity)
+    def run_units(units, cache, corpus, manifest, progress, store=None) -> list[dict[str, Any]]:
+        max_bytes = config.volume_cache_mb << 20
+        return [
+            process_unit(u, localizer, cache, corpus, manifest, progress, intensity, max_bytes, store) for u in units
+        ]
 
     yield run_units
 
@@ -158,7 +183,9 @@ def _load_error(dask_worker) -> str | None:
     return dask_worker.plugins[PLUGIN_NAME].load_error
 
 
-def _dask_unit(unit: WorkUnit, rows: pd.DataFrame, cache_path: str, corpus: str) -> dict[str, int]:
+def _dask_unit(
+    unit: WorkUnit, rows: pd.DataFrame, cache_path: str, corpus: str, store_path: str | None
+) -> dict[str, Any]:
     from distributed import get_worker
 
     worker = get_worker()
@@ -166,6 +193,7 @@ def _dask_unit(unit: WorkUnit, rows: pd.DataFrame, cache_path: str, corpus: str)
     if plugin.localizer is None:  # a worker that joined later and could not load the models
         raise RuntimeError(plugin.load_error)
     cache = RoiCache.open(cache_path, mode="r+")
+    config = LocalizeConfig(**plugin.config)
     return process_unit(
         unit,
         plugin.localizer,
@@ -173,7 +201,9 @@ def _dask_unit(unit: WorkUnit, rows: pd.DataFrame, cache_path: str, corpus: str)
         Path(corpus),
         rows,
         on_progress=lambda items: worker.log_event(PROGRESS_TOPIC, {"items": [int(i) for i in items]}),
-        intensity=IntensityConfig(**plugin.config.get("intensity", {})),
+        intensity=IntensityConfig(**config.intensity),
+        max_bytes=config.volume_cache_mb << 20,
+        store=PackedStore.open(store_path, mode="r+") if store_path else None,
     )
 
 
@@ -206,15 +236,17 @@ def _dask_runner(config: LocalizeConfig, workers: int | None, scheduler: str | N
         if errors:
             raise RuntimeError(errors[0])
 
-        def run_units(units, cache, corpus, manifest, progress) -> None:
+        def run_units(units, cache, corpus, manifest, progress, store=None) -> list[dict[str, Any]]:
             client.subscribe_topic(PROGRESS_TOPIC, lambda event: progress(event[1]["items"]))
             # Each task gets its own rows of the manifest: no worker re-reads the whole item table per shard.
+            store_path = str(store.path) if store is not None else None
             futures = [
-                client.submit(_dask_unit, u, manifest.loc[u.items], str(cache.path), str(corpus), pure=False)
+                client.submit(
+                    _dask_unit, u, manifest.loc[u.items], str(cache.path), str(corpus), store_path, pure=False
+                )
                 for u in units
             ]
-            for future in as_completed(futures):
-                future.result()  # re-raise a worker's unexpected error here
+            return [future.result() for future in as_completed(futures)]  # re-raises a worker's error here
 
         yield run_units
     finally:

@@ -6,6 +6,11 @@ holds any pending item is recomputed whole. A resumed run therefore feeds the mo
 an uninterrupted run would have, and the final cache is the same. Status is written last per batch
 (RoiCache.write), so killing the job at any moment loses at most the batches in flight.
 
+Images are read through a `data.frame_source.FrameSource` planned with the unit's items: each volume or
+multi-frame file is decoded once per unit and its slices served from memory, under a byte cap; the images are
+those item-by-item reading gives, so the cache is the same. With a packed image store (`localize run --pack`), the
+unit's images also go into the store's same shard, written at the end of the unit (status last).
+
 Progress is reported per batch as the item indices it finished (done or failed); `ItemProgress` counts each item
 once, so a shard that Dask re-runs after losing a worker does not advance the bar twice.
 """
@@ -21,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.frame_source import DEFAULT_MAX_BYTES, FrameSource, ReadStats
 from data.intensity import IntensityConfig
-from data.readers import load_image
+from data.packed_store import PackedStore
 from data.roi_cache import FAILED, FLAG_EMPTY_ROI, PENDING, RoiCache
 from localize.localizer import Localizer
 
@@ -74,19 +80,31 @@ def process_unit(
     manifest: pd.DataFrame,  # indexed by item index; at least the unit's rows
     on_progress: Progress | None = None,
     intensity: IntensityConfig | None = None,
-) -> dict[str, int]:
-    """Localize every slot of `unit` and write it to `cache`; returns counts (done, empty_roi, failed)."""
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    store: PackedStore | None = None,
+) -> dict:
+    """Localize every slot of `unit` and write it to `cache` (and its images to `store`'s pending items); returns
+    counts (done, empty_roi, failed) and the read statistics ('reads', `ReadStats.as_dict`).
+
+    max_bytes: cap on the decoded frames held while reading the unit (`FrameSource`; 0: item by item)."""
     counts = {"done": 0, "empty_roi": 0, "failed": 0}
+    source = FrameSource(corpus, max_bytes)
+    source.plan((manifest.path[i], manifest.frame[i]) for i in unit.items)
+    to_pack = set(unit.items) & set(store.pending(include_failed=True).tolist()) if store is not None else set()
+    packed: dict[int, object] = {}  # item -> stored pixels, written with the unit's last batch
+    unreadable: dict[int, str] = {}
     for slot in unit.slots:
         images, ok, failed, reasons = [], [], [], []
         for index in slot:
             row = manifest.loc[index]
             try:
-                images.append(load_image(corpus, row["path"], int(row["frame"]), row["modality"], intensity))
+                images.append(source.image(row["path"], int(row["frame"]), row["modality"], intensity))
                 ok.append(index)
             except Exception as e:  # one unreadable item must not stop the shard
                 failed.append(index)
                 reasons.append(_reason(e))
+        packed.update((i, store.pack(image)) for i, image in zip(ok, images, strict=True) if i in to_pack)
+        unreadable.update((i, r) for i, r in zip(failed, reasons, strict=True) if i in to_pack)
         results = _localize_or_isolate(localizer, images, ok, manifest, failed, reasons)
         results = _fitting(results, cache, failed, reasons)
         if failed:
@@ -110,7 +128,11 @@ def process_unit(
         counts["failed"] += len(failed)
         if on_progress is not None:
             on_progress(list(slot))
-    return counts
+    if unreadable:
+        store.write_failed(list(unreadable), list(unreadable.values()))
+    if packed:
+        store.write_packed(list(packed), list(packed.values()))
+    return {**counts, "reads": source.stats.as_dict()}
 
 
 def _fitting(results: list, cache: RoiCache, failed: list[int], reasons: list[str]) -> list:
@@ -170,16 +192,21 @@ class RunSummary:
     processed: int
     wall_s: float
     command: str = "localize"
+    reads: ReadStats | None = None  # what reading the images cost (None: nothing was read)
+    packed: str | None = None  # the packed store's state line (`localize run --pack`)
 
     def line(self) -> str:
         rate = self.processed / self.wall_s if self.wall_s > 0 else 0.0
-        return (
+        text = (
             f"{self.command}: {self.done}/{self.items} done ({self.empty_roi} with empty ROI), {self.failed} failed, "
             f"{self.pending} pending; processed {self.processed} items in {self.wall_s:.1f} s ({rate:.1f} items/s)"
         )
+        return "\n".join([text] + [f"  {extra}" for extra in (self.reads and self.reads.line(), self.packed) if extra])
 
 
-def summarize(cache: RoiCache, processed: int, started: float, command: str = "localize") -> RunSummary:
+def summarize(
+    cache: RoiCache, processed: int, started: float, command: str = "localize", reads: ReadStats | None = None
+) -> RunSummary:
     s = cache.summary()
     return RunSummary(
         s["items"],
@@ -190,6 +217,7 @@ def summarize(cache: RoiCache, processed: int, started: float, command: str = "l
         processed,
         time.perf_counter() - started,
         command,
+        reads,
     )
 
 

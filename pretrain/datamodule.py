@@ -30,6 +30,8 @@ from torchvision.transforms import v2
 
 from data.dataset import RoiDataset
 from data.intensity import IntensityConfig
+from data.intensity_follow import follow_intensity, recorded_intensity, require_same_intensity
+from data.packed_store import PackedStore
 from data.roi_cache import RoiCache, RoiShape
 from pretrain.pixel_stats import PixelStats, dataset_stats
 from pretrain.seeding import derive_seed, unit_interval
@@ -88,7 +90,8 @@ class SeededItems(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> Any:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, "augment", epoch, i))
+            # the CPU generator only: torch.manual_seed also queues CUDA seeding, ~1 ms of stack capture per item
+            torch.default_generator.manual_seed(derive_seed(self.seed, "augment", epoch, i))
             return self.dataset[i]
 
 
@@ -99,6 +102,9 @@ class RoiDataModule(pl.LightningDataModule):
         corpus: corpus root folder (paths in the manifest are relative to it).
         cache: ROI cache (Zarr store) made by `python -m localize run`.
         manifest: optional manifest file; default: the cache's own manifest (`RoiCache.manifest()`).
+        packed: optional packed image store of the cache's items (`python -m data pack --cache ...` or
+            `localize run --pack`): images are read from it, decoded once, instead of from the corpus files. A
+            store made with other intensity rules than the run's is refused (docs/PACKING.md).
         input_size: square side fed to the model (linked to `model.input_size` by the CLI).
         global_batch_size: images per optimizer step over all devices (the MWM fork's `--bs`, 128); the
             per-device batch is derived from it at setup (divided by devices x nodes x gradient accumulation;
@@ -119,7 +125,10 @@ class RoiDataModule(pl.LightningDataModule):
             whose ROI is then empty (they are masked like background).
         modalities: keep only these manifest modalities (e.g. ['MR']); None keeps all.
         intensity: `data.intensity.IntensityConfig` fields, e.g. {ct_window: lung, percentiles: [1, 99]};
-            None = its defaults. Use the same as the localize run so images look alike in both phases.
+            None (the default): the rules recorded in the cache's provenance by the localize run (else the store's,
+            else the defaults), so both phases see the same images. Rules that differ from the cache's are warned
+            about, naming the fields. The rules used are kept in the hparams (`intensity_used`, hence the
+            checkpoint and the exported backbone's sidecar).
         val_fraction: share of items held out for validation, chosen by a hash of the item id (stable as
             the cache grows); 0 disables validation.
         num_workers, persistent_workers, pin_memory (None: when training on a GPU): DataLoader settings.
@@ -131,6 +140,7 @@ class RoiDataModule(pl.LightningDataModule):
         corpus: str | Path,
         cache: str | Path,
         manifest: str | Path | None = None,
+        packed: str | Path | None = None,
         input_size: int = 224,
         global_batch_size: int | None = None,
         batch_size: int | None = None,
@@ -160,10 +170,12 @@ class RoiDataModule(pl.LightningDataModule):
         if normalize not in ("dataset", "imagenet"):
             raise ValueError(f"normalize must be 'dataset' or 'imagenet', got {normalize!r}")
         # paths as plain strings: checkpoints stay loadable with torch.load(weights_only=True)
-        self.save_hyperparameters(ignore=["corpus", "cache", "manifest"])
+        self.save_hyperparameters(ignore=["corpus", "cache", "manifest", "packed"])
         self.hparams.update(corpus=str(corpus), cache=str(cache), manifest=None if manifest is None else str(manifest))
+        self.hparams.update(packed=None if packed is None else str(packed))
         self.corpus, self.cache_path = Path(corpus), Path(cache)
         self.manifest_path = None if manifest is None else Path(manifest)
+        self.packed_path = None if packed is None else str(packed)  # a path, or a URL (docs/PACKING.md)
         self.batch_size = batch_size if batch_size is not None or global_batch_size is not None else 64
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -178,6 +190,8 @@ class RoiDataModule(pl.LightningDataModule):
         if not self.cache_path.exists():
             raise FileNotFoundError(f"{self.cache_path}: no ROI cache here; make one with `python -m localize run`")
         cache = RoiCache.open(self.cache_path, mode="r")
+        packed = PackedStore.open(self.packed_path) if self.packed_path is not None else None
+        intensity = self._intensity(cache, packed)
 
         def dataset(transform: v2.Transform | None) -> RoiDataset:
             return RoiDataset(
@@ -185,10 +199,11 @@ class RoiDataModule(pl.LightningDataModule):
                 self.manifest_path,
                 cache,
                 transform=transform,
-                intensity=IntensityConfig(**(hp.intensity or {})),
+                intensity=intensity,
                 only_done=hp.only_done,
                 modalities=hp.modalities,
                 roi_shape=hp.roi_shape,
+                packed=packed,
             )
 
         resampling = {"interpolation": hp.interpolation, "antialias": hp.antialias}
@@ -221,6 +236,18 @@ class RoiDataModule(pl.LightningDataModule):
         else:
             self.pixel_stats = PixelStats.imagenet()
         self._record_pixel_stats()
+
+    def _intensity(self, cache: RoiCache, packed: PackedStore | None) -> IntensityConfig:
+        """The run's intensity rules: its own, else the cache's, else the store's (see `intensity`); a packed store
+        of other rules is refused. Kept in the hparams as `intensity_used`."""
+        recorded, where = recorded_intensity(cache.provenance), f"the ROI cache {self.cache_path}"
+        if recorded is None and packed is not None:  # e.g. a cache of imported masks: the store's rules
+            recorded, where = packed.intensity, f"the packed store {self.packed_path}"
+        intensity = follow_intensity(self.hparams.intensity, recorded, where)
+        if packed is not None:
+            require_same_intensity(intensity, packed.intensity, str(self.packed_path))
+        self.hparams["intensity_used"] = intensity.to_dict()
+        return intensity
 
     def _record_pixel_stats(self) -> None:
         """The statistics as numbers: in this module's hparams (hence the checkpoint) and next to the run."""

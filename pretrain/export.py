@@ -4,8 +4,9 @@ The exported file is what `torch.save(state_dict)` writes: tensors under the nam
 `timm.create_model(backbone)`, head absent. The head (`head_prefixes`) is whatever the timm model has that
 pretraining does not train: `fc` for ResNets; `head.norm` and `head.fc` for ConvNeXts (the final LayerNorm
 sits in timm's head and pretraining prunes it, as SparK does). Downstream tasks (`finetune`) re-initialise the
-head and load everything else strictly. A JSON sidecar (`<out>.json`) records the backbone name and the
-export summary; `read_backbone` returns it with the weights. `load_backbone` builds a checked timm model.
+head and load everything else strictly. A JSON sidecar (`<out>.json`) records the backbone name, the export
+summary and the intensity rules pretraining used (fine-tuning follows them); `read_backbone` returns it with the
+weights. `load_backbone` builds a checked timm model.
 
 Other exports use the same sidecar (e.g. MaskedCLIP's ViT, `pretrain.maskedclip.export`) and may record more:
 `timm_kwargs` (what `timm.create_model` needs beyond the name, e.g. `{"depth": 10}` for the first blocks of a
@@ -146,6 +147,8 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path) -> dict[str, An
             )
         ),
         "missing_in_timm_model": missing,
+        # the intensity rules pretraining used (IntensityConfig fields): fine-tuning follows them by default
+        "intensity": (ckpt.get("datamodule_hyper_parameters") or {}).get("intensity_used"),
     }
     sidecar_path(out_path).write_text(json.dumps(summary, indent=2))
     return summary

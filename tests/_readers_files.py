@@ -39,8 +39,10 @@ def write_dicom(
     intercept: float | None = None,
     tags: dict[str, object] | None = None,
     file_meta: bool = True,
+    compress: str | None = None,
 ) -> Path:
-    """A DICOM file with `pixels` (frames stacked on axis 0 when 3-D and not RGB) and the given tags."""
+    """A DICOM file with `pixels` (frames stacked on axis 0 when 3-D and not RGB) and the given tags; `compress`: a
+    transfer syntax UID pydicom can encode (e.g. RLE Lossless)."""
     sop_uid = str((tags or {}).get("SOPInstanceUID", pydicom.uid.generate_uid()))
     ds = Dataset()
     ds.SOPClassUID = SecondaryCaptureImageStorage
@@ -57,6 +59,8 @@ def write_dicom(
     if slope is not None:
         ds.RescaleSlope = slope
         ds.RescaleIntercept = intercept or 0
+    if compress is not None:
+        ds.compress(compress)
     path.parent.mkdir(parents=True, exist_ok=True)
     if file_meta:
         ds.save_as(path, enforce_file_format=True)

@@ -89,3 +89,18 @@ def test_pretrain_step_bench_runs():
     assert abs(sum(parts.values()) - 1) < 0.01
     assert result["step_ratio_vs_dense"] > 0
     assert 0 <= result["mask_share"] < 1
+
+
+def test_loader_bench_reads_the_same_images_both_ways(tmp_path):
+    result = run_bench("loader.py", "--small", "--work", str(tmp_path))
+    assert set(result["corpora"]) == {"nifti_gz", "dicom_rle", "sample"}
+    for name, figures in result["corpora"].items():
+        # the packed loader serves the raw loader's batch: same items, same ROIs, pixels within uint8 rounding
+        assert figures["rois_equal"] is True and figures["packed_max_abs_diff"] <= 0.5 / 255 + 1e-6, name
+        assert figures["raw_images_per_s"] > 0 and figures["packed_images_per_s"] > 0 and figures["bytes_per_image"] > 0
+    assert result["corpora"]["nifti_gz"]["items"] == 2 * 8 and result["corpora"]["dicom_rle"]["items"] == 8
+    local = result["localize"]
+    assert local["caches_equal"] is True and local["items"] == 16
+    # the volume-aware run decoded each volume once (one shard) and served the other slices from memory
+    assert local["volume_aware_reads"]["file_decodes"] == 2 and local["volume_aware_reads"]["held_reads"] == 14
+    assert local["aware_time_vs_png"] > 0 and local["item_by_item_items_per_s"] > 0

@@ -154,8 +154,8 @@ def test_fast_reader_equals_zarr(tmp_path, manifest):
     cache.write(idx, *item_results(manifest, idx))
     plain = zarr.open_group(tmp_path / "c.zarr", mode="r")  # what any zarr user sees
     for i in range(100):  # written, unwritten items and unwritten shards alike
-        np.testing.assert_array_equal(cache._read_square("mask", i), plain["mask"][i])
-        np.testing.assert_array_equal(cache._read_square("saliency", i), plain["saliency"][i])
+        np.testing.assert_array_equal(cache._read_item("mask", i), plain["mask"][i])
+        np.testing.assert_array_equal(cache._read_item("saliency", i), plain["saliency"][i])
     with pytest.raises(IndexError):
         cache.read_mask(100)
 

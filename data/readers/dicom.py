@@ -88,6 +88,13 @@ def dicom_frames(path: str | os.PathLike, indices: Sequence[int] | None, modalit
         yield Frame(pixels, frame_modality, int(index), "dicom")
 
 
+def dicom_decodes_whole(path: str | os.PathLike) -> bool:
+    """True when the file's pixel data is compressed (encapsulated) or deflated: frames are then best decoded in
+    one pass over the file. Native pixel data is read frame by frame at its offset."""
+    _, transfer_syntax, source = _read_dicom_header(path)
+    return bool(transfer_syntax.is_encapsulated or transfer_syntax.is_deflated or not isinstance(source, Path))
+
+
 def _read_dicom_header(path: str | os.PathLike):
     """(header, transfer syntax, decoding source) of a DICOM file, parsing only _DICOM_TAGS.
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from data.intensity import IntensityConfig, normalize
 from data.readers.common import Frame, NiftiVolumes, UnreadableImage
-from data.readers.dicom import dicom_frames, has_dicm_marker
+from data.readers.dicom import dicom_decodes_whole, dicom_frames, has_dicm_marker
 from data.readers.modality import infer_modality, normalize_modality
 from data.readers.nifti import nifti_frame, nifti_frames
 from data.readers.raster import raster_frames
@@ -83,6 +83,18 @@ def read_frame(
     if fmt == "nifti":
         return nifti_frame(path, frame, nifti_volumes, _modality_for(path, modality))
     return _only(raster_frames(path, fmt, frame, _modality_for(path, modality)))
+
+
+def decodes_whole(path: str | os.PathLike) -> bool:
+    """True when reading one frame of the file costs about as much as decoding all of them, so that several frames
+    are best decoded in one pass: a gzipped NIfTI (one gzip stream), a compressed or deflated DICOM. Uncompressed
+    NIfTI is memory-mapped, native DICOM frames are read at their offsets, TIFF pages one by one."""
+    fmt = _format_or_raise(path)
+    if fmt == "nifti":
+        return Path(path).name.lower().endswith(".gz")
+    if fmt == "dicom":
+        return dicom_decodes_whole(path)
+    return False
 
 
 def load_image(
