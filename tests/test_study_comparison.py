@@ -67,6 +67,7 @@ def test_matched_ratio_is_the_realised_one_on_hand_made_rois(hand_made_cache):
 
 def test_matched_mask_ratio_picks_the_nearest_multiple_of_one_cell():
     assert matched_mask_ratio(0.4638, 36) == pytest.approx(17 / 36)  # keep round(19.30) = 19
+    assert matched_mask_ratio(0.45, 36) == pytest.approx(16 / 36)  # keep round(19.8) = 20, not 19
     assert matched_mask_ratio(0.75, 49) == pytest.approx(37 / 49)  # keep round(12.25) = 12
     assert matched_mask_ratio(0.0, 9) == 0.0 and matched_mask_ratio(1.0, 9) == 1.0
     with pytest.raises(ValueError):
