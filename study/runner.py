@@ -37,11 +37,13 @@ class RunSummary:
     failed: list[str] = field(default_factory=list)
     not_applicable: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # CPU seconds of the steps launched (user + system, their subprocesses only)
 
     def line(self) -> str:
         return (
             f"experiment: launched {self.launched} runs, {self.skipped} already finished, "
-            f"{len(self.failed)} failed, {len(self.not_applicable)} not applicable; {self.wall_s:.0f} s"
+            f"{len(self.failed)} failed, {len(self.not_applicable)} not applicable; {self.wall_s:.0f} s, "
+            f"{self.cpu_s:.0f} CPU-s in the launched steps"
         )
 
 
@@ -82,19 +84,21 @@ class ExperimentRunner:
         with open(run_dir / LOG_FILE, "w") as log:
             log.write("python -m " + " ".join(argv) + "\n\n")
             log.flush()
-            run = subprocess.run([self.python, "-m", *argv], stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        if run.returncode != 0:
+            code, cpu_s = _run_child([self.python, "-m", *argv], log, self.env)
+        if code != 0:
             tail = "\n    ".join((run_dir / LOG_FILE).read_text().splitlines()[-8:])
-            self._fail(label, f"FAILED (exit {run.returncode}); log: {run_dir / LOG_FILE}\n    {tail}")
+            self._fail(label, f"FAILED (exit {code}); log: {run_dir / LOG_FILE}\n    {tail}")
             return None
         try:
             record = {**collect(), "command": "python -m " + " ".join(argv), "wall_s": time.perf_counter() - started}
+            record["cpu_s"] = cpu_s
         except (ExperimentError, OSError, ValueError, KeyError) as e:
             self._fail(label, f"FAILED collecting its outputs: {e}")
             return None
         write_done(run_dir, record)
         with self._lock:
-            self._say(f"    {label}: done in {record['wall_s']:.0f} s")
+            self.summary.cpu_s += cpu_s or 0.0
+            self._say(f"    {label}: done in {record['wall_s']:.0f} s ({cpu_s or 0:.0f} CPU-s)")
         return record
 
     def _fail(self, label: str, message: str) -> None:
@@ -282,6 +286,17 @@ class ExperimentRunner:
         argv = ["data", "sample", "--out", str(cfg.corpus), *[f"--{k}={v}" for k, v in cfg.sample.items()]]
         self._say(f"making the sample corpus: python -m {' '.join(argv)}")
         subprocess.run([self.python, "-m", *argv], check=True, capture_output=True, env=self.env)
+
+
+def _run_child(argv: list[str], log, env: dict[str, str]) -> tuple[int, float | None]:
+    """Run `argv` with its output in `log`; -> (exit code, its CPU seconds, user + system, where the OS reports
+    them per child: what the step costs on an idle core, whatever else the machine was doing)."""
+    child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if not hasattr(os, "wait4"):
+        return child.wait(), None
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, usage.ru_utime + usage.ru_stime
 
 
 def _newest_version(run_dir: Path) -> Path:

@@ -104,6 +104,7 @@ def test_tiny_control_study_calibrates_writes_report_and_resumes(tmp_path, capsy
     pretrain_done = json.loads((out / "runs" / matched / "s0" / "pretrain" / "done.json").read_text())
     assert pretrain_done["realised_ratio"] == pytest.approx(calibration["mask_ratio"], abs=1e-6)
     assert Path(pretrain_done["backbone"]).is_file() and pretrain_done["steps"] == 2
+    assert pretrain_done["cpu_s"] > 1 and first.cpu_s > pretrain_done["cpu_s"]  # the child's own CPU time
 
     table = pd.read_csv(out / "results.csv")
     assert set(table.arm) == {matched, target}
