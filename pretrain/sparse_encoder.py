@@ -18,6 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.pooling import _AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _AvgPoolNd, _MaxPoolNd
 
+import pretrain.cpu_backbones  # noqa: F401  (registers the CPU study's timm models: build them by name)
 from pretrain.sparse_layers import MaskContext, SparseAvgPool2d, SparseConv2d, SparseLinear, SparseMaxPool2d
 from pretrain.sparse_norm import SparseBatchNorm2d, SparseLayerNorm
 

@@ -8,7 +8,7 @@ ARM_KINDS; the runner and the report need no change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -29,9 +29,17 @@ class Arm:
     r_bg: float | None = None
     nominal: str = "-"
     roi_label: str = "-"
+    matches: str | None = None  # random at the realised ratio of this differentiated arm (study.matched)
 
     def pretrain_args(self) -> list[str]:
+        if self.matches is not None and not self.pretrain_flags:
+            raise ValueError(f"arm {self.name}: its ratio is set by the calibration against {self.matches}")
         return list(self.pretrain_flags)
+
+    def with_ratio(self, mask_ratio: float) -> Arm:
+        """This random arm at `mask_ratio` (a matched arm once its calibration has set the ratio)."""
+        flags = ("--model.masking", "random", "--model.mask_ratio", str(float(mask_ratio)))
+        return replace(self, mask_ratio=float(mask_ratio), pretrain_flags=flags)
 
 
 def as_list(value: Any) -> list[Any]:
@@ -87,8 +95,29 @@ def differentiated_arms(spec: dict[str, Any], default_rois: str | None) -> list[
     ]
 
 
+def matched_random_arms(spec: dict[str, Any], default_rois: str | None) -> list[Arm]:
+    """Random masking at the realised ratio of each differentiated arm in `match`, set before training by the
+    calibration on that arm's ROIs (study.matched); the ROI cache only lists the items."""
+    return [
+        Arm(
+            name=f"random-matched-{target}",
+            strategy="random",
+            line="random",
+            rois=spec.get("rois", default_rois),
+            matches=str(target),
+            nominal=f"= {target}",
+        )
+        for target in as_list(spec["match"])
+    ]
+
+
 ARM_KINDS: MappingProxyType[str, Callable[[dict[str, Any], str | None], list[Arm]]] = MappingProxyType(
-    {"none": none_arms, "random": random_arms, "differentiated": differentiated_arms}
+    {
+        "none": none_arms,
+        "random": random_arms,
+        "differentiated": differentiated_arms,
+        "matched_random": matched_random_arms,
+    }
 )
 
 

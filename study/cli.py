@@ -25,10 +25,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="experiment YAML (configs/experiment/X.yaml)")
     parser.add_argument("--out", help="output folder (overrides the config's 'out')")
     parser.add_argument("--corpus", help="corpus folder (overrides the config's 'corpus')")
+    parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (e.g. a 1-seed pilot: --seeds 0)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the table and plot")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        config = ExperimentConfig.load(args.config, {"out": args.out, "corpus": args.corpus})
+        config = ExperimentConfig.load(args.config, {"out": args.out, "corpus": args.corpus, "seeds": args.seeds})
         if args.report_only:
             for kind, path in write_report(config).items():
                 print(f"{kind}: {path}")

@@ -49,6 +49,8 @@ class ExperimentConfig:
     plot_metric: str
     table_metrics: dict[str, tuple[str, ...]]
     sample: dict[str, Any] | None = None
+    jobs: int = 1  # (arm, seed) chains run side by side: on a small CPU, 2 one-thread runs beat one 2-thread run
+    env: dict[str, str] = field(default_factory=dict)  # environment of every step, e.g. {OMP_NUM_THREADS: 1}
 
     @classmethod
     def load(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
@@ -79,6 +81,13 @@ class ExperimentConfig:
         for source in rois.values():
             if source.kind == "shuffled" and source.from_source not in rois:
                 raise ValueError(f"ROI source {source.name}: 'from: {source.from_source}' is not a defined source")
+        by_name = {arm.name: arm for arm in arms}
+        for arm in arms:
+            if arm.matches is not None and getattr(by_name.get(arm.matches), "strategy", None) != "differentiated":
+                raise ValueError(f"arm {arm.name}: 'match: {arm.matches}' is not a differentiated arm of this study")
+        jobs = int(raw.get("jobs", 1))
+        if jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
         downstream = tuple(
             Downstream(
                 name=d["name"],
@@ -106,6 +115,8 @@ class ExperimentConfig:
             plot_metric=plot.get("metric", "accuracy"),
             table_metrics={k: tuple(v) for k, v in (raw.get("table_metrics") or DEFAULT_TABLE_METRICS).items()},
             sample=raw.get("sample"),
+            jobs=jobs,
+            env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
         )
 
 

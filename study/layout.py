@@ -2,6 +2,7 @@
 
     rois/<source>/cache.zarr                ROI cache of one source (imported masks, shuffled control, localize, ...)
     rois/<source>/{done.json, log.txt}      that step's done marker and log
+    runs/<arm>/calibration/done.json        a matched random arm's ratio (study.matched), set before training
     runs/<arm>/s<seed>/pretrain/            Lightning run folder (logs/version_N/...), backbone.pt, done.json
     runs/<arm>/s<seed>/<downstream>/        results/<one results JSON>, lightning/, done.json, log.txt
     runs.csv  results.csv  results.md  <downstream>_<metric>_vs_mask_ratio.png   the report
@@ -32,6 +33,9 @@ class StudyLayout:
 
     def roi_cache(self, source: str) -> Path:
         return self.roi_dir(source) / "cache.zarr"
+
+    def calibration_dir(self, arm: str) -> Path:
+        return self.out / "runs" / arm / "calibration"
 
     def seed_dir(self, arm: str, seed: int) -> Path:
         return self.out / "runs" / arm / f"s{seed}"

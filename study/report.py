@@ -6,8 +6,10 @@ results.csv  one row per (arm, downstream, metric): mean, std, n seeds, realised
 results.md   the same as a markdown table: one row per arm, one column per downstream metric (mean ± std)
 <downstream>_<metric>_vs_mask_ratio.png   that metric against the realised overall masking ratio, one line
              per strategy (random, differentiated per ROI source), no pretraining as a horizontal line
-A new statistic (e.g. paired differences between arms over seeds) is a module with such a function, added to
-REPORT_SECTIONS.
+comparison.csv / comparison.md   each MWM arm against random masking at the matched realised ratio, the
+             shuffled-ROI arm and no pretraining: paired differences over seeds with t-intervals (study.comparison)
+<downstream>_<metric>_ci.png   the plot metric against the realised ratio with 95% t-intervals (study.ci_plot)
+A new statistic is a module with such a function, added to REPORT_SECTIONS.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from finetune.results import read_results
+from study.ci_plot import write_ci_plots
+from study.comparison import write_comparison
 from study.config import ExperimentConfig
 from study.layout import StudyLayout, read_done
 from study.plot import write_plot
@@ -38,7 +42,7 @@ RUN_COLUMNS = [
     "metric",
     "value",
 ]
-REPORT_SECTIONS = (write_summary, write_plot)
+REPORT_SECTIONS = (write_summary, write_plot, write_comparison, write_ci_plots)
 
 
 def collect_runs(config: ExperimentConfig) -> pd.DataFrame:

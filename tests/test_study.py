@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +14,7 @@ from pretrain.cli import main as pretrain_main
 from study.cli import main as study_main
 from study.config import ExperimentConfig, ExperimentError
 from study.layout import StudyLayout, write_done
+from study.matched import matched_mask_ratio
 from study.report import write_report
 from study.runner import ExperimentRunner
 
@@ -39,8 +38,31 @@ def test_grid_expands_arms_and_checks_sources():
     differentiated = ["--model.masking", "differentiated", "--model.r_roi", "0.8", "--model.r_bg", "0.4"]
     assert config.arms[4].pretrain_args() == differentiated
     assert (config.arms[0].pretrains, config.arms[4].nominal, config.arms[1].roi_label) == (False, "0.8 / 0.4", "-")
-    for name in ("gpu_paper.yaml", "toy.yaml"):
+    for name in ("gpu_paper.yaml", "toy.yaml", "positive_control_tiny.yaml"):
         assert ExperimentConfig.load(CONFIGS / name).arms
+    probe = ExperimentConfig.load(CONFIGS / "gpu_paper.yaml").downstream[0]
+    assert probe.config == "configs/finetune/probe_r50.yaml" and "model.lr" not in probe.args  # lr from MAE's rule
+    control = ExperimentConfig.load(CONFIGS / "positive_control.yaml")
+    assert [arm.name for arm in control.arms] == [
+        "none",
+        "random-0.6",
+        "random-matched-mwm-gt-0.8-0.4",
+        "random-matched-mwm-small-0.8-0.4",
+        "mwm-gt-0.8-0.4",
+        "mwm-shuffled-0.8-0.4",
+        "mwm-small-0.8-0.4",
+    ]
+    assert len(control.seeds) >= 3 and control.jobs == 2 and control.env["OMP_NUM_THREADS"] == "1"
+    matched = control.arms[2]
+    assert (matched.matches, matched.line, matched.strategy) == ("mwm-gt-0.8-0.4", "random", "random")
+    with pytest.raises(ValueError, match="calibration"):
+        matched.pretrain_args()
+    assert matched.with_ratio(17 / 36).pretrain_args()[-1] == str(17 / 36)
+    assert control.rois["small"].optional and control.rois["gt"].manifest == "pretrain/manifest.parquet"
+    bad = yaml.safe_load((CONFIGS / "positive_control.yaml").read_text())
+    bad["arms"][2]["match"] = ["random-0.6"]
+    with pytest.raises(ValueError, match="not a differentiated arm"):
+        ExperimentConfig.from_dict(bad)
     raw = {
         "out": "o",
         "corpus": "c",
@@ -59,53 +81,60 @@ def test_grid_expands_arms_and_checks_sources():
         ExperimentConfig.load(path)
 
 
-def test_toy_study_writes_table_and_plot_and_resumes(tmp_path, capsys):
-    config = ExperimentConfig.load(CONFIGS / "toy.yaml", {"out": tmp_path / "out", "corpus": tmp_path / "corpus"})
+def test_tiny_control_study_calibrates_writes_report_and_resumes(tmp_path, capsys):
+    """The positive control at test size, end to end: corpus, ROI import, the matched arm's calibration, two
+    chains side by side (jobs 2), the report; then a second invocation runs nothing and --report-only."""
+    argv = ["--config", str(CONFIGS / "positive_control_tiny.yaml"), "--out", str(tmp_path / "out")]
+    argv += ["--corpus", str(tmp_path / "corpus")]
+    config = ExperimentConfig.load(argv[1], {"out": tmp_path / "out", "corpus": tmp_path / "corpus"})
     first = ExperimentRunner(config).run()
     assert first.failed == [] and first.skipped == 0
     assert first.launched == 5  # gt ROI import, 2 pretraining runs, 2 linear probes
+    assert first.not_applicable == [
+        "arm random-matched-mwm-small-0.8-0.4: ROI source small: localize config work/no_such_localize.yaml not found",
+        "arm mwm-small-0.8-0.4: ROI source small: localize config work/no_such_localize.yaml not found",
+    ]
 
     out = tmp_path / "out"
+    matched, target = "random-matched-mwm-gt-0.8-0.4", "mwm-gt-0.8-0.4"
+    calibration = json.loads((out / "runs" / matched / "calibration" / "done.json").read_text())
+    assert calibration["target"] == target and calibration["grid"] == [4, 4]
+    assert calibration["mask_ratio"] == matched_mask_ratio(calibration["target_realised_ratio"], 16)
+    # random masking realises exactly its ratio: the calibrated one reached the pretraining run
+    pretrain_done = json.loads((out / "runs" / matched / "s0" / "pretrain" / "done.json").read_text())
+    assert pretrain_done["realised_ratio"] == pytest.approx(calibration["mask_ratio"], abs=1e-6)
+    assert Path(pretrain_done["backbone"]).is_file() and pretrain_done["steps"] == 2
+    assert pretrain_done["cpu_s"] > 1 and first.cpu_s > pretrain_done["cpu_s"]  # the child's own CPU time
+
     table = pd.read_csv(out / "results.csv")
-    assert set(table.arm) == {"random-0.6", "mwm-gt-0.8-0.4"}
+    assert set(table.arm) == {matched, target}
     accuracy = table[(table.downstream == "linear_probe") & (table.metric == "accuracy")].set_index("arm")
     assert accuracy["mean"].between(0, 1).all() and (accuracy.n_seeds == 1).all()
     assert accuracy.realised_ratio.between(0.25, 1).all()  # averaged mask/realised_ratio of the run
     markdown = (out / "results.md").read_text()
-    assert "| random-0.6 | random |" in markdown and "| mwm-gt-0.8-0.4 | differentiated | gt | 0.8 / 0.4 |" in markdown
-    plot = out / "linear_probe_accuracy_vs_mask_ratio.png"
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
-    pretrain_done = json.loads((out / "runs" / "mwm-gt-0.8-0.4" / "s0" / "pretrain" / "done.json").read_text())
-    assert Path(pretrain_done["backbone"]).is_file() and pretrain_done["steps"] == 2
+    assert f"| {matched} | random | - | = {target} |" in markdown
+    assert f"| {target} | differentiated | gt | 0.8 / 0.4 |" in markdown
+    comparison = (out / "comparison.md").read_text()
+    assert f"| {target} | random at the matched ratio | {matched} |" in comparison and "n/a (one seed)" in comparison
+    for plot in (out / "linear_probe_accuracy_vs_mask_ratio.png", out / "linear_probe_accuracy_ci.png"):
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
 
     done_files = sorted(out.rglob("done.json"))
     mtimes = {p: p.stat().st_mtime_ns for p in done_files}
     results = sorted(out.rglob("results/*.json"))
     capsys.readouterr()
     # the second invocation, through the command line: nothing is run again, the report is rewritten
-    assert (
-        study_main(
-            [
-                "--config",
-                str(CONFIGS / "toy.yaml"),
-                "--out",
-                str(out),
-                "--corpus",
-                str(tmp_path / "corpus"),
-            ]
-        )
-        == 0
-    )
+    assert study_main(argv) == 0
     assert "launched 0 runs, 5 already finished" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in sorted(out.rglob("done.json"))} == mtimes
     assert sorted(out.rglob("results/*.json")) == results
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table)
-    # `python -m study --report-only`: the report again, from the done markers alone
+    # --report-only: the report again, from the done markers alone
     (out / "results.csv").unlink()
-    argv = ["--config", str(CONFIGS / "toy.yaml"), "--out", str(out), "--corpus", str(tmp_path / "corpus")]
-    done = subprocess.run([sys.executable, "-m", "study", *argv, "--report-only"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    (out / "comparison.csv").unlink()
+    assert study_main([*argv, "--report-only"]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), table)
+    assert (out / "comparison.csv").is_file()
 
 
 def test_pretrain_experiment_says_where_the_study_went(capsys):

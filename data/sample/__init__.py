@@ -30,12 +30,14 @@ modality each: render, write, yield items), shapes.py (noise, ellipses, lesions)
 """
 
 from data.sample.cli import main
-from data.sample.corpus import ANNOTATIONS, MAKERS, MODALITIES, SampleSummary, write_sample_corpus
+from data.sample.corpus import ANNOTATIONS, MAKERS, MODALITIES, MODES, CorpusMode, SampleSummary, write_sample_corpus
 from data.sample.spec import README_MARKER, ModalitySpec
 from data.sample.xr import xray_shape
 
 __all__ = [
     "ANNOTATIONS",
+    "MODES",
+    "CorpusMode",
     "MAKERS",
     "MODALITIES",
     "README_MARKER",

@@ -19,19 +19,22 @@ COCO_JSON = "coco/instances.json"
 README = "README.txt"
 
 
-def assign_splits(items: Sequence[Item], seed: int) -> list[str]:
-    """Stratified by (modality, label): shuffle each stratum, then cut it 60/20/20 into train/val/test."""
+def assign_splits(
+    items: Sequence[Item], seed: int, fractions: Sequence[tuple[str, float]] = SPLIT_FRACTIONS
+) -> list[str]:
+    """Stratified by (modality, label): shuffle each stratum, then cut it by `fractions` (60/20/20) into
+    train/val/test."""
     splits = [""] * len(items)
-    strata: dict[tuple[str, bool], list[int]] = {}
+    strata: dict[tuple[str, int], list[int]] = {}
     for idx, item in enumerate(items):
-        strata.setdefault((item.modality.code, item.positive), []).append(idx)
-    for (_, positive), members in sorted(strata.items()):
-        order = item_rng(seed, items[members[0]].modality, 3, int(positive)).permutation(len(members))
+        strata.setdefault((item.modality.code, item.split_stratum), []).append(idx)
+    for (_, stratum), members in sorted(strata.items()):
+        order = item_rng(seed, items[members[0]].modality, 3, stratum).permutation(len(members))
         for rank, j in enumerate(order):
             q, edge = (rank + 0.5) / len(members), 0.0
-            for name, fraction in SPLIT_FRACTIONS:
+            for name, fraction in fractions:
                 edge += fraction
-                if q < edge or name == SPLIT_FRACTIONS[-1][0]:
+                if q < edge or name == fractions[-1][0]:
                     splits[members[j]] = name
                     break
     return splits
@@ -64,8 +67,7 @@ def write_labels(corpus: SampleCorpus) -> None:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["item_id", "path", "frame", "modality", "label", "split"])
         for item, split in zip(corpus.items, corpus.splits, strict=True):
-            label = item.modality.positive if item.positive else item.modality.negative
-            writer.writerow([item.item_id, item.relpath, item.frame, item.modality.code, label, split])
+            writer.writerow([item.item_id, item.relpath, item.frame, item.modality.code, item.class_name, split])
 
 
 def write_coco(corpus: SampleCorpus) -> None:

@@ -1,9 +1,14 @@
 """The corpus assembly: every modality's items, their truth masks, then the annotations written beside them.
 
+Two modes (`MODES`, `python -m data sample --mode NAME`): 'sample', the three-modality sample corpus
+(`MAKERS`, `ANNOTATIONS`), and 'control', the masking study's positive control (`data.sample.control`: one
+class per item decided by the lesion's texture only; `CONTROL_ANNOTATIONS` add the pretraining manifest).
+
 Extending the generator:
 
-- a new kind of image (a modality, or a positive-control task): a module with a `ModalitySpec` and a
-  `make_items(out, n, seed, size)` that writes its files and yields its items, added to `MAKERS`;
+- a new kind of image (a modality): a module with a `ModalitySpec` and a `make_items(out, n, seed, size)` that
+  writes its files and yields its items, added to `MAKERS`; a corpus of its own (a task like the control):
+  a `CorpusMode` added to `MODES`;
 - a new file written from the finished items (e.g. a report per image): a function of the `SampleCorpus`,
   added to `ANNOTATIONS` under the file or folder name it writes (`data scan` then skips it).
 """
@@ -18,8 +23,23 @@ import numpy as np
 from tqdm import tqdm
 
 from data.manifest import SCANIGNORE
-from data.sample import ct, mr, xr
-from data.sample.annotations import COCO_JSON, LABELS_CSV, README, assign_splits, write_coco, write_labels, write_readme
+from data.sample import control, ct, mr, xr
+from data.sample.annotations import (
+    COCO_JSON,
+    LABELS_CSV,
+    README,
+    SPLIT_FRACTIONS,
+    assign_splits,
+    write_coco,
+    write_labels,
+    write_readme,
+)
+from data.sample.control_annotations import (
+    CONTROL_SPLIT_FRACTIONS,
+    PRETRAIN_DIR,
+    write_control_readme,
+    write_pretrain_manifest,
+)
 from data.sample.reports import REPORT_SHARE, REPORTS_CSV, reported_items, write_reports
 from data.sample.spec import README_MARKER, Annotation, Item, ModalityMaker, SampleCorpus
 from data.sample.writers import write_png
@@ -40,6 +60,42 @@ ANNOTATIONS: tuple[Annotation, ...] = (
     Annotation(README, write_readme),
     Annotation(REPORTS_CSV, write_reports),
 )
+CONTROL_ANNOTATIONS: tuple[Annotation, ...] = (
+    Annotation("coco/", write_coco),
+    Annotation(LABELS_CSV, write_labels),
+    Annotation(PRETRAIN_DIR + "/", write_pretrain_manifest),
+    Annotation(README, write_control_readme),
+)
+
+
+@dataclass(frozen=True)
+class CorpusMode:
+    """One kind of corpus: its makers, the files written beside the items, the split and the size limits."""
+
+    makers: tuple[ModalityMaker, ...]
+    annotations: tuple[Annotation, ...]
+    split_fractions: tuple[tuple[str, float], ...] = SPLIT_FRACTIONS
+    default_size: int = 128
+    min_n: int = MIN_N
+    min_size: int = MIN_SIZE
+
+    @property
+    def modalities(self) -> tuple:
+        return tuple(maker.spec for maker in self.makers)
+
+
+MODES: dict[str, CorpusMode] = {
+    "sample": CorpusMode(MAKERS, ANNOTATIONS),
+    # 4 items: one per texture class; 32 px: the smallest lesion (0.14 x size x 0.7 px radius) still fits
+    "control": CorpusMode(
+        (ModalityMaker(control.SPEC, control.make_items),),
+        CONTROL_ANNOTATIONS,
+        CONTROL_SPLIT_FRACTIONS,
+        default_size=96,
+        min_n=4,
+        min_size=32,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -61,24 +117,30 @@ def write_sample_corpus(
     n: int = 12,
     seed: int = 0,
     *,
-    size: int = 128,
+    size: int | None = None,
     report_share: float = REPORT_SHARE,
     progress: bool = False,
+    mode: str = "sample",
 ) -> SampleSummary:
-    """Write the sample corpus into `out` and return what was written.
+    """Write the corpus of `mode` ('sample' or 'control', see `MODES`) into `out` and return what was written.
 
-    Exactly `n` 2-D items per modality: MR slices in ceil(n/4) volumes; CT as max(2, n//4) frames of one multi-frame
-    file plus the rest as single-frame slices in series of <= 4; n X-ray PNGs. n // 2 items per modality carry 1 or
-    2 lesions. A short report is written for `report_share` of each modality's non-test images (reports.csv,
-    `data.sample.reports`); the other files do not depend on it. The output depends only on (n, seed, size,
-    report_share) (`seed` >= 0, n >= 3, size >= 48, 0 <= report_share <= 1). `out` must be new, empty, or hold an
-    earlier sample corpus, whose files are replaced.
+    'sample' (size default 128): exactly `n` 2-D items per modality: MR slices in ceil(n/4) volumes; CT as
+    max(2, n//4) frames of one multi-frame file plus the rest as single-frame slices in series of <= 4; n X-ray
+    PNGs. n // 2 items per modality carry 1 or 2 lesions. 'control' (size default 96): `n` textured-lesion
+    images (`data.sample.control`). Sample mode also writes a short report for `report_share` of each modality's
+    non-test images (reports.csv, `data.sample.reports`); the other files do not depend on it. The output depends
+    only on (mode, n, seed, size, report_share) (`seed` >= 0, n >= 3 or 4, size >= 48 or 32, 0 <= report_share <= 1).
+    `out` must be new, empty, or hold an earlier sample corpus, whose files are replaced.
     """
     out = Path(out)
-    if n < MIN_N:
-        raise ValueError(f"n must be >= {MIN_N} (got {n})")
-    if size < MIN_SIZE:
-        raise ValueError(f"size must be >= {MIN_SIZE} (got {size})")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)} (got {mode!r})")
+    spec = MODES[mode]
+    size = spec.default_size if size is None else size
+    if n < spec.min_n:
+        raise ValueError(f"n must be >= {spec.min_n} (got {n})")
+    if size < spec.min_size:
+        raise ValueError(f"size must be >= {spec.min_size} (got {size})")
     if seed < 0:
         raise ValueError(f"seed must be >= 0 (got {seed})")
     if not 0 <= report_share <= 1:
@@ -87,35 +149,39 @@ def write_sample_corpus(
     out.mkdir(parents=True, exist_ok=True)
 
     items: list[Item] = []
-    with tqdm(total=len(MAKERS) * n, desc="sample corpus", unit="img", disable=not progress) as bar:
-        for maker in MAKERS:
+    with tqdm(total=len(spec.makers) * n, desc=f"{mode} corpus", unit="img", disable=not progress) as bar:
+        for maker in spec.makers:
             for item in maker.make_items(out, n, seed, size):
                 truth_hw = item.rendered.truth_hw.astype(np.uint8) * 255
                 write_png(out / TRUTH_DIR / f"{item.item_id}.png", truth_hw)
                 items.append(item)
                 bar.update(1)
 
-    corpus = SampleCorpus(out, MODALITIES, items, assign_splits(items, seed), n, seed, size, report_share)
-    for annotation in ANNOTATIONS:
+    modalities = spec.modalities
+    corpus = SampleCorpus(
+        out, modalities, items, assign_splits(items, seed, spec.split_fractions), n, seed, size, report_share
+    )
+    for annotation in spec.annotations:
         annotation.write(corpus)
     # Annotations live beside the images; `data scan` must not take them for corpus images.
-    (out / SCANIGNORE).write_text("".join(f"{name}\n" for name in _annotation_names()))
+    (out / SCANIGNORE).write_text("".join(f"{name}\n" for name in _annotation_names(spec.annotations)))
+    writes_reports = any(annotation.name == REPORTS_CSV for annotation in spec.annotations)
 
     return SampleSummary(
         root=out,
-        items={m.code: sum(i.modality is m for i in items) for m in MODALITIES},
-        positives={m.code: sum(i.modality is m and i.positive for i in items) for m in MODALITIES},
+        items={m.code: sum(i.modality is m for i in items) for m in modalities},
+        positives={m.code: sum(i.modality is m and i.positive for i in items) for m in modalities},
         annotations=sum(len(i.rendered.lesions) for i in items),
         labels_csv=out / LABELS_CSV,
         coco_json=out / COCO_JSON,
-        reports=len(reported_items(corpus, report_share)),
-        reports_csv=out / REPORTS_CSV,
+        reports=len(reported_items(corpus, report_share)) if writes_reports else 0,
+        reports_csv=out / REPORTS_CSV if writes_reports else None,
     )
 
 
-def _annotation_names() -> list[str]:
+def _annotation_names(annotations: tuple[Annotation, ...]) -> list[str]:
     """The truth folder and every annotation's file or folder name ('name/' for a folder)."""
-    return [f"{TRUTH_DIR}/", *(annotation.name for annotation in ANNOTATIONS)]
+    return [f"{TRUTH_DIR}/", *dict.fromkeys(annotation.name for annotation in annotations)]
 
 
 def _clear_previous(out: Path) -> None:
@@ -126,9 +192,10 @@ def _clear_previous(out: Path) -> None:
         raise NotADirectoryError(f"{out}: exists and is not a folder")
     readme = out / README
     if readme.is_file() and readme.read_text(errors="replace").startswith(README_MARKER):
-        for spec in MODALITIES:
+        every_mode = MODES.values()
+        for spec in {m for mode in every_mode for m in mode.modalities}:
             shutil.rmtree(out / spec.folder, ignore_errors=True)
-        for name in _annotation_names():
+        for name in _annotation_names(tuple(a for mode in every_mode for a in mode.annotations)):
             if name.endswith("/"):
                 shutil.rmtree(out / name, ignore_errors=True)
             else:

@@ -63,6 +63,8 @@ class Item:
     frame: int
     modality: ModalitySpec
     rendered: Slice = field(repr=False)
+    label: str | None = None  # the class, for a task with classes of its own; None: the modality's by lesions
+    stratum: int | None = None  # the split stratum within the modality; None: 0/1 = without/with lesions
 
     @property
     def item_id(self) -> str:
@@ -71,6 +73,17 @@ class Item:
     @property
     def positive(self) -> bool:
         return len(self.rendered.lesions) > 0
+
+    @property
+    def class_name(self) -> str:
+        """Its label in labels.csv: `label`, or the modality's positive / negative class."""
+        if self.label is not None:
+            return self.label
+        return self.modality.positive if self.positive else self.modality.negative
+
+    @property
+    def split_stratum(self) -> int:
+        return int(self.positive) if self.stratum is None else self.stratum
 
 
 @dataclass(frozen=True)
