@@ -1,8 +1,10 @@
 """Pseudonymous, stable item ids.
 
 An item is one 2-D image: a file (path relative to the corpus root) and a frame/slice index in it.
-The id is a keyed hash of exactly that pair, so it is stable across runs and machines, carries no
-DICOM tag value, and cannot be reversed into the path without the corpus.
+The id is a BLAKE2b hash of exactly that pair (personalised with a fixed string, not keyed), so it is stable
+across runs and machines and carries no DICOM tag value. It is not a secret: whoever can list or guess the
+corpus's paths can recompute the ids, so paths that hold names must be pseudonymised before the scan
+(docs/CORPUS.md, "Paths and pseudonymity").
 """
 
 from __future__ import annotations

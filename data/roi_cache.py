@@ -16,7 +16,8 @@ Layout (all arrays have the item index as first axis; row i is manifest row i)::
                                     size, xyxy end-exclusive normalised to [0, 1], NaN-padded: exact pixels back
                                     at the native size (for sizes below 2**22)
       score     (N,)       float32  localizer confidence (NaN when not done)
-      flags     (N,)       uint8    bit 0: empty ROI (the final mask has no pixel); bit 1: empty expanded ROI
+      flags     (N,)       uint8    bit 0: empty ROI (the final mask has no pixel: blank image, nothing over
+                                    the threshold, or SAM empty); bit 1: empty expanded ROI
       status    (N,)       uint8    0 pending, 1 done, 2 failed
       reason    (N,)       str      failure reason ('' otherwise)
 

@@ -8,7 +8,7 @@ Layout written under ``out_dir``::
 
     biomedclip/   open_clip_config.json  open_clip_model.safetensors   (timm 'test_vit' + 2-layer BERT)
                   config.json  vocab.txt  tokenizer.json  tokenizer_config.json  special_tokens_map.json
-    sam_tiny.pth  sam_tiny.json                                         (custom SAM, ~60k parameters)
+    sam_tiny.pth  sam_tiny.json                                         (custom SAM, ~78k parameters)
     localize.yaml                                                       (config for `python -m localize run`)
 """
 
