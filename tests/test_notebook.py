@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import nbformat
@@ -42,14 +41,15 @@ def test_notebook_executes_on_the_sample_cache(tmp_path, monkeypatch):
     stream = "".join(o.text for o in outputs if o.output_type == "stream")
     assert str(cache_path) in stream
 
-    # the masking preview's numbers follow the rule: keep floor(N*(1-r)) cells per region (0.8 ROI / 0.4 background)
+    # the masking preview's numbers follow the MWM fork's rule: keep int(N*(1-r)) cells per region in Python floats
+    # (0.8 ROI / 0.4 background; 1 - 0.8 is 0.19999999999999996, so 5 ROI cells keep none)
     summary = json.loads(stream.strip().splitlines()[-1])
     cache = RoiCache.open(cache_path)
     record = cache.read_record(cache.table().set_index("item_id").index.get_loc(summary["item_id"]))
     assert record["status"] == "done"
     n_roi, n_bg = summary["roi_cells"], summary["background_cells"]
     assert summary["grid_hw"] == [7, 7] and n_roi + n_bg == 49
-    keep_roi, keep_bg = math.floor(n_roi * 0.2 + 1e-9), math.floor(n_bg * 0.6 + 1e-9)
+    keep_roi, keep_bg = int(n_roi * (1 - 0.8)), int(n_bg * (1 - 0.4))
     if keep_roi + keep_bg == 0:  # the sampler keeps at least one cell, background first
         keep_bg, keep_roi = (1, 0) if n_bg else (0, 1)
     assert (summary["visible_roi_cells"], summary["visible_background_cells"]) == (keep_roi, keep_bg)
