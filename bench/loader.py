@@ -13,7 +13,9 @@ is their ratio; `*_cpu_ms_per_image` the CPU time the loader's processes (2 work
 image, a figure a shared machine's load hardly changes, and `packed_images_per_s_on_2_free_cores` = 2000 / it,
 what two idle cores would deliver; `packing_s` the time `pack_corpus` took (2 processes), `bytes_per_image` the
 store's size on disk per image; `packed_max_abs_diff` the largest pixel difference of one batch read both ways
-(<= 0.5/255).
+(<= 0.5/255). `packed_square_*`: the same figures from a square store (`data pack --square 224`: images stored at the
+input size, so the loader skips the image resize), `packed_square_speedup` its images/s over the raw loader's,
+`packed_square_max_abs_diff` / `square_rois_equal` its first batch against the raw one.
 
 `localize` (nifti_gz, the tiny stand-ins with similarity saliency so that reading dominates): items/s reading item by
 item (`volume_cache_mb: 0`, as before volume-aware reads), volume-aware, and on the same slices stored as PNG files;
@@ -113,9 +115,17 @@ def corpus_figures(name: str, corpus: Path, work: Path, args: argparse.Namespace
     store = PackedStore.create(store_path, cache.manifest(), IntensityConfig(), shard_items=cache.shard_items)
     summary = pack_corpus(store, corpus, workers=2, progress=False)
     packing_s = time.perf_counter() - started
+    square_path = work / f"{name}_packed_square.zarr"
+    shutil.rmtree(square_path, ignore_errors=True)
+    square_store = PackedStore.create(
+        square_path, cache.manifest(), IntensityConfig(), square=224, shard_items=cache.shard_items
+    )
+    pack_corpus(square_store, corpus, workers=2, progress=False)
     raw, raw_cpu, raw_batch = loader_rate(corpus, cache.path, None, args.batch, args.seconds)
     packed, packed_cpu, packed_batch = loader_rate(corpus, cache.path, store_path, args.batch, args.seconds)
-    assert raw_batch["item_id"] == packed_batch["item_id"]  # the same seeded order and augmentation
+    square, square_cpu, square_batch = loader_rate(corpus, cache.path, square_path, args.batch, args.seconds)
+    # the same seeded order and augmentation
+    assert raw_batch["item_id"] == packed_batch["item_id"] == square_batch["item_id"]
     return {
         "items": cache.n_items,
         "raw_images_per_s": round(raw, 1),
@@ -125,12 +135,18 @@ def corpus_figures(name: str, corpus: Path, work: Path, args: argparse.Namespace
         "raw_cpu_ms_per_image": round(raw_cpu, 2),
         "packed_cpu_ms_per_image": round(packed_cpu, 2),
         "packed_images_per_s_on_2_free_cores": round(2000 / packed_cpu, 1),
+        "packed_square_images_per_s": round(square, 1),
+        "packed_square_speedup": round(square / raw, 1),
+        "packed_square_cpu_ms_per_image": round(square_cpu, 2),
+        "packed_square_images_per_s_on_2_free_cores": round(2000 / square_cpu, 1),
         "packing_s": round(packing_s, 2),
         "packing_images_per_s": round(cache.n_items / packing_s, 1),
         "bytes_per_image": round(summary.bytes_per_image),
         "image_size_hw": [int(v) for v in cache.manifest()[["height", "width"]].iloc[0]],
         "packed_max_abs_diff": float((raw_batch["image"] - packed_batch["image"]).abs().max()),
         "rois_equal": bool(torch.equal(raw_batch["roi"], packed_batch["roi"])),
+        "packed_square_max_abs_diff": float((raw_batch["image"] - square_batch["image"]).abs().max()),
+        "square_rois_equal": bool(torch.equal(raw_batch["roi"], square_batch["roi"])),
     }
 
 

@@ -36,6 +36,9 @@ class RoiDataset(Dataset):
     `packed`: a packed image store (`data.packed_store`) of the same items; images are then read from it at their
     stored size (the ROI drawn at that size) instead of decoded from the corpus. Its intensity rules must be
     `intensity`'s (when given), its items the manifest's, and the selected items packed; failed ones are left out.
+    A square store's images are already at the input size while the ROI is drawn at the item's native size, as
+    from the files: `transform` must resize both to that size (pretraining's `augment: resize`), which makes the
+    image's resize a no-op and the mask's the raw path's nearest resize.
 
     The manifest defaults to the cache's own (else the store's); row i of the manifest must be item i of the cache
     and of the store.
@@ -83,6 +86,8 @@ class RoiDataset(Dataset):
         # plain arrays: a pandas row lookup per item costs more than reading a packed image
         self._paths, self._frames = self.manifest["path"].to_numpy(), self.manifest["frame"].to_numpy()
         self._modalities, self._ids = self.manifest["modality"].to_numpy(), self.manifest["item_id"].to_numpy()
+        self._native_hw = self.manifest[["height", "width"]].to_numpy()
+        self._roi_native = self.packed is not None and self.packed.square is not None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -90,11 +95,11 @@ class RoiDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         index = int(self.indices[i])
         image_chw = self._image_chw(index)
-        h, w = image_chw.shape[-2:]
+        h, w = self._native_hw[index] if self._roi_native else image_chw.shape[-2:]
         if self.cache is not None:
-            roi_hw = torch.from_numpy(self.cache.read_mask(index, (h, w), self.roi_shape))
+            roi_hw = torch.from_numpy(self.cache.read_mask(index, (int(h), int(w)), self.roi_shape))
         else:
-            roi_hw = torch.zeros((h, w), dtype=torch.uint8)
+            roi_hw = torch.zeros((int(h), int(w)), dtype=torch.uint8)
         image, roi = tv_tensors.Image(image_chw), tv_tensors.Mask(roi_hw[None])
         if self.transform is not None:
             image, roi = self.transform(image, roi)

@@ -35,11 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--intensity",
         help="IntensityConfig fields as YAML, e.g. '{ct_window: lung}' (default: the cache's, else the defaults)",
     )
-    parser.add_argument(
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
         "--max-side",
         type=int,
         help=f"longest stored side of a new store (default {DEFAULT_MAX_SIDE}; images up to it "
         "are stored at their own size)",
+    )
+    size.add_argument(
+        "--square",
+        type=int,
+        metavar="SIDE",
+        help="store every image resized to SIDE x SIDE (aspect not kept) as pretraining's `augment: resize` does, "
+        "for pretraining at input_size SIDE only (docs/PACKING.md)",
     )
     parser.add_argument("--dtype", choices=PACKED_DTYPES, help="stored pixel type of a new store (default uint8)")
     parser.add_argument(
@@ -101,5 +109,5 @@ def open_store(args: argparse.Namespace) -> PackedStore:
             else scan_corpus(args.corpus, progress=not args.no_progress)[0]
         )
         intensity = follow_intensity(requested, None, "")
-    settings = {"max_side": args.max_side, "dtype": args.dtype, "shard_items": shard_items}
+    settings = {"max_side": args.max_side, "square": args.square, "dtype": args.dtype, "shard_items": shard_items}
     return PackedStore.open_or_create(args.out, manifest, intensity, **settings)

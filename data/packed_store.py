@@ -5,7 +5,8 @@ Layout (Zarr v3, the per-item layout of `data.item_store`; row i is manifest row
     STORE.zarr/      group attrs: kind 'packed-images', schema_version, shard_items, provenance, info
       item_id, path, frame, modality, size_hw (original H, W), status, reason      the item table (as the ROI cache)
       stored_hw  (N, 2)        int32   size of the stored image: the original when its longest side <= max_side,
-                                       else scaled (cv2 INTER_AREA, aspect kept) to a longest side of max_side
+                                       else scaled (cv2 INTER_AREA, aspect kept) to a longest side of max_side;
+                                       square stores: square x square (aspect not kept, see `square_resize`)
       channels   (N,)          uint8   1 grey, 3 RGB (0 until the item is done)
       image      (N, L, L)     dtype   grey images at the top left of an L x L chunk, zero-padded; L is the largest
                                        stored side of the manifest's items (at most max_side), so that reading an
@@ -13,8 +14,11 @@ Layout (Zarr v3, the per-item layout of `data.item_store`; row i is manifest row
       image_rgb  (N, L, L, 3)  dtype   RGB images, the same way (only RGB items' chunks exist on disk)
 
 A pixel is round(x * M) of the normalised value x in [0, 1], M = 255 (uint8) or 65535 (uint16); q / M reads it back
-(within 0.5 / M). provenance = {intensity (every IntensityConfig field), max_side, dtype, manifest_sha256,
+(within 0.5 / M). provenance = {intensity (every IntensityConfig field), max_side, square, dtype, manifest_sha256,
 pack_version}: a run that would write other pixels is refused (`open(expect=...)`). info = {code_version}.
+A store has either `max_side` (aspect kept) or `square` (every image at the pretraining input size, square x square,
+resized as pretraining's `augment: resize` does); the other is None. Stores made before `square` existed lack the
+key and read as square None.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 import pandas as pd
+import torch
 import zarr
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2.functional import resize
 
 from data.intensity import IntensityConfig
 from data.intensity_follow import require_same_intensity
@@ -53,26 +60,46 @@ def stored_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, int(height * max_side / longest + 0.5)), max(1, int(width * max_side / longest + 0.5))
 
 
-def pack_image(image: np.ndarray, max_side: int, dtype: str) -> np.ndarray:
-    """A normalised float image in [0, 1], (H, W) or (H, W, 3) -> its stored pixels (resized, quantised)."""
+def square_resize(image: np.ndarray, side: int) -> np.ndarray:
+    """A float image (H, W) or (H, W, 3) resized to side x side (aspect not kept) exactly as pretraining's
+    `augment: resize` resizes the raw float image (`pretrain.transforms`, its reference resampling): torchvision
+    bilinear without antialiasing, the MWM fork's cv2 INTER_LINEAR. Quantising after it keeps the packed image within
+    0.5 / M of the raw path's resized one."""
+    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))
+    x_chw = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+    out_chw = resize(x_chw, [side, side], interpolation=InterpolationMode.BILINEAR, antialias=False)
+    return (out_chw[0] if x.ndim == 2 else out_chw.permute(1, 2, 0)).numpy()
+
+
+def pack_image(image: np.ndarray, max_side: int | None, dtype: str, square: int | None = None) -> np.ndarray:
+    """A normalised float image in [0, 1], (H, W) or (H, W, 3) -> its stored pixels (resized, quantised): to
+    `square` x `square` (`square_resize`) when given, else to a longest side of at most `max_side`."""
     h, w = image.shape[:2]
-    target_h, target_w = stored_size(h, w, max_side)
-    if (target_h, target_w) != (h, w):
+    if square is not None:
+        image = square_resize(image, int(square))
+    elif stored_size(h, w, max_side) != (h, w):
+        target_h, target_w = stored_size(h, w, max_side)
         image = cv2.resize(np.ascontiguousarray(image, np.float32), (target_w, target_h), interpolation=cv2.INTER_AREA)
     top = np.iinfo(dtype).max
     return np.rint(np.clip(image, 0.0, 1.0) * np.float32(top)).astype(dtype)
 
 
-def packed_provenance(intensity: IntensityConfig, max_side: int, dtype: str, manifest: pd.DataFrame) -> dict[str, Any]:
-    """What decides a packed store's pixels."""
+def packed_provenance(
+    intensity: IntensityConfig, max_side: int | None, dtype: str, manifest: pd.DataFrame, square: int | None = None
+) -> dict[str, Any]:
+    """What decides a packed store's pixels; exactly one of `max_side` and `square` is set."""
     if dtype not in PACKED_DTYPES:
         raise ValueError(f"packed dtype must be one of {PACKED_DTYPES}, got {dtype!r}")
-    if int(max_side) < 1:
-        raise ValueError(f"max_side must be >= 1, got {max_side}")
+    if (max_side is None) == (square is None):
+        raise ValueError(f"set max_side or square, not both nor neither (got max_side {max_side}, square {square})")
+    size = int(max_side if square is None else square)
+    if size < 1:
+        raise ValueError(f"{'max_side' if square is None else 'square'} must be >= 1, got {size}")
     return canonical(
         {
             "intensity": intensity.to_dict(),
-            "max_side": int(max_side),
+            "max_side": None if max_side is None else int(max_side),
+            "square": None if square is None else int(square),
             "dtype": dtype,
             "manifest_sha256": manifest_sha256(manifest),
             "pack_version": PACK_VERSION,
@@ -91,9 +118,10 @@ class PackedStore(ItemStore):
                 f"schema {attrs.get('schema_version')!r}); pack it again with `python -m data pack`"
             )
         super().__init__(group, path, attrs["shard_items"])
-        self.provenance: dict[str, Any] = attrs["provenance"]
+        self.provenance: dict[str, Any] = {"square": None, **attrs["provenance"]}  # stores older than `square`
         self.info: dict[str, Any] = attrs.get("info", {})
-        self.max_side: int = int(self.provenance["max_side"])
+        self.square: int | None = self.provenance["square"]
+        self.max_side: int | None = self.provenance["max_side"]
         self.dtype: str = self.provenance["dtype"]
         self.intensity = IntensityConfig.from_fields(self.provenance["intensity"])
         self.manifest_sha256: str = self.provenance["manifest_sha256"]
@@ -110,15 +138,19 @@ class PackedStore(ItemStore):
         manifest: pd.DataFrame,
         intensity: IntensityConfig,
         *,
-        max_side: int = DEFAULT_MAX_SIDE,
+        max_side: int | None = None,
+        square: int | None = None,
         dtype: str = "uint8",
         shard_items: int = 256,
     ) -> PackedStore:
-        """A new store, every item pending (FileExistsError if `path` exists). It is made under a temporary name and
-        renamed into place, so that of processes racing to create it exactly one succeeds (`open_or_create` lets
-        the others join its store)."""
+        """A new store, every item pending (FileExistsError if `path` exists): images scaled to at most `max_side`
+        (None: DEFAULT_MAX_SIDE), or to `square` x `square`. It is made under a temporary name and renamed into
+        place, so that of processes racing to create it exactly one succeeds (`open_or_create` lets the others join
+        its store)."""
         path = Path(path)
-        provenance = packed_provenance(intensity, max_side, dtype, manifest)
+        if square is None and max_side is None:
+            max_side = DEFAULT_MAX_SIDE
+        provenance = packed_provenance(intensity, max_side, dtype, manifest, square)
         attrs = {
             "kind": KIND,
             "schema_version": SCHEMA_VERSION,
@@ -134,7 +166,7 @@ class PackedStore(ItemStore):
             group = cls.create_group(tmp, manifest, attrs, shard_items)
             n = len(manifest)
             sizes = manifest[["height", "width"]].to_numpy()
-            side = max(max(stored_size(int(h), int(w), int(max_side))) for h, w in sizes)
+            side = int(square) if square else max(max(stored_size(int(h), int(w), int(max_side))) for h, w in sizes)
             group.create_array("stored_hw", shape=(n, 2), dtype="int32", chunks=(int(shard_items), 2), fill_value=0)
             group.create_array("channels", shape=(n,), dtype="uint8", chunks=(int(shard_items),), fill_value=0)
             cls.add_item_array(group, "image", (side, side), dtype, 0, shard_items)
@@ -170,23 +202,26 @@ class PackedStore(ItemStore):
         intensity: IntensityConfig,
         *,
         max_side: int | None = None,
+        square: int | None = None,
         dtype: str | None = None,
         shard_items: int | None = None,
     ) -> PackedStore:
         """The store at `path` for these items and intensity rules: created when absent (None settings: the
         defaults), else opened for writing if it was made from the same items with the same rules and the settings
-        given (None: whatever the store has). IntensityMismatch for other rules, ProvenanceMismatch or ValueError
-        for other items or settings."""
+        given (None: whatever the store has; `max_side` and `square` are one setting). IntensityMismatch for other
+        rules, ProvenanceMismatch or ValueError for other items or settings."""
         path = Path(path)
         if not path.exists():
-            settings = {"max_side": max_side or DEFAULT_MAX_SIDE, "dtype": dtype or "uint8"}
+            settings = {"max_side": max_side, "square": square, "dtype": dtype or "uint8"}
             try:
                 return cls.create(path, manifest, intensity, **settings, shard_items=shard_items or 256)
             except FileExistsError:  # another process created it meanwhile: join it if it has these settings
                 pass
         found = cls.open(path)
         require_same_intensity(intensity, found.intensity, str(path))  # the clearest refusal first
-        expect = packed_provenance(intensity, max_side or found.max_side, dtype or found.dtype, manifest)
+        if max_side is None and square is None:
+            max_side, square = found.max_side, found.square
+        expect = packed_provenance(intensity, max_side, dtype or found.dtype, manifest, square)
         store = cls.open(path, mode="r+", expect=expect)
         if shard_items is not None and int(shard_items) != store.shard_items:
             raise ValueError(f"{path}: holds {store.shard_items} items per shard, this run {shard_items}")
@@ -200,7 +235,7 @@ class PackedStore(ItemStore):
 
     def pack(self, image: np.ndarray) -> np.ndarray:
         """The stored pixels of a normalised image, by this store's settings (`pack_image`)."""
-        return pack_image(np.asarray(image), self.max_side, self.dtype)
+        return pack_image(np.asarray(image), self.max_side, self.dtype, self.square)
 
     def write_packed(self, indices: Sequence[int], packed: Sequence[np.ndarray]) -> None:
         """Store pixels made by `pack` for `indices`; mark them done (status last)."""
@@ -273,4 +308,5 @@ class PackedStore(ItemStore):
         return sum(f.stat().st_size for f in Path(self.path).rglob("*") if f.is_file())
 
     def __repr__(self) -> str:
-        return f"PackedStore({str(self.path)!r}, items={self.n_items}, max_side={self.max_side}, dtype={self.dtype})"
+        size = f"square={self.square}" if self.square else f"max_side={self.max_side}"
+        return f"PackedStore({str(self.path)!r}, items={self.n_items}, {size}, dtype={self.dtype})"

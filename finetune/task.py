@@ -88,6 +88,12 @@ class FinetuneData(pl.LightningDataModule):
         are warned about; a packed store of other rules is refused."""
         super().__init__()
         self.packed = PackedStore.open(packed) if packed else None
+        if self.packed is not None and self.packed.square is not None:
+            raise ValueError(
+                f"{packed}: a square packed store (every image resized to {self.packed.square} x "
+                f"{self.packed.square}, aspect lost) serves pretraining only; fine-tuning's transforms need each "
+                "image's own aspect. Pack a store without --square for fine-tuning, or read the files (no packed)."
+            )
         recorded, where = None, ""
         if self.packed is not None:
             recorded, where = self.packed.intensity, f"the packed store {packed}"

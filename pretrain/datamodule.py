@@ -36,6 +36,7 @@ from data.roi_cache import RoiCache, RoiShape
 from pretrain.pixel_stats import PixelStats, dataset_stats
 from pretrain.seeding import derive_seed, unit_interval
 from pretrain.transforms import Augment, Interpolation, eval_transform, square_resize, train_transform
+from pretrain.transforms import resampling as resolve_resampling
 
 
 class EpochSampler(DistributedSampler):
@@ -104,7 +105,8 @@ class RoiDataModule(pl.LightningDataModule):
         manifest: optional manifest file; default: the cache's own manifest (`RoiCache.manifest()`).
         packed: optional packed image store of the cache's items (`python -m data pack --cache ...` or
             `localize run --pack`): images are read from it, decoded once, instead of from the corpus files. A
-            store made with other intensity rules than the run's is refused (docs/PACKING.md).
+            store made with other intensity rules than the run's is refused (docs/PACKING.md). A square store
+            (`data pack --square N`) needs input_size N and augment "resize" with its reference resampling.
         input_size: square side fed to the model (linked to `model.input_size` by the CLI).
         global_batch_size: images per optimizer step over all devices (the MWM fork's `--bs`, 128); the
             per-device batch is derived from it at setup (divided by devices x nodes x gradient accumulation;
@@ -191,6 +193,8 @@ class RoiDataModule(pl.LightningDataModule):
             raise FileNotFoundError(f"{self.cache_path}: no ROI cache here; make one with `python -m localize run`")
         cache = RoiCache.open(self.cache_path, mode="r")
         packed = PackedStore.open(self.packed_path) if self.packed_path is not None else None
+        if packed is not None and packed.square is not None:
+            check_square_store(packed, hp.input_size, hp.augment, hp.interpolation, hp.antialias)
         intensity = self._intensity(cache, packed)
 
         def dataset(transform: v2.Transform | None) -> RoiDataset:
@@ -291,6 +295,22 @@ class RoiDataModule(pl.LightningDataModule):
             pin_memory=on_gpu if hp.pin_memory is None else hp.pin_memory,
             drop_last=shuffle,  # equal batches for training (BatchNorm); every item for validation
         )
+
+
+def check_square_store(
+    packed: PackedStore, input_size: int, augment: Augment, interpolation: str | None, antialias: bool | None
+) -> None:
+    """Refuse a square store unless the run resizes to its side the way it was packed: its images skip that resize
+    (`data.packed_store.square_resize`, the "resize" reference's bilinear without antialiasing)."""
+    how = resolve_resampling(augment, interpolation, antialias)
+    if packed.square == input_size and augment == "resize" and how == ("bilinear", False):
+        return
+    raise ValueError(
+        f"{packed.path}: a square packed store holds images already resized to {packed.square} x {packed.square} "
+        f"(bilinear, no antialiasing), for augment 'resize' at input_size {packed.square}; this run has input_size "
+        f"{input_size}, augment {augment!r}, resampling {how}. Pack a store for this run (`python -m data pack "
+        f"--square {input_size}` for augment 'resize', without --square otherwise), or drop data.packed."
+    )
 
 
 def per_device_batch(global_batch: int, trainer: pl.Trainer | None) -> int:
