@@ -64,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--corpus", required=True, help="corpus root folder")
     run.add_argument("--cache", required=True, help="ROI cache path (CACHE.zarr); created or resumed")
     run.add_argument("--manifest", help="use this manifest instead of scanning the corpus (new caches only)")
-    run.add_argument("--clip", help="BiomedCLIP spec: hf-hub:... or local-dir:/path")
+    run.add_argument(
+        "--clip",
+        help="BiomedCLIP spec: hf-hub:..., local-dir:/path (open_clip layout) or hf-biomedclip:/path "
+        "(Hugging Face layout, e.g. MedCLIP-SAMv2's fine-tuned model)",
+    )
     run.add_argument("--sam", help="SAM spec: vit_b|vit_l|vit_h:/path/checkpoint.pth, or a custom .pth with .json")
     run.add_argument("--saliency", choices=sorted(METHODS), help="saliency method (the release's M2IB by default)")
     run.add_argument("--precision", choices=PRECISIONS, help="fp32 (the release, default) or bf16 autocast (GPU)")
