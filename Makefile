@@ -6,8 +6,13 @@ CACHE   ?= $(WORK)/roi_cache.zarr
 LOCALIZE_CONFIG ?= $(WORK)/standins/localize.yaml
 PRETRAIN_CONFIG ?= configs/pretrain/tiny_cpu.yaml
 FINETUNE_CONFIG ?= configs/finetune/classify_tiny.yaml
+MASKEDCLIP_CONFIG ?= configs/maskedclip/cpu_tiny.yaml
+REPORTS ?= $(CORPUS)/reports.csv
+CLIP    ?= local-dir:$(WORK)/maskedclip/clip
+ZEROSHOT_PROMPTS ?= configs/zeroshot/sample.yaml
 
-.PHONY: install test sample standins localize eval inspect pretrain export finetune demo bench lint experiment
+.PHONY: install test sample standins localize eval inspect pretrain export finetune demo bench lint experiment \
+	maskedclip maskedclip-export zeroshot
 
 install:
 	python3 -m venv .venv
@@ -44,6 +49,22 @@ pretrain:
 export:
 	$(PY) -m pretrain export $${PRETRAIN_CKPT:-$$(ls -t $(WORK)/pretrain/logs/version_*/checkpoints/last.ckpt | head -n 1)} \
 	  --out $(WORK)/backbone.pt
+
+# MaskedCLIP on the corpus, its ROI cache and its image-report pairs (the sample corpus writes $(CORPUS)/reports.csv)
+maskedclip:
+	$(PY) -m pretrain maskedclip fit --config $(MASKEDCLIP_CONFIG) --data.corpus $(CORPUS) --data.cache $(CACHE) \
+	  --data.reports $(REPORTS) --trainer.default_root_dir $(WORK)/maskedclip
+
+# The newest last.ckpt under $(WORK)/maskedclip unless MASKEDCLIP_CKPT is given -> open_clip folder + timm ViT
+maskedclip-export:
+	$(PY) -m pretrain maskedclip export \
+	  $${MASKEDCLIP_CKPT:-$$(ls -t $(WORK)/maskedclip/logs/version_*/checkpoints/last.ckpt | head -n 1)} \
+	  --open-clip $(WORK)/maskedclip/clip --timm $(WORK)/maskedclip/vit.pt
+
+# Zero-shot classification of the corpus's test split with $(CLIP) (default: the MaskedCLIP export)
+zeroshot:
+	$(PY) -m finetune zeroshot --clip $(CLIP) --prompts $(ZEROSHOT_PROMPTS) --root $(CORPUS) \
+	  --results-dir $(WORK)/results/finetune
 
 finetune:
 	$(PY) -m finetune classify fit --config $(FINETUNE_CONFIG) --data.root $(CORPUS) \

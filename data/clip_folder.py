@@ -1,6 +1,7 @@
-"""open_clip folders in BiomedCLIP's hub layout (timm ViT + Hugging Face BERT), as `local-dir:` loads them.
+"""open_clip folders in BiomedCLIP's hub layout (timm ViT + Hugging Face BERT): the writer and the loader.
 
-Shared by whoever writes such a folder: the localizer's stand-ins, the benchmarks' real-size models and the
+Writer (`write_biomedclip_folder`, `clip_config`, `write_clip_config`, `write_clip_weights`, `write_tokenizer`):
+shared by whoever writes such a folder: the localizer's stand-ins, the benchmarks' real-size models and the
 MaskedCLIP export. A folder holds::
 
     open_clip_config.json  open_clip_model.safetensors          the CLIP config and weights
@@ -8,6 +9,25 @@ MaskedCLIP export. A folder holds::
 
 The config's `text_cfg.hf_model_name` / `hf_tokenizer_name` point at the folder itself, so open_clip finds the
 BERT config and tokenizer offline (see FACTS.md, "offline trap").
+
+Loader (`load_open_clip(spec, device) -> LoadedClip(model, tokenizer, preprocess, source)`), for `localize` (its
+CLIP) and `finetune zeroshot`, never with random weights. Specs:
+
+  ``local-dir:/path/to/folder`` (offline). The folder holds, in open_clip's hub layout:
+    - ``open_clip_config.json``                       model + preprocess config
+    - one of ``open_clip_model.safetensors``, ``open_clip_pytorch_model.safetensors``,
+      ``open_clip_pytorch_model.bin``, ``open_clip_pytorch_model.pth``   the CLIP weights
+    - for an HF text tower: the BERT ``config.json`` and tokenizer files (``tokenizer.json`` or ``vocab.txt`` ...).
+  ``hf-hub:<org>/<repo>`` (needs network or a warm HF cache), e.g. BiomedCLIP's hub id.
+
+Offline trap: open_clip's HF text tower calls ``AutoConfig.from_pretrained(text_cfg.hf_model_name)`` even for
+``local-dir:``, and the hub's config names the hub BERT. We therefore always load from a temporary staging folder
+(symlinks to the user's files, only the chosen CLIP weights, and a copy of ``open_clip_config.json``); when the
+config's ``hf_model_name`` is not a folder holding ``config.json`` but the user's folder holds one, the copy's
+``hf_model_name`` / ``hf_tokenizer_name`` point at the user's folder. The user's folder is never modified.
+
+open_clip itself only *warns* when a ``local-dir:`` folder has no weights (and builds a random model); this
+loader raises instead, and asks open_clip for ``require_pretrained=True`` so no path ends with random weights.
 """
 
 from __future__ import annotations
@@ -15,15 +35,33 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import torch
+
+from data.hashing import file_sha256
+from data.load_errors import WEIGHT_FILE_ERRORS, describe_load_error
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CLIP_CONFIG_NAME = "open_clip_config.json"
 CLIP_WEIGHTS_NAME = "open_clip_model.safetensors"
+# open_clip's own preference order (factory._find_checkpoint_in_dir), restricted to CLIP checkpoints so that a
+# BERT ``model.safetensors`` / ``pytorch_model.bin`` lying in the same folder is never mistaken for CLIP weights.
+CLIP_WEIGHT_NAMES = (
+    CLIP_WEIGHTS_NAME,
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+)
+HF_CONFIG_NAME = "config.json"
+TOKENIZER_FILE_NAMES = ("tokenizer.json", "vocab.txt")
 
 
 def bert_vocabulary(words: Iterable[str] = ()) -> list[str]:
@@ -131,3 +169,165 @@ def _without_log_records(*fragments: str) -> Iterator[None]:
         yield
     finally:
         root.removeFilter(drop)
+
+
+# ---------------------------------------------------------------------------------------------------- loader
+class ClipLoadError(RuntimeError):
+    """A CLIP model could not be loaded; the message names the missing file/folder and how to provide it."""
+
+
+@dataclass(frozen=True)
+class ClipPreprocess:
+    """What an image must look like before ``model.encode_image``: RGB, ``image_size``, normalised by mean/std."""
+
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+    def __call__(self, images: list[Any], device: torch.device | str = "cpu") -> torch.Tensor:
+        """Images float in [0,1], (H,W) grey or (H,W,3) RGB, any sizes -> (B,3,*image_size) normalised tensor.
+
+        The whole image is resized (no centre crop, aspect not preserved) so that saliency at CLIP resolution maps
+        back onto every pixel of the original image by a plain resize.
+        """
+        batch = []
+        for image in images:
+            img = torch.as_tensor(image, dtype=torch.float32)
+            img_chw = img.expand(3, *img.shape) if img.ndim == 2 else img.permute(2, 0, 1)
+            smooth = self.interpolation in ("bilinear", "bicubic")
+            img_1chw = torch.nn.functional.interpolate(
+                img_chw[None],
+                size=self.image_size,
+                mode=self.interpolation,
+                align_corners=False if smooth else None,
+                antialias=smooth,
+            )
+            batch.append(img_1chw.clamp(0.0, 1.0))
+        img_bchw = torch.cat(batch).to(device)
+        mean = torch.tensor(self.mean, device=img_bchw.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=img_bchw.device).view(1, 3, 1, 1)
+        return (img_bchw - mean) / std
+
+
+class LoadedClip(NamedTuple):
+    """``model, tokenizer, preprocess, source = load_open_clip(...)``; ``source`` is provenance (spec, weights,
+    sha256)."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    preprocess: ClipPreprocess
+    source: dict[str, str]
+
+
+def load_open_clip(spec: str, device: torch.device | str = "cpu") -> LoadedClip:
+    """Load an open_clip model (``local-dir:`` or ``hf-hub:``, see the module docstring) with its trained weights;
+    eval mode, frozen, on ``device``. Raises ClipLoadError naming what is missing (never random weights)."""
+    import open_clip
+
+    device = torch.device(device)
+    if spec.startswith("local-dir:"):
+        folder = Path(spec[len("local-dir:") :]).expanduser().resolve()
+        weights = check_clip_folder(folder)
+        with tempfile.TemporaryDirectory(prefix="biomedclip-stage-") as stage:
+            staged = _stage_local_folder(folder, weights, Path(stage))
+            try:
+                model = open_clip.create_model(f"local-dir:{staged}", device=device, require_pretrained=True)
+                tokenizer = open_clip.get_tokenizer(f"local-dir:{staged}")
+            except WEIGHT_FILE_ERRORS as e:
+                raise ClipLoadError(
+                    f"Could not load the CLIP model in {folder} from {weights.name}: "
+                    f"{describe_load_error(e).rstrip('.')}. {LOCAL_LAYOUT_HINT}"
+                ) from e
+        weights_path = weights
+    elif spec.startswith("hf-hub:"):
+        from open_clip.pretrained import download_pretrained_from_hf
+
+        try:
+            weights_path = Path(download_pretrained_from_hf(spec[len("hf-hub:") :]))
+            model = open_clip.create_model(spec, device=device, require_pretrained=True)
+            tokenizer = open_clip.get_tokenizer(spec)
+        except Exception as e:  # hub/network errors come in many types; re-raise all with the offline recipe
+            raise ClipLoadError(
+                f"Could not load '{spec}' from the Hugging Face hub or its local cache ({type(e).__name__}: {e}). "
+                f"Without network, download it once elsewhere and pass 'local-dir:/path/to/folder'. "
+                f"{LOCAL_LAYOUT_HINT}"
+            ) from e
+    else:
+        raise ClipLoadError(f"Unknown CLIP spec '{spec}': use 'hf-hub:<org>/<repo>' or 'local-dir:/path/to/folder'.")
+
+    model.eval().requires_grad_(False)
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg["size"]
+    preprocess = ClipPreprocess(
+        image_size=(size, size) if isinstance(size, int) else tuple(size),
+        mean=tuple(float(m) for m in cfg["mean"]),
+        std=tuple(float(s) for s in cfg["std"]),
+        interpolation=cfg.get("interpolation", "bicubic"),
+    )
+    source = {"spec": spec, "weights": weights_path.name, "sha256": file_sha256(weights_path)}
+    return LoadedClip(model, tokenizer, preprocess, source)
+
+
+LOCAL_LAYOUT_HINT = (
+    "A 'local-dir:' folder needs open_clip_config.json, the CLIP weights (one of "
+    + ", ".join(CLIP_WEIGHT_NAMES)
+    + "), and for a Hugging Face text tower (BiomedCLIP's PubMedBERT) that model's config.json and tokenizer files "
+    "(tokenizer.json or vocab.txt, tokenizer_config.json, special_tokens_map.json) - e.g. the files of "
+    "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 plus config.json of "
+    "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract."
+)
+
+
+def check_clip_folder(folder: Path) -> Path:
+    """Validate a local-dir folder; returns the CLIP weights file to load."""
+    if not folder.is_dir():
+        raise ClipLoadError(f"CLIP folder not found: {folder}. {LOCAL_LAYOUT_HINT}")
+    config_path = folder / CLIP_CONFIG_NAME
+    if not config_path.is_file():
+        raise ClipLoadError(f"Missing {CLIP_CONFIG_NAME} in {folder}. {LOCAL_LAYOUT_HINT}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["model_cfg"]["text_cfg"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ClipLoadError(f"{config_path} is not an open_clip config with model_cfg.text_cfg ({e}).") from e
+    weights = next((folder / n for n in CLIP_WEIGHT_NAMES if (folder / n).is_file()), None)
+    if weights is None:
+        raise ClipLoadError(
+            f"No CLIP weights in {folder}: expected one of {', '.join(CLIP_WEIGHT_NAMES)}. "
+            f"Refusing to build an untrained model. {LOCAL_LAYOUT_HINT}"
+        )
+    text_cfg = config["model_cfg"]["text_cfg"]
+    if "hf_model_name" in text_cfg:
+        if not (folder / HF_CONFIG_NAME).is_file() and not (Path(text_cfg["hf_model_name"]) / HF_CONFIG_NAME).is_file():
+            raise ClipLoadError(
+                f"Missing {HF_CONFIG_NAME} of the text model '{text_cfg['hf_model_name']}' in {folder}: open_clip "
+                f"needs it to build the text tower offline. Copy that model's {HF_CONFIG_NAME} into the folder."
+            )
+        if not any((folder / n).is_file() for n in TOKENIZER_FILE_NAMES):
+            raise ClipLoadError(
+                f"Missing tokenizer files in {folder}: expected {' or '.join(TOKENIZER_FILE_NAMES)} "
+                f"(plus tokenizer_config.json, special_tokens_map.json) of '{text_cfg.get('hf_tokenizer_name')}'."
+            )
+    return weights
+
+
+def _stage_local_folder(folder: Path, weights: Path, stage: Path) -> Path:
+    """Mirror ``folder`` into ``stage`` with only the chosen weights and an offline-safe open_clip config."""
+    config = json.loads((folder / CLIP_CONFIG_NAME).read_text(encoding="utf-8"))
+    text_cfg = config["model_cfg"]["text_cfg"]
+    named_config = Path(text_cfg.get("hf_model_name", "")) / HF_CONFIG_NAME
+    if "hf_model_name" in text_cfg and not named_config.is_file() and (folder / HF_CONFIG_NAME).is_file():
+        # A hub name would need network (or a warm cache): the folder's own BERT config/tokenizer are used instead.
+        text_cfg["hf_model_name"] = str(folder)
+        text_cfg["hf_tokenizer_name"] = str(folder)
+    (stage / CLIP_CONFIG_NAME).write_text(json.dumps(config), encoding="utf-8")
+    for item in folder.iterdir():
+        is_weights_like = item.suffix in (".safetensors", ".bin", ".pth", ".pt")
+        if item.name == CLIP_CONFIG_NAME or (is_weights_like and item != weights) or not item.is_file():
+            continue
+        try:
+            (stage / item.name).symlink_to(item)
+        except OSError:  # file systems without symlinks
+            shutil.copy2(item, stage / item.name)
+    return stage

@@ -1,4 +1,5 @@
-"""`python -m finetune {classify,detect,segment} {fit,test,validate,predict} --config configs/finetune/X.yaml ...`."""
+"""`python -m finetune {classify,detect,segment} {fit,test,validate,predict} --config configs/finetune/X.yaml ...` and
+`python -m finetune zeroshot --clip SPEC --prompts configs/zeroshot/X.yaml ...`."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ TASKS = {
 }
 
 USAGE = """usage: python -m finetune {classify,detect,segment} {fit,test} --config configs/finetune/X.yaml [options]
+       python -m finetune zeroshot --clip local-dir:DIR --prompts configs/zeroshot/X.yaml [--root DIR ...]
 
   classify  image classification (SparK fine-tune or MAE linear probe): accuracy, macro AUROC / AUPRC / F1
-  detect    Mask R-CNN + FPN on COCO data: BoxAP, MaskAP (AP, AP50, AP75)
+  detect    Mask R-CNN + FPN on COCO data: BoxAP, MaskAP (AP, AP50, AP75); convolutional backbones only
   segment   UNet decoder on the backbone's features: mean Dice per image, pooled Dice, IoU
+  zeroshot  an open_clip model classifies by prompt similarity, no training: accuracy, macro AUROC / AUPRC / F1
 
 `fit` trains, tests on the test split and writes one results JSON to --results_dir.
 Run `python -m finetune TASK fit --help` for every option."""
@@ -29,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     task, rest = argv[0], argv[1:]
+    if task == "zeroshot":  # an evaluation, not a Lightning run
+        from finetune.zeroshot import main as zeroshot_main
+
+        return zeroshot_main(rest)
     if task not in TASKS:
         print(f"unknown task {task!r}\n\n{USAGE}", file=sys.stderr)
         return 2

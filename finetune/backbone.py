@@ -12,6 +12,9 @@
   other timm state dict for the same architecture.
 
 The head (`pretrain.export.head_prefixes`, one definition for both phases) is never loaded and may be absent.
+An export's sidecar may also name timm keyword arguments (a MaskedCLIP encoder: the ViT's first `depth` blocks),
+used to build the model, and the normalisation the encoder was trained with (`pretrained_statistics`, which the
+CLI hands to the data module).
 
 Every load returns a `LoadReport` (what was loaded, missing, unexpected, and which head keys stayed at their fresh
 initialisation). By default loading is strict: a key the model expects but the file lacks (other than the
@@ -27,12 +30,14 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from data.hashing import file_sha256
+from pretrain.export import architecture_kwargs, input_statistics, read_backbone, read_sidecar
 from pretrain.export import head_prefixes as head_keys  # one definition of the head, shared with the export
 from pretrain.export import is_head as _is_head
-from pretrain.export import read_backbone
 from pretrain.export import read_state_dict as _read_state_dict
 
 SCRATCH = "scratch"
@@ -96,8 +101,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise BackboneInitError(str(err)) from err
 
 
-def read_exported(path: Path, model_name: str) -> dict[str, torch.Tensor]:
-    """An exported backbone's weights; its sidecar, when present, must name the same architecture."""
+def read_exported(path: Path, model_name: str) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """An exported backbone's weights and sidecar (None without one); the sidecar must name the same architecture."""
     try:
         state_dict, meta = read_backbone(path)
     except (FileNotFoundError, ValueError) as err:
@@ -106,7 +111,31 @@ def read_exported(path: Path, model_name: str) -> dict[str, torch.Tensor]:
         raise BackboneInitError(
             f"{path}: exported from a '{meta['backbone']}' pretraining run (its .json sidecar), not '{model_name}'"
         )
-    return state_dict
+    return state_dict, meta
+
+
+def pretrained_statistics(init: str | os.PathLike) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) to normalise images with for a backbone started from `init`: those an export's sidecar records
+    (a MaskedCLIP encoder: OpenAI's CLIP statistics), else ImageNet's (timm's models, SparK's fine-tuning)."""
+    return input_statistics(_sidecar(init)) or (tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD))
+
+
+def plain_vit_depth(model_name: str, init: str | os.PathLike = SCRATCH) -> int | None:
+    """Number of blocks of the backbone started from `init` when it is a plain (single-stride) timm
+    VisionTransformer (an export may keep fewer blocks than the name's), else None. Built on the meta device."""
+    with torch.device("meta"):
+        model = timm.create_model(model_name, pretrained=False, **architecture_kwargs(_sidecar(init)))
+    return len(model.blocks) if isinstance(model, VisionTransformer) else None
+
+
+def _sidecar(init: str | os.PathLike) -> dict | None:
+    spec = InitSpec.parse(init)
+    if spec.kind != PRETRAINED:
+        return None
+    try:
+        return read_sidecar(spec.path)
+    except ValueError as err:
+        raise BackboneInitError(str(err)) from err
 
 
 def find_imagenet_weights(model_name: str, hf_cache_dir: str | os.PathLike | None = None) -> Path:
@@ -221,16 +250,24 @@ def create_backbone(
     state into its feature extractor.
     """
     spec, weights = resolve_weights(model_name, init)
-    base = timm.create_model(model_name, pretrained=False, num_classes=num_classes, drop_path_rate=drop_path_rate)
+    state_dict, meta = None, None
+    if spec.kind == PRETRAINED:
+        state_dict, meta = read_exported(weights, model_name)
+    elif weights is not None:
+        state_dict = read_state_dict(weights)
+    arch = architecture_kwargs(meta)  # e.g. a MaskedCLIP encoder's depth
+    base = timm.create_model(
+        model_name, pretrained=False, num_classes=num_classes, drop_path_rate=drop_path_rate, **arch
+    )
     heads = head_keys(model_name)
-    if weights is None:
+    if state_dict is None:
         report = LoadReport(init=SCRATCH, head=sorted(k for k in base.state_dict() if _is_head(k, heads)))
     else:
-        state_dict = read_exported(weights, model_name) if spec.kind == PRETRAINED else read_state_dict(weights)
         report = load_into(base, state_dict, init=spec.kind, source=weights, head_prefixes=heads, strict=strict)
     if not features_only:
         return base, report
-    kwargs = {"drop_path_rate": drop_path_rate} | ({} if out_indices is None else {"out_indices": tuple(out_indices)})
+    kwargs = {"drop_path_rate": drop_path_rate, **arch}
+    kwargs |= {} if out_indices is None else {"out_indices": tuple(out_indices)}
     if weights is None:
         return timm.create_model(model_name, pretrained=False, features_only=True, **kwargs), report
     # timm's features_only builder renames modules (e.g. stages.0 -> stages_0); let it map the loaded state.

@@ -38,6 +38,7 @@ from finetune.optim import make_optimizer
 from finetune.probe import ProbeHead
 from finetune.recipe import RECIPES, Optimizer
 from finetune.task import FinetuneData, FinetuneTask
+from pretrain.schedules import scaled_lr
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
@@ -50,6 +51,28 @@ def classification_metrics(num_classes: int) -> MetricCollection:
             "f1": MulticlassF1Score(num_classes, average="macro"),
         }
     )
+
+
+def labelled_table(
+    root: Path,
+    labels_csv: str | None,
+    modalities: list[str] | None = None,
+    split_seed: int = 0,
+    val_share: float = 0.2,
+    test_share: float = 0.2,
+) -> pd.DataFrame:
+    """The labelled images of `labels_csv` (relative: under `root` first) or of the ImageFolder tree `root`, with a
+    split column: the table's own, else a seeded split stratified by label (`val_share`, `test_share`)."""
+    if labels_csv is None:
+        table = scan_image_folder(root)
+    else:
+        csv_path = Path(labels_csv)
+        if not csv_path.is_absolute() and ((root / csv_path).is_file() or not csv_path.is_file()):
+            csv_path = root / csv_path
+        table = read_label_csv(csv_path, modalities)
+    if "split" not in table.columns:
+        table["split"] = assign_splits(table["label"], seed=split_seed, val_share=val_share, test_share=test_share)
+    return table
 
 
 class ClassificationData(FinetuneData):
@@ -81,28 +104,19 @@ class ClassificationData(FinetuneData):
         val_share: float = 0.2,
         test_share: float = 0.2,
         intensity: dict[str, Any] | None = None,
+        normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     ) -> None:
         super().__init__(train_fraction, subset_seed, intensity)
         self.root = Path(root)
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.augment: Policy = "light" if augment is True else "none" if augment is False else augment
-        self.eval_crop = eval_crop
-        classify_transform(self.augment, image_size, train=True, eval_crop=eval_crop)  # bad values fail early
-        table = self._read_table(labels_csv, modalities)
-        if "split" not in table.columns:
-            table["split"] = assign_splits(table["label"], seed=split_seed, val_share=val_share, test_share=test_share)
+        self.eval_crop, self.normalization = eval_crop, normalization
+        classify_transform(self.augment, image_size, True, eval_crop, normalization)  # bad values fail early
+        table = labelled_table(self.root, labels_csv, modalities, split_seed, val_share, test_share)
         self.class_names: list[str] = sorted(table["label"].unique())
         if len(self.class_names) < 2:
             raise ValueError(f"classification needs at least two classes, found {self.class_names}")
         self.tables: dict[str, pd.DataFrame] = self.split_tables(table)
-
-    def _read_table(self, labels_csv: str | None, modalities: list[str] | None) -> pd.DataFrame:
-        if labels_csv is None:
-            return scan_image_folder(self.root)
-        csv_path = Path(labels_csv)
-        if not csv_path.is_absolute() and ((self.root / csv_path).is_file() or not csv_path.is_file()):
-            csv_path = self.root / csv_path  # relative paths: under the data root first
-        return read_label_csv(csv_path, modalities)
 
     @property
     def num_classes(self) -> int:
@@ -113,7 +127,7 @@ class ClassificationData(FinetuneData):
 
     def split_dataset(self, split: str) -> Dataset:
         train = split == "train"
-        transform = classify_transform(self.augment, self.image_size, train, self.eval_crop)
+        transform = classify_transform(self.augment, self.image_size, train, self.eval_crop, self.normalization)
         return LabelledImages(self.root, self.tables[split], self.class_names, transform, self.intensity)
 
 
@@ -248,7 +262,7 @@ class ClassificationModule(FinetuneTask):
 
     def configure_optimizers(self) -> Any:
         r = self.recipe
-        self.lr_used = self.hparams.lr if self.hparams.lr is not None else r.base_lr * self.effective_batch_size() / 256
+        self.lr_used = self.hparams.lr if self.hparams.lr is not None else scaled_lr(r.base_lr, self.trainer)
         optimizer = make_optimizer(r.optimizer, self.parameter_groups(self.lr_used), self.lr_used)
         return self.warmup_cosine(
             optimizer,

@@ -3,7 +3,8 @@
 Extra top-level options (besides LightningCLI's model / data / trainer / seed_everything):
   --results_dir DIR                 where the results JSON (and task artifacts) go (default work/results/finetune)
   --train_fraction / --train-fraction F   fraction of the training split to use (linked to data.train_fraction)
-`test` (with --ckpt_path) also writes a results JSON.
+`test` (with --ckpt_path) also writes a results JSON. classify / segment: `data.normalization` follows `model.init`
+(an export's recorded mean / std, else ImageNet's).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from finetune.backbone import pretrained_statistics
 from finetune.results import RunResult, jsonable, write_results
 from finetune.task import FinetuneData, FinetuneTask
 
@@ -63,6 +65,9 @@ class FinetuneCLI(LightningCLI):
     def link_task_arguments(self, parser: LightningArgumentParser) -> None:
         """Data -> model links (number of classes, class names) known once the data module has read its tables."""
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        if self.model_class.task in ("classify", "segment"):  # detection normalises inside Mask R-CNN
+            # images normalised as the backbone was pretrained: an export's recorded statistics, else ImageNet's
+            parser.link_arguments("model.init", "data.normalization", compute_fn=pretrained_statistics)
         if self.model_class.task == "classify":
             parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         if self.model_class.task == "detect":

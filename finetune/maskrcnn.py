@@ -47,6 +47,7 @@ from finetune.backbone import (
     create_backbone,
     head_keys,
     load_into,
+    plain_vit_depth,
     read_state_dict,
     resolve_weights,
 )
@@ -191,6 +192,11 @@ def build_mask_rcnn(
                       and the cap on the longer side (MultiScaleTransform).
     """
     arch = backbone.split(".")[0]
+    if plain_vit_depth(backbone, init) is not None:
+        raise ValueError(
+            f"detection takes convolutional backbones only (Mask R-CNN + FPN on hierarchical features); "
+            f"'{backbone}' is a plain ViT: fine-tune it with `finetune classify` or `finetune segment`"
+        )
     if norm not in ("bn", "frozen_bn"):
         raise ValueError(f"norm must be 'bn' or 'frozen_bn', got {norm!r}")
     if not 0 <= trainable_layers <= 5:

@@ -3,8 +3,8 @@
 File: ``<results_dir>/<task>-<backbone>-<init>-f<train_fraction>-s<seed>-<UTC timestamp>.json`` holding one object:
 
     schema_version  int, 1
-    task            'classify' | 'detect' | 'segment'
-    backbone        timm model name, e.g. 'resnet50'
+    task            'classify' | 'detect' | 'segment' | 'zeroshot'
+    backbone        timm model name, e.g. 'resnet50' (zeroshot: the CLIP folder's or hub repository's name)
     init            'scratch' | 'imagenet' | 'pretrained' (an exported backbone)
     init_source     weights file the run started from (null for scratch)
     init_sha256     first 16 hex digits of that file's SHA-256 (null for scratch)
@@ -17,6 +17,8 @@ File: ``<results_dir>/<task>-<backbone>-<init>-f<train_fraction>-s<seed>-<UTC ti
                       segment:  dice, iou (mean per image, nnU-Net's convention), dice_pooled, iou_pooled (over
                                 all pixels of the split); foreground classes, each image at its own resolution
                       detect:   box_ap, box_ap50, box_ap75, mask_ap, mask_ap50, mask_ap75 (COCO evaluation)
+                      zeroshot: accuracy, auroc, auprc, f1 as classify (no training: n_train 0; init_source is
+                                the CLIP spec)
     n_train         training examples actually used (after train_fraction)
     n_test          test examples
     config          the full resolved run configuration (LightningCLI), as a mapping
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
-TASKS = ("classify", "detect", "segment")
+TASKS = ("classify", "detect", "segment", "zeroshot")
 
 
 @dataclass

@@ -49,6 +49,8 @@ class SegmentationData(FinetuneData):
     root:          the corpus (sample layout: `labels_csv` items with root/truth/<item_id>.png) or, with
                    `masks_dir`, the folder of images (masks matched by file stem in `masks_dir`).
     num_classes:   classes including background; 2 = binary (mask > 0 is foreground), else mask values are ids.
+    normalization: (mean, std) per channel, the backbone's pretraining statistics; None = ImageNet's (the CLI sets
+                   it from model.init, `finetune.backbone.pretrained_statistics`).
     The split comes from the CSV's split column, else a seeded split stratified by 'label' (CSV) or by
     empty/non-empty mask (folders). train_fraction: seeded stratified subset of the training split.
     """
@@ -70,8 +72,10 @@ class SegmentationData(FinetuneData):
         val_share: float = 0.2,
         test_share: float = 0.2,
         intensity: dict[str, Any] | None = None,
+        normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     ) -> None:
         super().__init__(train_fraction, subset_seed, intensity)
+        self.normalization = normalization
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
         self.root, self.num_classes = Path(root), num_classes
@@ -99,7 +103,7 @@ class SegmentationData(FinetuneData):
             if train and self.augment
             else [v2.Resize(size, antialias=True)]
         )
-        return v2.Compose([*geometry, normalize()])  # Mask: nearest, not normalised
+        return v2.Compose([*geometry, normalize(self.normalization)])  # Mask: nearest, not normalised
 
     def collate_for(self, split: str) -> Callable | None:
         return None if split == "train" else collate_stack_and_list  # evaluation masks keep their own sizes

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from data.intensity import IntensityConfig
 from finetune.backbone import LoadReport
 from finetune.data import stratified_subset
-from pretrain.schedules import WarmupCosineSchedule
+from pretrain.schedules import WarmupCosineSchedule, effective_batch_size, set_run_horizon
 
 
 class FinetuneTask(pl.LightningModule):
@@ -35,12 +34,8 @@ class FinetuneTask(pl.LightningModule):
         self.test_metrics_out: dict[str, float] = {}
 
     def effective_batch_size(self) -> int:
-        """Images per optimizer step: per-device batch x devices x gradient accumulation (the lr-scaling batch)."""
-        trainer = self.trainer
-        per_device = getattr(trainer.datamodule, "batch_size", None)
-        if per_device is None:
-            raise ValueError("cannot tell the batch size to scale the learning rate: train with a task datamodule")
-        return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
+        """Images per optimizer step (`pretrain.schedules.effective_batch_size`), the lr-scaling batch."""
+        return effective_batch_size(self.trainer)
 
     def warmup_cosine(
         self,
@@ -61,15 +56,9 @@ class FinetuneTask(pl.LightningModule):
 
     def on_train_start(self) -> None:
         schedule = self.lr_schedulers()
-        if not isinstance(schedule, WarmupCosineSchedule):
-            return
-        trainer = self.trainer
-        total = trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise ValueError("the lr schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
-        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        warmup_epochs, warmup_steps = getattr(self, "_warmup", (0.0, 0))
-        schedule.set_horizon(int(total), warmup_steps + round(warmup_epochs * steps_per_epoch))
+        if isinstance(schedule, WarmupCosineSchedule):
+            warmup_epochs, warmup_steps = getattr(self, "_warmup", (0.0, 0))
+            set_run_horizon(self.trainer, schedule, warmup_epochs, warmup_steps)
 
     def results_details(self) -> dict[str, Any]:
         """Task-specific extras for the results JSON."""

@@ -1,4 +1,5 @@
-"""A UNet-style segmentation network on a timm backbone's hierarchical features (timm features_only)."""
+"""A UNet-style segmentation network on a timm backbone's hierarchical features (timm features_only); a plain ViT's
+single-stride features first become a pyramid (finetune.vit_pyramid)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.backbone import create_backbone
+from finetune.backbone import create_backbone, plain_vit_depth
+from finetune.vit_pyramid import SimplePyramid, vit_levels
 
 
 class ConvBlock(nn.Sequential):
@@ -52,7 +54,10 @@ class UNetDecoder(nn.Module):
 
 
 class UNet(nn.Module):
-    """Backbone features (timm features_only) -> UNetDecoder -> logits at the input size (B, num_classes, H, W)."""
+    """Backbone features (timm features_only) -> UNetDecoder -> logits at the input size (B, num_classes, H, W).
+
+    A plain ViT (e.g. a MaskedCLIP export) gives four of its blocks' outputs at one stride (16); `SimplePyramid`
+    rescales them to strides 4, 8, 16 and 32 before the decoder (BEiT / MAE segmentation's neck)."""
 
     def __init__(
         self,
@@ -63,14 +68,19 @@ class UNet(nn.Module):
         strict_load: bool = True,
     ) -> None:
         super().__init__()
-        self.encoder, self.load_report = create_backbone(backbone, init, features_only=True, strict=strict_load)
+        depth = plain_vit_depth(backbone, init)  # an export's (a MaskedCLIP encoder keeps the ViT's first blocks)
+        levels = None if depth is None else vit_levels(depth)
+        self.encoder, self.load_report = create_backbone(
+            backbone, init, features_only=True, out_indices=levels, strict=strict_load
+        )
         channels: list[int] = self.encoder.feature_info.channels()
+        self.neck: nn.Module = nn.Identity() if depth is None else SimplePyramid(channels[-1])
         if decoder_channels is None:  # halve the width at every finer level, at least 16
             decoder_channels = [max(16, c // 2) for c in channels[:-1]][::-1]
         self.decoder = UNetDecoder(channels, decoder_channels, num_classes)
 
     def forward(self, image_b3hw: torch.Tensor) -> torch.Tensor:
-        feats = self.encoder(image_b3hw)  # finest (stride 2 or 4) ... coarsest (stride 32)
+        feats = self.neck(self.encoder(image_b3hw))  # finest (stride 2 or 4) ... coarsest (stride 32)
         logits = self.decoder(feats)
         # The finest level has stride 2 (ResNet) or 4 (ConvNeXt): bring logits to the input size.
         return F.interpolate(logits, size=image_b3hw.shape[-2:], mode="bilinear", align_corners=False)

@@ -23,7 +23,7 @@ import yaml
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from localize.load_errors import WEIGHT_FILE_ERRORS, describe_load_error
+from data.load_errors import WEIGHT_FILE_ERRORS, describe_load_error
 
 REGISTRY_ARCHS = ("vit_b", "vit_l", "vit_h")
 CUSTOM_ARCH = "custom"

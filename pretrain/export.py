@@ -6,6 +6,11 @@ pretraining does not train: `fc` for ResNets; `head.norm` and `head.fc` for Conv
 sits in timm's head and pretraining prunes it, as SparK does). Downstream tasks (`finetune`) re-initialise the
 head and load everything else strictly. A JSON sidecar (`<out>.json`) records the backbone name and the
 export summary; `read_backbone` returns it with the weights. `load_backbone` builds a checked timm model.
+
+Other exports use the same sidecar (e.g. MaskedCLIP's ViT, `pretrain.maskedclip.export`) and may record more:
+`timm_kwargs` (what `timm.create_model` needs beyond the name, e.g. `{"depth": 10}` for the first blocks of a
+ViT; `architecture_kwargs`) and `mean` / `std` (the normalisation the encoder was trained with;
+`input_statistics`). Without them the architecture is the name's and the statistics ImageNet's.
 """
 
 from __future__ import annotations
@@ -193,11 +198,27 @@ def read_backbone(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, 
     return read_state_dict(path), read_sidecar(path)
 
 
+def architecture_kwargs(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`timm.create_model` keyword arguments a sidecar records beyond the name (its `timm_kwargs`, e.g. a
+    MaskedCLIP encoder's {'depth': 10}), without `num_classes`, which the user of the weights chooses."""
+    kwargs = dict((meta or {}).get("timm_kwargs") or {})
+    kwargs.pop("num_classes", None)
+    return kwargs
+
+
+def input_statistics(meta: Mapping[str, Any] | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) per channel the exported encoder was trained with, when the sidecar records them."""
+    if not meta or meta.get("mean") is None or meta.get("std") is None:
+        return None
+    return tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"])
+
+
 def load_backbone(path: str | Path, backbone: str | None = None, num_classes: int = 0, **timm_kwargs) -> nn.Module:
     """A `timm.create_model(backbone, num_classes=num_classes, **timm_kwargs)` with the exported weights.
 
-    `backbone` defaults to the one recorded in the export's JSON sidecar. The load is checked: no unexpected
-    key, and missing keys only in the head (`head_prefixes`).
+    `backbone` defaults to the one recorded in the export's JSON sidecar, `timm_kwargs` to its
+    `architecture_kwargs` (given ones win). The load is checked: no unexpected key, and missing keys only in
+    the head (`head_prefixes`).
     """
     path = Path(path)
     state_dict, meta = read_backbone(path)
@@ -205,6 +226,7 @@ def load_backbone(path: str | Path, backbone: str | None = None, num_classes: in
         if meta is None:
             raise ValueError(f"{path}: no sidecar {sidecar_path(path).name}; pass the backbone name")
         backbone = meta["backbone"]
+    timm_kwargs = architecture_kwargs(meta) | timm_kwargs
     model = timm.create_model(backbone, pretrained=False, num_classes=num_classes, **timm_kwargs)
     _checked_load(model, state_dict, backbone, str(path))
     return model

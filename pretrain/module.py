@@ -10,7 +10,6 @@ is the same image, normalised per patch), so `recon_b3HW` comes back in the norm
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -20,7 +19,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.optim import Lamb, param_groups_weight_decay
 
 from pretrain.masking import DifferentiatedMasking, RandomMasking
-from pretrain.schedules import WarmupCosineSchedule
+from pretrain.schedules import WarmupCosineSchedule, effective_batch_size, scaled_lr, set_run_horizon
 from pretrain.seeding import seeded_generator
 from pretrain.spark import SparkMIM
 
@@ -161,23 +160,12 @@ class MaskedPretraining(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def effective_batch_size(self) -> int:
-        """Images per optimizer step: per-device batch x devices x nodes x gradient accumulation."""
-        trainer = self.trainer
-        datamodule = trainer.datamodule
-        per_device = getattr(datamodule, "batch_size", None)
-        if per_device is None and trainer.train_dataloader is not None:
-            per_device = trainer.train_dataloader.batch_size
-        if per_device is None:
-            raise ValueError(
-                "cannot tell the batch size to scale the learning rate: train with a datamodule "
-                "that has `batch_size` or set model.lr"
-            )
-        return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
+        """Images per optimizer step (`pretrain.schedules.effective_batch_size`)."""
+        return effective_batch_size(self.trainer)
 
     def learning_rate(self) -> float:
-        if self.hparams.lr is not None:
-            return self.hparams.lr
-        return self.hparams.base_lr * self.effective_batch_size() / 256
+        hp = self.hparams
+        return hp.lr if hp.lr is not None else scaled_lr(hp.base_lr, self.trainer)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -197,13 +185,7 @@ class MaskedPretraining(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self) -> None:
-        trainer = self.trainer
-        total_steps = trainer.estimated_stepping_batches
-        if not math.isfinite(total_steps):
-            raise ValueError("the lr schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
-        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        scheduler = self.lr_schedulers()
-        scheduler.set_horizon(int(total_steps), round(self.hparams.warmup_epochs * steps_per_epoch))
+        set_run_horizon(self.trainer, self.lr_schedulers(), self.hparams.warmup_epochs)
 
 
 def spark_betas(backbone: str) -> tuple[float, float]:

@@ -6,14 +6,22 @@ only to parameter groups that decay at all (norms, biases and mask tokens stay a
 
 Both are pure functions of the optimizer step, so a run resumed from a checkpoint follows exactly the curve of
 an uninterrupted one: the scheduler's only state is the step counter and the horizon.
+
+The run's size, for every Lightning module that trains with this schedule (masked pretraining, MaskedCLIP,
+fine-tuning): `effective_batch_size` (the lr-scaling batch), `scaled_lr` (base_lr per 256 images) and
+`set_run_horizon` (the schedule's total and warm-up steps, once the trainer knows its batches).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 def warmup_cosine(
@@ -107,3 +115,35 @@ class WarmupCosineSchedule(LRScheduler):
                 group["weight_decay"] = cosine_ramp(
                     max(self.last_epoch, 0), total_steps=self.total_steps, start=start, end=self.weight_decay_end
                 )
+
+
+def effective_batch_size(trainer: pl.Trainer) -> int:
+    """Images per optimizer step: per-device batch (the data module's `batch_size`, else the train loader's) x
+    devices x nodes x gradient accumulation."""
+    per_device = getattr(trainer.datamodule, "batch_size", None)
+    if per_device is None and trainer.train_dataloader is not None:
+        per_device = trainer.train_dataloader.batch_size
+    if per_device is None:
+        raise ValueError(
+            "cannot tell the batch size to scale the learning rate: train with a datamodule that has `batch_size` "
+            "or set model.lr"
+        )
+    return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def scaled_lr(base_lr: float, trainer: pl.Trainer) -> float:
+    """`base_lr` per 256 images scaled by the effective batch (MAE's and SparK's rule)."""
+    return base_lr * effective_batch_size(trainer) / 256
+
+
+def set_run_horizon(
+    trainer: pl.Trainer, schedule: WarmupCosineSchedule, warmup_epochs: float = 0.0, warmup_steps: int = 0
+) -> None:
+    """Fix `schedule`'s horizon from the trainer: total optimizer steps of the run, warm-up of `warmup_steps` +
+    `warmup_epochs` epochs (fractions allowed) of optimizer steps. Call from `on_train_start`: asking earlier
+    builds the train loader before a resumed run restores its epoch."""
+    total_steps = trainer.estimated_stepping_batches
+    if not math.isfinite(total_steps):
+        raise ValueError("the lr schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
+    steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+    schedule.set_horizon(int(total_steps), warmup_steps + round(warmup_epochs * steps_per_epoch))

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from transformers import BertTokenizerFast
 
+from data.clip_folder import SPECIAL_TOKENS
 from localize.clip_loader import ClipLoadError, file_sha256, load_biomedclip
 from localize.hf_biomedclip import HFBiomedCLIPError, open_clip_state_dict
 from localize.saliency import M2IBSaliency
-from localize.standins import SPECIAL_TOKENS
 
 VISION = {"hidden_size": 64, "num_hidden_layers": 6, "num_attention_heads": 2, "intermediate_size": 192}
 VISION |= {"patch_size": 16, "image_size": 160, "num_channels": 3, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}

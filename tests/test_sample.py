@@ -118,7 +118,7 @@ def test_layout_counts_and_ids(corpus: Path) -> None:
 
 def test_every_annotation_is_written_and_kept_out_of_the_scan(corpus: Path) -> None:
     # the hook a new annotation (e.g. a report per image) plugs into: written, and skipped by `data scan`
-    assert [a.name for a in ANNOTATIONS] == ["coco/", "labels.csv", "README.txt"]
+    assert [a.name for a in ANNOTATIONS] == ["coco/", "labels.csv", "README.txt", "reports.csv"]
     for annotation in ANNOTATIONS:
         assert (corpus / annotation.name).exists()
     scanned = list_corpus_files(corpus)

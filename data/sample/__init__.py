@@ -18,12 +18,15 @@ Layout (other components rely on it; the modality is inferred from the path toke
                                            the lungs for CT and X-ray (the ROI of their prompts)
     DIR/labels.csv                         item_id,path,frame,modality,label,split
     DIR/coco/instances.json                COCO instances: one annotation per lesion (tumour / nodule / opacity)
+    DIR/reports.csv                        path,frame,report: synthetic reports for a share (`report_share`, 0.5)
+                                           of each modality's non-test images (the MaskedCLIP pairs table)
     DIR/README.txt                         what this is
-    DIR/.scanignore                        keeps truth/, coco/, labels.csv, README.txt out of `data scan`
+    DIR/.scanignore                        keeps truth/, coco/, labels.csv, README.txt, reports.csv out of `data scan`
 
 Modules: corpus.py (assembly, and where to add a modality or an annotation), mr.py / ct.py / xr.py (one
 modality each: render, write, yield items), shapes.py (noise, ellipses, lesions), writers.py and ct_dicom.py
-(byte-stable files), annotations.py (splits, labels.csv, COCO, README.txt), spec.py (shared types), cli.py.
+(byte-stable files), annotations.py (splits, labels.csv, COCO, README.txt), reports.py (reports.csv), spec.py
+(shared types), cli.py.
 """
 
 from data.sample.cli import main

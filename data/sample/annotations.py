@@ -135,6 +135,8 @@ Layout ({n} 2-D items per modality):
                                       labels: tumor/no_tumor (MR), nodule/no_nodule (CT), opacity/normal (XR)
   coco/instances.json                 COCO instances, one annotation per lesion (categories tumor, nodule, opacity);
                                       images carry file_name (= path), frame and item_id
+  reports.csv                         path,frame,report: a short synthetic report (modality, finding, lesion
+                                      locations) for a share of the non-test images (data/sample/reports.py)
 
 item_id = data.ids.make_item_id(path, frame); frame = slice index (NIfTI), frame index (multi-frame DICOM), else 0.
 """

@@ -1,4 +1,5 @@
-"""`python -m data sample --out DIR [--n N] [--seed S] [--size PX]`: write the synthetic sample corpus."""
+"""`python -m data sample --out DIR [--n N] [--seed S] [--size PX] [--report-share F]`: write the synthetic sample
+corpus."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import argparse
 from pathlib import Path
 
 from data.sample.corpus import write_sample_corpus
+from data.sample.reports import REPORT_SHARE
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m data sample --out DIR [--n N] [--seed S] [--size PX]`."""
+    """`python -m data sample --out DIR [--n N] [--seed S] [--size PX] [--report-share F]`."""
     parser = argparse.ArgumentParser(
         prog="python -m data sample",
         description="Deterministic synthetic sample corpus: brain MRI (NIfTI), chest CT (DICOM), chest X-ray "
@@ -19,13 +21,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=12, help="2-D items per modality (default 12, at least 3)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--size", type=int, default=128, help="image size in pixels (default 128, at least 48)")
+    parser.add_argument(
+        "--report-share",
+        type=float,
+        default=REPORT_SHARE,
+        help=f"share of each modality's non-test images given a synthetic report in reports.csv (default "
+        f"{REPORT_SHARE}; 0 writes the header only)",
+    )
     args = parser.parse_args(argv)
     try:
-        summary = write_sample_corpus(args.out, args.n, args.seed, size=args.size, progress=True)
+        summary = write_sample_corpus(
+            args.out, args.n, args.seed, size=args.size, report_share=args.report_share, progress=True
+        )
     except (ValueError, FileExistsError, NotADirectoryError) as err:
         parser.exit(2, f"error: {err}\n")
     counts = ", ".join(f"{code} {k} ({summary.positives[code]} with lesions)" for code, k in summary.items.items())
     print(f"sample corpus in {summary.root}: {counts}; {summary.annotations} lesion annotations")
     print(f"  labels: {summary.labels_csv}\n  COCO:   {summary.coco_json}\n  truth:  {summary.root / 'truth'}")
+    print(f"  reports: {summary.reports_csv} ({summary.reports} images)")
     print(f"  about:  {summary.root / 'README.txt'}")
     return 0

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from data.manifest import SCANIGNORE
 from data.sample import ct, mr, xr
 from data.sample.annotations import COCO_JSON, LABELS_CSV, README, assign_splits, write_coco, write_labels, write_readme
+from data.sample.reports import REPORT_SHARE, REPORTS_CSV, reported_items, write_reports
 from data.sample.spec import README_MARKER, Annotation, Item, ModalityMaker, SampleCorpus
 from data.sample.writers import write_png
 
@@ -37,6 +38,7 @@ ANNOTATIONS: tuple[Annotation, ...] = (
     Annotation("coco/", write_coco),
     Annotation(LABELS_CSV, write_labels),
     Annotation(README, write_readme),
+    Annotation(REPORTS_CSV, write_reports),
 )
 
 
@@ -50,17 +52,27 @@ class SampleSummary:
     annotations: int  # COCO lesion instances
     labels_csv: Path
     coco_json: Path
+    reports: int = 0  # images with a report
+    reports_csv: Path | None = None
 
 
 def write_sample_corpus(
-    out: Path, n: int = 12, seed: int = 0, *, size: int = 128, progress: bool = False
+    out: Path,
+    n: int = 12,
+    seed: int = 0,
+    *,
+    size: int = 128,
+    report_share: float = REPORT_SHARE,
+    progress: bool = False,
 ) -> SampleSummary:
     """Write the sample corpus into `out` and return what was written.
 
     Exactly `n` 2-D items per modality: MR slices in ceil(n/4) volumes; CT as max(2, n//4) frames of one multi-frame
     file plus the rest as single-frame slices in series of <= 4; n X-ray PNGs. n // 2 items per modality carry 1 or
-    2 lesions. The output depends only on (n, seed, size) (`seed` >= 0, n >= 3, size >= 48). `out` must be new,
-    empty, or hold an earlier sample corpus, whose files are replaced.
+    2 lesions. A short report is written for `report_share` of each modality's non-test images (reports.csv,
+    `data.sample.reports`); the other files do not depend on it. The output depends only on (n, seed, size,
+    report_share) (`seed` >= 0, n >= 3, size >= 48, 0 <= report_share <= 1). `out` must be new, empty, or hold an
+    earlier sample corpus, whose files are replaced.
     """
     out = Path(out)
     if n < MIN_N:
@@ -69,6 +81,8 @@ def write_sample_corpus(
         raise ValueError(f"size must be >= {MIN_SIZE} (got {size})")
     if seed < 0:
         raise ValueError(f"seed must be >= 0 (got {seed})")
+    if not 0 <= report_share <= 1:
+        raise ValueError(f"report_share must be in [0, 1] (got {report_share})")
     _clear_previous(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -81,7 +95,7 @@ def write_sample_corpus(
                 items.append(item)
                 bar.update(1)
 
-    corpus = SampleCorpus(out, MODALITIES, items, assign_splits(items, seed), n, seed, size)
+    corpus = SampleCorpus(out, MODALITIES, items, assign_splits(items, seed), n, seed, size, report_share)
     for annotation in ANNOTATIONS:
         annotation.write(corpus)
     # Annotations live beside the images; `data scan` must not take them for corpus images.
@@ -94,6 +108,8 @@ def write_sample_corpus(
         annotations=sum(len(i.rendered.lesions) for i in items),
         labels_csv=out / LABELS_CSV,
         coco_json=out / COCO_JSON,
+        reports=len(reported_items(corpus, report_share)),
+        reports_csv=out / REPORTS_CSV,
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from data.sample.shapes import blur, ellipse, erode, place_lesions, smooth_noise
-from data.sample.spec import SLICES_PER_GROUP, Item, ModalitySpec, Slice, group_sizes, item_rng, lesion_counts
+from data.sample.spec import SLICES_PER_GROUP, Anatomy, Item, ModalitySpec, Slice, group_sizes, item_rng, lesion_counts
 from data.sample.writers import write_nifti
 
 SPEC = ModalitySpec("MR", "brain_mri", "tumor", "no_tumor", category_id=1, seed_code=1)
@@ -84,7 +84,7 @@ def _mr_slice(vol: _MrVolume, k: int, n_lesions: int, rng: np.random.Generator, 
     truth = np.zeros(shape, bool)
     for lesion in lesions:
         truth |= lesion
-    return Slice((img * vol.gain).astype(np.float32), truth, lesions)
+    return Slice((img * vol.gain).astype(np.float32), truth, lesions, Anatomy(vol.center_rc, half, vol.angle_deg))
 
 
 def make_items(out: Path, n: int, seed: int, size: int) -> Iterator[Item]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +28,31 @@ class ModalitySpec:
 
 
 @dataclass(frozen=True)
+class Anatomy:
+    """The ellipse a body part was drawn as (`shapes.ellipse`): centre, half-axes along rows / columns before the
+    rotation, rotation. Not written anywhere; it tells the reports where a lesion lies in the patient."""
+
+    center_rc: tuple[float, float]
+    half_rc: tuple[float, float]
+    angle_deg: float
+
+    def axes(self, r: float, c: float) -> tuple[float, float]:
+        """(r, c) in the ellipse's own axes, as fractions of its half-axes: (-1..1 along rows, -1..1 along cols)."""
+        t = math.radians(self.angle_deg)
+        dr, dc = r - self.center_rc[0], c - self.center_rc[1]
+        u = dr * math.cos(t) - dc * math.sin(t)
+        v = dr * math.sin(t) + dc * math.cos(t)
+        return u / self.half_rc[0], v / self.half_rc[1]
+
+
+@dataclass(frozen=True)
 class Slice:
     """One rendered 2-D item before it is written: image, ROI truth and lesion instances."""
 
     image_hw: np.ndarray  # float32, modality units (MR arbitrary, CT HU, XR [0, 1])
     truth_hw: np.ndarray  # bool
     lesions: tuple[np.ndarray, ...]  # bool (H, W), one per instance, disjoint
+    anatomy: Anatomy | None = None  # the head (MR), for the reports' location words
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,7 @@ class SampleCorpus:
     n: int
     seed: int
     size: int
+    report_share: float = 0.5  # share of each modality's non-test images with a report (data.sample.reports)
 
 
 @dataclass(frozen=True)
@@ -84,8 +105,8 @@ class Annotation:
 
 
 def item_rng(seed: int, modality: ModalitySpec, kind: int, index: int) -> np.random.Generator:
-    """Generator for one item (kind 0), one volume/series (kind 1), the lesion counts (2) or a split stratum (3):
-    independent of the order of generation."""
+    """Generator for one item (kind 0), one volume/series (kind 1), the lesion counts (2), a split stratum (3), the
+    items with a report (4) or one report's phrasing (5): independent of the order of generation."""
     return np.random.default_rng([seed, modality.seed_code, kind, index])
 
 

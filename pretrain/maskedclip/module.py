@@ -7,7 +7,6 @@ towers see images as in training.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -18,7 +17,7 @@ from data.clip_folder import OPENAI_MEAN, OPENAI_STD
 from pretrain.maskedclip.model import MaskedCLIP, Teacher
 from pretrain.maskedclip.tokenizer import ReportTokenizer
 from pretrain.masking import DifferentiatedMasking, RandomMasking
-from pretrain.schedules import WarmupCosineSchedule
+from pretrain.schedules import WarmupCosineSchedule, effective_batch_size, scaled_lr, set_run_horizon
 from pretrain.seeding import derive_seed, seeded_generator
 
 # Besides 1-D parameters (norms, biases, the logit scale), these never decay (fnmatch patterns).
@@ -176,16 +175,12 @@ class MaskedClipPretraining(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def effective_batch_size(self) -> int:
-        """Images per optimizer step: per-device batch x devices x nodes x gradient accumulation."""
-        trainer = self.trainer
-        per_device = getattr(trainer.datamodule, "batch_size", None)
-        if per_device is None:
-            raise ValueError("cannot tell the batch size to scale the learning rate: set model.lr")
-        return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
+        """Images per optimizer step (`pretrain.schedules.effective_batch_size`)."""
+        return effective_batch_size(self.trainer)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        lr = hp.lr if hp.lr is not None else hp.base_lr * self.effective_batch_size() / 256
+        lr = hp.lr if hp.lr is not None else scaled_lr(hp.base_lr, self.trainer)
         # trainable parameters only: the EMA teacher and BERT's unused pooler are frozen
         groups = param_groups_weight_decay(self.model, hp.weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY)
         # foreach: one fused update over the many small tensors of two towers and two decoders (CPU too)
@@ -195,9 +190,4 @@ class MaskedClipPretraining(pl.LightningModule):
 
     def on_train_start(self) -> None:
         # the horizon is known only now (see MaskedPretraining.configure_optimizers)
-        trainer = self.trainer
-        total_steps = trainer.estimated_stepping_batches
-        if not math.isfinite(total_steps):
-            raise ValueError("the lr schedule needs a finite run: set trainer.max_epochs or trainer.max_steps")
-        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        self.lr_schedulers().set_horizon(int(total_steps), round(self.hparams.warmup_epochs * steps_per_epoch))
+        set_run_horizon(self.trainer, self.lr_schedulers(), self.hparams.warmup_epochs)
