@@ -29,6 +29,8 @@ def _run(args: argparse.Namespace) -> int:
             "localize: using UNTRAINED stand-in models: the ROIs carry no meaning (labelled untrained in the cache)",
             file=sys.stderr,
         )
+    if config.models_label:
+        print(f"localize: models: {config.models_label}", file=sys.stderr)
     summary = run_localization(
         config,
         args.corpus,

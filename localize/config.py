@@ -41,6 +41,9 @@ class LocalizeConfig:
     # data.intensity.IntensityConfig fields, e.g. {ct_window: lung}; {} = its defaults
     intensity: dict[str, Any] = field(default_factory=dict)
     untrained: bool = False
+    # what the models are, when neither real weights nor untrained stand-ins (e.g. the small models trained on
+    # synthetic data); recorded in the cache's provenance and printed by `localize run`
+    models_label: str | None = None
     batch_size: int = 8
     seed: int = 0
     geometry: CacheGeometry = field(default_factory=CacheGeometry)  # of a new cache

@@ -67,31 +67,37 @@ def lesion_masks(coco: dict[str, Any]) -> dict[str, list[np.ndarray]]:
     return found
 
 
-def read_corpus_objects(corpus: str | Path, intensity: IntensityConfig | None = None) -> list[ImageObjects]:
-    """Every item of a sample corpus (labels.csv, truth/, coco/instances.json) that holds at least one object."""
+def read_corpus_objects(
+    corpus: str | Path, intensity: IntensityConfig | None = None, lesions: bool = False
+) -> list[ImageObjects]:
+    """Every item of a sample corpus (labels.csv, truth/, coco/instances.json) that holds at least one object;
+    COCO lesions are objects only with ``lesions`` (the localizer's target is the truth: the lungs for CT / XR)."""
     corpus = Path(corpus)
     labels_path = corpus / "labels.csv"
     if not labels_path.is_file():
         raise FileNotFoundError(f"{labels_path}: not a sample corpus (python -m data sample writes labels.csv)")
     labels = pd.read_csv(labels_path, dtype={"item_id": str, "path": str})
-    lesions = lesion_masks(json.loads((corpus / "coco" / "instances.json").read_text(encoding="utf-8")))
+    instances = lesion_masks(json.loads((corpus / "coco" / "instances.json").read_text(encoding="utf-8")))
     found = []
     for row in labels.itertuples():
         truth_hw = read_mask_image(corpus / "truth" / f"{row.item_id}.png")
-        masks = object_masks(truth_hw, lesions.get(row.item_id, []))
+        masks = object_masks(truth_hw, instances.get(row.item_id, []) if lesions else [])
         if masks:
             image_hw = load_image(corpus, row.path, int(row.frame), row.modality, intensity or IntensityConfig())
             found.append(ImageObjects(np.asarray(image_hw, np.float32), tuple(masks)))
     return found
 
 
-def noisy_box(mask_hw: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+def noisy_box(mask_hw: np.ndarray, noise: float, rng: np.random.Generator, grow: float = 0.0) -> np.ndarray:
     """The prompt box (xyxy pixels) around all of ``mask_hw``, each coordinate moved by N(0, noise x side) capped
-    at MAX_NOISE_PX, clipped to the image and kept at least one pixel wide."""
+    at MAX_NOISE_PX, then each edge pushed outwards by U(0, grow) x the image's side along it, clipped to the image
+    and kept at least one pixel wide."""
     boxes_k4 = prompt_boxes(mask_hw)
     box = np.array([*boxes_k4[:, :2].min(0), *boxes_k4[:, 2:].max(0)], dtype=np.float64)
     side = np.tile(box[2:] - box[:2], 2)  # (w, h, w, h)
     box += np.clip(rng.normal(0.0, 1.0, 4) * noise * np.maximum(side, 1.0), -MAX_NOISE_PX, MAX_NOISE_PX)
+    image_wh = np.array(mask_hw.shape[::-1], dtype=np.float64)
+    box += rng.uniform(0.0, grow, 4) * np.tile(image_wh, 2) * np.array([-1, -1, 1, 1])
     height, width = mask_hw.shape
     box = np.clip(box, 0, [width - 1, height - 1, width - 1, height - 1])
     x0, x1 = sorted(box[[0, 2]])
@@ -104,11 +110,13 @@ class BoxPromptItems(Dataset):
     ``image_3hw`` (0-255 RGB resized so its longest side is ``img_size``, as SAM's predictor feeds it),
     ``box_4`` (noisy, original pixels), ``truth_hw`` (float, original size)."""
 
-    def __init__(self, images: list[ImageObjects], img_size: int, length: int, box_noise: float, seed: int) -> None:
+    def __init__(
+        self, images: list[ImageObjects], img_size: int, length: int, box_noise: float, seed: int, box_grow: float = 0.0
+    ) -> None:
         self.pairs = [(i, k) for i, item in enumerate(images) for k in range(len(item.masks))]
         if not self.pairs:
             raise ValueError("no objects to train SAM on (the corpus has no truth masks)")
-        self.images, self.length, self.box_noise, self.seed = images, length, box_noise, seed
+        self.images, self.length, self.box_noise, self.seed, self.box_grow = images, length, box_noise, seed, box_grow
         self.resize = ResizeLongestSide(img_size)
         self._prepared: dict[int, torch.Tensor] = {}
 
@@ -126,7 +134,7 @@ class BoxPromptItems(Dataset):
         order = np.random.default_rng([self.seed, 0, cycle]).permutation(len(self.pairs))
         i, k = self.pairs[order[position]]
         mask_hw = self.images[i].masks[k]
-        box_4 = noisy_box(mask_hw, self.box_noise, np.random.default_rng([self.seed, 1, index]))
+        box_4 = noisy_box(mask_hw, self.box_noise, np.random.default_rng([self.seed, 1, index]), self.box_grow)
         return {
             "image_3hw": self._prepared_image(i),
             "box_4": torch.from_numpy(box_4),
@@ -147,6 +155,9 @@ class BoxPromptData(pl.LightningDataModule):
         img_size: SAM's input side (the image encoder's ``img_size``); linked to the model by the CLI.
         steps, batch_size: samples = steps x batch_size, one pass (the object order cycles, box noise is new).
         box_noise: box-coordinate noise as a fraction of the box side (SAM's 0.1).
+        box_grow: each box edge also moves outwards by up to this fraction of the image side (SAM: 0). The
+            localizer's boxes come from coarse saliency maps and often hold more than the object.
+        lesions: also train on each COCO lesion instance (nodules, opacities), not only the truth's objects.
         intensity: `data.intensity.IntensityConfig` fields, as the localize run's `intensity`.
         seed: seeds the object order and the box noise.
     """
@@ -158,6 +169,8 @@ class BoxPromptData(pl.LightningDataModule):
         steps: int = 500,
         batch_size: int = 16,
         box_noise: float = 0.1,
+        box_grow: float = 0.0,
+        lesions: bool = False,
         intensity: dict[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
@@ -168,8 +181,10 @@ class BoxPromptData(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.items is None:
             hp = self.hparams
-            images = read_corpus_objects(hp.corpus, IntensityConfig(**(hp.intensity or {})))
-            self.items = BoxPromptItems(images, hp.img_size, hp.steps * hp.batch_size, hp.box_noise, hp.seed)
+            images = read_corpus_objects(hp.corpus, IntensityConfig(**(hp.intensity or {})), hp.lesions)
+            self.items = BoxPromptItems(
+                images, hp.img_size, hp.steps * hp.batch_size, hp.box_noise, hp.seed, hp.box_grow
+            )
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.items, batch_size=self.hparams.batch_size, shuffle=False, collate_fn=collate_lists)
