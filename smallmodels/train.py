@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from data.sample import write_sample_corpus
 from localize.import_masks import import_masks
 from pretrain.maskedclip.cli import main as maskedclip_main
@@ -82,9 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--corpus", type=Path, help="a sample corpus to train on (default: one drawn here)")
     train.add_argument("--n", type=int, default=48, help="images per modality of the drawn corpus (default 48)")
     train.add_argument("--seed", type=int, default=0, help="seeds the corpus draw and both trainings")
+    train.add_argument("--clip-steps", type=int, help="small CLIP steps (default: configs/smallmodels/clip.yaml's)")
+    train.add_argument("--sam-steps", type=int, help="small SAM steps (default: configs/smallmodels/sam.yaml's)")
+    train.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: these models are too small to gain from more, and on a busy machine "
+        "extra threads wait on each other: 15x slower measured on 2 shared cores)",
+    )
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    path = train_small_models(args.out, args.corpus, args.seed, args.n)
+    clip_args = [] if args.clip_steps is None else [f"--trainer.max_steps={args.clip_steps}"]
+    sam_args = [] if args.sam_steps is None else [f"--data.steps={args.sam_steps}"]
+    path = train_small_models(args.out, args.corpus, args.seed, args.n, clip_args, sam_args)
     _say(f"done in {time.perf_counter() - start:.0f} s")
     print(path)
     return 0
