@@ -65,7 +65,7 @@ class Tuner:
     """The models of a config and a sample of a corpus; `grid_rows` scores every grid point on them."""
 
     def __init__(self, config: LocalizeConfig, corpus: Path, per_modality: int, seed: int = 0) -> None:
-        self.config, self.corpus = config, Path(corpus)
+        self.config, self.corpus, self.seed = config, Path(corpus), seed
         self.clip = load_biomedclip(config.clip, "cpu")
         self.sam = load_sam(config.sam, "cpu") if config.refine.use_sam else None
         self.prompts = PromptConfig.load(config.prompts)
@@ -86,6 +86,7 @@ class Tuner:
         _, images = self.items[modality]
         text_1d = encode_prompts(self.clip.model, self.clip.tokenizer, [prompt])
         method = build_saliency(saliency or self.config.saliency)
+        torch.manual_seed(self.seed)  # M2IB's noise: the same draw for every prompt, so only the wording differs
         maps_n1hw = method(self.clip.model, self.clip.preprocess(images, torch.device("cpu")), text_1d)
         refined = refine_batch([m[0].float() for m in maps_n1hw], images, self.sam, self.config.refine)
         return [r.roi_hw.astype(bool) for r in refined]
@@ -100,6 +101,7 @@ class Tuner:
                 text_1d = encode_prompts(self.clip.model, self.clip.tokenizer, [prompt])
                 for layer, beta in itertools.product(grid["layer"], grid["beta"]):
                     method = build_saliency({**self.config.saliency, "layer": layer, "beta": beta})
+                    torch.manual_seed(self.seed)  # the same M2IB noise at every grid point
                     maps_n1hw = method(self.clip.model, images_b3hw, text_1d)
                     maps = [m[0].float() for m in maps_n1hw]
                     for threshold in grid["threshold"]:
@@ -162,7 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     layer = int(config.saliency.get("layer", 7))
     grid = {"layer": args.layers or [layer - 2, layer - 1, layer], "beta": args.betas, "threshold": args.thresholds}
     truth = args.truth or (args.corpus / "truth" if (args.corpus / "truth").is_dir() else None)
-    torch.manual_seed(args.seed)  # M2IB's noise
     table = Tuner(config, args.corpus, args.per_modality, args.seed).grid_rows(grid, truth)
     report: dict[str, Any] = {"criterion": "deletion evidence", "grid": grid, "chosen": choose(table, "evidence")}
     if truth is not None:

@@ -32,14 +32,21 @@ from data.readers import load_image
 from localize.components import prompt_boxes
 
 MAX_NOISE_PX = 20.0  # SAM's cap on the box noise
+FOREGROUND = 0.05  # intensity above which a pixel is body, not air (the sample's background is ~0)
 
 
 @dataclass(frozen=True)
 class ImageObjects:
-    """One image (float32 [0, 1], (H, W)) and the masks (bool (H, W)) of the objects in it."""
+    """One image (float32 [0, 1], (H, W)) and the masks (bool (H, W)) of the objects in it; an image without
+    objects (a lesion-free slice, with ``negatives``) has one all-False target, prompted by a box around the
+    image's foreground: SAM learns that such a box holds nothing to segment."""
 
     image_hw: np.ndarray
     masks: tuple[np.ndarray, ...]
+
+    def box_mask(self, k: int) -> np.ndarray:
+        """What the prompt box of object k surrounds: the object, or for an empty target the foreground."""
+        return self.masks[k] if self.masks[k].any() else self.image_hw > FOREGROUND
 
 
 def object_masks(truth_hw: np.ndarray, lesions: list[np.ndarray]) -> list[np.ndarray]:
@@ -68,7 +75,7 @@ def lesion_masks(coco: dict[str, Any]) -> dict[str, list[np.ndarray]]:
 
 
 def read_corpus_objects(
-    corpus: str | Path, intensity: IntensityConfig | None = None, lesions: bool = False
+    corpus: str | Path, intensity: IntensityConfig | None = None, lesions: bool = False, negatives: bool = False
 ) -> list[ImageObjects]:
     """Every item of a sample corpus (labels.csv, truth/, coco/instances.json) that holds at least one object;
     COCO lesions are objects only with ``lesions`` (the localizer's target is the truth: the lungs for CT / XR)."""
@@ -82,6 +89,8 @@ def read_corpus_objects(
     for row in labels.itertuples():
         truth_hw = read_mask_image(corpus / "truth" / f"{row.item_id}.png")
         masks = object_masks(truth_hw, instances.get(row.item_id, []) if lesions else [])
+        if negatives and not masks:
+            masks = [np.zeros(truth_hw.shape, bool)]
         if masks:
             image_hw = load_image(corpus, row.path, int(row.frame), row.modality, intensity or IntensityConfig())
             found.append(ImageObjects(np.asarray(image_hw, np.float32), tuple(masks)))
@@ -134,7 +143,9 @@ class BoxPromptItems(Dataset):
         order = np.random.default_rng([self.seed, 0, cycle]).permutation(len(self.pairs))
         i, k = self.pairs[order[position]]
         mask_hw = self.images[i].masks[k]
-        box_4 = noisy_box(mask_hw, self.box_noise, np.random.default_rng([self.seed, 1, index]), self.box_grow)
+        box_4 = noisy_box(
+            self.images[i].box_mask(k), self.box_noise, np.random.default_rng([self.seed, 1, index]), self.box_grow
+        )
         return {
             "image_3hw": self._prepared_image(i),
             "box_4": torch.from_numpy(box_4),
@@ -157,6 +168,7 @@ class BoxPromptData(pl.LightningDataModule):
         box_noise: box-coordinate noise as a fraction of the box side (SAM's 0.1).
         box_grow: each box edge also moves outwards by up to this fraction of the image side (SAM: 0). The
             localizer's boxes come from coarse saliency maps and often hold more than the object.
+        negatives: images whose truth is empty (lesion-free MR) become one empty target each (see ImageObjects).
         lesions: also train on each COCO lesion instance (nodules, opacities), not only the truth's objects.
         intensity: `data.intensity.IntensityConfig` fields, as the localize run's `intensity`.
         seed: seeds the object order and the box noise.
@@ -171,6 +183,7 @@ class BoxPromptData(pl.LightningDataModule):
         box_noise: float = 0.1,
         box_grow: float = 0.0,
         lesions: bool = False,
+        negatives: bool = False,
         intensity: dict[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
@@ -181,7 +194,7 @@ class BoxPromptData(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.items is None:
             hp = self.hparams
-            images = read_corpus_objects(hp.corpus, IntensityConfig(**(hp.intensity or {})), hp.lesions)
+            images = read_corpus_objects(hp.corpus, IntensityConfig(**(hp.intensity or {})), hp.lesions, hp.negatives)
             self.items = BoxPromptItems(
                 images, hp.img_size, hp.steps * hp.batch_size, hp.box_noise, hp.seed, hp.box_grow
             )
