@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 import yaml
+from tqdm import tqdm
 
 from data.intensity import IntensityConfig
 from data.manifest import scan_corpus
@@ -91,9 +92,11 @@ class Tuner:
         refined = refine_batch([m[0].float() for m in maps_n1hw], images, self.sam, self.config.refine)
         return [r.roi_hw.astype(bool) for r in refined]
 
-    def grid_rows(self, grid: dict[str, list], truth_dir: Path | None) -> pd.DataFrame:
+    def grid_rows(self, grid: dict[str, list], truth_dir: Path | None, progress: bool = True) -> pd.DataFrame:
         """One row per (modality, prompt, layer, beta, threshold): mean evidence (and mean Dice with truth)."""
         rows = []
+        total = sum(len(self.prompts.for_modality(m).prompts) for m in self.items) * len(grid["layer"])
+        bar = tqdm(total=total * len(grid["beta"]), desc="tune", unit="map set", disable=not progress)
         for modality, (item_ids, images) in self.items.items():
             truths = [read_mask_image(truth_dir / f"{i}.png") for i in item_ids] if truth_dir else None
             images_b3hw = self.clip.preprocess(images, torch.device("cpu"))
@@ -104,6 +107,7 @@ class Tuner:
                     torch.manual_seed(self.seed)  # the same M2IB noise at every grid point
                     maps_n1hw = method(self.clip.model, images_b3hw, text_1d)
                     maps = [m[0].float() for m in maps_n1hw]
+                    bar.update()
                     for threshold in grid["threshold"]:
                         refine = replace(self.config.refine, threshold=threshold)
                         rois = [r.roi_hw.astype(bool) for r in refine_batch(maps, images, self.sam, refine)]
@@ -113,6 +117,7 @@ class Tuner:
                         if truths is not None:
                             row["dice"] = float(np.mean([dice_iou(r, t)[0] for r, t in zip(rois, truths, strict=True)]))
                         rows.append(row)
+        bar.close()
         return pd.DataFrame(rows)
 
 
