@@ -4,7 +4,8 @@ WORK    ?= work
 CORPUS  ?= $(WORK)/corpus
 CACHE   ?= $(WORK)/roi_cache.zarr
 PACKED  ?= $(WORK)/packed.zarr
-LOCALIZE_CONFIG ?= $(WORK)/standins/localize.yaml
+SMALL   ?= $(WORK)/small
+LOCALIZE_CONFIG ?= $(SMALL)/localize.yaml
 PRETRAIN_CONFIG ?= configs/pretrain/tiny_cpu.yaml
 FINETUNE_CONFIG ?= configs/finetune/classify_tiny.yaml
 MASKEDCLIP_CONFIG ?= configs/maskedclip/cpu_tiny.yaml
@@ -12,8 +13,8 @@ REPORTS ?= $(CORPUS)/reports.csv
 CLIP    ?= local-dir:$(WORK)/maskedclip/clip
 ZEROSHOT_PROMPTS ?= configs/zeroshot/sample.yaml
 
-.PHONY: install test sample standins localize eval inspect pretrain export finetune demo bench lint experiment \
-	maskedclip maskedclip-export zeroshot bench-gpu bench-gpu-dry bench-gpu-wheels
+.PHONY: install test sample standins smallmodels localize eval inspect pretrain export finetune demo bench lint \
+	experiment maskedclip maskedclip-export zeroshot bench-gpu bench-gpu-dry bench-gpu-wheels
 
 install:
 	python3 -m venv .venv
@@ -31,9 +32,15 @@ sample:
 standins:
 	$(PY) -m localize stand-ins --out $(WORK)/standins
 
-# Uses $(LOCALIZE_CONFIG); without one, the untrained stand-ins (and says so). Packs the images in the same pass.
+# Small CLIP + SAM trained here on synthetic sample corpora (other seeds than $(CORPUS)'s), + their localize.yaml
+smallmodels:
+	$(PY) -m smallmodels train --out $(SMALL)
+
+# Uses $(LOCALIZE_CONFIG); the default one (the small models) is trained first when missing. Packs the images in
+# the same pass.
 localize:
-	@test -f $(LOCALIZE_CONFIG) || $(MAKE) --no-print-directory standins
+	@test -f $(LOCALIZE_CONFIG) || [ "$(LOCALIZE_CONFIG)" != "$(SMALL)/localize.yaml" ] || \
+	  $(MAKE) --no-print-directory smallmodels
 	$(PY) -m localize run --config $(LOCALIZE_CONFIG) --corpus $(CORPUS) --cache $(CACHE) $(if $(PACKED),--pack $(PACKED))
 
 eval:
@@ -74,14 +81,21 @@ finetune:
 	  --trainer.default_root_dir $(WORK)/finetune --results_dir $(WORK)/results/finetune
 
 # The newcomer's end-to-end path on CPU, no network: sample corpus -> localize -> inspect -> pretrain -> probe.
-# Set LOCALIZE_CONFIG to a config with real BiomedCLIP + SAM weights to use them.
+# By default it localizes with small models trained here on synthetic data (once; reused from $(SMALL)); set
+# LOCALIZE_CONFIG to a config with real BiomedCLIP + SAM weights to use them.
 demo:
 	$(PY) -m data sample --out $(CORPUS)
-	@if [ -f "$(LOCALIZE_CONFIG)" ] && ! grep -q '^untrained: true' "$(LOCALIZE_CONFIG)"; then \
-	  echo "demo: localizing with $(LOCALIZE_CONFIG)"; \
+	@if [ "$(LOCALIZE_CONFIG)" = "$(SMALL)/localize.yaml" ]; then \
+	  test -f $(LOCALIZE_CONFIG) || $(MAKE) --no-print-directory smallmodels || exit 1; \
+	  echo "demo: ============================================================================"; \
+	  echo "demo: SMALL MODELS TRAINED ON SYNTHETIC DATA ($(SMALL)): a tiny CLIP and a tiny SAM"; \
+	  echo "demo: trained here on other sample corpora. Their ROIs are meaningful on this synthetic"; \
+	  echo "demo: corpus only; they are not BiomedCLIP or SAM. Real weights: docs/MODELS.md."; \
+	  echo "demo: ============================================================================"; \
+	elif grep -q '^untrained: true' "$(LOCALIZE_CONFIG)"; then \
+	  echo "demo: using UNTRAINED stand-in models ($(LOCALIZE_CONFIG)); their ROIs carry no meaning."; \
 	else \
-	  echo "demo: no BiomedCLIP/SAM weights configured: using UNTRAINED stand-in models; their ROIs carry no meaning."; \
-	  $(MAKE) --no-print-directory standins; \
+	  echo "demo: localizing with $(LOCALIZE_CONFIG)"; \
 	fi
 	$(MAKE) --no-print-directory localize eval inspect
 	$(MAKE) --no-print-directory pretrain export

@@ -1,4 +1,4 @@
-"""`python -m localize {run,stand-ins,eval,inspect,import}`: text-guided ROI localization into the ROI cache."""
+"""`python -m localize {run,stand-ins,eval,inspect,import,tune,prompts}`: text-guided ROIs into the ROI cache."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def _run(args: argparse.Namespace) -> int:
             "localize: using UNTRAINED stand-in models: the ROIs carry no meaning (labelled untrained in the cache)",
             file=sys.stderr,
         )
+    if config.models_label:
+        print(f"localize: models: {config.models_label}", file=sys.stderr)
     summary = run_localization(
         config,
         args.corpus,
@@ -52,6 +54,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.out:
         write_report(scores, summary, args.out)
     print(json.dumps(summary, indent=2))
+    if summary["evaluated"]:
+        modalities = ", ".join(f"{m} {v['dice_mean']:.3f}" for m, v in summary["per_modality"].items())
+        print(f"eval: Dice {summary['overall']['dice_mean']:.3f} overall ({modalities})", file=sys.stderr)
     return 0
 
 
@@ -98,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_eval)
 
     sub.add_parser("stand-ins", help="write tiny untrained BiomedCLIP/SAM checkpoints + localize.yaml", add_help=False)
+    sub.add_parser(
+        "tune", help="choose layer, beta, threshold and prompts without masks (+ Dice with truth)", add_help=False
+    )
+    sub.add_parser("prompts", help="per modality: the ROIs of each prompt and their pairwise IoU", add_help=False)
     sub.add_parser("inspect", help="overlay panels + statistics of a cache, as PNGs and one HTML page", add_help=False)
     sub.add_parser(
         "import", help="ROI masks from <item_id>.png files, or a shuffled-ROI control, into a cache", add_help=False
@@ -121,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         from localize.viewer.report import main as inspect_main
 
         return inspect_main(argv[1:])
+    if argv and argv[0] == "tune":
+        from localize.tune import main as tune_main
+
+        return tune_main(argv[1:])
+    if argv and argv[0] == "prompts":
+        from localize.prompt_report import main as prompts_main
+
+        return prompts_main(argv[1:])
     if argv and argv[0] == "import":
         from localize.import_masks import main as import_main
 

@@ -41,6 +41,9 @@ class LocalizeConfig:
     # data.intensity.IntensityConfig fields, e.g. {ct_window: lung}; {} = its defaults
     intensity: dict[str, Any] = field(default_factory=dict)
     untrained: bool = False
+    # what the models are, when neither real weights nor untrained stand-ins (e.g. the small models trained on
+    # synthetic data); recorded in the cache's provenance and printed by `localize run`
+    models_label: str | None = None
     batch_size: int = 8
     # cap on the decoded frames a worker holds while it reads a shard (data.frame_source); 0: item by item
     volume_cache_mb: int = 1024

@@ -57,6 +57,7 @@ def evaluate_cache(cache: RoiCache, truth_dir: str | Path) -> tuple[pd.DataFrame
     summary = {
         "cache": str(cache.path),
         "untrained_models": bool(cache.provenance.get("untrained", False)),
+        "models_label": cache.provenance.get("models_label"),
         "evaluated": len(scores),
         "without_truth": missing,
         "not_done": int((table["status"] != "done").sum()),

@@ -128,6 +128,8 @@ def localizer_provenance(config: LocalizeConfig) -> dict[str, Any]:
         "mask_size": config.geometry.mask_size,
         "code_version": CODE_VERSION,
     }
+    if config.models_label:  # only when set: caches written before the field existed stay resumable
+        provenance["models_label"] = config.models_label
     return provenance
 
 

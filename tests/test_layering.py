@@ -1,4 +1,5 @@
-"""The package layering: data at the bottom, localize and pretrain side by side, finetune above, the study on top."""
+"""The package layering: data at the bottom, localize and pretrain side by side, finetune and smallmodels (the small
+localizer models: pretrain's trainer, models for localize) above them, the study on top."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("data", "localize", "pretrain", "finetune", "study")
+PACKAGES = ("data", "localize", "pretrain", "finetune", "smallmodels", "study")
 # package -> the project packages it must never import (at any depth, lazily or not)
 FORBIDDEN = {
-    "data": {"localize", "pretrain", "finetune", "study"},
-    "localize": {"pretrain", "finetune", "study"},
-    "pretrain": {"localize", "finetune", "study"},
-    "finetune": {"localize", "study"},
+    "data": {"localize", "pretrain", "finetune", "smallmodels", "study"},
+    "localize": {"pretrain", "finetune", "smallmodels", "study"},
+    "pretrain": {"localize", "finetune", "smallmodels", "study"},
+    "finetune": {"localize", "smallmodels", "study"},
+    "smallmodels": {"finetune", "study"},
 }
 
 

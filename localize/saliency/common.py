@@ -40,6 +40,12 @@ def image_text_scores(model: torch.nn.Module, images_b3hw: torch.Tensor, text_pd
     return F.normalize(image_bd.float(), dim=-1) @ text_pd.float().T
 
 
+def token_grid(trunk: torch.nn.Module, image_hw: tuple[int, int]) -> tuple[int, int]:
+    """The patch grid (h, w) of the input the trunk ran on: a ViT built for one size that resamples its position
+    embeddings (timm's ``dynamic_img_size``) makes as many tokens as *this* input has patches."""
+    return tuple(trunk.patch_embed.dynamic_feat_size(tuple(image_hw)))
+
+
 def minmax_scale(maps_nhw: torch.Tensor) -> torch.Tensor:
     """Scale each map to [0,1]; a constant map becomes all zeros (nothing stands out)."""
     flat = maps_nhw.flatten(1)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from localize.saliency.bottleneck import TokenBottleneck
-from localize.saliency.common import tokens_to_image, vit_trunk
+from localize.saliency.common import token_grid, tokens_to_image, vit_trunk
 from localize.saliency.vit_suffix import VisionSuffix
 
 
@@ -220,7 +220,7 @@ class M2IBSaliency:
             else:
                 capacity_ntc = bottleneck.capacity(feat_btc.repeat_interleave(n_txt, 0))
             info_nt = capacity_ntc.sum(dim=-1)
-            grid_hw = tuple(trunk.patch_embed.grid_size)
+            grid_hw = token_grid(trunk, images_b3hw.shape[-2:])
             saliency_nhw = tokens_to_image(info_nt[:, trunk.num_prefix_tokens :], grid_hw, images_b3hw.shape[-2:])
         return M2IBRun(
             saliency_nhw.view(n_img, n_txt, *saliency_nhw.shape[-2:]),

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from localize.saliency.common import tokens_to_image, vit_trunk
+from localize.saliency.common import token_grid, tokens_to_image, vit_trunk
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,6 @@ class PatchSimilaritySaliency:
         cos_bpt = torch.einsum("btd,pd->bpt", F.normalize(patches_btd.float(), dim=-1), text_pd.float())
         n_img, n_txt, _ = cos_bpt.shape
         saliency_nhw = tokens_to_image(
-            cos_bpt.flatten(0, 1), tuple(trunk.patch_embed.grid_size), images_b3hw.shape[-2:]
+            cos_bpt.flatten(0, 1), token_grid(trunk, images_b3hw.shape[-2:]), images_b3hw.shape[-2:]
         )
         return saliency_nhw.view(n_img, n_txt, *saliency_nhw.shape[-2:])

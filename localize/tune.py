@@ -1,0 +1,188 @@
+"""`python -m localize tune --corpus DIR --config FILE --out TUNED.yaml`: choose M2IB's layer and beta, the
+binarisation threshold and each modality's prompt on a sample of the corpus, without masks.
+
+The authors tuned these on ground-truth masks; here the criterion needs none. **Deletion evidence**: how much
+the prompt's CLIP similarity drops when the ROI is blacked out, minus how much it drops when a region of the same
+shape and area elsewhere is (the ROI rolled by half the image along both axes):
+
+    evidence = cos(text, image without the rolled ROI) - cos(text, image without the ROI)
+
+A ROI over what the prompt names removes its evidence, a ROI elsewhere does not; the same-area control keeps
+large ROIs from winning by size alone (a whole-image ROI scores 0). Per (layer, beta, threshold): each modality's
+best prompt by evidence; the triple with the highest mean evidence over modalities is chosen.
+
+With truth (`DIR/truth/<item_id>.png`, as the sample corpus has) the report also gives each grid point's Dice,
+the Dice-optimal choice beside the criterion's, and Spearman's rank correlation of evidence and Dice over the grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm import tqdm
+
+from data.intensity import IntensityConfig
+from data.manifest import scan_corpus
+from data.masks import read_mask_image
+from data.readers import load_image
+from localize.clip_loader import load_biomedclip
+from localize.config import LocalizeConfig
+from localize.evaluate import dice_iou
+from localize.prompts import PromptConfig
+from localize.refine import refine_batch
+from localize.saliency import build_saliency, encode_prompts
+from localize.sam_loader import load_sam
+
+GRID_KEYS = ("layer", "beta", "threshold")
+
+
+def deletion_evidence(clip, images: list[np.ndarray], rois: list[np.ndarray], text_d: torch.Tensor) -> np.ndarray:
+    """Per image: cos(text, image without the rolled ROI) - cos(text, image without the ROI)."""
+    removed, control = [], []
+    for image_hw, roi_hw in zip(images, rois, strict=True):
+        shifted_hw = np.roll(roi_hw, (roi_hw.shape[0] // 2, roi_hw.shape[1] // 2), axis=(0, 1))
+        removed.append(image_hw * ~roi_hw)
+        control.append(image_hw * ~shifted_hw)
+    with torch.no_grad():
+        emb_nd = clip.model.encode_image(clip.preprocess(removed + control, text_d.device))
+    cos_n = F.normalize(emb_nd.float(), dim=-1) @ text_d.float()
+    n = len(images)
+    return (cos_n[n:] - cos_n[:n]).cpu().numpy()
+
+
+class Tuner:
+    """The models of a config and a sample of a corpus; `grid_rows` scores every grid point on them."""
+
+    def __init__(self, config: LocalizeConfig, corpus: Path, per_modality: int, seed: int = 0) -> None:
+        self.config, self.corpus, self.seed = config, Path(corpus), seed
+        self.clip = load_biomedclip(config.clip, "cpu")
+        self.sam = load_sam(config.sam, "cpu") if config.refine.use_sam else None
+        self.prompts = PromptConfig.load(config.prompts)
+        manifest, _ = scan_corpus(self.corpus, progress=False)
+        rng = np.random.default_rng(seed)
+        intensity = IntensityConfig(**config.intensity)
+        self.items: dict[str, tuple[list[str], list[np.ndarray]]] = {}
+        for modality, group in manifest.groupby("modality", sort=True):
+            rows = group.iloc[np.sort(rng.permutation(len(group))[:per_modality])]
+            images = [
+                np.asarray(load_image(self.corpus, r.path, int(r.frame), modality, intensity), np.float32)
+                for r in rows.itertuples()
+            ]
+            self.items[modality] = (list(rows.item_id), images)
+
+    def rois(self, modality: str, prompt: str, saliency: dict[str, Any] | None = None) -> list[np.ndarray]:
+        """The config's ROIs (bool (H, W)) of the sampled `modality` images for one `prompt`."""
+        _, images = self.items[modality]
+        text_1d = encode_prompts(self.clip.model, self.clip.tokenizer, [prompt])
+        method = build_saliency(saliency or self.config.saliency)
+        torch.manual_seed(self.seed)  # M2IB's noise: the same draw for every prompt, so only the wording differs
+        maps_n1hw = method(self.clip.model, self.clip.preprocess(images, torch.device("cpu")), text_1d)
+        refined = refine_batch([m[0].float() for m in maps_n1hw], images, self.sam, self.config.refine)
+        return [r.roi_hw.astype(bool) for r in refined]
+
+    def grid_rows(self, grid: dict[str, list], truth_dir: Path | None, progress: bool = True) -> pd.DataFrame:
+        """One row per (modality, prompt, layer, beta, threshold): mean evidence (and mean Dice with truth)."""
+        rows = []
+        total = sum(len(self.prompts.for_modality(m).prompts) for m in self.items) * len(grid["layer"])
+        bar = tqdm(total=total * len(grid["beta"]), desc="tune", unit="map set", disable=not progress)
+        for modality, (item_ids, images) in self.items.items():
+            truths = [read_mask_image(truth_dir / f"{i}.png") for i in item_ids] if truth_dir else None
+            images_b3hw = self.clip.preprocess(images, torch.device("cpu"))
+            for prompt in self.prompts.for_modality(modality).prompts:
+                text_1d = encode_prompts(self.clip.model, self.clip.tokenizer, [prompt])
+                for layer, beta in itertools.product(grid["layer"], grid["beta"]):
+                    method = build_saliency({**self.config.saliency, "layer": layer, "beta": beta})
+                    torch.manual_seed(self.seed)  # the same M2IB noise at every grid point
+                    maps_n1hw = method(self.clip.model, images_b3hw, text_1d)
+                    maps = [m[0].float() for m in maps_n1hw]
+                    bar.update()
+                    for threshold in grid["threshold"]:
+                        refine = replace(self.config.refine, threshold=threshold)
+                        rois = [r.roi_hw.astype(bool) for r in refine_batch(maps, images, self.sam, refine)]
+                        row = {"modality": modality, "prompt": prompt, "layer": layer, "beta": beta}
+                        row |= {"threshold": threshold, "evidence": float(np.mean(deletion_evidence(
+                            self.clip, images, rois, text_1d[0])))}  # fmt: skip
+                        if truths is not None:
+                            row["dice"] = float(np.mean([dice_iou(r, t)[0] for r, t in zip(rois, truths, strict=True)]))
+                        rows.append(row)
+        bar.close()
+        return pd.DataFrame(rows)
+
+
+def choose(table: pd.DataFrame, score: str) -> dict[str, Any]:
+    """Per grid triple each modality's best prompt by `score`; the triple with the best mean over modalities."""
+    best = table.loc[table.groupby(["modality", *GRID_KEYS])[score].idxmax()]
+    means = best.groupby(list(GRID_KEYS))[score].mean()
+    triple = dict(zip(GRID_KEYS, means.idxmax(), strict=True))
+    chosen = best[np.logical_and.reduce([best[k] == v for k, v in triple.items()])]
+    return {
+        **{k: v.item() if hasattr(v, "item") else v for k, v in triple.items()},
+        "prompts": dict(zip(chosen.modality, chosen.prompt, strict=True)),
+        score: float(means.max()),
+    }
+
+
+def spearman(table: pd.DataFrame) -> dict[str, float]:
+    """Rank correlation of evidence and Dice over the grid, per modality and over all rows."""
+    corr = {m: float(g.evidence.corr(g.dice, method="spearman")) for m, g in table.groupby("modality")}
+    return corr | {"all": float(table.evidence.corr(table.dice, method="spearman"))}
+
+
+def tuned_config(raw: dict[str, Any], choice: dict[str, Any], prompts: PromptConfig) -> dict[str, Any]:
+    """The input config with the chosen layer, beta, threshold and one prompt per modality."""
+    out = copy.deepcopy(raw)
+    out["saliency"] = {**out.get("saliency", {"method": "m2ib"}), "layer": choice["layer"], "beta": choice["beta"]}
+    out["refine"] = {**(out.get("refine") or {}), "threshold": choice["threshold"]}
+    table = prompts.to_dict()
+    for modality, prompt in choice["prompts"].items():
+        key = modality if modality in table["modalities"] else "default"
+        table["modalities"][modality] = {**table["modalities"].get(key, {}), "prompts": [prompt]}
+    out["prompts"] = table
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localize tune", description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", required=True, type=Path)
+    parser.add_argument("--config", required=True, type=Path, help="the localize YAML to start from")
+    parser.add_argument("--out", type=Path, help="tuned config to write (default: CONFIG's name + .tuned.yaml)")
+    parser.add_argument("--truth", type=Path, help="truth masks for the report (default: CORPUS/truth if present)")
+    parser.add_argument("--per-modality", type=int, default=6, help="images per modality (default 6)")
+    parser.add_argument("--layers", type=int, nargs="+", help="M2IB layers (default: 2 below .. the config's)")
+    parser.add_argument("--betas", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.2, 0.3, 0.5])
+    parser.add_argument("--seed", type=int, default=0, help="seeds the sample of images")
+    args = parser.parse_args(argv)
+    config = LocalizeConfig.load(args.config)
+    layer = int(config.saliency.get("layer", 7))
+    grid = {"layer": args.layers or [layer - 2, layer - 1, layer], "beta": args.betas, "threshold": args.thresholds}
+    truth = args.truth or (args.corpus / "truth" if (args.corpus / "truth").is_dir() else None)
+    table = Tuner(config, args.corpus, args.per_modality, args.seed).grid_rows(grid, truth)
+    report: dict[str, Any] = {"criterion": "deletion evidence", "grid": grid, "chosen": choose(table, "evidence")}
+    if truth is not None:
+        report |= {"dice_optimal": choose(table, "dice"), "spearman_evidence_dice": spearman(table)}
+        chosen = report["chosen"]
+        mask = np.logical_and.reduce([table[k] == chosen[k] for k in GRID_KEYS])
+        picked = table[mask & table.prompt.isin(chosen["prompts"].values())]
+        report["chosen"]["dice"] = float(picked.groupby("modality").dice.max().mean())
+    out = args.out or args.config.with_name(args.config.stem + ".tuned.yaml")
+    raw = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+    tuned = tuned_config(raw, report["chosen"], PromptConfig.load(config.prompts))
+    out.write_text("# written by `python -m localize tune`\n" + yaml.safe_dump(tuned, sort_keys=False))
+    table.to_csv(out.with_suffix(".grid.csv"), index=False)
+    out.with_suffix(".report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"tune: wrote {out} (+ .grid.csv, .report.json)", file=sys.stderr)
+    return 0

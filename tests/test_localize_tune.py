@@ -1,0 +1,75 @@
+"""`localize tune` and `localize prompts`: the criterion's hand-checkable properties, the choice rule, the written
+config; on the small models (slow), the criterion's agreement with Dice is reported."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from data.sample import write_sample_corpus
+from localize.config import LocalizeConfig
+from localize.prompt_report import prompt_agreement
+from localize.tune import Tuner, choose, deletion_evidence
+from localize.tune import main as tune_main
+from tests.localize_fixtures import clip, standins  # noqa: F401 - fixtures
+
+
+def test_evidence_is_zero_for_the_whole_image_and_signed_by_place(clip):  # noqa: F811
+    text_d = clip.model.encode_text(clip.tokenizer(["brain tumor"]))[0]
+    text_d = text_d / text_d.norm()
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 64)).astype(np.float32)
+    whole = np.ones((64, 64), bool)
+    # the rolled whole-image ROI is the whole image: both deletions are the same, evidence exactly 0
+    assert deletion_evidence(clip, [image], [whole], text_d)[0] == pytest.approx(0.0, abs=1e-6)
+    # a ROI and its half-rolled twin swap roles: the evidence changes sign
+    roi = np.zeros((64, 64), bool)
+    roi[:32, :32] = True
+    twin = np.roll(roi, (32, 32), axis=(0, 1))
+    a, b = deletion_evidence(clip, [image, image], [roi, twin], text_d)
+    assert a == pytest.approx(-b, abs=1e-5) and abs(a) > 0
+
+
+def test_choose_takes_each_modality_best_prompt_then_the_best_triple():
+    rows = []
+    for layer in (1, 2):
+        for modality, prompts in (("MR", ("p", "q")), ("CT", ("r",))):
+            for prompt in prompts:
+                score = {"p": 0.1, "q": 0.5, "r": 0.2}[prompt] + (0.3 if layer == 2 else 0.0)
+                rows.append({"modality": modality, "prompt": prompt, "layer": layer, "beta": 0.1, "threshold": 0.3,
+                             "evidence": score})  # fmt: skip
+    choice = choose(pd.DataFrame(rows), "evidence")
+    assert choice["layer"] == 2 and choice["prompts"] == {"MR": "q", "CT": "r"}
+    assert choice["evidence"] == pytest.approx(((0.5 + 0.3) + (0.2 + 0.3)) / 2)
+
+
+def test_tune_writes_a_config_localize_takes(standins, tmp_path):  # noqa: F811
+    corpus = tmp_path / "corpus"
+    write_sample_corpus(corpus, 3, 5, size=64)
+    out = tmp_path / "tuned.yaml"
+    argv = ["--corpus", str(corpus), "--config", str(standins["path"]), "--out", str(out), "--per-modality", "2"]
+    assert tune_main([*argv, "--layers", "2", "3", "--betas", "0.1", "--thresholds", "0.3", "0.5"]) == 0
+    config = LocalizeConfig.load(out)
+    assert config.saliency["layer"] in (2, 3) and config.refine.threshold in (0.3, 0.5)
+    assert all(len(config.prompts["modalities"][m]["prompts"]) == 1 for m in ("MR", "CT", "XR"))
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    assert set(report["spearman_evidence_dice"]) == {"MR", "CT", "XR", "all"}  # truth exists: Dice beside it
+    assert len(pd.read_csv(out.with_suffix(".grid.csv"))) == 2 * 2 * (3 + 2 + 2)  # layers x thresholds x prompts
+
+
+def test_prompt_report_identical_prompts_agree(standins, tmp_path):  # noqa: F811
+    corpus = tmp_path / "corpus"
+    write_sample_corpus(corpus, 3, 5, size=64)
+    raw = {k: v for k, v in standins.items() if k != "path"}
+    raw["prompts"] = {"combine": "union", "modalities": {"MR": {"prompts": ["brain tumor", "brain tumor!"]},
+                                                         "default": {"prompts": ["lesion"]}}}  # fmt: skip
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    report = prompt_agreement(Tuner(LocalizeConfig.load(path), corpus, per_modality=2))
+    assert set(report) == {"MR", "CT", "XR"} and report["CT"]["pairwise_iou"] == []
+    (pair,) = report["MR"]["pairwise_iou"]
+    assert 0.0 <= pair["iou"] <= 1.0 and set(report["MR"]["roi_area"]) == {"brain tumor", "brain tumor!"}
