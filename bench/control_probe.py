@@ -1,0 +1,97 @@
+"""Diagnostic for the positive control (docs/STUDY.md): is the class in the frozen encoder's features at the
+lesion, and does global pooling drown it? Logistic probes trained on the train split, scored on the test split:
+global average pool vs the average over the truth ROI's cells on the encoder grid, for a randomly initialised
+encoder and each arm's seed-0 backbone of a finished study. Prints one JSON object.
+
+    python bench/control_probe.py --corpus work/experiment/control_corpus --study work/experiment/positive_control
+"""
+
+# ruff: noqa: E402  (the sys.path fix below must run before the project imports)
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import timm
+import torch
+import torch.nn.functional as F
+
+import pretrain.cpu_backbones  # noqa: F401  (registers resnet10_narrow_os16)
+from pretrain.export import load_backbone
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--corpus", type=Path, required=True, help="the control corpus (labels.csv, truth/)")
+parser.add_argument("--study", type=Path, required=True, help="the study's output folder (runs/<arm>/s0/pretrain)")
+parser.add_argument("--backbone", default="resnet10_narrow_os16")
+args = parser.parse_args()
+torch.set_num_threads(1)
+root, runs = args.corpus, args.study / "runs"
+labels = pd.read_csv(root / "labels.csv")
+classes = sorted(labels.label.unique())
+
+
+def load(split):
+    t = labels[labels.split == split]
+    img = np.stack([cv2.imread(str(root / p), cv2.IMREAD_GRAYSCALE) for p in t.path]).astype(np.float32) / 255
+    roi = np.stack([cv2.imread(str(root / "truth" / f"{i}.png"), cv2.IMREAD_GRAYSCALE) > 0 for i in t.item_id])
+    y = np.array([classes.index(c) for c in t.label])
+    return (
+        torch.from_numpy(img)[:, None].expand(-1, 3, -1, -1),
+        torch.from_numpy(roi)[:, None].float(),
+        torch.from_numpy(y),
+    )
+
+
+mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+@torch.no_grad()
+def features(model, img, roi):
+    g, r = [], []
+    for i in range(0, len(img), 100):
+        f = model.forward_features((img[i : i + 100] - mean) / std)
+        cells = F.interpolate(roi[i : i + 100], size=f.shape[-2:], mode="area") > 0
+        g.append(f.mean((2, 3)))
+        r.append((f * cells).sum((2, 3)) / cells.sum((2, 3)).clamp_min(1))
+    return torch.cat(g), torch.cat(r)
+
+
+def probe(xtr, ytr, xte, yte):
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(xtr.shape[1], len(classes))
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(xtr), ytr) + 1e-3 * lin.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float((lin(xte).argmax(1) == yte).float().mean())
+
+
+tr, te = load("train"), load("test")
+out = {}
+arms = {"random_init": None, **{p.parents[2].name: p for p in sorted(runs.glob("*/s0/pretrain/backbone.pt"))}}
+for name, path in arms.items():
+    torch.manual_seed(0)
+    model = timm.create_model(args.backbone, num_classes=0) if path is None else load_backbone(path)
+    model.eval()
+    gtr, rtr = features(model, *tr[:2])
+    gte, rte = features(model, *te[:2])
+    out[name] = {"global_pool_acc": probe(gtr, tr[2], gte, te[2]), "roi_pool_acc": probe(rtr, tr[2], rte, te[2])}
+    print(name, out[name], file=sys.stderr, flush=True)
+print(json.dumps({"train": len(tr[2]), "test": len(te[2]), "chance": 1 / len(classes), "probes": out}))
