@@ -14,6 +14,7 @@ import pandas as pd
 
 from tests.pretrain_lightning_fixtures import write_roi_corpus
 
+REPO = Path(__file__).resolve().parents[1]
 MARKER = "zyxwvorbital"
 PHRASES = ("{v} {h} bright lesion {m}", "lesion in the {v} {h} quadrant {m}", "{m} focal finding {v} {h}")
 TINY_BERT = {
@@ -76,3 +77,18 @@ def tiny_maskedclip(**overrides):
     from pretrain.maskedclip.tokenizer import ReportTokenizer
 
     return module.model, ReportTokenizer(None, module.hparams.context_length)
+
+
+def cpu_preset_fit_args(corpus: Path, cache: Path, reports: Path, *extra: str) -> list[str]:
+    """`maskedclip fit` arguments of the CPU preset on these data (no loader workers), then `extra` overrides."""
+    return [
+        "maskedclip",
+        "fit",
+        "--config",
+        str(REPO / "configs/maskedclip/cpu_tiny.yaml"),
+        f"--data.corpus={corpus}",
+        f"--data.cache={cache}",
+        f"--data.reports={reports}",
+        "--data.num_workers=0",
+        *extra,
+    ]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from tests.maskedclip_fixtures import write_paired_corpus
+from tests.maskedclip_fixtures import cpu_preset_fit_args, write_paired_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,23 +24,20 @@ def test_two_process_ddp_fit_with_unpaired_batches(tmp_path):
         sys.executable,
         "-m",
         "pretrain",
-        "maskedclip",
-        "fit",
-        "--config",
-        str(REPO / "configs/maskedclip/cpu_tiny.yaml"),
-        f"--data.corpus={corpus}",
-        f"--data.cache={cache}",
-        f"--data.reports={pairs}",
-        "--data.batch_size=4",
-        "--data.num_workers=0",
-        "--data.val_fraction=0.2",
-        "--model.input_size=64",
-        "--trainer.devices=2",
-        "--trainer.strategy=ddp_find_unused_parameters_true",
-        "--trainer.max_steps=3",
-        f"--trainer.default_root_dir={root}",
-        "--trainer.enable_progress_bar=false",
-        "--panel.every_n_steps=2",
+        *cpu_preset_fit_args(
+            corpus,
+            cache,
+            pairs,
+            "--data.batch_size=4",
+            "--data.val_fraction=0.2",
+            "--model.input_size=64",
+            "--trainer.devices=2",
+            "--trainer.strategy=ddp_find_unused_parameters_true",
+            "--trainer.max_steps=3",
+            f"--trainer.default_root_dir={root}",
+            "--trainer.enable_progress_bar=false",
+            "--panel.every_n_steps=2",
+        ),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)

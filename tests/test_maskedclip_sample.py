@@ -24,6 +24,7 @@ from localize.import_masks import import_masks
 from pretrain.cli import main as pretrain_main
 from pretrain.export import load_backbone
 from pretrain.maskedclip.export import load_trained_model
+from tests.maskedclip_fixtures import cpu_preset_fit_args
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -49,22 +50,17 @@ def pretrained(tmp_path_factory) -> dict[str, Path]:
     corpus, cache = root / "corpus", root / "roi_cache.zarr"
     write_sample_corpus(corpus, n=6, seed=0, size=SIZE, report_share=1.0)
     import_masks(corpus / "truth", cache, corpus=corpus, progress=False)
-    args = [
-        "maskedclip",
-        "fit",
-        "--config",
-        str(REPO / "configs/maskedclip/cpu_tiny.yaml"),
-        f"--data.corpus={corpus}",
-        f"--data.cache={cache}",
-        f"--data.reports={corpus / 'reports.csv'}",
+    args = cpu_preset_fit_args(
+        corpus,
+        cache,
+        corpus / "reports.csv",
         f"--trainer.default_root_dir={root / 'run'}",
         f"--model.input_size={SIZE}",
-        "--data.num_workers=0",
         "--data.val_fraction=0",
         "--trainer.max_steps=4",
         "--trainer.enable_progress_bar=false",
         "--panel.every_n_steps=2",
-    ]
+    )
     assert pretrain_main(args) == 0
     ckpt = root / "run" / "logs" / "version_0" / "checkpoints" / "last.ckpt"
     export = ["maskedclip", "export", str(ckpt), "--open-clip", str(root / "clip"), "--timm", str(root / "vit.pt")]

@@ -19,7 +19,14 @@ from pytorch_lightning.loggers import CSVLogger
 from pretrain.cli import main
 from pretrain.maskedclip.datamodule import PairedDataModule
 from pretrain.maskedclip.module import MaskedClipPretraining
-from tests.maskedclip_fixtures import MARKER, PHRASES, tiny_model_args, write_paired_corpus, write_pairs
+from tests.maskedclip_fixtures import (
+    MARKER,
+    PHRASES,
+    cpu_preset_fit_args,
+    tiny_model_args,
+    write_paired_corpus,
+    write_pairs,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 N_ITEMS = 20  # 19 localized, 1 pending
@@ -142,16 +149,11 @@ def preset_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("preset")
     corpus, cache, _ = write_paired_corpus(root / "data", n=12, paired_share=1.0)
     pairs = write_pairs(corpus, root / "data" / "pairs.csv", paired_share=1.0)
-    args = [
-        "maskedclip",
-        "fit",
-        "--config",
-        str(REPO / "configs/maskedclip/cpu_tiny.yaml"),
-        f"--data.corpus={corpus}",
-        f"--data.cache={cache}",
-        f"--data.reports={pairs}",
+    args = cpu_preset_fit_args(
+        corpus,
+        cache,
+        pairs,
         f"--trainer.default_root_dir={root / 'run'}",
-        "--data.num_workers=0",
         "--data.val_fraction=0",
         "--model.input_size=64",
         "--model.warmup_epochs=0",
@@ -163,7 +165,7 @@ def preset_run(tmp_path_factory):
         "--trainer.enable_progress_bar=false",
         "--checkpoint.every_n_epochs=30",
         "--panel.every_n_steps=15",
-    ]
+    )
     assert main(args) == 0
     run = root / "run" / "logs" / "version_0"
     ckpt = run / "checkpoints" / "last.ckpt"
