@@ -170,3 +170,25 @@ def test_the_contrastive_term_learns_to_match_images_and_reports():
     with torch.no_grad():
         similarity = model.encode_image(img)[1] @ model.text(ids).T
     assert similarity.argmax(1).tolist() == list(range(8))  # every image picks its own report
+
+
+def test_clip_and_distillation_terms_are_the_formulas_on_a_mixed_batch():
+    """The forward shares one embedding between its passes and takes the paired images' distillation target
+    from the CLIP pass: its terms must still be the formulas, each image encoded on its own through E and B."""
+    torch.manual_seed(0)
+    model, tokenizer = tiny_maskedclip(mim=False)
+    model.eval()
+    img, active, ids, paired = batch(tokenizer, [False, True, True, False, True])
+    masked_bn = ~active.flatten(1)
+    with torch.no_grad():
+        out = model(img, active, ids, paired)
+        tokens, embeddings = zip(
+            *(model.bridge(model.encoder(img[i : i + 1]).stream_btc) for i in range(5)), strict=True
+        )
+        img_pd = torch.cat(embeddings)[paired]
+        expected_clip = info_nce(img_pd, model.text(ids[paired]), model.logit_scale)
+        target_bnc = distillation_target(torch.cat(tokens)[:, model.encoder.num_prefix_tokens :], True)
+        pred_bnc = model.feature_decoder(model.encoder(img, active.flatten(1)), (4, 4))
+        expected_mkd = masked_mse(pred_bnc, target_bnc, masked_bn)
+    assert out["loss_clip"].item() == pytest.approx(expected_clip.item(), rel=1e-5)
+    assert out["loss_mkd"].item() == pytest.approx(expected_mkd.item(), rel=1e-5)

@@ -89,6 +89,10 @@ def test_encoder_plus_bridge_is_the_whole_timm_vit():
         tokens, embedding = model.encode_image(img)
         torch.testing.assert_close(tokens, vit.forward_features(img))
         torch.testing.assert_close(embedding, model.bridge.proj(vit(img)))  # class-token pooling, then P_I
+        # the full-image path (no mask) is the masked path with every patch visible
+        full, all_visible = model.encoder(img), model.encoder(img, torch.ones(2, 16, dtype=torch.bool))
+    for name, value in full._asdict().items():
+        torch.testing.assert_close(value, getattr(all_visible, name), msg=name)
 
 
 def test_decoders_put_mask_tokens_at_masked_positions_and_keep_visible_tokens_in_place():

@@ -75,24 +75,32 @@ class ImageEncoder(nn.Module):
 
     def forward(self, img_b3HW: torch.Tensor, active_bn: torch.Tensor | None = None) -> VisibleTokens:
         """Encode the patches where `active_bn` (bool (B, N), grid row-major) is True; None = every patch."""
-        tokens_btc = self.embed(img_b3HW)
+        return self.encode(self.embed(img_b3HW), active_bn)
+
+    def encode(self, tokens_btc: torch.Tensor, active_bn: torch.Tensor | None = None) -> VisibleTokens:
+        """`forward` from embedded tokens (`embed`), so that passes over the same images embed them once."""
         batch, n_tokens, width = tokens_btc.shape
         n_patches = n_tokens - self.num_prefix_tokens
-        prefix_bpc, patches_bnc = tokens_btc.split([self.num_prefix_tokens, n_patches], dim=1)
-        if active_bn is None:
-            active_bn = torch.ones(batch, n_patches, dtype=torch.bool, device=tokens_btc.device)
-        # 1. gather the visible patches, grid order kept, right-padded to the batch's largest count
-        counts_b = active_bn.sum(1)
-        n_slots = int(counts_b.max())
-        ids_bl = torch.argsort((~active_bn).to(torch.int8), dim=1, stable=True)[:, :n_slots]
-        valid_bl = torch.arange(n_slots, device=ids_bl.device) < counts_b[:, None]
-        visible_blc = patches_bnc.gather(1, ids_bl[..., None].expand(-1, -1, width))
-        x_btc = torch.cat([prefix_bpc, visible_blc], dim=1)
-        # 2. transformer blocks; padded slots are masked out as keys (no mask at all when none is padded)
         attn_mask = None
-        if not bool(valid_bl.all()):
-            keys_valid_bt = torch.cat([valid_bl.new_ones(batch, self.num_prefix_tokens), valid_bl], dim=1)
-            attn_mask = keys_valid_bt[:, None, None, :]
+        if active_bn is None:
+            # the full image: every patch in grid order, nothing to gather or mask
+            x_btc = tokens_btc
+            ids_bl = torch.arange(n_patches, device=tokens_btc.device).expand(batch, -1)
+            valid_bl = torch.ones(batch, n_patches, dtype=torch.bool, device=tokens_btc.device)
+        else:
+            # 1. gather the visible patches, grid order kept, right-padded to the batch's largest count
+            prefix_bpc, patches_bnc = tokens_btc.split([self.num_prefix_tokens, n_patches], dim=1)
+            counts_b = active_bn.sum(1)
+            n_slots = int(counts_b.max())
+            ids_bl = torch.argsort((~active_bn).to(torch.int8), dim=1, stable=True)[:, :n_slots]
+            valid_bl = torch.arange(n_slots, device=ids_bl.device) < counts_b[:, None]
+            visible_blc = patches_bnc.gather(1, ids_bl[..., None].expand(-1, -1, width))
+            x_btc = torch.cat([prefix_bpc, visible_blc], dim=1)
+            # padded slots are masked out as keys (no mask at all when none is padded)
+            if not bool(valid_bl.all()):
+                keys_valid_bt = torch.cat([valid_bl.new_ones(batch, self.num_prefix_tokens), valid_bl], dim=1)
+                attn_mask = keys_valid_bt[:, None, None, :]
+        # 2. transformer blocks
         for block in self.vit.blocks:
             x_btc = block(x_btc, attn_mask=attn_mask)
         return VisibleTokens(x_btc, self.vit.norm(x_btc), ids_bl, valid_bl)

@@ -83,7 +83,11 @@ class MaskedCLIP(nn.Module):
 
     def encode_image(self, img_b3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Full image -> (CLIP-space tokens B(E(x)) (B, P+N, C), image embedding P_I(pool(.)) (B, embed_dim))."""
-        return self.bridge(self.encoder(img_b3HW).stream_btc)
+        return self._encode_embedded(self.encoder.embed(img_b3HW))
+
+    def _encode_embedded(self, tokens_btc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode_image` from the encoder's embedded tokens of the full images."""
+        return self.bridge(self.encoder.encode(tokens_btc).stream_btc)
 
     def forward(
         self, img_b3HW: torch.Tensor, active_b1hw: torch.Tensor, text_ids_bl: torch.Tensor, paired_b: torch.Tensor
@@ -93,26 +97,28 @@ class MaskedCLIP(nn.Module):
         grid_hw = tuple(active_b1hw.shape[-2:])
         masked_bn = ~active_b1hw.flatten(1)
         out: dict[str, torch.Tensor] = {}
-        # 1. masked branch, every image: encode the visible patches only
-        visible = self.encoder(img_b3HW, ~masked_bn)
+        # 1. patch + position embedding, once for the masked branch, the CLIP pass and the teacher pass
+        embedded_btc = self.encoder.embed(img_b3HW)
+        # 2. masked branch, every image: encode the visible patches only
+        visible = self.encoder.encode(embedded_btc, ~masked_bn)
         loss = img_b3HW.new_zeros((), dtype=torch.float32)
         if self.mim:
-            # 2. L_MIM: normalised pixels of the masked patches
+            # 3. L_MIM: normalised pixels of the masked patches
             target = patch_target(img_b3HW, self.encoder.patch)
             pred_bnd = self.image_decoder(visible, grid_hw)
             out["loss_mim"] = masked_mse(pred_bnd, target.normalised_bnd, masked_bn)
             out["recon_b3HW"] = self.image_decoder.reconstruction(pred_bnd, img_b3HW, target, masked_bn)
             loss = loss + out["loss_mim"]
-        # 3. L_CLIP: full paired images through E and B, their reports through T
+        # 4. L_CLIP: full paired images through E and B, their reports through T
         paired_tokens_btc = None
         if self.lambda_clip > 0 and int(paired_b.sum()) >= 2:  # one pair alone has no negative: L_CLIP = 0
-            paired_tokens_btc, img_emb_pd = self.encode_image(img_b3HW[paired_b])
+            paired_tokens_btc, img_emb_pd = self._encode_embedded(embedded_btc[paired_b])
             txt_emb_pd = self.text(text_ids_bl[paired_b])
             out["loss_clip"] = info_nce(img_emb_pd, txt_emb_pd, self.logit_scale)
             loss = loss + self.lambda_clip * out["loss_clip"]
-        # 4. L_MKD: predicted CLIP-space features at the masked positions against the full image's
+        # 5. L_MKD: predicted CLIP-space features at the masked positions against the full image's
         if self.feature_decoder is not None:
-            teacher_btc = self._teacher_tokens(img_b3HW, paired_b, paired_tokens_btc)
+            teacher_btc = self._teacher_tokens(img_b3HW, embedded_btc, paired_b, paired_tokens_btc)
             target_bnc = distillation_target(teacher_btc[:, self.encoder.num_prefix_tokens :], self.mkd_target_norm)
             out["loss_mkd"] = masked_mse(self.feature_decoder(visible, grid_hw), target_bnc, masked_bn)
             loss = loss + self.lambda_mkd * out["loss_mkd"]
@@ -121,20 +127,24 @@ class MaskedCLIP(nn.Module):
 
     @torch.no_grad()
     def _teacher_tokens(
-        self, img_b3HW: torch.Tensor, paired_b: torch.Tensor, paired_tokens_btc: torch.Tensor | None
+        self,
+        img_b3HW: torch.Tensor,
+        embedded_btc: torch.Tensor,
+        paired_b: torch.Tensor,
+        paired_tokens_btc: torch.Tensor | None,
     ) -> torch.Tensor:
         """B(E(x)) of the full images, without gradient. Stop-gradient teacher: the paired images' tokens come
-        from the CLIP pass (detached), the others from a gradient-free pass."""
+        from the CLIP pass (detached), the others from a gradient-free pass over the online embedding."""
         if self.teacher is not None:
             return self.teacher(img_b3HW)
         if paired_tokens_btc is None:
-            return self.encode_image(img_b3HW)[0]
+            return self._encode_embedded(embedded_btc)[0]
         tokens_btc = torch.empty(
             (img_b3HW.shape[0], *paired_tokens_btc.shape[1:]), dtype=paired_tokens_btc.dtype, device=img_b3HW.device
         )
         tokens_btc[paired_b] = paired_tokens_btc.detach()
         if not bool(paired_b.all()):
-            tokens_btc[~paired_b] = self.encode_image(img_b3HW[~paired_b])[0].to(tokens_btc.dtype)
+            tokens_btc[~paired_b] = self._encode_embedded(embedded_btc[~paired_b])[0].to(tokens_btc.dtype)
         return tokens_btc
 
     def update_teacher(self) -> None:
