@@ -4,6 +4,7 @@ WORK    ?= work
 CORPUS  ?= $(WORK)/corpus
 CACHE   ?= $(WORK)/roi_cache.zarr
 PACKED  ?= $(WORK)/packed.zarr
+SQUARE  ?=
 SMALL   ?= $(WORK)/small
 LOCALIZE_CONFIG ?= $(SMALL)/localize.yaml
 PRETRAIN_CONFIG ?= configs/pretrain/tiny_cpu.yaml
@@ -50,8 +51,11 @@ inspect:
 	$(PY) -m localize inspect --cache $(CACHE) --corpus $(CORPUS) --out $(WORK)/inspect
 
 # Reads the images from the packed store (made, or completed, first: docs/PACKING.md); PACKED= reads the files.
+# SQUARE=N packs at the preset's input size N (augment: resize), the loader's fast path: e.g. for the GPU preset
+# `make pretrain PRETRAIN_CONFIG=configs/pretrain/mwm_resnet50.yaml SQUARE=224 PACKED=work/packed_224.zarr`.
 pretrain:
-	@if [ -n "$(PACKED)" ]; then $(PY) -m data pack --corpus $(CORPUS) --cache $(CACHE) --out $(PACKED) --no-progress; fi
+	@if [ -n "$(PACKED)" ]; then $(PY) -m data pack --corpus $(CORPUS) --cache $(CACHE) --out $(PACKED) \
+	  $(if $(SQUARE),--square $(SQUARE)) --no-progress; fi
 	$(PY) -m pretrain fit --config $(PRETRAIN_CONFIG) --data.corpus $(CORPUS) --data.cache $(CACHE) \
 	  $(if $(PACKED),--data.packed $(PACKED)) --trainer.default_root_dir $(WORK)/pretrain
 

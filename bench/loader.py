@@ -15,7 +15,9 @@ what two idle cores would deliver; `packing_s` the time `pack_corpus` took (2 pr
 store's size on disk per image; `packed_max_abs_diff` the largest pixel difference of one batch read both ways
 (<= 0.5/255). `packed_square_*`: the same figures from a square store (`data pack --square 224`: images stored at the
 input size, so the loader skips the image resize), `packed_square_speedup` its images/s over the raw loader's,
-`packed_square_max_abs_diff` / `square_rois_equal` its first batch against the raw one.
+`packed_square_max_abs_diff` / `square_rois_equal` its first batch against the raw one. A square uint8 store's images
+leave the loader as uint8 (`packed_square_image_dtype`) and become float on the device
+(`RoiDataModule.on_after_batch_transfer`); the differences are taken after that conversion.
 
 `localize` (nifti_gz, the tiny stand-ins with similarity saliency so that reading dominates): items/s reading item by
 item (`volume_cache_mb: 0`, as before volume-aware reads), volume-aware, and on the same slices stored as PNG files;
@@ -35,6 +37,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -104,6 +107,10 @@ def loader_rate(
             if time.perf_counter() - t0 >= seconds:
                 break
     wall, cpu = time.perf_counter() - t0, cpu_seconds(pids) - cpu0
+    first["image_dtype"] = str(first["image"].dtype).removeprefix("torch.")
+    first = dm.on_after_batch_transfer(first, 0)  # what the training step receives: float in [0, 1]
+    del iterator, loader
+    gc.collect()  # its persistent workers stop now, not inside the next packing job's forked processes
     return n_images / wall, 1e3 * cpu / n_images, first
 
 
@@ -146,6 +153,7 @@ def corpus_figures(name: str, corpus: Path, work: Path, args: argparse.Namespace
         "packed_max_abs_diff": float((raw_batch["image"] - packed_batch["image"]).abs().max()),
         "rois_equal": bool(torch.equal(raw_batch["roi"], packed_batch["roi"])),
         "packed_square_max_abs_diff": float((raw_batch["image"] - square_batch["image"]).abs().max()),
+        "packed_square_image_dtype": square_batch["image_dtype"],  # as the loader delivers them
         "square_rois_equal": bool(torch.equal(raw_batch["roi"], square_batch["roi"])),
     }
 

@@ -25,9 +25,9 @@ Transform = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[torch.Tensor, to
 class RoiDataset(Dataset):
     """Images of a corpus with their cached ROI masks.
 
-    Item i is a dict: `image` (tv_tensors.Image float32 (C, H, W) in [0, 1]; grey images repeated to
-    `channels`), `roi` (tv_tensors.Mask uint8 (1, H, W), 0/1; zeros without a cache), `item_id` (str) and
-    `index` (int, the item's row in the manifest / cache). `transform` is a torchvision v2 transform called
+    Item i is a dict: `image` (tv_tensors.Image float32 (C, H, W) in [0, 1], uint8 with `integer_images`; grey
+    images repeated to `channels`), `roi` (tv_tensors.Mask uint8 (1, H, W), 0/1; zeros without a cache), `item_id`
+    (str) and `index` (int, the item's row in the manifest / cache). `transform` is a torchvision v2 transform called
     as `transform(image, roi)`, so geometric augmentations move the mask with the image.
     `roi_shape`: "sam" (the refined mask) or "rect" (the expanded ROI, each component's filled rectangle, what the
     MWM authors pretrain on; `RoiCache.read_mask`). Grey images are repeated to `channels` after `transform`
@@ -39,6 +39,11 @@ class RoiDataset(Dataset):
     A square store's images are already at the input size while the ROI is drawn at the item's native size, as
     from the files: `transform` must resize both to that size (pretraining's `augment: resize`), which makes the
     image's resize a no-op and the mask's the raw path's nearest resize.
+
+    `integer_images` (with a uint8 packed store): images leave as stored, uint8 (C, H, W), a quarter of the bytes
+    through the loader's shared memory; `unit_float` turns a batch of them into the float form on the training
+    device, equal to what this dataset would have given. Only for a `transform` that does not resample the image
+    (a square store at the input size): a uint8 resize would round.
 
     The manifest defaults to the cache's own (else the store's); row i of the manifest must be item i of the cache
     and of the store.
@@ -56,6 +61,7 @@ class RoiDataset(Dataset):
         channels: int = 3,
         roi_shape: RoiShape = "sam",
         packed: PackedStore | str | Path | None = None,
+        integer_images: bool = False,
     ) -> None:
         if roi_shape not in ROI_SHAPES:
             raise ValueError(f"roi_shape must be one of {ROI_SHAPES}, got {roi_shape!r}")
@@ -63,6 +69,9 @@ class RoiDataset(Dataset):
         self.corpus = Path(corpus)
         self.cache = RoiCache.open(cache) if isinstance(cache, str | Path) else cache
         self.packed = PackedStore.open(packed) if isinstance(packed, str | Path) else packed
+        if integer_images and (self.packed is None or self.packed.dtype != "uint8" or channels == 1):
+            raise ValueError("integer_images needs a packed store of uint8 images and channels 3 (no grey conversion)")
+        self.integer_images = integer_images
         if manifest is None:
             if self.cache is None and self.packed is None:
                 raise ValueError("RoiDataset needs a manifest, a cache or a packed store")
@@ -111,8 +120,9 @@ class RoiDataset(Dataset):
         """The item's image, float32 (1 or 3, H, W) in [0, 1]: grey stays one channel, RGB becomes grey when
         `channels` is 1."""
         if self.packed is not None:
-            pixels = torch.from_numpy(self.packed.read_pixels(index))
-            x = pixels.float().div_(float(np.iinfo(self.packed.dtype).max))
+            x = torch.from_numpy(self.packed.read_pixels(index))
+            if not self.integer_images:
+                x = unit_float(x)
         else:
             path, frame, modality = self._paths[index], int(self._frames[index]), self._modalities[index]
             x = torch.from_numpy(load_image(self.corpus, path, frame, modality, self.intensity))
@@ -122,6 +132,14 @@ class RoiDataset(Dataset):
         if x.shape[0] not in (1, self.channels):
             raise ValueError(f"cannot turn a {x.shape[0]}-channel image into {self.channels} channels")
         return x.contiguous()
+
+
+def unit_float(image: torch.Tensor) -> torch.Tensor:
+    """Images (any shape) in [0, 1] as float32: an integer dtype is divided by its largest value (a packed store's
+    scale), a float one is returned as it is. `RoiDataset` batches of `integer_images` go through it on the device."""
+    if image.is_floating_point():
+        return image
+    return image.float().div_(float(torch.iinfo(image.dtype).max))
 
 
 def _packed_items(

@@ -28,7 +28,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.transforms import v2
 
-from data.dataset import RoiDataset
+from data.dataset import RoiDataset, unit_float
 from data.intensity import IntensityConfig
 from data.intensity_follow import follow_intensity, recorded_intensity, require_same_intensity
 from data.packed_store import PackedStore
@@ -196,8 +196,10 @@ class RoiDataModule(pl.LightningDataModule):
         if packed is not None and packed.square is not None:
             check_square_store(packed, hp.input_size, hp.augment, hp.interpolation, hp.antialias)
         intensity = self._intensity(cache, packed)
+        # a square uint8 store at the input size is only flipped: its images cross to the device as uint8
+        integer = packed is not None and packed.square == hp.input_size and packed.dtype == "uint8"
 
-        def dataset(transform: v2.Transform | None) -> RoiDataset:
+        def dataset(transform: v2.Transform | None, integer_images: bool = False) -> RoiDataset:
             return RoiDataset(
                 self.corpus,
                 self.manifest_path,
@@ -208,11 +210,13 @@ class RoiDataModule(pl.LightningDataModule):
                 modalities=hp.modalities,
                 roi_shape=hp.roi_shape,
                 packed=packed,
+                integer_images=integer_images,
             )
 
         resampling = {"interpolation": hp.interpolation, "antialias": hp.antialias}
         train_full = dataset(
-            train_transform(hp.input_size, hp.augment, scale=hp.scale, ratio=hp.ratio, hflip=hp.hflip, **resampling)
+            train_transform(hp.input_size, hp.augment, scale=hp.scale, ratio=hp.ratio, hflip=hp.hflip, **resampling),
+            integer,
         )
         if len(train_full) == 0:
             what = "done" if hp.only_done else "selected"
@@ -232,7 +236,8 @@ class RoiDataModule(pl.LightningDataModule):
         self.train_set = Subset(train_full, train_items)
         if is_val.any():
             self.val_set = Subset(
-                dataset(eval_transform(hp.input_size, hp.augment, **resampling)), np.flatnonzero(is_val).tolist()
+                dataset(eval_transform(hp.input_size, hp.augment, **resampling), integer),
+                np.flatnonzero(is_val).tolist(),
             )
         if hp.normalize == "dataset":
             resized = Subset(dataset(square_resize(hp.input_size, hp.augment, **resampling)), train_items)
@@ -262,6 +267,11 @@ class RoiDataModule(pl.LightningDataModule):
         if log_dir is not None and trainer.is_global_zero:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             (Path(log_dir) / "pixel_stats.json").write_text(json.dumps(stats, indent=2))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Images in [0, 1] as float32 from here on: uint8 batches (a square store's) are converted on the device."""
+        batch["image"] = unit_float(batch["image"])
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import zarr
 
+from data.dataset import RoiDataset, unit_float
 from data.intensity import IntensityConfig
 from data.manifest import scan_corpus
 from data.pack_cli import main as pack_main
@@ -77,11 +78,39 @@ def test_square_batches_equal_the_raw_batches(data):
     assert np.allclose(stats_raw["mean"], stats_packed["mean"], atol=QUANTUM)
     batches = 0
     for a, b in zip(raw.train_dataloader(), packed.train_dataloader(), strict=True):
+        assert b["image"].dtype == torch.uint8  # a square uint8 store's images cross to the device as stored
+        b = packed.on_after_batch_transfer(b, 0)
         assert a["item_id"] == b["item_id"] and b["image"].shape == (4, 3, SIDE, SIDE)
         assert torch.equal(a["roi"], b["roi"]) and a["roi"].sum() > 0
         assert (a["image"] - b["image"]).abs().max() <= QUANTUM
         batches += 1
     assert batches == len(raw.train_set) // 4 >= 4
+
+
+def test_integer_batches_become_exactly_the_float_batches(data):
+    """uint8 through the loader, stored value / 255 on the device: the very floats the dataset's own conversion
+    gives (flipping commutes with a per-pixel division)."""
+    corpus, cache, square, _ = data
+    kw = dict(input_size=SIDE, batch_size=4, num_workers=0, normalize="imagenet", hflip=0.5)
+    module = RoiDataModule(corpus, cache, packed=square, **kw)
+    module.setup("fit")
+    items = module.train_set.dataset
+    assert items.integer_images
+    as_float = RoiDataset(corpus, cache=cache, packed=square)  # no transform: the stored image, as float
+    checked = 0
+    for batch in module.train_dataloader():
+        batch = module.on_after_batch_transfer(batch, 0)
+        assert batch["image"].dtype == torch.float32
+        for image, index in zip(batch["image"], batch["index"].tolist(), strict=True):
+            expect = as_float[as_float.indices.tolist().index(index)]["image"]
+            assert torch.equal(image, expect) or torch.equal(image, expect.flip(-1))
+            checked += 1
+    assert checked >= 16
+    assert torch.equal(
+        unit_float(torch.tensor([0, 1, 128, 255], dtype=torch.uint8)), torch.tensor([0, 1, 128, 255]) / 255
+    )
+    with pytest.raises(ValueError, match="uint8"):
+        RoiDataset(corpus, cache=cache, integer_images=True)
 
 
 def test_square_rois_are_drawn_at_the_native_size(data):

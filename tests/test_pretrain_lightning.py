@@ -388,3 +388,27 @@ def test_bf16_mixed_steps_on_the_gpu(roi_data, tmp_path):
     assert module.device.type == "cuda" and data.train_dataloader().pin_memory
     rows = train_rows(read_metrics(trainer))
     assert list(rows.index) == [0, 1, 2] and np.isfinite(rows["train/loss"]).all()
+
+
+def test_a_square_store_trains_on_float_images_it_ships_as_uint8(roi_data, tmp_path):
+    """A square uint8 store's batches leave the loader as uint8; the training step sees them in [0, 1] float."""
+    from data.intensity import IntensityConfig
+    from data.packed_store import PackedStore
+    from data.packing import pack_corpus
+    from data.roi_cache import RoiCache
+
+    corpus, cache = roi_data
+    store = PackedStore.create(tmp_path / "sq.zarr", RoiCache.open(cache).manifest(), IntensityConfig(), square=SIZE)
+    pack_corpus(store, corpus, progress=False)
+    seen = []
+
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((batch["image"].dtype, float(batch["image"].max())))
+
+    data = tiny_data(roi_data, packed=tmp_path / "sq.zarr", normalize="imagenet")
+    data.setup("fit")
+    assert next(iter(data.train_dataloader()))["image"].dtype == torch.uint8
+    trainer = tiny_trainer(tmp_path, callbacks=[Probe()], max_epochs=1, max_steps=2, enable_checkpointing=False)
+    trainer.fit(tiny_module(), data)
+    assert len(seen) == 2 and all(dtype == torch.float32 and 0.5 < peak <= 1.0 for dtype, peak in seen), seen
