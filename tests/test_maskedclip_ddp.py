@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_two_process_ddp_fit_with_unpaired_batches(tmp_path):
-    # a third of the images paired, batches of 4 per rank: some ranks' batches have no contrastive term, so DDP
-    # must accept parameters (text tower, bridge) without gradient on one rank and with on the other
+    # a third of the images paired, batches of 4 per rank: some ranks' batches hold no pair (or one), so DDP must
+    # accept parameters (text tower, bridge) without gradient on one rank and with on the other, and the pair
+    # exchange of L_CLIP's gathered negatives must run on every rank, with or without pairs of its own
     corpus, cache, pairs = write_paired_corpus(tmp_path / "data", n=20, paired_share=0.35)
     root = tmp_path / "run"
     command = [

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from pretrain.maskedclip.losses import MAX_LOGIT_SCALE, distillation_target, info_nce, masked_mse
+from pretrain.maskedclip.losses import (
+    MAX_LOGIT_SCALE,
+    distillation_target,
+    info_nce,
+    info_nce_over_processes,
+    masked_mse,
+)
 from tests.maskedclip_fixtures import TINY_BERT, tiny_maskedclip
 
 
@@ -192,3 +198,27 @@ def test_clip_and_distillation_terms_are_the_formulas_on_a_mixed_batch():
         expected_mkd = masked_mse(pred_bnc, target_bnc, masked_bn)
     assert out["loss_clip"].item() == pytest.approx(expected_clip.item(), rel=1e-5)
     assert out["loss_mkd"].item() == pytest.approx(expected_mkd.item(), rel=1e-5)
+
+
+def test_gathered_info_nce_gives_each_process_the_union_loss_and_ddp_the_union_gradient():
+    """Two simulated DDP processes with 2 and 3 pairs: each computes the loss of all 5 pairs, and the average of
+    their gradients (what DDP applies) is the gradient of that single-device loss on all 5 pairs."""
+    torch.manual_seed(0)
+    x_img, x_txt = torch.randn(5, 6), torch.randn(5, 4)
+    w_img, w_txt = torch.randn(6, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    scale = torch.tensor(math.log(1 / 0.07), requires_grad=True)
+    params = (w_img, w_txt, scale)
+    union = info_nce(x_img @ w_img, x_txt @ w_txt, scale)
+    expect = torch.autograd.grad(union, params)
+    with torch.no_grad():
+        all_img, all_txt = x_img @ w_img, x_txt @ w_txt
+    grads, losses = [], []
+    for rows in (slice(0, 2), slice(2, 5)):
+        loss = info_nce_over_processes(
+            x_img[rows] @ w_img, x_txt[rows] @ w_txt, scale, all_img, all_txt, offset=rows.start, world=2
+        )
+        losses.append(loss.item())
+        grads.append(torch.autograd.grad(loss, params))
+    assert losses == pytest.approx([union.item()] * 2, rel=1e-6)
+    for name, want, got_0, got_1 in zip(("w_img", "w_txt", "scale"), expect, *grads, strict=True):
+        torch.testing.assert_close((got_0 + got_1) / 2, want, msg=name)

@@ -37,3 +37,32 @@ def distillation_target(tokens_bnc: torch.Tensor, normalise: bool) -> torch.Tens
     when `normalise` (as MaskFeat / data2vec do with feature targets), so the target's scale cannot drift."""
     tokens_bnc = tokens_bnc.float()
     return F.layer_norm(tokens_bnc, tokens_bnc.shape[-1:]) if normalise else tokens_bnc
+
+
+def info_nce_over_processes(
+    img_pd: torch.Tensor,
+    txt_pd: torch.Tensor,
+    logit_scale: torch.Tensor,
+    all_img_nd: torch.Tensor,
+    all_txt_nd: torch.Tensor,
+    offset: int,
+    world: int,
+) -> torch.Tensor:
+    """`info_nce` over the pairs of every DDP process, computed alike on each (CLIP's negatives from all devices).
+
+    `all_img_nd` / `all_txt_nd` are every process's pairs (no gradient), this process's P pairs at rows
+    offset..offset+P (`img_pd` / `txt_pd`, with gradient, take their place). Each process thus computes the same
+    global loss, but its gradient reaches only its own features; DDP then averages the processes' gradients, so
+    the features' gradient is scaled by `world` here (not the value): after the average it is the gradient of the
+    one global loss. The temperature is used alike on every process and needs no such factor.
+    """
+    rows = slice(offset, offset + img_pd.shape[0])
+    scaled_img = img_pd.detach() + world * (img_pd - img_pd.detach())  # value img_pd, gradient x world
+    scaled_txt = txt_pd.detach() + world * (txt_pd - txt_pd.detach())
+    img_nd = torch.cat(
+        [all_img_nd[: rows.start].to(img_pd.dtype), scaled_img, all_img_nd[rows.stop :].to(img_pd.dtype)]
+    )
+    txt_nd = torch.cat(
+        [all_txt_nd[: rows.start].to(txt_pd.dtype), scaled_txt, all_txt_nd[rows.stop :].to(txt_pd.dtype)]
+    )
+    return info_nce(img_nd, txt_nd, logit_scale)

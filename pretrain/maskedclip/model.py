@@ -6,13 +6,15 @@ import math
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from pretrain.maskedclip.bridge import Bridge
 from pretrain.maskedclip.feature_decoder import FeatureDecoder
+from pretrain.maskedclip.gather import gather_rows, pair_counts, process_count
 from pretrain.maskedclip.image_decoder import ImageDecoder, patch_target
 from pretrain.maskedclip.image_encoder import ImageEncoder, vit_depth
-from pretrain.maskedclip.losses import distillation_target, info_nce, masked_mse
+from pretrain.maskedclip.losses import distillation_target, info_nce, info_nce_over_processes, masked_mse
 from pretrain.maskedclip.teacher import EmaTeacher
 from pretrain.maskedclip.text_encoder import TextEncoder
 
@@ -38,6 +40,8 @@ class MaskedCLIP(nn.Module):
             heads and `feature_decoder_depth` blocks.
         mkd_target_norm: layer-normalise the distillation target (no affine).
         ema_momentum: the EMA teacher's momentum.
+        gather_negatives: under DDP, L_CLIP contrasts the pairs of every process (as CLIP / open_clip do); False:
+            each process's own pairs only.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class MaskedCLIP(nn.Module):
         teacher: Teacher = "stop_gradient",
         ema_momentum: float = 0.996,
         mkd_target_norm: bool = True,
+        gather_negatives: bool = True,
     ) -> None:
         super().__init__()
         if teacher not in ("stop_gradient", "ema"):
@@ -77,6 +82,7 @@ class MaskedCLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature 0.07
         self.mim, self.lambda_clip, self.lambda_mkd = mim, lambda_clip, lambda_mkd
         self.mkd_target_norm = mkd_target_norm
+        self.gather_negatives = gather_negatives
 
     def grid_hw(self, input_hw: tuple[int, int]) -> tuple[int, int]:
         return self.encoder.grid_hw(input_hw)
@@ -111,11 +117,11 @@ class MaskedCLIP(nn.Module):
             loss = loss + out["loss_mim"]
         # 4. L_CLIP: full paired images through E and B, their reports through T
         paired_tokens_btc = None
-        if self.lambda_clip > 0 and int(paired_b.sum()) >= 2:  # one pair alone has no negative: L_CLIP = 0
-            paired_tokens_btc, img_emb_pd = self._encode_embedded(embedded_btc[paired_b])
-            txt_emb_pd = self.text(text_ids_bl[paired_b])
-            out["loss_clip"] = info_nce(img_emb_pd, txt_emb_pd, self.logit_scale)
-            loss = loss + self.lambda_clip * out["loss_clip"]
+        if self.lambda_clip > 0:
+            paired_tokens_btc, loss_clip = self._clip_term(embedded_btc, text_ids_bl, paired_b)
+            if loss_clip is not None:
+                out["loss_clip"] = loss_clip
+                loss = loss + self.lambda_clip * loss_clip
         # 5. L_MKD: predicted CLIP-space features at the masked positions against the full image's
         if self.feature_decoder is not None:
             teacher_btc = self._teacher_tokens(img_b3HW, embedded_btc, paired_b, paired_tokens_btc)
@@ -124,6 +130,28 @@ class MaskedCLIP(nn.Module):
             loss = loss + self.lambda_mkd * out["loss_mkd"]
         out["loss"] = loss
         return out
+
+    def _clip_term(
+        self, embedded_btc: torch.Tensor, text_ids_bl: torch.Tensor, paired_b: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(The paired images' CLIP-space tokens, L_CLIP), each None when absent. L_CLIP needs 2 pairs (one pair
+        alone has no negative), counted over every DDP process when `gather_negatives` (then every process takes
+        part in the exchange, with or without pairs of its own)."""
+        n_paired = int(paired_b.sum())
+        world = process_count() if self.gather_negatives else 1
+        counts = pair_counts(n_paired, embedded_btc.device) if world > 1 else [n_paired]
+        if sum(counts) < 2:
+            return None, None
+        tokens_btc = None
+        img_pd = txt_pd = embedded_btc.new_zeros((0, self.bridge.proj.out_features), dtype=torch.float32)
+        if n_paired:
+            tokens_btc, img_pd = self._encode_embedded(embedded_btc[paired_b])
+            txt_pd = self.text(text_ids_bl[paired_b])
+        if world == 1:
+            return tokens_btc, info_nce(img_pd, txt_pd, self.logit_scale)
+        all_img, all_txt = gather_rows(img_pd, counts), gather_rows(txt_pd, counts)
+        offset = sum(counts[: dist.get_rank()])
+        return tokens_btc, info_nce_over_processes(img_pd, txt_pd, self.logit_scale, all_img, all_txt, offset, world)
 
     @torch.no_grad()
     def _teacher_tokens(

@@ -36,6 +36,7 @@ class MaskedClipPretraining(pl.LightningModule):
         text_model, text_pretrained, bert, context_length: the text side (see `TextEncoder`, `ReportTokenizer`).
         decoder_width, decoder_depth, decoder_heads, feature_decoder_depth: the two decoders' sizes.
         mim, lambda_clip, lambda_mkd: the loss terms (0 switches a weighted term off).
+        gather_negatives: under DDP, L_CLIP's negatives are the pairs of every process (CLIP's); False: own only.
         teacher, ema_momentum, mkd_target_norm: the distillation target.
         masking: "differentiated" (MWM: ROI cells at `r_roi`, background at `r_bg`, ROI by `roi_rule` /
             `roi_min_fraction`) or "random" (MAE: uniform at `mask_ratio`).
@@ -64,6 +65,7 @@ class MaskedClipPretraining(pl.LightningModule):
         teacher: Teacher = "stop_gradient",
         ema_momentum: float = 0.996,
         mkd_target_norm: bool = True,
+        gather_negatives: bool = True,
         masking: Literal["differentiated", "random"] = "differentiated",
         r_roi: float = 0.8,
         r_bg: float = 0.4,
@@ -109,6 +111,7 @@ class MaskedClipPretraining(pl.LightningModule):
             teacher=teacher,
             ema_momentum=ema_momentum,
             mkd_target_norm=mkd_target_norm,
+            gather_negatives=gather_negatives,
         )
         if masking == "differentiated":
             self.masking = DifferentiatedMasking(r_roi=r_roi, r_bg=r_bg, rule=roi_rule, min_fraction=roi_min_fraction)
