@@ -43,10 +43,10 @@ from localize.prompts import PromptConfig
 from localize.refine import refine_batch
 from localize.saliency import build_saliency, encode_prompts
 from localize.sam_loader import load_sam
-from localize.tune_criteria import CRITERIA, crop_contrast, deletion_evidence, mean_pairwise_iou
+from localize.tune_criteria import CRITERIA, crop_contrast, deletion_evidence, iou_with_others, mean_pairwise_iou
 
 GRID_KEYS = ("layer", "beta", "threshold")
-DEFAULT_CRITERION = "evidence"
+DEFAULT_CRITERION = "prompt_agreement"
 
 
 class Tuner:
@@ -83,7 +83,7 @@ class Tuner:
         self, grid: dict[str, list], truth_dir: Path | None, progress: bool = True, criteria: tuple[str, ...] = CRITERIA
     ) -> pd.DataFrame:
         """One row per (modality, prompt, layer, beta, threshold): each criterion's mean over the sampled images
-        (`localize.tune_criteria`; ``prompt_agreement`` is shared by a modality's prompts), and the mean Dice
+        (`localize.tune_criteria`), and the mean Dice
         with truth."""
         rows = []
         total = sum(len(self.prompts.for_modality(m).prompts) for m in self.items) * len(grid["layer"])
@@ -95,10 +95,10 @@ class Tuner:
             for prompt in self.prompts.for_modality(modality).prompts:
                 text_1d = encode_prompts(self.clip.model, self.clip.tokenizer, [prompt])
                 for layer, beta in itertools.product(grid["layer"], grid["beta"]):
-                    method = build_saliency({**self.config.saliency, "layer": layer, "beta": beta})
-                    draws = [self._maps(method, images_b3hw, text_1d, self.seed)]
-                    if "seed_agreement" in criteria:
-                        draws.append(self._maps(method, images_b3hw, text_1d, self.seed + 1))
+                    point = {**self.config.saliency, "layer": layer, "beta": beta}
+                    draws = [self._maps(point, images_b3hw, text_1d)]
+                    if "seed_agreement" in criteria and point.get("method", "m2ib") == "m2ib":  # M2IB's next seed
+                        draws.append(self._maps({**point, "seed": int(point.get("seed", 0)) + 1}, images_b3hw, text_1d))
                     bar.update()
                     for threshold in grid["threshold"]:
                         refine = replace(self.config.refine, threshold=threshold)
@@ -118,21 +118,25 @@ class Tuner:
                         if truths is not None:
                             row["dice"] = float(np.mean([dice_iou(r, t)[0] for r, t in zip(rois, truths, strict=True)]))
                         rows.append(row)
-            if "prompt_agreement" in criteria:
+            if "prompt_agreement" in criteria:  # each prompt's ROIs against the other prompts' at the same point
+                prompts = list(self.prompts.for_modality(modality).prompts)
                 for row in rows:
                     if row["modality"] == modality:
                         point = by_point[(row["layer"], row["beta"], row["threshold"])]
-                        row["prompt_agreement"] = float(np.nanmean(mean_pairwise_iou(point)))
+                        agreement = iou_with_others(point, prompts.index(row["prompt"]))
+                        row["prompt_agreement"] = float(np.mean(agreement))
         bar.close()
         return pd.DataFrame(rows)
 
-    def _maps(self, method, images_b3hw: torch.Tensor, text_1d: torch.Tensor, seed: int) -> list[torch.Tensor]:
-        torch.manual_seed(seed)  # M2IB's noise: the same draw at every grid point and for every prompt
-        return [m[0].float() for m in method(self.clip.model, images_b3hw, text_1d)]
+    def _maps(self, saliency: dict[str, Any], images_b3hw: torch.Tensor, text_1d: torch.Tensor) -> list[torch.Tensor]:
+        torch.manual_seed(self.seed)  # any torch-random method: the same draw at every grid point and prompt
+        return [m[0].float() for m in build_saliency(saliency)(self.clip.model, images_b3hw, text_1d)]
 
 
 def choose(table: pd.DataFrame, score: str) -> dict[str, Any]:
-    """Per grid triple each modality's best prompt by `score`; the triple with the best mean over modalities."""
+    """Per grid triple each modality's best prompt by `score`; the triple with the best mean over modalities.
+    A modality the score cannot judge (NaN: prompt agreement with one prompt) counts 0 at every triple."""
+    table = table.assign(**{score: table[score].fillna(0.0)})
     best = table.loc[table.groupby(["modality", *GRID_KEYS])[score].idxmax()]
     means = best.groupby(list(GRID_KEYS))[score].mean()
     triple = dict(zip(GRID_KEYS, means.idxmax(), strict=True))

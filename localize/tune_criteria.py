@@ -5,8 +5,9 @@
   large ROIs from winning by size (a whole-image ROI scores 0).
 - ``crop``: cos(text, the ROI alone, the rest blacked out) - cos(text, the complement alone): the prompt should
   describe what the ROI holds better than what it leaves out (a whole-image ROI against a black image).
-- ``prompt_agreement``: the mean pairwise IoU of the ROIs that a modality's prompts give at the same grid point:
-  paraphrases of one target should find the same region.
+- ``prompt_agreement``: the mean IoU of a prompt's ROIs with those of the modality's other prompts at the same grid
+  point: paraphrases of one target should find the same region (averaged over prompts: the mean pairwise IoU;
+  the prompt that agrees most is the paraphrases' medoid).
 - ``seed_agreement``: the IoU of the ROIs of two draws of M2IB's noise (seeds s and s + 1): a stable map is a map
   the information bottleneck is sure of.
 """
@@ -49,6 +50,17 @@ def crop_contrast(clip, images: list[np.ndarray], rois: list[np.ndarray], text_d
     outside = [image_hw * ~roi_hw for image_hw, roi_hw in zip(images, rois, strict=True)]
     cos_n = _cosines(clip, inside + outside, text_d)
     return cos_n[: len(images)] - cos_n[len(images) :]
+
+
+def iou_with_others(rois_by_variant: Sequence[Sequence[np.ndarray]], j: int) -> np.ndarray:
+    """Per image: the mean IoU of variant j's ROI with each other variant's; both empty counts 1; NaN alone."""
+    others = [k for k in range(len(rois_by_variant)) if k != j]
+    n = len(rois_by_variant[j])
+    if not others:
+        return np.full(n, np.nan)
+    return np.array(
+        [np.mean([dice_iou(rois_by_variant[j][i], rois_by_variant[k][i])[1] for k in others]) for i in range(n)]
+    )
 
 
 def mean_pairwise_iou(rois_by_variant: Sequence[Sequence[np.ndarray]]) -> np.ndarray:

@@ -88,8 +88,10 @@ def read_corpus_objects(
 ) -> list[ImageObjects]:
     """Every item of a sample corpus (labels.csv, truth/, coco/instances.json) that holds at least one object;
     COCO lesions are objects only with ``lesions`` (the localizer's target is the truth: the lungs for CT / XR).
-    ``foreground_boxes``: every item also gets its whole truth (empty on a lesion-free slice) as an object prompted
-    by the box around the image's foreground (a saliency map that spans the image gives the localizer that box)."""
+    ``foreground_boxes``: every item with a truth also gets the whole truth as an object prompted by the box around
+    the image's foreground (a saliency map that spans the image gives the localizer that box); lesion-free slices
+    are left to ``negatives`` (trained on as well, they taught SAM to answer "nothing" about as often with a tumour
+    as without, docs/MODELS.md)."""
     corpus = Path(corpus)
     labels_path = corpus / "labels.csv"
     if not labels_path.is_file():
@@ -102,12 +104,12 @@ def read_corpus_objects(
         masks = object_masks(truth_hw, instances.get(row.item_id, []) if lesions else [])
         if negatives and not masks:
             masks = [np.zeros(truth_hw.shape, bool)]
-        if foreground_boxes:
+        if foreground_boxes and truth_hw.any():
             masks.append(truth_hw.astype(bool))
         if masks:
             image_hw = load_image(corpus, row.path, int(row.frame), row.modality, intensity or IntensityConfig())
             image_hw = np.asarray(image_hw, np.float32)
-            found.append(ImageObjects(image_hw, tuple(masks), row.modality, int(foreground_boxes)))
+            found.append(ImageObjects(image_hw, tuple(masks), row.modality, int(foreground_boxes and truth_hw.any())))
     return found
 
 

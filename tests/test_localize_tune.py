@@ -16,7 +16,7 @@ from localize.config import LocalizeConfig
 from localize.prompt_report import prompt_agreement
 from localize.tune import Tuner, choose
 from localize.tune import main as tune_main
-from localize.tune_criteria import crop_contrast, deletion_evidence, mean_pairwise_iou
+from localize.tune_criteria import crop_contrast, deletion_evidence, iou_with_others, mean_pairwise_iou
 from tests.localize_fixtures import clip, standins  # noqa: F401 - fixtures
 
 
@@ -64,6 +64,37 @@ def test_mean_pairwise_iou_hand_values():
     np.testing.assert_allclose(out, [(0.5 + 0.0 + 0.0) / 3, 1.0])
     np.testing.assert_allclose(mean_pairwise_iou([[a, b], [a, c]]), [1.0, 0.0])
     assert np.isnan(mean_pairwise_iou([[a]])).all()  # one variant: no pair
+    # each variant against the others: a with b (0.5) and c (0); b with a (0.5) and c (0); c with both 0
+    np.testing.assert_allclose([iou_with_others([[a], [b], [c]], j)[0] for j in range(3)], [0.25, 0.25, 0.0])
+    assert np.isnan(iou_with_others([[a]], 0)).all()
+
+
+def test_prompt_agreement_rows_compare_each_prompt_with_the_others(standins, tmp_path):  # noqa: F811
+    """Each prompt's row = mean over images of its ROI's IoU with each other prompt's (ROIs from `Tuner.rois`)."""
+    corpus = tmp_path / "corpus"
+    write_sample_corpus(corpus, 3, 5, size=64)
+    raw = {k: v for k, v in standins.items() if k != "path"}
+    prompts = ["brain tumor", "lung", "a photo of a cat"]
+    raw["refine"] = {**raw.get("refine", {}), "threshold": 0.6, "use_sam": False}  # ROIs that differ by prompt
+    raw["prompts"] = {"combine": "union", "modalities": {"MR": {"prompts": prompts}, "default": {"prompts": ["x"]}}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    tuner = Tuner(LocalizeConfig.load(path), corpus, per_modality=3)
+    point = {"layer": 3, "beta": 0.1}
+    grid = {"layer": [point["layer"]], "beta": [point["beta"]], "threshold": [tuner.config.refine.threshold]}
+    table = tuner.grid_rows(grid, None, progress=False, criteria=("prompt_agreement",))
+    rois = {p: tuner.rois("MR", p, {**tuner.config.saliency, **point}) for p in prompts}
+
+    def iou(a, b):
+        return (a & b).sum() / (a | b).sum() if (a | b).any() else 1.0
+
+    for p in prompts:
+        expected = np.mean([np.mean([iou(r, s) for s in (rois[q][i] for q in prompts if q != p)])
+                            for i, r in enumerate(rois[p])])  # fmt: skip
+        (got,) = table[(table.modality == "MR") & (table.prompt == p)].prompt_agreement
+        assert got == pytest.approx(expected, abs=1e-9), (p, got, expected)
+    print({p: float(table[table.prompt == p].prompt_agreement.item()) for p in prompts})
+    assert table[table.modality != "MR"].prompt_agreement.isna().all()  # one prompt: nothing to agree with
 
 
 def test_choose_takes_each_modality_best_prompt_then_the_best_triple():
