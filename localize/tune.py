@@ -1,18 +1,16 @@
 """`python -m localize tune --corpus DIR --config FILE --out TUNED.yaml`: choose M2IB's layer and beta, the
 binarisation threshold and each modality's prompt on a sample of the corpus, without masks.
 
-The authors tuned these on ground-truth masks; here the criterion needs none. **Deletion evidence**: how much
-the prompt's CLIP similarity drops when the ROI is blacked out, minus how much it drops when a region of the same
-shape and area elsewhere is (the ROI rolled by half the image along both axes):
-
-    evidence = cos(text, image without the rolled ROI) - cos(text, image without the ROI)
-
-A ROI over what the prompt names removes its evidence, a ROI elsewhere does not; the same-area control keeps
-large ROIs from winning by size alone (a whole-image ROI scores 0). Per (layer, beta, threshold): each modality's
-best prompt by evidence; the triple with the highest mean evidence over modalities is chosen.
+The authors tuned these on ground-truth masks; here a criterion needs none (`localize.tune_criteria`). The default,
+**prompt agreement**: a modality's prompts are paraphrases of one target, so at a good (layer, beta, threshold)
+their ROIs coincide; each prompt scores the mean IoU of its ROIs with the other prompts' (a modality needs two
+prompts or more). `--criterion` takes the others: `evidence` (deletion evidence), `crop`, `seed_agreement`. Per
+grid triple each modality's best prompt by the criterion; the triple with the best mean over modalities is chosen.
+On the small models prompt agreement tracked Dice best of the four (docs/MODELS.md, Spearman 0.6 pooled).
 
 With truth (`DIR/truth/<item_id>.png`, as the sample corpus has) the report also gives each grid point's Dice,
-the Dice-optimal choice beside the criterion's, and Spearman's rank correlation of evidence and Dice over the grid.
+the Dice-optimal choice beside the criterion's, and each computed criterion's rank correlation (Spearman) with
+Dice over the grid (`--criteria` adds criteria to compute and report).
 """
 
 from __future__ import annotations
