@@ -1,18 +1,16 @@
 """`python -m localize tune --corpus DIR --config FILE --out TUNED.yaml`: choose M2IB's layer and beta, the
 binarisation threshold and each modality's prompt on a sample of the corpus, without masks.
 
-The authors tuned these on ground-truth masks; here the criterion needs none. **Deletion evidence**: how much
-the prompt's CLIP similarity drops when the ROI is blacked out, minus how much it drops when a region of the same
-shape and area elsewhere is (the ROI rolled by half the image along both axes):
-
-    evidence = cos(text, image without the rolled ROI) - cos(text, image without the ROI)
-
-A ROI over what the prompt names removes its evidence, a ROI elsewhere does not; the same-area control keeps
-large ROIs from winning by size alone (a whole-image ROI scores 0). Per (layer, beta, threshold): each modality's
-best prompt by evidence; the triple with the highest mean evidence over modalities is chosen.
+The authors tuned these on ground-truth masks; here a criterion needs none (`localize.tune_criteria`). The default,
+**prompt agreement**: a modality's prompts are paraphrases of one target, so at a good (layer, beta, threshold)
+their ROIs coincide; each prompt scores the mean IoU of its ROIs with the other prompts' (a modality needs two
+prompts or more). `--criterion` takes the others: `evidence` (deletion evidence), `crop`, `seed_agreement`. Per
+grid triple each modality's best prompt by the criterion; the triple with the best mean over modalities is chosen.
+On the small models prompt agreement tracked Dice best of the four (docs/MODELS.md, Spearman 0.6 pooled).
 
 With truth (`DIR/truth/<item_id>.png`, as the sample corpus has) the report also gives each grid point's Dice,
-the Dice-optimal choice beside the criterion's, and Spearman's rank correlation of evidence and Dice over the grid.
+the Dice-optimal choice beside the criterion's, and each computed criterion's rank correlation (Spearman) with
+Dice over the grid (`--criteria` adds criteria to compute and report).
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
@@ -44,22 +41,10 @@ from localize.prompts import PromptConfig
 from localize.refine import refine_batch
 from localize.saliency import build_saliency, encode_prompts
 from localize.sam_loader import load_sam
+from localize.tune_criteria import CRITERIA, crop_contrast, deletion_evidence, iou_with_others, mean_pairwise_iou
 
 GRID_KEYS = ("layer", "beta", "threshold")
-
-
-def deletion_evidence(clip, images: list[np.ndarray], rois: list[np.ndarray], text_d: torch.Tensor) -> np.ndarray:
-    """Per image: cos(text, image without the rolled ROI) - cos(text, image without the ROI)."""
-    removed, control = [], []
-    for image_hw, roi_hw in zip(images, rois, strict=True):
-        shifted_hw = np.roll(roi_hw, (roi_hw.shape[0] // 2, roi_hw.shape[1] // 2), axis=(0, 1))
-        removed.append(image_hw * ~roi_hw)
-        control.append(image_hw * ~shifted_hw)
-    with torch.no_grad():
-        emb_nd = clip.model.encode_image(clip.preprocess(removed + control, text_d.device))
-    cos_n = F.normalize(emb_nd.float(), dim=-1) @ text_d.float()
-    n = len(images)
-    return (cos_n[n:] - cos_n[:n]).cpu().numpy()
+DEFAULT_CRITERION = "prompt_agreement"
 
 
 class Tuner:
@@ -92,37 +77,64 @@ class Tuner:
         refined = refine_batch([m[0].float() for m in maps_n1hw], images, self.sam, self.config.refine)
         return [r.roi_hw.astype(bool) for r in refined]
 
-    def grid_rows(self, grid: dict[str, list], truth_dir: Path | None, progress: bool = True) -> pd.DataFrame:
-        """One row per (modality, prompt, layer, beta, threshold): mean evidence (and mean Dice with truth)."""
+    def grid_rows(
+        self, grid: dict[str, list], truth_dir: Path | None, progress: bool = True, criteria: tuple[str, ...] = CRITERIA
+    ) -> pd.DataFrame:
+        """One row per (modality, prompt, layer, beta, threshold): each criterion's mean over the sampled images
+        (`localize.tune_criteria`), and the mean Dice
+        with truth."""
         rows = []
         total = sum(len(self.prompts.for_modality(m).prompts) for m in self.items) * len(grid["layer"])
         bar = tqdm(total=total * len(grid["beta"]), desc="tune", unit="map set", disable=not progress)
         for modality, (item_ids, images) in self.items.items():
             truths = [read_mask_image(truth_dir / f"{i}.png") for i in item_ids] if truth_dir else None
             images_b3hw = self.clip.preprocess(images, torch.device("cpu"))
+            by_point: dict[tuple, list[list[np.ndarray]]] = {}  # (layer, beta, threshold) -> ROIs of each prompt
             for prompt in self.prompts.for_modality(modality).prompts:
                 text_1d = encode_prompts(self.clip.model, self.clip.tokenizer, [prompt])
                 for layer, beta in itertools.product(grid["layer"], grid["beta"]):
-                    method = build_saliency({**self.config.saliency, "layer": layer, "beta": beta})
-                    torch.manual_seed(self.seed)  # the same M2IB noise at every grid point
-                    maps_n1hw = method(self.clip.model, images_b3hw, text_1d)
-                    maps = [m[0].float() for m in maps_n1hw]
+                    point = {**self.config.saliency, "layer": layer, "beta": beta}
+                    draws = [self._maps(point, images_b3hw, text_1d)]
+                    if "seed_agreement" in criteria and point.get("method", "m2ib") == "m2ib":  # M2IB's next seed
+                        draws.append(self._maps({**point, "seed": int(point.get("seed", 0)) + 1}, images_b3hw, text_1d))
                     bar.update()
                     for threshold in grid["threshold"]:
                         refine = replace(self.config.refine, threshold=threshold)
-                        rois = [r.roi_hw.astype(bool) for r in refine_batch(maps, images, self.sam, refine)]
+                        rois, *others = [
+                            [r.roi_hw.astype(bool) for r in refine_batch(maps, images, self.sam, refine)]
+                            for maps in draws
+                        ]
+                        by_point.setdefault((layer, beta, threshold), []).append(rois)
                         row = {"modality": modality, "prompt": prompt, "layer": layer, "beta": beta}
-                        row |= {"threshold": threshold, "evidence": float(np.mean(deletion_evidence(
-                            self.clip, images, rois, text_1d[0])))}  # fmt: skip
+                        row["threshold"] = threshold
+                        if "evidence" in criteria:
+                            row["evidence"] = float(np.mean(deletion_evidence(self.clip, images, rois, text_1d[0])))
+                        if "crop" in criteria:
+                            row["crop"] = float(np.mean(crop_contrast(self.clip, images, rois, text_1d[0])))
+                        if others:
+                            row["seed_agreement"] = float(np.mean(mean_pairwise_iou([rois, *others])))
                         if truths is not None:
                             row["dice"] = float(np.mean([dice_iou(r, t)[0] for r, t in zip(rois, truths, strict=True)]))
                         rows.append(row)
+            if "prompt_agreement" in criteria:  # each prompt's ROIs against the other prompts' at the same point
+                prompts = list(self.prompts.for_modality(modality).prompts)
+                for row in rows:
+                    if row["modality"] == modality:
+                        point = by_point[(row["layer"], row["beta"], row["threshold"])]
+                        agreement = iou_with_others(point, prompts.index(row["prompt"]))
+                        row["prompt_agreement"] = float(np.mean(agreement))
         bar.close()
         return pd.DataFrame(rows)
 
+    def _maps(self, saliency: dict[str, Any], images_b3hw: torch.Tensor, text_1d: torch.Tensor) -> list[torch.Tensor]:
+        torch.manual_seed(self.seed)  # any torch-random method: the same draw at every grid point and prompt
+        return [m[0].float() for m in build_saliency(saliency)(self.clip.model, images_b3hw, text_1d)]
+
 
 def choose(table: pd.DataFrame, score: str) -> dict[str, Any]:
-    """Per grid triple each modality's best prompt by `score`; the triple with the best mean over modalities."""
+    """Per grid triple each modality's best prompt by `score`; the triple with the best mean over modalities.
+    A modality the score cannot judge (NaN: prompt agreement with one prompt) counts 0 at every triple."""
+    table = table.assign(**{score: table[score].fillna(0.0)})
     best = table.loc[table.groupby(["modality", *GRID_KEYS])[score].idxmax()]
     means = best.groupby(list(GRID_KEYS))[score].mean()
     triple = dict(zip(GRID_KEYS, means.idxmax(), strict=True))
@@ -134,10 +146,10 @@ def choose(table: pd.DataFrame, score: str) -> dict[str, Any]:
     }
 
 
-def spearman(table: pd.DataFrame) -> dict[str, float]:
-    """Rank correlation of evidence and Dice over the grid, per modality and over all rows."""
-    corr = {m: float(g.evidence.corr(g.dice, method="spearman")) for m, g in table.groupby("modality")}
-    return corr | {"all": float(table.evidence.corr(table.dice, method="spearman"))}
+def spearman(table: pd.DataFrame, score: str = "evidence") -> dict[str, float]:
+    """Rank correlation of `score` and Dice over the grid, per modality and over all rows."""
+    corr = {m: float(g[score].corr(g.dice, method="spearman")) for m, g in table.groupby("modality")}
+    return corr | {"all": float(table[score].corr(table.dice, method="spearman"))}
 
 
 def tuned_config(raw: dict[str, Any], choice: dict[str, Any], prompts: PromptConfig) -> dict[str, Any]:
@@ -164,15 +176,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--betas", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.2, 0.3, 0.5])
     parser.add_argument("--seed", type=int, default=0, help="seeds the sample of images")
+    parser.add_argument(
+        "--criterion", choices=CRITERIA, default=DEFAULT_CRITERION, help=f"what chooses (default {DEFAULT_CRITERION})"
+    )
+    parser.add_argument(
+        "--criteria", nargs="+", choices=CRITERIA, help="criteria to compute and report (default: only --criterion)"
+    )
     args = parser.parse_args(argv)
+    criteria = tuple(dict.fromkeys([args.criterion, *(args.criteria or [])]))
     config = LocalizeConfig.load(args.config)
     layer = int(config.saliency.get("layer", 7))
     grid = {"layer": args.layers or [layer - 2, layer - 1, layer], "beta": args.betas, "threshold": args.thresholds}
     truth = args.truth or (args.corpus / "truth" if (args.corpus / "truth").is_dir() else None)
-    table = Tuner(config, args.corpus, args.per_modality, args.seed).grid_rows(grid, truth)
-    report: dict[str, Any] = {"criterion": "deletion evidence", "grid": grid, "chosen": choose(table, "evidence")}
+    table = Tuner(config, args.corpus, args.per_modality, args.seed).grid_rows(grid, truth, criteria=criteria)
+    report: dict[str, Any] = {"criterion": args.criterion, "grid": grid, "chosen": choose(table, args.criterion)}
     if truth is not None:
-        report |= {"dice_optimal": choose(table, "dice"), "spearman_evidence_dice": spearman(table)}
+        report["dice_optimal"] = choose(table, "dice")
+        report["spearman_with_dice"] = {c: spearman(table, c) for c in criteria}
         chosen = report["chosen"]
         mask = np.logical_and.reduce([table[k] == chosen[k] for k in GRID_KEYS])
         picked = table[mask & table.prompt.isin(chosen["prompts"].values())]

@@ -43,10 +43,15 @@ class ImageObjects:
 
     image_hw: np.ndarray
     masks: tuple[np.ndarray, ...]
+    modality: str = ""
+    n_foreground: int = 0  # the last n objects are prompted by the foreground's box, whatever their mask
 
     def box_mask(self, k: int) -> np.ndarray:
-        """What the prompt box of object k surrounds: the object, or for an empty target the foreground."""
-        return self.masks[k] if self.masks[k].any() else self.image_hw > FOREGROUND
+        """What the prompt box of object k surrounds: the object, or the foreground for an empty target and for
+        the last ``n_foreground`` objects."""
+        if self.masks[k].any() and k < len(self.masks) - self.n_foreground:
+            return self.masks[k]
+        return self.image_hw > FOREGROUND
 
 
 def object_masks(truth_hw: np.ndarray, lesions: list[np.ndarray]) -> list[np.ndarray]:
@@ -75,10 +80,18 @@ def lesion_masks(coco: dict[str, Any]) -> dict[str, list[np.ndarray]]:
 
 
 def read_corpus_objects(
-    corpus: str | Path, intensity: IntensityConfig | None = None, lesions: bool = False, negatives: bool = False
+    corpus: str | Path,
+    intensity: IntensityConfig | None = None,
+    lesions: bool = False,
+    negatives: bool = False,
+    foreground_boxes: bool = False,
 ) -> list[ImageObjects]:
     """Every item of a sample corpus (labels.csv, truth/, coco/instances.json) that holds at least one object;
-    COCO lesions are objects only with ``lesions`` (the localizer's target is the truth: the lungs for CT / XR)."""
+    COCO lesions are objects only with ``lesions`` (the localizer's target is the truth: the lungs for CT / XR).
+    ``foreground_boxes``: every item with a truth also gets the whole truth as an object prompted by the box around
+    the image's foreground (a saliency map that spans the image gives the localizer that box); lesion-free slices
+    are left to ``negatives`` (trained on as well, they taught SAM to answer "nothing" about as often with a tumour
+    as without, docs/MODELS.md)."""
     corpus = Path(corpus)
     labels_path = corpus / "labels.csv"
     if not labels_path.is_file():
@@ -91,9 +104,12 @@ def read_corpus_objects(
         masks = object_masks(truth_hw, instances.get(row.item_id, []) if lesions else [])
         if negatives and not masks:
             masks = [np.zeros(truth_hw.shape, bool)]
+        if foreground_boxes and truth_hw.any():
+            masks.append(truth_hw.astype(bool))
         if masks:
             image_hw = load_image(corpus, row.path, int(row.frame), row.modality, intensity or IntensityConfig())
-            found.append(ImageObjects(np.asarray(image_hw, np.float32), tuple(masks)))
+            image_hw = np.asarray(image_hw, np.float32)
+            found.append(ImageObjects(image_hw, tuple(masks), row.modality, int(foreground_boxes and truth_hw.any())))
     return found
 
 
@@ -114,15 +130,34 @@ def noisy_box(mask_hw: np.ndarray, noise: float, rng: np.random.Generator, grow:
     return np.array([x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)], dtype=np.float32)
 
 
+def balanced_pairs(images: list[ImageObjects]) -> list[tuple[int, int]]:
+    """Every (image, object) pair, each modality's pairs repeated so that every modality has about as many as the
+    one with the most (whole repeats: round(most / count))."""
+    by_modality: dict[str, list[tuple[int, int]]] = {}
+    for i, item in enumerate(images):
+        by_modality.setdefault(item.modality, []).extend((i, k) for k in range(len(item.masks)))
+    most = max(len(pairs) for pairs in by_modality.values())
+    return [pair for pairs in by_modality.values() for pair in pairs * max(1, round(most / len(pairs)))]
+
+
 class BoxPromptItems(Dataset):
-    """``length`` samples cycling through every (image, object) pair in a seeded order; sample i is a dict of
+    """``length`` samples cycling through every (image, object) pair (``balance``: `balanced_pairs`) in a seeded
+    order; sample i is a dict of
     ``image_3hw`` (0-255 RGB resized so its longest side is ``img_size``, as SAM's predictor feeds it),
     ``box_4`` (noisy, original pixels), ``truth_hw`` (float, original size)."""
 
     def __init__(
-        self, images: list[ImageObjects], img_size: int, length: int, box_noise: float, seed: int, box_grow: float = 0.0
+        self,
+        images: list[ImageObjects],
+        img_size: int,
+        length: int,
+        box_noise: float,
+        seed: int,
+        box_grow: float = 0.0,
+        balance: bool = False,
     ) -> None:
-        self.pairs = [(i, k) for i, item in enumerate(images) for k in range(len(item.masks))]
+        pairs = [(i, k) for i, item in enumerate(images) for k in range(len(item.masks))]
+        self.pairs = balanced_pairs(images) if balance and pairs else pairs
         if not self.pairs:
             raise ValueError("no objects to train SAM on (the corpus has no truth masks)")
         self.images, self.length, self.box_noise, self.seed, self.box_grow = images, length, box_noise, seed, box_grow
@@ -170,6 +205,10 @@ class BoxPromptData(pl.LightningDataModule):
             localizer's boxes come from coarse saliency maps and often hold more than the object.
         negatives: images whose truth is empty (lesion-free MR) become one empty target each (see ImageObjects).
         lesions: also train on each COCO lesion instance (nodules, opacities), not only the truth's objects.
+        foreground_boxes: also the whole truth of every image, prompted by the foreground's box (see
+            `read_corpus_objects`).
+        balance: each modality's objects drawn about equally often (`balanced_pairs`); otherwise in proportion to
+            their number (the lungs outnumber the tumours).
         intensity: `data.intensity.IntensityConfig` fields, as the localize run's `intensity`.
         seed: seeds the object order and the box noise.
     """
@@ -184,6 +223,8 @@ class BoxPromptData(pl.LightningDataModule):
         box_grow: float = 0.0,
         lesions: bool = False,
         negatives: bool = False,
+        foreground_boxes: bool = False,
+        balance: bool = False,
         intensity: dict[str, Any] | None = None,
         seed: int = 0,
     ) -> None:
@@ -194,9 +235,11 @@ class BoxPromptData(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.items is None:
             hp = self.hparams
-            images = read_corpus_objects(hp.corpus, IntensityConfig(**(hp.intensity or {})), hp.lesions, hp.negatives)
+            images = read_corpus_objects(
+                hp.corpus, IntensityConfig(**(hp.intensity or {})), hp.lesions, hp.negatives, hp.foreground_boxes
+            )
             self.items = BoxPromptItems(
-                images, hp.img_size, hp.steps * hp.batch_size, hp.box_noise, hp.seed, hp.box_grow
+                images, hp.img_size, hp.steps * hp.batch_size, hp.box_noise, hp.seed, hp.box_grow, hp.balance
             )
 
     def train_dataloader(self) -> DataLoader:

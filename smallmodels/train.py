@@ -67,7 +67,7 @@ def train_small_models(
         last = max((run_dir / "logs").glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         export_open_clip(load_trained_model(last), clip_dir)
     if not sam_ckpt.is_file():
-        _say("small SAM: box prompts over the corpus's objects, SAM's loss")
+        _say("small SAM: box prompts over the corpus's objects, SAM's loss terms (weights: sam.yaml)")
         train_sam(corpus, sam_ckpt, seed, sam_args)
     return write_localize_config(out / "localize.yaml", clip_dir, sam_ckpt, seed)
 

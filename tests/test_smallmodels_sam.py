@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from smallmodels.sam_data import noisy_box, object_masks
+from smallmodels.sam_data import ImageObjects, balanced_pairs, noisy_box, object_masks
 from smallmodels.sam_loss import SamLoss, dice_loss, focal_loss, mask_iou
 
 
@@ -60,3 +60,26 @@ def test_object_masks_components_and_union():
     truth[12:18, 12:18] = 1  # two lungs: each one, and both under one box
     masks = object_masks(truth, [])
     assert len(masks) == 3 and masks[2].sum() == 72 and {int(m.sum()) for m in masks[:2]} == {36}
+
+
+def test_foreground_objects_are_prompted_by_the_body_box():
+    image = np.zeros((20, 20), np.float32)
+    image[2:18, 4:16] = 0.5  # the body
+    tumour = np.zeros((20, 20), bool)
+    tumour[8:11, 8:11] = True
+    # objects: the tumour (its own box), then the whole truth from the body's box, then an empty whole truth
+    item = ImageObjects(image, (tumour, tumour, np.zeros_like(tumour)), "MR", n_foreground=2)
+    np.testing.assert_array_equal(item.box_mask(0), tumour)
+    for k in (1, 2):
+        np.testing.assert_allclose(noisy_box(item.box_mask(k), 0.0, np.random.default_rng(0)), [4, 2, 16, 18])
+    assert not ImageObjects(image, (tumour,), "MR").box_mask(0)[0, 0]  # no foreground objects: the object's box
+
+
+def test_balanced_pairs_repeat_the_rare_modality():
+    image, mask = np.zeros((4, 4), np.float32), np.ones((4, 4), bool)
+    lungs = [ImageObjects(image, (mask, mask, mask), "CT") for _ in range(4)]  # 12 objects
+    tumours = [ImageObjects(image, (mask,), "MR") for _ in range(2)]  # 2 objects: repeated round(12 / 2) = 6 times
+    pairs = balanced_pairs(lungs + tumours)
+    assert len(pairs) == 12 + 12
+    assert sorted(p for p in pairs if p[0] >= 4) == sorted([(4, 0), (5, 0)] * 6)
+    assert sorted(p for p in pairs if p[0] < 4) == [(i, k) for i in range(4) for k in range(3)]

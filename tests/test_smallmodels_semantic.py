@@ -3,10 +3,10 @@
 `localize run` + `localize eval` (the library calls the commands make) on a corpus drawn with seed 7 (the models
 trained on seed 1000's): Dice must reach the figures docs/MODELS.md states, per modality well above the untrained
 stand-ins and above a shuffled-ROI control (each item gets another item's ROI of the same modality), so a right
-mask for the wrong image does not pass. A sign error in M2IB's objective fails it. The small CLIP's saliency is
-coarse (its boxes often cover the whole image), so box bugs are checked where the boxes are exact: the refinement
-fed one truth component as its saliency map.
-"""
+mask for the wrong image does not pass. A sign error in M2IB's objective fails it (X-ray). The small CLIP's
+saliency is coarse (on CT and MR its boxes nearly always cover the whole image, a square), so swapped box x / y
+pass the first test (measured: 0.59 overall) and are checked where the boxes are exact: the refinement fed one
+truth component as its saliency map."""
 
 from __future__ import annotations
 
@@ -56,11 +56,13 @@ def test_small_models_find_lesions_and_lungs(small_models, tmp_path):  # noqa: F
     shuffled = _summary(tmp_path / "shuffled.zarr", corpus)
     report = f"small {small}\nstand-ins {standin}\nshuffled {shuffled}"
     print(report)
+    # Measured (docs/MODELS.md): small 0.58 overall (CT 0.66, MR 0.19, XR 0.90), stand-ins 0.23 (0.26, 0.02, 0.40),
+    # shuffled 0.48 (0.54, 0.10, 0.81). With M2IB's objective's sign flipped: 0.57 (CT 0.84, MR 0.19, XR 0.67):
+    # the X-ray floor fails (CT's lungs come out better from the inverted map: its "lungs" saliency is off target).
     assert small["overall"] >= 0.5, report
-    # Measured (docs/MODELS.md): small 0.55 overall (CT 0.67, MR 0.07, XR 0.90), stand-ins 0.23 (0.26, 0.02, 0.40),
-    # shuffled 0.47 (0.56, 0.04, 0.80). The lungs are found; the tumours only weakly (the small SAM barely learns
-    # them), hence MR's smaller margins.
-    for modality, over_standin, over_shuffled in (("CT", 0.3, 0.05), ("XR", 0.3, 0.05), ("MR", 0.03, 0.02)):
+    for modality, floor in (("CT", 0.55), ("XR", 0.8), ("MR", 0.15)):
+        assert small[modality] >= floor, report
+    for modality, over_standin, over_shuffled in (("CT", 0.3, 0.05), ("XR", 0.3, 0.05), ("MR", 0.1, 0.05)):
         assert small[modality] >= standin[modality] + over_standin, report
         assert small[modality] >= shuffled[modality] + over_shuffled, report
     assert RoiCache.open(tmp_path / "small.zarr").provenance["models_label"].startswith("small models trained")
@@ -69,8 +71,8 @@ def test_small_models_find_lesions_and_lungs(small_models, tmp_path):  # noqa: F
 @pytest.mark.slow
 def test_small_sam_segments_each_lung_from_its_box(small_models, tmp_path):  # noqa: F811 - fixture
     """The refinement (component -> box -> SAM) with one lung of the truth as saliency: the small SAM turns that
-    lung's box into that lung, not the other one. Measured on seed 7: Dice 0.93 (CT), 0.94 (X-ray); with x and y
-    of the boxes swapped, 0.39 (CT), so this fails."""
+    lung's box into that lung, not the other one. Measured on seed 7: Dice 0.93 (CT), 0.93 (X-ray); with x and y
+    of the boxes swapped, 0.66 (CT), so this fails."""
     corpus = tmp_path / "corpus"
     write_sample_corpus(corpus, 6, UNSEEN_SEED)
     sam = load_sam(yaml.safe_load(small_models.read_text())["sam"])
