@@ -37,8 +37,9 @@ class RoiDataset(Dataset):
     stored size (the ROI drawn at that size) instead of decoded from the corpus. Its intensity rules must be
     `intensity`'s (when given), its items the manifest's, and the selected items packed; failed ones are left out.
     A square store's images are already at the input size while the ROI is drawn at the item's native size, as
-    from the files: `transform` must resize both to that size (pretraining's `augment: resize`), which makes the
-    image's resize a no-op and the mask's the raw path's nearest resize.
+    from the files, then taken to the image's size as torch's nearest resize would (`nearest_sources`): `transform`
+    must resize both to that size (pretraining's `augment: resize`), which is then a no-op for both, and the ROI is
+    the raw path's.
 
     `integer_images` (with a uint8 packed store): images leave as stored, uint8 (C, H, W), a quarter of the bytes
     through the loader's shared memory; `unit_float` turns a batch of them into the float form on the training
@@ -106,7 +107,11 @@ class RoiDataset(Dataset):
         image_chw = self._image_chw(index)
         h, w = self._native_hw[index] if self._roi_native else image_chw.shape[-2:]
         if self.cache is not None:
-            roi_hw = torch.from_numpy(self.cache.read_mask(index, (int(h), int(w)), self.roi_shape))
+            roi_hw = self.cache.read_mask(index, (int(h), int(w)), self.roi_shape)
+            if self._roi_native:  # as the transform's nearest resize to the image's size would: it is then a no-op
+                rows, cols = (nearest_sources(n, m) for n, m in zip(roi_hw.shape, image_chw.shape[-2:], strict=True))
+                roi_hw = roi_hw[rows][:, cols]
+            roi_hw = torch.from_numpy(roi_hw)
         else:
             roi_hw = torch.zeros((int(h), int(w)), dtype=torch.uint8)
         image, roi = tv_tensors.Image(image_chw), tv_tensors.Mask(roi_hw[None])
@@ -132,6 +137,13 @@ class RoiDataset(Dataset):
         if x.shape[0] not in (1, self.channels):
             raise ValueError(f"cannot turn a {x.shape[0]}-channel image into {self.channels} channels")
         return x.contiguous()
+
+
+def nearest_sources(in_size: int, out_size: int) -> np.ndarray:
+    """Source index of each output index of torch's "nearest" resize (torchvision's for masks), computed as its CPU
+    kernel does: min(floor(i * float32(in / out)), in - 1) in float32."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    return np.minimum(np.floor(np.arange(out_size, dtype=np.float32) * scale), in_size - 1).astype(np.intp)
 
 
 def unit_float(image: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
-from data.dataset import RoiDataset, unit_float
+from data.dataset import RoiDataset, nearest_sources, unit_float
 from data.intensity import IntensityConfig
 from data.manifest import scan_corpus
 from data.pack_cli import main as pack_main
@@ -113,15 +115,28 @@ def test_integer_batches_become_exactly_the_float_batches(data):
         RoiDataset(corpus, cache=cache, integer_images=True)
 
 
-def test_square_rois_are_drawn_at_the_native_size(data):
+def test_square_rois_are_drawn_at_the_native_size_then_resized_as_torchvision_does(data):
     corpus, cache, square, _ = data
     dataset = RoiDataModule(corpus, cache, packed=square, input_size=SIDE, num_workers=0, normalize="imagenet")
     dataset.setup("fit")
     items = dataset.train_set.dataset
-    items.transform = None  # the raw reads: image at SIDE, ROI at the manifest's size
+    items.transform = None  # the raw reads: image and ROI at SIDE, the ROI from the manifest's size
+    rois = RoiCache.open(cache)
+    resize = v2.Resize((SIDE, SIDE))  # masks: nearest, whatever the image interpolation
     for i in range(len(items)):
-        item, row = items[i], items.manifest.iloc[items.indices[i]]
-        assert item["image"].shape[-2:] == (SIDE, SIDE) and item["roi"].shape[-2:] == (row.height, row.width)
+        item, index = items[i], int(items.indices[i])
+        native = tv_tensors.Mask(torch.from_numpy(rois.read_mask(index, None, "rect"))[None])
+        assert item["image"].shape[-2:] == (SIDE, SIDE) and native.shape[-2:] != (SIDE, SIDE)
+        assert torch.equal(item["roi"], resize(native))
+
+
+def test_nearest_sources_are_torchvisions_mask_resize():
+    rng = np.random.default_rng(0)
+    for n_in, n_out in ((512, 224), (513, 224), (1000, 224), (300, 224), (70, 32), (20, 32), (97, 64), (3000, 384)):
+        mask = (rng.random((n_in, n_in + 5)) < 0.5).astype(np.uint8)
+        want = v2.Resize((n_out, n_out))(tv_tensors.Mask(torch.from_numpy(mask)[None]))[0].numpy()
+        got = mask[nearest_sources(n_in, n_out)[:, None], nearest_sources(n_in + 5, n_out)]
+        assert np.array_equal(got, want), (n_in, n_out)
 
 
 def test_pretraining_refuses_a_square_store_it_would_resize_otherwise(data):
