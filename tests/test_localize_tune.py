@@ -1,5 +1,6 @@
-"""`localize tune` and `localize prompts`: the criterion's hand-checkable properties, the choice rule, the written
-config; on the small models (slow), the criterion's agreement with Dice is reported."""
+"""`localize tune` and `localize prompts`: the criteria's hand-checkable properties, the choice rule, the written
+config and report. How well each criterion tracks Dice on the small models is measured by the command itself
+(docs/MODELS.md gives the figures and the command), not asserted here."""
 
 from __future__ import annotations
 
