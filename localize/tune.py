@@ -6,7 +6,8 @@ The authors tuned these on ground-truth masks; here a criterion needs none (`loc
 their ROIs coincide; each prompt scores the mean IoU of its ROIs with the other prompts' (a modality needs two
 prompts or more). `--criterion` takes the others: `evidence` (deletion evidence), `crop`, `seed_agreement`. Per
 grid triple each modality's best prompt by the criterion; the triple with the best mean over modalities is chosen.
-On the small models prompt agreement tracked Dice best of the four (docs/MODELS.md, Spearman 0.6 pooled).
+On the small models it tracked Dice best of the four pooled over modalities (Spearman 0.6), but within a modality
+none of them tracks Dice (docs/MODELS.md): keep the release's values where truth is missing and much is at stake.
 
 With truth (`DIR/truth/<item_id>.png`, as the sample corpus has) the report also gives each grid point's Dice,
 the Dice-optimal choice beside the criterion's, and each computed criterion's rank correlation (Spearman) with
@@ -81,8 +82,7 @@ class Tuner:
         self, grid: dict[str, list], truth_dir: Path | None, progress: bool = True, criteria: tuple[str, ...] = CRITERIA
     ) -> pd.DataFrame:
         """One row per (modality, prompt, layer, beta, threshold): each criterion's mean over the sampled images
-        (`localize.tune_criteria`), and the mean Dice
-        with truth."""
+        (`localize.tune_criteria`), and the mean Dice with truth."""
         rows = []
         total = sum(len(self.prompts.for_modality(m).prompts) for m in self.items) * len(grid["layer"])
         bar = tqdm(total=total * len(grid["beta"]), desc="tune", unit="map set", disable=not progress)

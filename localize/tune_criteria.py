@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -65,11 +64,5 @@ def iou_with_others(rois_by_variant: Sequence[Sequence[np.ndarray]], j: int) -> 
 
 def mean_pairwise_iou(rois_by_variant: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
     """Per image: the mean IoU over pairs of variants (prompts, noise seeds) of its ROIs; both empty counts 1.
-    One variant alone has no pair: NaN."""
-    pairs = list(itertools.combinations(range(len(rois_by_variant)), 2))
-    n = len(rois_by_variant[0])
-    if not pairs:
-        return np.full(n, np.nan)
-    return np.array(
-        [np.mean([dice_iou(rois_by_variant[a][i], rois_by_variant[b][i])[1] for a, b in pairs]) for i in range(n)]
-    )
+    One variant alone has no pair: NaN. (IoU is symmetric: the mean over variants of `iou_with_others`.)"""
+    return np.mean([iou_with_others(rois_by_variant, j) for j in range(len(rois_by_variant))], axis=0)
