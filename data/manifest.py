@@ -8,13 +8,17 @@ Row i of the manifest is item i everywhere downstream (ROI cache, datasets), so 
   modality       'CT' | 'MR' | 'XR' | 'MG' | 'US' | 'OT'
   height, width  pixel size of the frame
   source_format  'dicom' | 'nifti' | 'png' | 'jpeg' | 'tiff'
-Nothing derived from DICOM patient or study tags is stored.
+and the grouping columns of `data.series.SERIES_COLUMNS` (patient_key, study_key, series_key: keyed hashes, see
+`data.keys`; slice_index, slice_position_mm, spacing_mm, n_slices). No value of a DICOM patient or study tag is
+stored. Files excluded by the scan's rules (scouts, derived images, screenshots) are listed with their reason in
+the exclusions table beside the manifest; `MANIFEST.scan.json` holds the scan summary and the key's fingerprint.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -22,15 +26,19 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
 from data.ids import make_item_id
+from data.keys import CorpusKey, load_or_create_key
 from data.readers import NiftiVolumes, UnreadableImage, iter_frames, source_format
 from data.readers import infer_modality as infer_modality_from_path
-from data.uid_paths import uid_path_warning
+from data.readers.geometry import FileGeometry, dicom_geometry, nifti_geometry
+from data.series import SERIES_COLUMNS, FileRows, Grouping, SeriesReport, series_columns
+from data.uid_paths import path_warnings
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +46,38 @@ MANIFEST_COLUMNS = ("item_id", "path", "frame", "modality", "height", "width", "
 # A file in the corpus root listing glob patterns of files that are not images to scan (masks, labels, ...).
 SCANIGNORE = ".scanignore"
 FAILURE_COLUMNS = ("path", "reason")
+EXCLUSION_COLUMNS = ("path", "reason")
+SCAN_SCHEMA = 2  # 2: + the grouping columns (SERIES_COLUMNS), the exclusions table and MANIFEST.scan.json
 _INT_COLUMNS = ("frame", "height", "width")
 
-# One file's scan result: (relpath, [(frame, height, width, modality, source_format), ...], failure reason).
-_FileResult = tuple[str, list[tuple[int, int, int, str, str]], str | None]
+# One file's scan result: (relpath, [(frame, height, width, modality, source_format), ...], failure reason,
+# geometry or None, exclusion reason or None).
+_FileResult = tuple[str, list[tuple[int, int, int, str, str]], str | None, FileGeometry | None, str | None]
+# One file's scan task: (root, relpath, nifti_volumes, corpus key, keep excluded files).
+_Task = tuple[str, str, str, CorpusKey, bool]
+
+
+@dataclass
+class ScanResult:
+    """A scan: the manifest, the failures and exclusions tables, the structure report and the key's fingerprint."""
+
+    manifest: pd.DataFrame
+    failures: pd.DataFrame
+    exclusions: pd.DataFrame
+    series: SeriesReport = field(default_factory=SeriesReport)
+    key_fingerprint: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """The scan summary written to MANIFEST.scan.json (counts only: no identifier, no path)."""
+        return {
+            "schema": SCAN_SCHEMA,
+            "key_fingerprint": self.key_fingerprint,
+            "items": len(self.manifest),
+            "failures": len(self.failures),
+            "exclusions": len(self.exclusions),
+            **self.series.as_dict(),
+        }
 
 
 def scan_corpus(
@@ -52,26 +88,60 @@ def scan_corpus(
     progress: bool = True,
     exclude: Iterable[str | os.PathLike] = (),
     ignore: Iterable[str] = (),
+    key: CorpusKey | None = None,
+    grouping: Grouping | None = None,
+    keep_excluded: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Decode every file under `root` once; return (manifest, failures).
+    """(manifest, failures) of `scan_corpus_full` with the same arguments."""
+    result = scan_corpus_full(
+        root,
+        nifti_volumes=nifti_volumes,
+        workers=workers,
+        progress=progress,
+        exclude=exclude,
+        ignore=ignore,
+        key=key,
+        grouping=grouping,
+        keep_excluded=keep_excluded,
+    )
+    return result.manifest, result.failures
+
+
+def scan_corpus_full(
+    root: str | os.PathLike,
+    *,
+    nifti_volumes: NiftiVolumes = "all",
+    workers: int | None = None,
+    progress: bool = True,
+    exclude: Iterable[str | os.PathLike] = (),
+    ignore: Iterable[str] = (),
+    key: CorpusKey | None = None,
+    grouping: Grouping | None = None,
+    keep_excluded: bool = False,
+) -> ScanResult:
+    """Decode every file under `root` once; return the manifest, failures, exclusions and structure report.
 
     Every frame is decoded (so a truncated payload is caught) and its pixels dropped; only geometry is kept.
     Skipped: hidden files and folders (name starting with '.'), the paths in `exclude`, and files matching the
     glob patterns in `ignore` or in ROOT/.scanignore (see `list_corpus_files`). A file with an unsupported
-    suffix and no DICOM marker is a failure 'unsupported file type (.xyz)'. Files are read in `workers`
-    processes (default: all cores; <= 1: in this process); the output order does not depend on it. Logs a
-    warning when file or folder names look like DICOM UIDs (`data.uid_paths`): the paths are stored.
+    suffix and no DICOM marker is a failure 'unsupported file type (.xyz)'. DICOM scouts, derived or secondary
+    images, secondary captures and images with burned-in annotation are excluded with their reason
+    (`data.readers.geometry.exclusion_reasons`) unless `keep_excluded`. Grouping keys are hashed with `key`
+    (default: `load_or_create_key()`); `grouping` names the patients of files that do not (`data.series`).
+    Files are read in `workers` processes (default: all cores; <= 1: in this process); the output order does
+    not depend on it. Logs warnings for path components that look like identifiers (`data.uid_paths`).
     """
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: corpus is not a directory")
+    key = key if key is not None else load_or_create_key()[0]
     relpaths = list_corpus_files(root, exclude=exclude, ignore=ignore)
-    warning = uid_path_warning(relpaths)
-    if warning:
+    warnings = path_warnings(relpaths)
+    for warning in warnings:
         log.warning(warning)
     workers = min(os.cpu_count() or 1, 32) if workers is None else workers
     bar = tqdm(total=len(relpaths), desc="scan", unit="file", file=sys.stderr, disable=not progress)
-    tasks = [(str(root), relpath, nifti_volumes) for relpath in relpaths]
+    tasks = [(str(root), relpath, nifti_volumes, key, keep_excluded) for relpath in relpaths]
     results: list[_FileResult] = []
     with bar:
         if workers <= 1 or len(tasks) <= 1:
@@ -80,10 +150,14 @@ def scan_corpus(
                 bar.update()
         else:
             results = _scan_in_processes(tasks, min(workers, len(tasks)), bar)
-    return _manifest_frame(results), _failures_frame(results)
+    manifest, report = _manifest_frame(results, key, grouping or Grouping())
+    exclusions = _table(
+        [(relpath, f"excluded: {why}") for relpath, _, _, _, why in results if why is not None], EXCLUSION_COLUMNS
+    )
+    return ScanResult(manifest, _failures_frame(results), exclusions, report, key.fingerprint, warnings)
 
 
-def _scan_in_processes(tasks: list[tuple[str, str, str]], workers: int, bar: tqdm) -> list[_FileResult]:
+def _scan_in_processes(tasks: list[_Task], workers: int, bar: tqdm) -> list[_FileResult]:
     """`_scan_file` over `tasks` in `workers` processes, in chunks of files, results in task order.
 
     A native decoder can kill its process outright (a segfault in a codec on a corrupt file) instead of raising.
@@ -105,7 +179,7 @@ def _scan_in_processes(tasks: list[tuple[str, str, str]], workers: int, bar: tqd
 
 
 def _scan_until_crash(
-    tasks: list[tuple[str, str, str]], queue: deque[list[int]], workers: int, results: dict[int, _FileResult], bar: tqdm
+    tasks: list[_Task], queue: deque[list[int]], workers: int, results: dict[int, _FileResult], bar: tqdm
 ) -> list[list[int]]:
     """Scan queued chunks (popped as they are submitted) into `results` until the queue is empty, or until a
     worker dies: then return the chunks that were in flight and have no result."""
@@ -133,13 +207,13 @@ def _scan_until_crash(
     return []
 
 
-def _scan_alone(task: tuple[str, str, str]) -> _FileResult:
+def _scan_alone(task: _Task) -> _FileResult:
     """`_scan_file` in a process of its own; a file that kills that process is a failure."""
     with ProcessPoolExecutor(max_workers=1) as pool:
         try:
             return pool.submit(_scan_file, task).result()
         except BrokenProcessPool:
-            return task[1], [], "the decoder crashed the reading process"
+            return task[1], [], "the decoder crashed the reading process", None, None
 
 
 def list_corpus_files(
@@ -192,25 +266,45 @@ def _matches(name: str, relpath: str, rules: list[tuple[str, bool]]) -> bool:
     return any(fnmatch.fnmatchcase(relpath if by_path else name, pattern) for pattern, by_path in rules)
 
 
-def write_manifest(manifest: pd.DataFrame, failures: pd.DataFrame, out: str | os.PathLike) -> Path:
-    """Write the manifest parquet at `out` and the failures next to it (.failures.parquet and .csv); return `out`.
+def write_manifest(
+    manifest: pd.DataFrame,
+    failures: pd.DataFrame,
+    out: str | os.PathLike,
+    *,
+    exclusions: pd.DataFrame | None = None,
+    summary: dict | None = None,
+) -> Path:
+    """Write the manifest parquet at `out` and the failures next to it (.failures.parquet and .csv), the
+    exclusions (.exclusions.csv) and the scan summary (.scan.json) when given; return `out`.
 
+    The grouping columns (SERIES_COLUMNS) are written when the manifest has them (all of them or none).
     Each file is written to a temporary name first and renamed, so a reader never sees a half-written file.
     """
     out = Path(out)
     _check_columns(manifest, MANIFEST_COLUMNS, "manifest")
     _check_columns(failures, FAILURE_COLUMNS, "failures table")
+    columns = list(MANIFEST_COLUMNS) + _series_columns_of(manifest, "manifest")
     out.parent.mkdir(parents=True, exist_ok=True)
     failures_parquet = failures_path(out)
-    _replace(out, lambda tmp: manifest.loc[:, list(MANIFEST_COLUMNS)].to_parquet(tmp, index=False))
+    _replace(out, lambda tmp: manifest.loc[:, columns].to_parquet(tmp, index=False))
     failures = failures.loc[:, list(FAILURE_COLUMNS)]
     _replace(failures_parquet, lambda tmp: failures.to_parquet(tmp, index=False))
     _replace(failures_parquet.with_suffix(".csv"), lambda tmp: failures.to_csv(tmp, index=False))
+    if exclusions is not None:
+        exclusions = exclusions.loc[:, list(EXCLUSION_COLUMNS)]
+        _replace(exclusions_path(out), lambda tmp: exclusions.to_csv(tmp, index=False))
+    if summary is not None:
+        text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+        _replace(summary_path(out), lambda tmp: tmp.write_text(text))
     return out
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    """Read and validate a manifest written by `write_manifest`; errors name the file and what is wrong."""
+    """Read and validate a manifest written by `write_manifest`; errors name the file and what is wrong.
+
+    A manifest from before the grouping columns (schema 1) is read with a warning: code that groups by patient
+    then falls back to one patient per path (re-scan to get the keys). One with only some of them is refused.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest there (write one with `python -m data scan CORPUS --out {path}`)")
@@ -226,7 +320,48 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
             raise ValueError(f"{path}: manifest column {column!r} is {manifest[column].dtype}, expected integers")
     if manifest["item_id"].duplicated().any():
         raise ValueError(f"{path}: manifest has duplicate item ids")
+    if not _series_columns_of(manifest, str(path)):
+        log.warning(
+            f"{path}: manifest written before patient/study/series keys (scan schema 1): every path counts as its "
+            f"own patient; re-scan the corpus (`python -m data scan`) to group slices by patient and series"
+        )
     return manifest.reset_index(drop=True)
+
+
+def has_grouping_keys(manifest: pd.DataFrame) -> bool:
+    """True when `manifest` has the grouping columns (SERIES_COLUMNS) of a schema-2 scan."""
+    return all(column in manifest.columns for column in SERIES_COLUMNS)
+
+
+def _series_columns_of(manifest: pd.DataFrame, what: str) -> list[str]:
+    present = [column for column in SERIES_COLUMNS if column in manifest.columns]
+    if present and len(present) != len(SERIES_COLUMNS):
+        missing = [column for column in SERIES_COLUMNS if column not in present]
+        raise ValueError(f"{what}: has some grouping columns but lacks {missing}: a mix of scans; re-scan the corpus")
+    return present
+
+
+def exclusions_path(manifest_path: str | os.PathLike) -> Path:
+    """Where `write_manifest` puts the exclusions table (.exclusions.csv) of the manifest at `manifest_path`."""
+    manifest_path = Path(manifest_path)
+    return manifest_path.with_name(manifest_path.stem + ".exclusions.csv")
+
+
+def summary_path(manifest_path: str | os.PathLike) -> Path:
+    """Where `write_manifest` puts the scan summary (.scan.json) of the manifest at `manifest_path`."""
+    manifest_path = Path(manifest_path)
+    return manifest_path.with_name(manifest_path.stem + ".scan.json")
+
+
+def manifest_key_fingerprint(manifest_path: str | os.PathLike) -> str | None:
+    """The corpus key fingerprint recorded beside the manifest at `manifest_path` (None: none recorded)."""
+    path = summary_path(manifest_path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("key_fingerprint") or None
+    except (ValueError, AttributeError):
+        return None
 
 
 def manifest_sha256(manifest: pd.DataFrame) -> str:
@@ -246,44 +381,77 @@ def failures_path(manifest_path: str | os.PathLike) -> Path:
     return manifest_path.with_name(manifest_path.stem + ".failures.parquet")
 
 
-def _scan_files(tasks: list[tuple[str, str, str]]) -> list[_FileResult]:
+def _scan_files(tasks: list[_Task]) -> list[_FileResult]:
     return [_scan_file(task) for task in tasks]
 
 
-def _scan_file(task: tuple[str, str, str]) -> _FileResult:
-    """Decode one file; its frames' geometry, or the reason it failed. Runs in a worker process."""
-    root, relpath, nifti_volumes = task
+def _scan_file(task: _Task) -> _FileResult:
+    """Decode one file; its frames' geometry and keys, or the reason it failed or is excluded. Runs in a worker."""
+    root, relpath, nifti_volumes, key, keep_excluded = task
     path = Path(root) / relpath
+    fmt = source_format(path)
     # Non-DICOM files carry no modality: name it from the corpus-relative path, not the root's location.
-    modality = None if source_format(path) in (None, "dicom") else infer_modality_from_path(relpath)
+    modality = None if fmt in (None, "dicom") else infer_modality_from_path(relpath)
+    geometry = None
+    if fmt in (None, "dicom"):
+        try:  # an unreadable header is the decoder's to report, with its reason
+            geometry = dicom_geometry(path, key)
+        except Exception:  # noqa: BLE001
+            geometry = None
+        if geometry is not None and geometry.exclusions and not keep_excluded:
+            return relpath, [], None, geometry, "; ".join(geometry.exclusions)
     try:
         frames = [
             (frame.frame, frame.pixels.shape[0], frame.pixels.shape[1], frame.modality, frame.source_format)
             for frame in iter_frames(path, nifti_volumes=nifti_volumes, modality=modality)
         ]
+        if frames and frames[0][4] == "nifti":
+            geometry = nifti_geometry(path, len(frames))
     except UnreadableImage as exc:
-        return relpath, [], exc.reason
+        return relpath, [], _relative_reason(exc.reason, root), None, None
     except Exception as exc:  # noqa: BLE001 - one bad file must not stop the scan
-        return relpath, [], f"unexpected error ({type(exc).__name__})"
+        return relpath, [], f"unexpected error ({type(exc).__name__})", None, None
     if not frames:
-        return relpath, [], "no frames"
-    return relpath, frames, None
+        return relpath, [], "no frames", None, None
+    return relpath, frames, None, geometry, None
 
 
-def _manifest_frame(results: list[_FileResult]) -> pd.DataFrame:
+def _relative_reason(reason: str, root: str) -> str:
+    """A reason with the corpus root cut out of any path it quotes: failure tables hold no absolute path."""
+    prefix = str(Path(root).resolve())
+    for candidate in {str(root).rstrip(os.sep), prefix}:
+        if candidate and candidate != ".":
+            reason = reason.replace(candidate + os.sep, "").replace(candidate, ".")
+    return reason
+
+
+def _manifest_frame(
+    results: list[_FileResult], key: CorpusKey, grouping: Grouping
+) -> tuple[pd.DataFrame, SeriesReport]:
     rows = [
         (make_item_id(relpath, frame), relpath, frame, modality, height, width, fmt)
-        for relpath, frames, _ in results
+        for relpath, frames, _, _, _ in results
         for frame, height, width, modality, fmt in frames
     ]
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     manifest = manifest.astype({column: "int64" for column in _INT_COLUMNS})
-    return manifest.sort_values(["path", "frame"], kind="stable").reset_index(drop=True)
+    files = [
+        FileRows(relpath, frames[0][4], [(f, h, w) for f, h, w, _, _ in frames], geometry)
+        for relpath, frames, _, geometry, _ in results
+        if frames
+    ]
+    grouped, report = series_columns(files, key, grouping)
+    manifest = manifest.merge(grouped, on=["path", "frame"], how="left", validate="one_to_one")
+    manifest = manifest.astype({"slice_index": "int64", "n_slices": "int64"})
+    return manifest.sort_values(["path", "frame"], kind="stable").reset_index(drop=True), report
 
 
 def _failures_frame(results: list[_FileResult]) -> pd.DataFrame:
-    rows = [(relpath, reason) for relpath, _, reason in results if reason is not None]
-    return pd.DataFrame(rows, columns=list(FAILURE_COLUMNS)).sort_values("path", kind="stable").reset_index(drop=True)
+    return _table([(relpath, reason) for relpath, _, reason, _, _ in results if reason is not None], FAILURE_COLUMNS)
+
+
+def _table(rows: list[tuple[str, str]], columns: tuple[str, ...]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(columns)).sort_values("path", kind="stable").reset_index(drop=True)
 
 
 def _check_columns(table: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:

@@ -13,6 +13,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _corpus_key_file(tmp_path_factory: pytest.TempPathFactory):
+    """Scans in tests (and the subprocesses they start) use a session key file, never the user's
+    ~/.config/mwm/corpus.key."""
+    from data.keys import KEY_ENV
+
+    previous = os.environ.get(KEY_ENV)
+    os.environ[KEY_ENV] = str(tmp_path_factory.mktemp("corpus_key") / "corpus.key")
+    yield
+    if previous is None:
+        os.environ.pop(KEY_ENV, None)
+    else:
+        os.environ[KEY_ENV] = previous
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.sample.ct_dicom import CtUids, write_ct_multiframe, write_ct_slice
+from data.sample.ct_dicom import CtUids, slice_positions, write_ct_extras, write_ct_multiframe, write_ct_slice
 from data.sample.shapes import blur, ellipse, erode, place_lesions, smooth_noise
 from data.sample.spec import SLICES_PER_GROUP, Item, ModalitySpec, Slice, group_sizes, item_rng, lesion_counts
 
@@ -97,7 +97,8 @@ def _ct_slice(ser: _CtSeries, k: int, n_lesions: int, rng: np.random.Generator, 
 
 
 def make_items(out: Path, n: int, seed: int, size: int) -> Iterator[Item]:
-    """Single-frame series of <= SLICES_PER_GROUP slices, then one multi-frame file of max(2, n // 4) frames."""
+    """Single-frame series of <= SLICES_PER_GROUP slices (each a patient, slice positions shuffled against the file
+    names), then one multi-frame file of max(2, n // 4) frames, and the three excluded extras (not items)."""
     counts, uids = lesion_counts(n, seed, SPEC), CtUids(seed, n, size)
     n_multi = max(2, n // 4)
     groups = group_sizes(n - n_multi, SLICES_PER_GROUP)
@@ -105,10 +106,13 @@ def make_items(out: Path, n: int, seed: int, size: int) -> Iterator[Item]:
     for s, depth in enumerate(groups):
         ser = _ct_series(item_rng(seed, SPEC, 1, s), size)
         slope = 0.5 if s % 2 else 1.0  # odd series exercise a non-unit rescale slope
+        ranks = slice_positions(depth, seed, s)
         for k in range(depth):
             sl = _ct_slice(ser, k, counts[i], item_rng(seed, SPEC, 0, i), size)
             relpath = f"{SPEC.folder}/series_{s:03d}/slice_{k:03d}.dcm"
-            write_ct_slice(out / relpath, sl.image_hw, uids, s, k, slope)
+            write_ct_slice(out / relpath, sl.image_hw, uids, s, k, slope, rank=ranks[k])
+            if s == 0 and k == 0:
+                write_ct_extras(out / SPEC.folder, sl.image_hw, uids)
             yield Item(relpath, 0, SPEC, sl)
             i += 1
     ser = _ct_series(item_rng(seed, SPEC, 1, len(groups)), size)
