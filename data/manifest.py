@@ -441,8 +441,9 @@ def _manifest_frame(
         if frames
     ]
     grouped, report = series_columns(files, key, grouping)
+    grouped = grouped.astype({"frame": "int64", "slice_index": "int64", "n_slices": "int64"})
     manifest = manifest.merge(grouped, on=["path", "frame"], how="left", validate="one_to_one")
-    manifest = manifest.astype({"slice_index": "int64", "n_slices": "int64"})
+    manifest = manifest.astype({"slice_position_mm": "float64"})
     return manifest.sort_values(["path", "frame"], kind="stable").reset_index(drop=True), report
 
 

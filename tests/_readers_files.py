@@ -9,7 +9,12 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from pydicom.uid import (
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+)
 
 # Values planted in patient/study tags; none may ever leave the reader.
 PLANTED_TAGS = {
@@ -42,17 +47,19 @@ def write_dicom(
     compress: str | None = None,
 ) -> Path:
     """A DICOM file with `pixels` (frames stacked on axis 0 when 3-D and not RGB) and the given tags; `compress`: a
-    transfer syntax UID pydicom can encode (e.g. RLE Lossless)."""
+    transfer syntax UID pydicom can encode (e.g. RLE Lossless). The SOP class is the modality's image storage
+    (not Secondary Capture, which the scan excludes by default); `tags` may set another SOPClassUID."""
     sop_uid = str((tags or {}).get("SOPInstanceUID", pydicom.uid.generate_uid()))
+    sop_class = {"CT": CTImageStorage, "MR": MRImageStorage}.get(modality or "", DigitalXRayImageStorageForPresentation)
     ds = Dataset()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
     if modality is not None:
         ds.Modality = modality
     for keyword, value in (tags or {}).items():
         setattr(ds, keyword, value)
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)

@@ -136,12 +136,13 @@ def test_splits_are_stratified(corpus: Path) -> None:
 
 def test_ct_dicom_files_are_real_and_rescale_to_hounsfield(corpus: Path) -> None:
     rows = [r for r in read_labels(corpus) if r["modality"] == "CT"]
-    slopes, sop_uids = set(), set()
+    slopes, sop_uids, patients = set(), set(), {}
     for relpath in sorted({r["path"] for r in rows}):
         ds = pydicom.dcmread(corpus / relpath)
         assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
         assert ds.Modality == "CT" and ds.PhotometricInterpretation == "MONOCHROME2"
-        assert str(ds.PatientName) == "SAMPLE^SYNTHETIC" and ds.PatientID == "SYN-0001"
+        assert str(ds.PatientName).endswith("^SYNTHETIC") and ds.PatientID.startswith("MRN")
+        patients.setdefault(relpath.split("/")[1], set()).add((str(ds.PatientName), ds.PatientID))
         assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
         sop_uids.add(ds.SOPInstanceUID)
         frames = [int(r["frame"]) for r in rows if r["path"] == relpath]
@@ -163,6 +164,8 @@ def test_ct_dicom_files_are_real_and_rescale_to_hounsfield(corpus: Path) -> None
             assert hu.max() > 300, "bone"
     assert slopes == {1.0, 0.5}  # a non-unit slope catches readers that ignore it
     assert len(sop_uids) == 10
+    # one synthetic patient per series (the multi-frame file is a series): four patients, none shared
+    assert all(len(ids) == 1 for ids in patients.values()) and len(set.union(*patients.values())) == 4
 
 
 def test_nifti_volumes_are_ras_1mm(corpus: Path) -> None:

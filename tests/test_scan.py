@@ -15,7 +15,15 @@ import pytest
 
 import data.manifest
 from data.ids import make_item_id
-from data.manifest import MANIFEST_COLUMNS, failures_path, read_manifest, scan_corpus, write_manifest
+from data.manifest import (
+    MANIFEST_COLUMNS,
+    exclusions_path,
+    failures_path,
+    read_manifest,
+    scan_corpus,
+    write_manifest,
+)
+from data.series import SERIES_COLUMNS
 from data.readers import iter_frames as _iter_frames
 from data.scan import main
 from tests._readers_files import cut, pydicom_file, write_dicom, write_nifti, write_opencv
@@ -23,8 +31,6 @@ from tests._readers_files import cut, pydicom_file, write_dicom, write_nifti, wr
 # path -> number of items expected with nifti_volumes='all'
 GOOD = {
     "ct/ct_small.dcm": 1,
-    "mr/mr_small_j2k.dcm": 1,
-    "us/two_frames.dcm": 2,
     "dicom_by_uid/1.2.826.0.1.3680043.2.1143.9": 1,
     "brain/case1_t1.nii.gz": 4,
     "fmri/example4d.nii.gz": 48,
@@ -32,6 +38,11 @@ GOOD = {
     "chest_xray/cxr_16bit.png": 1,
     "photos/colour.jpg": 1,
     "stacks/pages.tiff": 3,
+}
+# path -> number of items with --keep-excluded, part of the exclusion reason (excluded by default)
+EXCLUDED = {
+    "mr/mr_small_j2k.dcm": (1, "excluded: derived or secondary image (ImageType DERIVED/SECONDARY)"),
+    "us/two_frames.dcm": (2, "secondary capture (SOP class 1.2.840.10008.5.1.4.1.1.7)"),
 }
 # path -> part of the failure reason
 BAD = {
@@ -73,7 +84,7 @@ def build_corpus(root: Path) -> Path:
     bad = root / "bad"
     bad.mkdir()
     (bad / "zero.dcm").write_bytes(b"")
-    cut(pydicom_file("MR_small.dcm"), bad / "truncated.dcm", -500)
+    cut(pydicom_file("CT_small.dcm"), bad / "truncated.dcm", -500)  # ORIGINAL/PRIMARY: not excluded
     write_dicom(bad / "nopixels_src.dcm", np.zeros((4, 4), np.int16))
     import pydicom
 
@@ -120,14 +131,15 @@ def test_cli_exit_code_and_summary(scanned):
     summary = stdout.strip().splitlines()[-1]
     match = re.match(r"scanned (\d+) files: (\d+) items, (\d+) failures -> (\S+)", summary)
     assert match, summary
-    assert tuple(int(g) for g in match.groups()[:3]) == (len(GOOD) + len(BAD), n_items, n_failures)
+    n_files = len(GOOD) + len(BAD) + len(EXCLUDED)
+    assert tuple(int(g) for g in match.groups()[:3]) == (n_files, n_items, n_failures)
     assert match.group(4) == str(out)
     assert "bad/text.dcm: not a DICOM file" in stderr  # failures are listed for the user too
 
 
 def test_every_good_file_reaches_the_manifest(scanned, corpus):
     manifest = read_manifest(scanned[3])
-    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS + SERIES_COLUMNS
     assert isinstance(manifest.index, pd.RangeIndex)
     assert manifest.groupby("path").size().to_dict() == GOOD
     assert manifest.equals(manifest.sort_values(["path", "frame"]).reset_index(drop=True))
@@ -160,6 +172,19 @@ def test_every_bad_file_is_a_failure_with_a_reason(scanned):
         assert expected in reasons[path], (path, reasons[path])
     csv = pd.read_csv(failures_path(out).with_suffix(".csv"))
     assert csv.equals(failures)
+
+
+def test_excluded_files_are_listed_with_their_reason_and_can_be_kept(scanned, corpus):
+    exclusions = pd.read_csv(exclusions_path(scanned[3]))
+    assert exclusions.columns.tolist() == ["path", "reason"]
+    reasons = dict(zip(exclusions.path, exclusions.reason, strict=True))
+    assert set(reasons) == set(EXCLUDED)
+    for path, (_, expected) in EXCLUDED.items():
+        assert expected in reasons[path], (path, reasons[path])
+    assert f"{len(EXCLUDED)} files excluded" in scanned[2]
+    kept, failures = scan_corpus(corpus, workers=1, progress=False, keep_excluded=True)
+    assert kept.groupby("path").size().to_dict() == GOOD | {path: n for path, (n, _) in EXCLUDED.items()}
+    assert failures.path.tolist() == sorted(BAD)
 
 
 def test_second_scan_is_identical(scanned, corpus):
@@ -213,7 +238,7 @@ def test_not_a_directory(tmp_path, capsys):
 def test_empty_corpus(tmp_path):
     (tmp_path / "corpus").mkdir()
     manifest, failures = scan_corpus(tmp_path / "corpus", progress=False)
-    assert manifest.empty and failures.empty and tuple(manifest.columns) == MANIFEST_COLUMNS
+    assert manifest.empty and failures.empty and tuple(manifest.columns) == MANIFEST_COLUMNS + SERIES_COLUMNS
     out = write_manifest(manifest, failures, tmp_path / "out/m.parquet")
     assert read_manifest(out).empty
 
