@@ -118,9 +118,11 @@ class RoiDataModule(pl.LightningDataModule):
         scale, ratio: RandomResizedCrop area fraction and aspect ranges (SparK: 0.67-1, 3/4-4/3); hflip: flip
             probability; interpolation, antialias: None = the chosen reference's (bilinear without
             antialiasing for "resize", bicubic with it for "random_resized_crop").
-        normalize: "dataset" (the MWM fork: mean of the per-image channel means and stds of the first
-            `stats_images` training items, resized like the inputs) or "imagenet" (SparK). The numbers are
+        normalize: "dataset" (the MWM fork: mean of the per-image channel means and stds of `stats_images`
+            training items, resized like the inputs) or "imagenet" (SparK). The numbers are
             logged, written to `pixel_stats.json` in the run folder and kept in the checkpoint.
+        stats_sample: which `stats_images` items: "random" (a sample across series seeded by `seed`) or
+            "first" (the fork: the first in manifest order, i.e. the first few series).
         roi_shape: "rect" (the expanded ROI: each component's filled bounding rectangle, what the MWM fork
             pretrains on, `masks_expanded/`) or "sam" (the refined mask itself).
         only_done: keep only items the localizer finished; False also trains on pending/failed items,
@@ -154,6 +156,7 @@ class RoiDataModule(pl.LightningDataModule):
         antialias: bool | None = None,
         normalize: Literal["dataset", "imagenet"] = "dataset",
         stats_images: int = 1000,
+        stats_sample: Literal["random", "first"] = "random",
         roi_shape: RoiShape = "rect",
         only_done: bool = True,
         modalities: list[str] | None = None,
@@ -241,7 +244,9 @@ class RoiDataModule(pl.LightningDataModule):
             )
         if hp.normalize == "dataset":
             resized = Subset(dataset(square_resize(hp.input_size, hp.augment, **resampling)), train_items)
-            self.pixel_stats = dataset_stats(resized, hp.stats_images, num_workers=hp.num_workers)
+            self.pixel_stats = dataset_stats(
+                resized, hp.stats_images, num_workers=hp.num_workers, sample=hp.stats_sample, seed=hp.seed
+            )
         else:
             self.pixel_stats = PixelStats.imagenet()
         self._record_pixel_stats()

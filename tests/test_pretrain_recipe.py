@@ -124,9 +124,24 @@ def test_dataset_statistics_by_hand():
         dataset_stats([{"image": flat}])
 
 
+def test_dataset_statistics_from_a_seeded_random_sample():
+    # item i is a constant image of value i / 100: the mean is the mean of the sampled indices / 100
+    items = [{"image": torch.full((3, 4, 4), i / 100)} for i in range(50)]
+    for item in items:
+        item["image"][:, 0, 0] += 0.5  # some contrast, the same for every item
+    offset = 0.5 / 16
+    first = dataset_stats(items, n_images=10, sample="first")
+    assert first.mean[0] == pytest.approx(4.5 / 100 + offset)  # 0..9: the first items only
+    draws = [dataset_stats(items, n_images=10, sample="random", seed=s).mean[0] for s in range(4)]
+    assert all(d > first.mean[0] + 0.05 for d in draws)  # a sample across the items, not the first ten
+    assert dataset_stats(items, n_images=10, sample="random", seed=1).mean[0] == draws[1]  # seeded
+    every = dataset_stats(items, n_images=100, sample="random", seed=3)
+    assert every.n_images == 50 and every.mean[0] == pytest.approx(24.5 / 100 + offset)
+
+
 def test_the_datamodule_computes_records_and_hands_over_the_dataset_statistics(roi_data, tmp_path):
     corpus, cache = roi_data
-    dm = RoiDataModule(corpus, cache, input_size=64, batch_size=4, num_workers=0, stats_images=5)
+    dm = RoiDataModule(corpus, cache, input_size=64, batch_size=4, num_workers=0, stats_images=5, stats_sample="first")
     module = MaskedPretraining("resnet18", 64, decoder_width=32, lr=1e-3)
     trainer = pl.Trainer(
         accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path
