@@ -103,7 +103,12 @@ class FrameSource:
             if found is not None:
                 return _as_requested(found, modality)
         self.stats.frame_reads += 1
-        return read_frame(self.root / relpath, frame, modality=modality)
+        try:
+            return read_frame(self.root / relpath, frame, modality=modality)
+        except UnreadableImage as exc:  # name the file by its corpus-relative path: reasons go into caches
+            raise UnreadableImage(relpath, exc.reason) from None
+        except IndexError as exc:
+            raise IndexError(str(exc).replace(str(self.root / relpath), relpath)) from None
 
     def image(self, relpath: str, frame: int, modality: str | None, intensity: IntensityConfig | None = None):
         """The model-ready image, float32 in [0, 1], as `data.readers.load_image` gives it."""

@@ -125,3 +125,15 @@ def test_truncated_volume_gives_each_item_what_item_by_item_reading_gives(corpus
     for a, b in zip(got, alone, strict=True):
         assert type(a) is type(b)
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_failed_read_names_the_file_by_its_corpus_relative_path(tmp_path):
+    from data.frame_source import FrameSource
+    from data.readers import UnreadableImage
+
+    (tmp_path / "corpus_root" / "ct").mkdir(parents=True)
+    (tmp_path / "corpus_root" / "ct" / "broken.dcm").write_bytes(b"not dicom at all" * 4)
+    source = FrameSource(tmp_path / "corpus_root", max_bytes=0)
+    with pytest.raises(UnreadableImage) as info:
+        source.image("ct/broken.dcm", 0, "CT")
+    assert str(info.value).startswith("ct/broken.dcm: ") and str(tmp_path) not in str(info.value)
