@@ -26,6 +26,8 @@ from data.shard_reader import ShardReader
 PENDING, DONE, FAILED = 0, 1, 2
 STATUS_NAMES = {PENDING: "pending", DONE: "done", FAILED: "failed"}
 ITEM_COLUMNS = ("item_id", "path", "frame", "modality", "height", "width")
+# Stored when the manifest has them (a scan of schema 2, `data.series`): the keyed grouping keys and slice order.
+GROUPING_ARRAYS = {"patient_key": str, "study_key": str, "series_key": str, "slice_index": "int32", "n_slices": "int32"}
 
 
 def is_url(path: str | Path) -> bool:
@@ -66,7 +68,34 @@ class ItemStore:
         group.create_array("frame", shape=(n,), dtype="int32", chunks=rows)[:] = manifest["frame"].to_numpy()
         size_hw = manifest[["height", "width"]].to_numpy(dtype="int32")
         group.create_array("size_hw", shape=(n, 2), dtype="int32", chunks=(rows[0], 2))[:] = size_hw
+        if all(name in manifest.columns for name in GROUPING_ARRAYS):
+            ItemStore._write_grouping(group, manifest, rows)
         return group
+
+    @staticmethod
+    def _write_grouping(group: zarr.Group, manifest: pd.DataFrame, rows: tuple[int]) -> None:
+        n = len(manifest)
+        for name, dtype in GROUPING_ARRAYS.items():
+            values = manifest[name].to_numpy(dtype=object if dtype is str else dtype)
+            group.create_array(name, shape=(n,), dtype=dtype, chunks=rows, overwrite=True)[:] = values
+
+    def has_grouping_keys(self) -> bool:
+        """True when the store holds the patient/study/series keys (made from a manifest that had them)."""
+        return all(name in self._group for name in GROUPING_ARRAYS)
+
+    def add_grouping_keys(self, manifest: pd.DataFrame) -> None:
+        """Store the grouping columns of `manifest` (a scan of the same corpus with the keys) in this store: the
+        migration of a store made before them. Its items must be this store's, in order (same item_id, path,
+        frame); refuses otherwise, naming how many differ."""
+        mine = self.manifest()
+        if len(manifest) != len(mine) or not all(name in manifest.columns for name in GROUPING_ARRAYS):
+            raise ValueError(f"{self.path}: the manifest has {len(manifest)} items or lacks grouping columns")
+        same = (manifest["item_id"].to_numpy() == mine["item_id"].to_numpy()) & (
+            manifest["frame"].to_numpy() == mine["frame"].to_numpy()
+        )
+        if not same.all():
+            raise ValueError(f"{self.path}: {int((~same).sum())} items differ from the manifest's: not the same scan")
+        self._write_grouping(self._group, manifest.reset_index(drop=True), (self.shard_items,))
 
     @staticmethod
     def add_item_array(
@@ -115,7 +144,7 @@ class ItemStore:
         """The items of this store as a manifest (index = item index)."""
         g = self._group
         size_hw = self._sizes()
-        return pd.DataFrame(
+        table = pd.DataFrame(
             {
                 "item_id": g["item_id"][:],
                 "path": g["path"][:],
@@ -125,6 +154,10 @@ class ItemStore:
                 "width": size_hw[:, 1],
             }
         )
+        if self.has_grouping_keys():  # else: a store made before them, each path its own patient downstream
+            for name in GROUPING_ARRAYS:
+                table[name] = g[name][:]
+        return table
 
     def status(self) -> np.ndarray:
         return self._group["status"][:]

@@ -19,7 +19,10 @@ Layout (all arrays have the item index as first axis; row i is manifest row i)::
       flags     (N,)       uint8    bit 0: empty ROI (the final mask has no pixel: blank image, nothing over
                                     the threshold, or SAM empty); bit 1: empty expanded ROI
       status    (N,)       uint8    0 pending, 1 done, 2 failed
-      reason    (N,)       str      failure reason ('' otherwise)
+      reason    (N,)       str      failure reason ('' otherwise; a failed read names the corpus-relative path)
+      patient_key, study_key, series_key (N,) str, slice_index, n_slices (N,) int32
+                                    the manifest's grouping columns (`data.series`), when it had them (schema 3;
+                                    a schema-2 cache gets them with `add_grouping_keys`)
 
 `mask`, `saliency` and `rects` hold one item per chunk inside shards of `shard_items` items (read through
 `data.shard_reader` without zarr's per-call overhead); every other per-item array uses chunks of `shard_items`
@@ -29,6 +32,7 @@ with the packed image store.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, astuple, dataclass, fields, replace
 from pathlib import Path
@@ -43,9 +47,12 @@ from data.item_store import DONE, FAILED, PENDING, STATUS_NAMES, ItemStore
 from data.provenance import ProvenanceMismatch, canonical
 from data.roi_rects import expanded_rects, fill_rects
 
+log = logging.getLogger(__name__)
+
 __all__ = ["DONE", "FAILED", "PENDING", "STATUS_NAMES", "CacheGeometry", "ProvenanceMismatch", "RoiCache"]
 
-SCHEMA_VERSION = 2  # 2: + `rects` (the expanded ROI)
+SCHEMA_VERSION = 3  # 2: + `rects` (the expanded ROI); 3: + the grouping keys when the manifest has them
+READABLE_VERSIONS = (2, 3)  # a version-2 cache has no grouping keys: `add_grouping_keys` migrates it
 FLAG_EMPTY_ROI, FLAG_EMPTY_RECT = 1, 2
 RoiShape = Literal["sam", "rect"]
 ROI_SHAPES: tuple[str, ...] = ("sam", "rect")
@@ -75,7 +82,7 @@ class RoiCache(ItemStore):
         if attrs.get("kind"):
             raise ValueError(f"{path}: a {attrs['kind']} store, not a ROI cache")
         version = attrs.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             before = " (made before the expanded ROI's rectangles were stored)" if version == 1 else ""
             raise ValueError(
                 f"{path}: ROI cache schema version {version!r}{before}; this code reads version {SCHEMA_VERSION}. "
@@ -88,6 +95,12 @@ class RoiCache(ItemStore):
         self.max_rects = self.geometry.max_rects
         self.provenance: dict[str, Any] = attrs["provenance"]
         self.info: dict[str, Any] = attrs.get("info", {})
+        if not self.has_grouping_keys():
+            log.warning(
+                f"{path}: ROI cache without patient/study/series keys (schema {version}, or made from a manifest "
+                "without them): every path counts as its own patient. Add them from a new scan of the corpus: "
+                "RoiCache.open(CACHE, 'r+').add_grouping_keys(read_manifest(MANIFEST)) (docs/CORPUS.md)"
+            )
 
     # ---------------------------------------------------------------- creation / opening
     @classmethod
@@ -142,6 +155,12 @@ class RoiCache(ItemStore):
             advice = "Write to a new cache path (--cache NEW.zarr) or delete this cache to start over."
             cls.check_provenance(path, cache.provenance, provenance, "localizer configuration", advice, "cache")
         return cache
+
+    def add_grouping_keys(self, manifest: pd.DataFrame) -> None:
+        """Migrate a cache made before the grouping keys: store those of `manifest` (a new scan of the same
+        corpus, same items in the same order) and mark the cache schema 3."""
+        super().add_grouping_keys(manifest)
+        self._group.attrs["schema_version"] = SCHEMA_VERSION
 
     # ---------------------------------------------------------------- bookkeeping
     def summary(self) -> dict[str, int]:

@@ -175,7 +175,7 @@ def test_plain_zarr_sees_status_and_provenance(tmp_path, manifest):
     cache = RoiCache.create(tmp_path / "c.zarr", manifest, PROVENANCE, mask_size=32)
     cache.write_failed([4], ["boom"])
     group = zarr.open(tmp_path / "c.zarr", mode="r")
-    assert group.attrs["provenance"] == PROVENANCE and group.attrs["schema_version"] == 2
+    assert group.attrs["provenance"] == PROVENANCE and group.attrs["schema_version"] == 3
     assert group["status"][4] == FAILED and group["status"][5] == PENDING
     assert list(group["item_id"][:3]) == list(manifest.item_id[:3])
 
@@ -189,3 +189,34 @@ def test_masks_up_to_the_stored_size_round_trip_exactly(tmp_path):
     cache.write(range(20), masks, masks, [np.zeros((0, 4))] * 20, [1.0] * 20)
     for i, mask in enumerate(masks):
         np.testing.assert_array_equal(cache.read_mask(i), mask)
+
+
+def _with_keys(manifest: pd.DataFrame) -> pd.DataFrame:
+    keyed = manifest.copy()
+    keyed["patient_key"] = [f"p{i // 4}" for i in range(len(keyed))]
+    keyed["study_key"] = [f"s{i // 4}" for i in range(len(keyed))]
+    keyed["series_key"] = [f"r{i // 2}" for i in range(len(keyed))]
+    keyed["slice_index"] = [i % 2 for i in range(len(keyed))]
+    keyed["n_slices"] = 2
+    return keyed
+
+
+def test_grouping_keys_are_stored_and_an_old_cache_is_migrated_not_mixed(tmp_path, manifest, caplog):
+    keyed = _with_keys(manifest)
+    cache = RoiCache.create(tmp_path / "new.zarr", keyed, PROVENANCE, mask_size=16, shard_items=8)
+    table = RoiCache.open(tmp_path / "new.zarr").manifest()
+    assert table.patient_key.tolist() == keyed.patient_key.tolist()
+    assert table.slice_index.tolist() == keyed.slice_index.tolist()
+    # a cache made from a manifest without keys (as a schema-2 cache): opening it warns, keys are absent
+    RoiCache.create(tmp_path / "old.zarr", manifest, PROVENANCE, mask_size=16, shard_items=8)
+    zarr.open_group(tmp_path / "old.zarr", mode="r+").attrs["schema_version"] = 2
+    with caplog.at_level("WARNING"):
+        old = RoiCache.open(tmp_path / "old.zarr", "r+")
+    assert "without patient/study/series keys" in caplog.text and "patient_key" not in old.manifest().columns
+    with pytest.raises(ValueError, match="items differ"):
+        old.add_grouping_keys(keyed.iloc[::-1].reset_index(drop=True))
+    old.add_grouping_keys(keyed)
+    migrated = RoiCache.open(tmp_path / "old.zarr")
+    assert migrated.manifest().series_key.tolist() == keyed.series_key.tolist()
+    assert zarr.open_group(tmp_path / "old.zarr", mode="r").attrs["schema_version"] == 3
+    assert cache.has_grouping_keys()
