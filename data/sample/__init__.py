@@ -4,13 +4,17 @@
 ground-truth masks, class labels, a split and COCO instances. Every random draw comes from a generator seeded by
 (seed, modality, item or volume index), and DICOM UIDs are hashed from the same values, so two runs with the same
 (n, seed, size) write byte-identical files. Nothing here is patient data; the DICOM patient/study tags hold
-obviously fake values on purpose, so that the privacy path of the readers is exercised.
+fake but PHI-like values on purpose (one synthetic patient per CT series), so that the privacy path of the
+readers and the scan's keyed grouping are exercised.
 
 Layout (other components rely on it; the modality is inferred from the path tokens 'mri', 'ct', 'xray')::
 
     DIR/brain_mri/vol_000.nii.gz           int16 NIfTI volumes, 1 mm voxels, RAS-canonical affine, up to 4 slices;
                                            item image = np.asarray(img.dataobj)[:, :, k] as is (no transpose)
-    DIR/chest_ct/series_000/slice_000.dcm  single-frame CT slices (uint16 stored values, HU = stored*slope + intercept)
+    DIR/chest_ct/series_000/slice_000.dcm  single-frame CT slices (uint16 stored values, HU = stored*slope + intercept);
+                                           positions shuffled against file names (`ct_dicom.slice_positions`)
+    DIR/chest_ct/scout_000.dcm ...         a localizer, a derived image, a burned-in secondary capture: excluded
+                                           by `data scan` by default, not items
     DIR/chest_ct/multiframe_000.dcm        one Enhanced CT multi-frame file (int16, rescale in the shared
                                            functional groups, as the standard puts it)
     DIR/chest_xray/cxr_000.png             16-bit grey PNG radiographs, (size, size - size // 8) pixels
