@@ -15,6 +15,7 @@ from data.manifest import (
     summary_path,
     write_manifest,
 )
+from data.pseudonym import PATH_MAP, pseudonymize
 from data.series import Grouping
 
 _SHOWN_FAILURES = 20
@@ -72,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         help="keep DICOM scouts, derived/secondary images, secondary captures and images with burned-in annotation "
         "(excluded by default, listed in MANIFEST.exclusions.csv)",
     )
+    parser.add_argument(
+        "--pseudonymous-paths",
+        type=Path,
+        default=None,
+        metavar="LINKS",
+        help="store pseudonymous paths: link every file as LINKS/<modality>/<keyed hash><suffix> and write those "
+        f"paths; use LINKS as the corpus afterwards (the private map is LINKS/{PATH_MAP}; keep LINKS private)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores; 1: no pool)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -119,6 +128,20 @@ def main(argv: list[str] | None = None) -> int:
         keep_excluded=args.keep_excluded,
     )
     manifest, failures, exclusions = result.manifest, result.failures, result.exclusions
+    if args.pseudonymous_paths is not None:
+        try:
+            manifest, failures, exclusions = pseudonymize(
+                args.corpus, args.pseudonymous_paths, key, manifest, failures, exclusions
+            )
+        except (OSError, ValueError) as exc:
+            print(f"scan: {exc}", file=sys.stderr)
+            return 2
+        result.exclusions = exclusions
+        print(
+            f"  paths pseudonymised: use {args.pseudonymous_paths} as the corpus from now on "
+            f"(map: {args.pseudonymous_paths / PATH_MAP}, private)",
+            file=sys.stderr,
+        )
     write_manifest(manifest, failures, args.out, exclusions=exclusions, summary=result.summary())
 
     for path, reason in failures.head(_SHOWN_FAILURES).itertuples(index=False):

@@ -363,3 +363,42 @@ def test_sample_scan_outputs_hold_no_identifier_and_no_absolute_path(sample_scan
             text += pd.read_parquet(path).astype(str).to_csv()
         found = [v for v in values if v.lower() in text.lower()]
         assert not found, (path.name, found)
+
+
+def test_pseudonymous_paths_hide_the_real_names_and_still_read(tmp_path, caplog):
+    from data.pseudonym import PATH_MAP, read_path_map
+    from data.readers import load_image
+    from tests._readers_files import write_opencv
+
+    corpus = tmp_path / "corpus"
+    write_dicom(
+        corpus / "Doe_John/ct/a.dcm",
+        np.arange(64, dtype=np.int16).reshape(8, 8),
+        tags=slice_tags("P", "1.2", (0, 0, 0)),
+    )
+    write_opencv(corpus / "Doe_John/chest_xray/b.png", np.full((6, 5), 7, np.uint8))
+    (corpus / "Doe_John/notes.txt").write_text("x")
+    out, links = tmp_path / "m/manifest.parquet", tmp_path / "links"
+    argv = [str(corpus), "--out", str(out), "--workers", "1", "--no-progress", "--key-file", str(tmp_path / "k.key")]
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--pseudonymous-paths", str(links)]) == 0
+    assert "looks like a person's name" in caplog.text and "Doe" not in caplog.text
+    manifest, failures = read_manifest(out), pd.read_parquet(failures_path(out))
+    for path in [out, failures_path(out), failures_path(out).with_suffix(".csv"), exclusions_path(out)]:
+        assert b"Doe" not in path.read_bytes() and "Doe" not in pd.read_parquet(out).to_csv()
+    assert (
+        sorted(manifest.modality) == ["CT", "XR"]
+        and manifest.path.str.match(r"^(ct|xr)/[0-9a-f]{20}\.(dcm|png)$").all()
+    )
+    assert failures.path.str.match(r"^other/[0-9a-f]{20}\.txt$").all() and len(failures) == 1
+    mapping = read_path_map(links)
+    assert stat.S_IMODE((links / PATH_MAP).stat().st_mode) == 0o600
+    assert sorted(mapping.values()) == ["Doe_John/chest_xray/b.png", "Doe_John/ct/a.dcm", "Doe_John/notes.txt"]
+    xr = manifest[manifest.modality == "XR"].iloc[0]
+    assert mapping[xr.path] == "Doe_John/chest_xray/b.png"
+    assert load_image(links, xr.path, 0, xr.modality).shape == (6, 5)  # later phases read through the links
+    assert main([*argv, "--pseudonymous-paths", str(links)]) == 0  # a rerun replaces its own links
+    assert read_manifest(out).path.tolist() == manifest.path.tolist()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy/x").write_text("")
+    assert main([*argv, "--pseudonymous-paths", str(tmp_path / "busy")]) == 2
