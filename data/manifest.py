@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from data.ids import make_item_id
 from data.keys import CorpusKey, load_or_create_key
-from data.readers import NiftiVolumes, UnreadableImage, iter_frames, source_format
+from data.readers import NiftiVolumes, UnreadableImage, has_dicm_marker, iter_frames, source_format
 from data.readers import infer_modality as infer_modality_from_path
 from data.readers.geometry import FileGeometry, dicom_geometry, nifti_geometry
 from data.series import SERIES_COLUMNS, FileRows, Grouping, SeriesReport, series_columns
@@ -393,7 +393,7 @@ def _scan_file(task: _Task) -> _FileResult:
     # Non-DICOM files carry no modality: name it from the corpus-relative path, not the root's location.
     modality = None if fmt in (None, "dicom") else infer_modality_from_path(relpath)
     geometry = None
-    if fmt in (None, "dicom"):
+    if fmt == "dicom" or (fmt is None and has_dicm_marker(path)):
         try:  # an unreadable header is the decoder's to report, with its reason
             geometry = dicom_geometry(path, key)
         except Exception:  # noqa: BLE001

@@ -119,8 +119,9 @@ def _readme(n: int, seed: int, size: int) -> str:
 {"=" * len(README_MARKER)}
 
 Synthetic images made by `python -m data sample` (data/sample.py) with n={n}, seed={seed}, size={size}.
-No patient data: every image is drawn from simple shapes and noise. The DICOM patient/study tags hold fake
-values ('SAMPLE^SYNTHETIC', 'SYN-0001', ...) so that tools which must drop such tags have something to drop.
+No patient data: every image is drawn from simple shapes and noise. The DICOM patient/study tags hold fake but
+PHI-like values ('DOE^JOHN^SYNTHETIC', 'MRN...', one patient per CT series) so that tools which must drop such
+tags have something to drop.
 The same arguments always give byte-identical files.
 
 Layout ({n} 2-D items per modality):
@@ -128,6 +129,9 @@ Layout ({n} 2-D items per modality):
                                       Item (path, k) is the slice np.asarray(img.dataobj)[:, :, k], not transposed.
   chest_ct/series_XXX/slice_XXX.dcm   single-frame CT ({size}x{size}), uint16 stored values,
                                       HU = stored * RescaleSlope + RescaleIntercept (-1024; odd series use slope 0.5)
+                                      Slice order: ImagePositionPatient along the normal (not the file names).
+  chest_ct/scout_000.dcm, derived_000.dcm, screenshot_000.dcm: a localizer, a derived image and a secondary
+                                      capture with burned-in annotation, excluded by `data scan` (not items)
   chest_ct/multiframe_000.dcm         Enhanced CT, several frames, int16; rescale in
                                       SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
   chest_xray/cxr_XXX.png              16-bit grey PNG, {h}x{w} (H x W)
