@@ -23,9 +23,9 @@ from data.manifest import (
     scan_corpus,
     write_manifest,
 )
-from data.series import SERIES_COLUMNS
 from data.readers import iter_frames as _iter_frames
 from data.scan import main
+from data.series import SERIES_COLUMNS
 from tests._readers_files import cut, pydicom_file, write_dicom, write_nifti, write_opencv
 
 # path -> number of items expected with nifti_volumes='all'
