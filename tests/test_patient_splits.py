@@ -173,24 +173,25 @@ def test_detection_splits_whole_patients(tmp_path):
 
 
 def test_series_metric_on_a_hand_made_case():
-    # two series of three slices, rows interleaved; class-1 probabilities
+    # series of 3, 3 and 1 slices, rows interleaved; class-1 probabilities
     # series a (label 0): 0.1, 0.2, 0.9 -> mean 0.4 -> predicted 0 (right)
     # series b (label 1): 0.3, 0.6, 0.9 -> mean 0.6 -> predicted 1 (right)
-    series = ["a", "b", "a", "b", "a", "b"]
-    p1 = torch.tensor([0.1, 0.3, 0.2, 0.6, 0.9, 0.9])
-    target = torch.tensor([0, 1, 0, 1, 0, 1])
+    # series c (label 1): 0.7 -> predicted 1 (right); means 0.4 < 0.6 < 0.7: AUROC 1
+    series = ["a", "b", "a", "b", "a", "b", "c"]
+    p1 = torch.tensor([0.1, 0.3, 0.2, 0.6, 0.9, 0.9, 0.7])
+    target = torch.tensor([0, 1, 0, 1, 0, 1, 1])
     probs = torch.stack([1 - p1, p1], dim=1)
     got = series_metrics(probs, target, series, 2)
     assert got["series_accuracy"] == pytest.approx(1.0) and got["series_auroc"] == pytest.approx(1.0)
-    # the slice metric differs: 4 of 6 right; AUROC (3 + 3 + 0.5) / 9 pairs (0.9 vs 0.9 is a tie)
+    # the slice metric differs: 5 of 7 right; AUROC (4 + 4 + 0.5) / 12 pairs (0.9 vs 0.9 is a tie)
     metrics = classification_metrics(2)
     metrics.update(probs, target)
     values = {k: float(v) for k, v in metrics.compute().items()}
-    assert values["accuracy"] == pytest.approx(4 / 6) and values["auroc"] == pytest.approx(6.5 / 9, abs=1e-6)
+    assert values["accuracy"] == pytest.approx(5 / 7) and values["auroc"] == pytest.approx(8.5 / 12, abs=1e-6)
     # equal means (sums of eighths, exact in binary): a 0.125, 0.25, 0.875 and b 0.375, 0.5, 0.375 both average
     # 1.25 / 3 < 0.5 -> both predicted 0 (a right, b wrong); the two series tie in AUROC
     p1b = torch.tensor([0.125, 0.375, 0.25, 0.5, 0.875, 0.375])
-    got = series_metrics(torch.stack([1 - p1b, p1b], dim=1), target, series, 2)
+    got = series_metrics(torch.stack([1 - p1b, p1b], dim=1), target[:6], series[:6], 2)
     assert got["series_accuracy"] == pytest.approx(0.5) and got["series_auroc"] == pytest.approx(0.5)
 
 
