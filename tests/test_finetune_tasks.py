@@ -94,11 +94,17 @@ def test_classify_fit_writes_results_and_confusion_matrix(corpus, tmp_path):
     result = _run("classify", "classify_tiny.yaml", corpus, tmp_path, "--trainer.max_epochs", "1")
     assert RESULT_FIELDS <= set(result)
     assert result["task"] == "classify" and result["backbone"] == "resnet18" and result["init"] == "scratch"
-    assert set(result["metrics"]) == {"accuracy", "auroc", "auprc", "f1"}
-    assert all(0 <= v <= 1 for v in result["metrics"].values())
+    per_image = {"accuracy", "auroc", "auprc", "f1"}
+    assert set(result["metrics"]) == per_image | {f"series_{m}" for m in per_image}
+    assert all(v is None or 0 <= v <= 1 for v in result["metrics"].values())
     labels = pd.read_csv(corpus / "labels.csv")
     assert result["n_train"] == (labels["split"] == "train").sum()
     assert result["n_test"] == (labels["split"] == "test").sum()
+    # no series key in the sample's labels: a file is a series (a NIfTI volume's slices are averaged together)
+    assert result["details"]["n_test_series"] == labels.loc[labels["split"] == "test", "path"].nunique()
+    files = labels.groupby("split")["path"].nunique().to_dict()  # each file its own patient
+    assert {s: c["patients"] for s, c in result["details"]["splits"].items()} == files
+    assert result["details"]["splits"]["test"]["items"] == result["n_test"]
     assert result["seed"] == 0 and result["config"]["model"]["backbone"] == "resnet18"
     matrix = result["details"]["confusion_matrix"]
     assert sum(map(sum, matrix)) == result["n_test"]
