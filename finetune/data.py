@@ -89,8 +89,9 @@ def read_label_csv(
     row per image, as before), `item_id`, `series_key` or `patient_key` (a label of a whole series or patient,
     which reaches every slice through the `manifest`, `data scan`'s, needed for the last three). Optional columns:
     modality, split, item_id, and grouping keys `patient_key` / `series_key` / `study_key` (pseudonyms), or
-    `patient` (any patient code, hashed here so it reaches no output). With a manifest, path-keyed rows take the
-    manifest's grouping keys. `modalities` keeps only rows of those modalities.
+    `patient` (any patient code, hashed here so it reaches no output; it groups the rows of a CSV keyed by path,
+    and cannot key labels: the manifest's keys are keyed hashes that only `data scan` can make). With a manifest,
+    path-keyed rows take the manifest's grouping keys they lack. `modalities` keeps only rows of those modalities.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -103,8 +104,7 @@ def read_label_csv(
     if "patient" in table.columns:
         if "patient_key" in table.columns:
             raise ValueError(f"{csv_path}: give a patient or a patient_key column, not both")
-        table["patient_key"] = [_pseudonym(p) if p else "" for p in table.pop("patient")]
-        keys = [k for k in LABEL_KEYS if k in table.columns]
+        table["patient_key"] = [_pseudonym(p) if p else "" for p in table.pop("patient")]  # groups rows only
     if "split" in table.columns:
         bad = sorted(set(table["split"]) - set(SPLITS))
         if bad:

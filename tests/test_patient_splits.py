@@ -91,6 +91,9 @@ def test_a_clear_patient_column_is_hashed_and_still_groups(tmp_path):
     table = read_label_csv(_slices_csv(tmp_path, patient_column="patient"))
     assert "patient" not in table.columns and not table["patient_key"].isin([f"p{p}" for p in range(10)]).any()
     assert table["patient_key"].nunique() == 10 and table.groupby("patient_key").size().eq(3).all()
+    (tmp_path / "by_patient.csv").write_text("patient,label\nMRN123,A\n")  # a clear code cannot key labels
+    with pytest.raises(ValueError, match="by_patient.csv: missing column.*path \\| item_id"):
+        read_label_csv(tmp_path / "by_patient.csv")
 
 
 def test_series_and_patient_labels_reach_their_slices(tmp_path):
