@@ -220,16 +220,18 @@ def test_pretraining_validation_holds_out_whole_patients(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ the study
 def _calibration_corpus(tmp_path, val_fraction: float, seed: int):
-    """4 patients x 2 images (32 px); the validation patients' ROI is the whole image, the others' empty."""
+    """4 patients x 2 images (32 px); the validation patients' ROI is the whole image (modality MR), the others'
+    empty (CT)."""
     corpus = tmp_path / "corpus"
     (corpus / "img").mkdir(parents=True)
     for i in range(8):
         cv2.imwrite(str(corpus / "img" / f"i{i}.png"), np.full((32, 32), 30 * i, np.uint8))
     manifest, _ = scan_corpus(corpus, workers=1, progress=False)
     manifest["patient_key"] = [f"p{int(p[5]) // 2}" for p in manifest["path"]]
-    manifest.to_parquet(tmp_path / "manifest.parquet", index=False)
     groups = manifest["patient_key"].tolist()
     is_val = assign_group_splits(groups, seed=seed, val_share=val_fraction, test_share=0.0) == "val"
+    manifest["modality"] = np.where(is_val, "MR", "CT")  # for the modality filter: MR = the full-ROI images
+    manifest.to_parquet(tmp_path / "manifest.parquet", index=False)
     (tmp_path / "masks").mkdir()
     for item_id, val in zip(manifest["item_id"], is_val, strict=True):
         cv2.imwrite(str(tmp_path / "masks" / f"{item_id}.png"), np.full((32, 32), 255 if val else 0, np.uint8))
@@ -251,6 +253,10 @@ def test_calibration_ignores_the_validation_items(tmp_path):
     assert record["items"] == 4 and record["validation_items_left_out"] == 4
     everything = calibrate(corpus, cache, arm, grid, TrainingItems(manifest=items.manifest))
     assert everything["target_realised_ratio"] == pytest.approx(0.5)  # what the bug would give
+    # the modality filter: the MR images alone (all ROI) realise 3/4, the CT ones 1/4
+    only = {m: TrainingItems(manifest=items.manifest, modalities=(m,)) for m in ("MR", "CT")}
+    assert calibrate(corpus, cache, arm, grid, only["MR"])["target_realised_ratio"] == pytest.approx(0.75)
+    assert calibrate(corpus, cache, arm, grid, only["CT"])["target_realised_ratio"] == pytest.approx(0.25)
 
 
 def test_a_resumed_study_recalibrates_when_the_grid_changed(tmp_path, capsys):
