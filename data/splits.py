@@ -12,8 +12,23 @@ from collections import Counter
 from collections.abc import Hashable, Sequence
 
 import numpy as np
+import pandas as pd
 
 SPLITS = ("train", "val", "test")
+PATIENT_COLUMN = "patient_key"  # the manifest's pseudonymous patient key (a keyed hash, never the PatientID)
+
+
+def patient_groups(table: pd.DataFrame, path_column: str = "path") -> np.ndarray:
+    """The group of each row: its `patient_key` where the table has a non-empty one, else its file path.
+
+    Without patient keys each file is its own patient: a DICOM multi-frame file or a NIfTI volume is one group
+    (all its frames together), never one per slice; a folder of one-file-per-slice DICOM needs the manifest's keys.
+    """
+    paths = table[path_column].astype(str).to_numpy()
+    if PATIENT_COLUMN not in table.columns:
+        return np.asarray(["path:" + p for p in paths], dtype=object)
+    keys = table[PATIENT_COLUMN].fillna("").astype(str).to_numpy()
+    return np.asarray([k if k else "path:" + p for k, p in zip(keys, paths, strict=True)], dtype=object)
 
 
 def assign_group_splits(
@@ -68,6 +83,30 @@ def check_groups_disjoint(groups: Sequence[Hashable], splits: Sequence[str], wha
                 f"{what}: patient group {group[:12]} is in both '{seen[group]}' and '{split}'; "
                 "every split must be by patient"
             )
+
+
+def group_subset(groups: Sequence[Hashable], strata: Sequence[Hashable], fraction: float, seed: int) -> np.ndarray:
+    """Sorted item indices of a seeded `fraction` of the groups per group stratum, at least one group each.
+
+    Per group stratum (sorted; a group's stratum as in `assign_group_splits`), the sorted groups are permuted with
+    one seeded generator and the first max(1, round(fraction * n_groups)) are kept with all their items; so the
+    subset depends only on (groups, strata, fraction, seed), and a smaller fraction's is inside a larger one's.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
+    keys = np.asarray([str(g) for g in groups])
+    if len(strata) != len(keys):
+        raise ValueError(f"strata has {len(strata)} entries for {len(keys)} items")
+    if fraction == 1:
+        return np.arange(len(keys))
+    group_stratum = _group_strata(keys, [str(s) for s in strata])
+    rng = np.random.default_rng(seed)
+    kept: set[str] = set()
+    for stratum in sorted(set(group_stratum.values())):
+        members = sorted(g for g, s in group_stratum.items() if s == stratum)
+        order = [members[i] for i in rng.permutation(len(members))]
+        kept.update(order[: max(1, int(round(fraction * len(members))))])
+    return np.flatnonzero(np.isin(keys, sorted(kept)))
 
 
 def _group_strata(keys: np.ndarray, strata: list[str] | None) -> dict[str, str]:

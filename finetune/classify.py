@@ -1,11 +1,13 @@
 """Image classification on a pretrained backbone: full fine-tune or linear probe.
 
 `python -m finetune classify fit --config configs/finetune/classify_tiny.yaml` trains, then tests on the test split
-and writes the results JSON (accuracy, macro AUROC / AUPRC / F1) and a confusion-matrix PNG.
+and writes the results JSON (accuracy, macro AUROC / AUPRC / F1 per image, and the same per series: `series_*`, each
+series' slice probabilities averaged) and a confusion-matrix PNG.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +34,7 @@ from torchmetrics.classification import (
 
 from finetune.augment import Policy, classify_transform
 from finetune.backbone import create_backbone, head_keys
-from finetune.data import LabelledImages, assign_splits, read_label_csv, scan_image_folder
+from finetune.data import LabelledImages, read_label_csv, scan_image_folder, series_groups, table_splits, under_root
 from finetune.layer_decay import classify_layer_id, layer_decay_groups, resnet_depths, spark_no_decay
 from finetune.optim import make_optimizer
 from finetune.probe import ProbeHead
@@ -53,6 +55,22 @@ def classification_metrics(num_classes: int) -> MetricCollection:
     )
 
 
+def series_metrics(
+    probs_nc: torch.Tensor, target_n: torch.Tensor, series: Sequence[str], num_classes: int
+) -> dict[str, float]:
+    """The classification metrics per series: each series' slice probabilities averaged, its label the most
+    frequent of its slices (ties: the smallest class index); keys 'series_<metric>'."""
+    codes, index = np.unique(np.asarray(series, dtype=str), return_inverse=True)
+    index_n = torch.as_tensor(index, dtype=torch.long)
+    sums_sc = torch.zeros(len(codes), num_classes, dtype=torch.float64).index_add_(0, index_n, probs_nc.double())
+    counts = torch.bincount(index_n, minlength=len(codes)).double()
+    votes_sc = torch.zeros(len(codes), num_classes, dtype=torch.float64)
+    votes_sc.index_put_((index_n, target_n.long()), torch.ones(len(index_n), dtype=torch.float64), accumulate=True)
+    metrics = classification_metrics(num_classes)
+    metrics.update((sums_sc / counts[:, None]).float(), votes_sc.argmax(dim=1))  # argmax: first of tied maxima
+    return {f"series_{k}": float(v) for k, v in metrics.compute().items()}
+
+
 def labelled_table(
     root: Path,
     labels_csv: str | None,
@@ -60,30 +78,36 @@ def labelled_table(
     split_seed: int = 0,
     val_share: float = 0.2,
     test_share: float = 0.2,
+    manifest: str | None = None,
 ) -> pd.DataFrame:
-    """The labelled images of `labels_csv` (relative: under `root` first) or of the ImageFolder tree `root`, with a
-    split column: the table's own, else a seeded split stratified by label (`val_share`, `test_share`)."""
+    """The labelled images of `labels_csv` (relative: under `root` first; keyed by path, item, series or patient,
+    see `finetune.data.read_label_csv`, with the `manifest` of the corpus) or of the ImageFolder tree `root`, with a
+    split column by patient: the table's own (refused if a patient is on two sides), else a seeded split of whole
+    patients stratified by label (`val_share`, `test_share`: shares of patients)."""
+    manifest_path = None if manifest is None else under_root(root, manifest)
     if labels_csv is None:
-        table = scan_image_folder(root)
+        table, what = scan_image_folder(root), str(root)
     else:
-        csv_path = Path(labels_csv)
-        if not csv_path.is_absolute() and ((root / csv_path).is_file() or not csv_path.is_file()):
-            csv_path = root / csv_path
-        table = read_label_csv(csv_path, modalities)
-    if "split" not in table.columns:
-        table["split"] = assign_splits(table["label"], seed=split_seed, val_share=val_share, test_share=test_share)
-    return table
+        csv_path = under_root(root, labels_csv)
+        table, what = read_label_csv(csv_path, modalities, manifest_path), str(csv_path)
+    return table_splits(table, seed=split_seed, val_share=val_share, test_share=test_share, what=what)
 
 
 class ClassificationData(FinetuneData):
     """Labelled images from a CSV (path, label[, frame, modality, split]) or an ImageFolder tree.
 
     root:        folder the image paths are relative to (the corpus, or the ImageFolder tree).
-    labels_csv:  CSV of labelled images (a relative path is looked up under `root` first); None: `root` is an
-                 ImageFolder tree (root/<class>/... or root/{train,val,test}/<class>/...).
+    labels_csv:  CSV of labels (a relative path is looked up under `root` first), keyed by path (one row per image),
+                 item_id, series_key or patient_key (these three reach their slices through `manifest`), with
+                 optional patient_key / series_key / patient columns; see `finetune.data.read_label_csv`.
+                 None: `root` is an ImageFolder tree (root/<class>/... or root/{train,val,test}/<class>/...).
+    manifest:    the corpus's `data scan` manifest (relative: under `root` first): the patient and series of each
+                 image, and the slices of series- or patient-level labels. None: each file is its own patient.
     modalities:  keep only these modalities (CSV with a modality column), e.g. ['MR'].
-    Without a split column / split folders, a seeded stratified split (val_share, test_share) is drawn.
-    train_fraction keeps a seeded, stratified subset of the training split (at least one image per class).
+    Splits are by patient (`data.splits`): a split column / split folders are refused if a patient is on two
+    sides; without one, a seeded split of whole patients stratified by label (val_share, test_share of patients).
+    train_fraction keeps a seeded, stratified subset of the training patients (at least one per class).
+    Classification also scores the test split per series (`series_of_test`: slice probabilities averaged).
     augment:     training policy of finetune.augment ('spark' | 'mae' | 'light' | 'none'; true = 'light').
     eval_crop:   evaluation centre-crop fraction (SparK 0.95, MAE 0.875); 1 = resize the whole image.
     packed, init, intensity: a packed image store of the corpus to read images from, the model's init (linked by
@@ -95,6 +119,7 @@ class ClassificationData(FinetuneData):
         root: str = "work/corpus",
         labels_csv: str | None = "labels.csv",
         modalities: list[str] | None = None,
+        manifest: str | None = None,
         image_size: int = 224,
         batch_size: int = 32,
         num_workers: int = 0,
@@ -116,7 +141,7 @@ class ClassificationData(FinetuneData):
         self.augment: Policy = "light" if augment is True else "none" if augment is False else augment
         self.eval_crop, self.normalization = eval_crop, normalization
         classify_transform(self.augment, image_size, True, eval_crop, normalization)  # bad values fail early
-        table = labelled_table(self.root, labels_csv, modalities, split_seed, val_share, test_share)
+        table = labelled_table(self.root, labels_csv, modalities, split_seed, val_share, test_share, manifest)
         self.class_names: list[str] = sorted(table["label"].unique())
         if len(self.class_names) < 2:
             raise ValueError(f"classification needs at least two classes, found {self.class_names}")
@@ -128,6 +153,10 @@ class ClassificationData(FinetuneData):
 
     def split_size(self, split: str) -> int:
         return len(self.tables[split])
+
+    def series_of(self, split: str) -> np.ndarray:
+        """The series of each image of `split`, in loader order (`finetune.data.series_groups`)."""
+        return series_groups(self.tables[split])
 
     def split_dataset(self, split: str) -> Dataset:
         train = split == "train"
@@ -215,6 +244,7 @@ class ClassificationModule(FinetuneTask):
             {name: classification_metrics(num_classes) for name in ("val", "val_ema", "test", "test_ema")}
         )
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _make_mixup(self) -> Mixup:
         """SparK's mixup: mixup alpha `mixup`, cutmix alpha `cutmix`, one of the two per batch, smoothed targets."""
@@ -314,6 +344,7 @@ class ClassificationModule(FinetuneTask):
         self.metrics[stage].update(probs_bc, label_b)
         if stage == "test":
             self.test_confusion.update(probs_bc, label_b)
+            self._test_outputs.append((probs_bc.detach().cpu(), label_b.detach().cpu()))
         if self.ema is not None:
             self.metrics[f"{stage}_ema"].update(self.ema.module(image_b3hw).float().softmax(dim=1), label_b)
 
@@ -343,15 +374,31 @@ class ClassificationModule(FinetuneTask):
         for name in ("test", "test_ema"):
             self.metrics[name].reset()
         self.test_confusion.reset()
+        self._test_outputs = []
 
     def on_test_epoch_end(self) -> None:
-        self.test_metrics_out = self._compute("test")
+        self.test_metrics_out = self._compute("test") | self._series_metrics()
         self.log_dict({f"test/{k}": v for k, v in self.test_metrics_out.items()})
         self.confusion_matrix = self.test_confusion.compute().cpu().numpy().astype(np.int64)
+
+    def _series_metrics(self) -> dict[str, float]:
+        """Per-series test metrics (`series_metrics`) when the data module names each test image's series and the
+        test ran in one process (the loader's order is then the table's)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not self._test_outputs or not hasattr(datamodule, "series_of") or self.trainer.world_size != 1:
+            return {}
+        series = datamodule.series_of("test")
+        probs_nc = torch.cat([p for p, _ in self._test_outputs])
+        target_n = torch.cat([t for _, t in self._test_outputs])
+        if len(series) != len(target_n):
+            raise RuntimeError(f"{len(target_n)} test predictions for {len(series)} test images")
+        self.n_test_series = len(set(series))
+        return series_metrics(probs_nc, target_n, series, self.num_classes)
 
     def results_details(self) -> dict[str, Any]:
         details = super().results_details()
         details.update(
+            n_test_series=getattr(self, "n_test_series", None),
             mode=self.mode,
             recipe=self.recipe.as_dict(),
             lr=self.lr_used,

@@ -103,7 +103,7 @@ class FinetuneCLI(LightningCLI):
             init_source=report.source if report else None,
             init_sha256=report.sha256 if report else None,
             subset_seed=data.subset_seed,
-            details=jsonable(model.results_details()),
+            details=jsonable({**model.results_details(), "splits": data.split_record}),
         )
         out_dir = Path(config["results_dir"])
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ Tables (pandas) have one row per 2-D image with columns path (relative to the da
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 from collections.abc import Callable, Hashable, Sequence
@@ -25,9 +26,11 @@ from torchvision import tv_tensors
 
 from data.ids import make_item_id
 from data.intensity import IntensityConfig
+from data.manifest import read_manifest
 from data.masks import read_label_image, read_mask_image
 from data.packed_store import ImageSize, PackedStore
 from data.readers import load_image
+from data.splits import assign_group_splits, check_groups_disjoint, group_subset, patient_groups
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
@@ -70,29 +73,51 @@ def read_mask_hw(path: str | Path, num_classes: int = 2) -> torch.Tensor:
 # Tables
 
 
-def read_label_csv(csv_path: str | Path, modalities: Sequence[str] | None = None) -> pd.DataFrame:
-    """A CSV of labelled images: columns path, label; optional frame (default 0), modality, split, item_id.
+LABEL_KEYS = ("path", "item_id", "series_key", "patient_key")  # finest first: the level a labels CSV keys by
+KEY_COLUMNS = ("patient_key", "study_key", "series_key")  # grouping keys a table may carry (manifest or CSV)
+_CSV_TEXT = ("path", "label", "modality", "split", "item_id", "patient", *KEY_COLUMNS)
 
-    `modalities` keeps only rows of those modalities (needs a modality column).
+
+def read_label_csv(
+    csv_path: str | Path,
+    modalities: Sequence[str] | None = None,
+    manifest: pd.DataFrame | str | Path | None = None,
+) -> pd.DataFrame:
+    """A CSV of labels as a table of labelled images (one row per 2-D image).
+
+    The CSV keys its rows by one of LABEL_KEYS, the finest it has: `path` (with optional frame, default 0: one
+    row per image, as before), `item_id`, `series_key` or `patient_key` (a label of a whole series or patient,
+    which reaches every slice through the `manifest`, `data scan`'s, needed for the last three). Optional columns:
+    modality, split, item_id, and grouping keys `patient_key` / `series_key` / `study_key` (pseudonyms), or
+    `patient` (any patient code, hashed here so it reaches no output; it groups the rows of a CSV keyed by path,
+    and cannot key labels: the manifest's keys are keyed hashes that only `data scan` can make). With a manifest,
+    path-keyed rows take the manifest's grouping keys they lack. `modalities` keeps only rows of those modalities.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path}: label CSV not found (the sample corpus is written by `make sample`)")
-    table = pd.read_csv(
-        csv_path,
-        dtype={"path": str, "label": str, "modality": str, "split": str, "item_id": str},
-        keep_default_na=False,
-    )
-    missing = {"path", "label"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}; have {list(table.columns)}")
-    table["frame"] = table["frame"].astype(int) if "frame" in table.columns else 0
-    if "modality" not in table.columns:
-        table["modality"] = ""
+    table = pd.read_csv(csv_path, dtype=dict.fromkeys(_CSV_TEXT, str), keep_default_na=False)
+    keys = [k for k in LABEL_KEYS if k in table.columns]
+    if "label" not in table.columns or not keys:
+        need = "label" if "label" not in table.columns else " | ".join(LABEL_KEYS)
+        raise ValueError(f"{csv_path}: missing column(s) ['{need}']; have {list(table.columns)}")
+    if "patient" in table.columns:
+        if "patient_key" in table.columns:
+            raise ValueError(f"{csv_path}: give a patient or a patient_key column, not both")
+        table["patient_key"] = [_pseudonym(p) if p else "" for p in table.pop("patient")]  # groups rows only
     if "split" in table.columns:
         bad = sorted(set(table["split"]) - set(SPLITS))
         if bad:
             raise ValueError(f"{csv_path}: split values must be {SPLITS}, found {bad}")
+    manifest = read_manifest(manifest) if isinstance(manifest, str | Path) else manifest
+    if keys[0] == "path":
+        table["frame"] = table["frame"].astype(int) if "frame" in table.columns else 0
+        if manifest is not None:
+            table = with_manifest_keys(table, manifest)
+    else:
+        table = _labels_to_slices(table, keys[0], manifest, csv_path)
+    if "modality" not in table.columns:
+        table["modality"] = ""
     if modalities:
         if not table["modality"].astype(bool).any():
             raise ValueError(f"{csv_path}: filtering by modality needs a modality column")
@@ -100,6 +125,44 @@ def read_label_csv(csv_path: str | Path, modalities: Sequence[str] | None = None
         if table.empty:
             raise ValueError(f"{csv_path}: no rows with modality in {list(modalities)}")
     return table.reset_index(drop=True)
+
+
+def _pseudonym(value: str) -> str:
+    return "csv:" + hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def with_manifest_keys(table: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Path-keyed rows with the grouping keys (and modality, item_id) of their manifest row, where they lack them."""
+    extra = [c for c in (*KEY_COLUMNS, "item_id", "modality") if c in manifest.columns and c not in table.columns]
+    if not extra:
+        return table
+    rows = manifest[["path", "frame", *extra]].astype({"frame": int})
+    return table.merge(rows, on=["path", "frame"], how="left", validate="many_to_one").fillna(dict.fromkeys(extra, ""))
+
+
+def _labels_to_slices(labels: pd.DataFrame, key: str, manifest: pd.DataFrame | None, csv_path: Path) -> pd.DataFrame:
+    """Labels of items, series or patients (`key`) as one row per manifest slice of each."""
+    if manifest is None:
+        raise ValueError(f"{csv_path}: labels keyed by {key} need the corpus manifest to reach their images (manifest)")
+    if key not in manifest.columns:
+        raise ValueError(f"{csv_path}: labels keyed by {key}, but the manifest has no {key} column (scan again)")
+    clash = labels.groupby(key)["label"].nunique()
+    if (clash > 1).any():
+        raise ValueError(f"{csv_path}: {key} {str(clash.index[clash > 1][0])[:12]} has more than one label")
+    labels = labels.drop_duplicates(key)
+    slices = manifest.drop(columns=[c for c in labels.columns if c != key and c in manifest.columns])
+    table = slices.merge(labels, on=key, how="inner").astype({"frame": int})
+    unmatched = len(set(labels[key]) - set(slices[key]))
+    if unmatched:
+        raise ValueError(f"{csv_path}: {unmatched} label row(s) match no image of the manifest by {key}")
+    return table.sort_values(["path", "frame"], kind="stable")
+
+
+def under_root(root: str | Path, path: str | Path) -> Path:
+    """A data file's path: a relative one under `root` first (where it exists there, or nowhere else)."""
+    path, root = Path(path), Path(root)
+    inside = not path.is_absolute() and ((root / path).is_file() or not path.is_file())
+    return root / path if inside else path
 
 
 def scan_image_folder(root: str | Path) -> pd.DataFrame:
@@ -132,44 +195,43 @@ def scan_image_folder(root: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def assign_splits(
-    strata: Sequence[Hashable], *, seed: int, val_share: float = 0.2, test_share: float = 0.2
+def series_groups(table: pd.DataFrame) -> np.ndarray:
+    """The series of each row: its `series_key` where non-empty, else its file (a NIfTI volume or a multi-frame
+    DICOM is one series; a 2-D image its own)."""
+    paths = table["path"].astype(str).to_numpy()
+    keys = table["series_key"].fillna("").astype(str).to_numpy() if "series_key" in table.columns else [""] * len(paths)
+    return np.asarray([k if k else "path:" + p for k, p in zip(keys, paths, strict=True)], dtype=object)
+
+
+def table_splits(
+    table: pd.DataFrame,
+    *,
+    seed: int,
+    val_share: float = 0.2,
+    test_share: float = 0.2,
+    strata: str | None = "label",
+    what: str = "labels",
+) -> pd.DataFrame:
+    """`table` with a 'split' column by patient (`data.splits.patient_groups`): its own, refused when one patient
+    is on two sides, else a seeded split of whole patients stratified by `strata` over patients (val_share and
+    test_share are shares of patients)."""
+    groups = patient_groups(table)
+    if "split" in table.columns:
+        check_groups_disjoint(groups, table["split"], what)
+        return table
+    column = None if strata is None else table[strata]
+    table["split"] = assign_group_splits(groups, seed=seed, val_share=val_share, test_share=test_share, strata=column)
+    return table
+
+
+def stratified_subset(
+    strata: Sequence[Hashable], fraction: float, seed: int, groups: Sequence[Hashable] | None = None
 ) -> np.ndarray:
-    """Seeded, stratified train/val/test split labels (a str array aligned with `strata`)."""
-    if not (0 <= val_share < 1 and 0 < test_share < 1 and val_share + test_share < 1):
-        raise ValueError(
-            f"need 0 <= val_share, 0 < test_share and val_share + test_share < 1; got {val_share}, {test_share}"
-        )
-    strata = np.asarray([str(s) for s in strata])
-    out = np.empty(len(strata), dtype=object)
-    rng = np.random.default_rng(seed)
-    for stratum in sorted(set(strata)):
-        members = np.flatnonzero(strata == stratum)
-        order = members[rng.permutation(len(members))]
-        q = (np.arange(len(order)) + 0.5) / len(order)  # rank quantile, so each split gets its share per stratum
-        out[order] = np.where(q < test_share, "test", np.where(q < test_share + val_share, "val", "train"))
-    return out.astype(str)
-
-
-def stratified_subset(strata: Sequence[Hashable], fraction: float, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded, stratified `fraction` of the items, at least one of every stratum.
-
-    Per stratum (in sorted order) one seeded permutation is drawn and its first max(1, round(fraction * n)) members
-    are kept, so the subset depends only on (strata, fraction, seed), and a smaller fraction's subset is contained
-    in a larger one's.
+    """Sorted indices of a seeded, stratified `fraction` of the patients (`groups`; None: each item its own), at
+    least one patient of every stratum, with all their items (`data.splits.group_subset`): the subset depends only
+    on (groups, strata, fraction, seed), and a smaller fraction's subset is contained in a larger one's.
     """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
-    strata = np.asarray([str(s) for s in strata])
-    if fraction == 1:
-        return np.arange(len(strata))
-    rng = np.random.default_rng(seed)
-    keep: list[np.ndarray] = []
-    for stratum in sorted(set(strata)):
-        members = np.flatnonzero(strata == stratum)
-        order = members[rng.permutation(len(members))]
-        keep.append(order[: max(1, int(round(fraction * len(members))))])
-    return np.sort(np.concatenate(keep)) if keep else np.arange(0)
+    return group_subset(range(len(strata)) if groups is None else groups, strata, fraction, seed)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -258,11 +320,15 @@ class MaskedImages(Dataset):
 
 
 def corpus_mask_table(
-    corpus: str | Path, labels_csv: str | Path | None = None, modalities: Sequence[str] | None = None
+    corpus: str | Path,
+    labels_csv: str | Path | None = None,
+    modalities: Sequence[str] | None = None,
+    manifest: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Image + truth-mask table of a corpus in the sample layout: labels.csv items with truth/<item_id>.png."""
+    """Image + truth-mask table of a corpus in the sample layout: labels.csv items with truth/<item_id>.png
+    (`manifest`: see `read_label_csv`)."""
     corpus = Path(corpus)
-    table = read_label_csv(labels_csv or corpus / "labels.csv", modalities)
+    table = read_label_csv(labels_csv or corpus / "labels.csv", modalities, manifest)
     if "item_id" not in table.columns:
         table["item_id"] = [make_item_id(p, f) for p, f in zip(table["path"], table["frame"], strict=True)]
     table["mask_path"] = [str(corpus / "truth" / f"{item_id}.png") for item_id in table["item_id"]]

@@ -19,8 +19,18 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from data.ids import make_item_id
+from data.manifest import read_manifest
+from data.splits import assign_group_splits, check_groups_disjoint, patient_groups
 from finetune.coco_eval import coco_evaluate, predictions_to_coco
-from finetune.data import CocoInstances, assign_splits, collate_lists, load_coco, primary_category, stratified_subset
+from finetune.data import (
+    CocoInstances,
+    collate_lists,
+    load_coco,
+    primary_category,
+    stratified_subset,
+    under_root,
+    with_manifest_keys,
+)
 from finetune.layer_decay import detect_layer_id, detectron2_no_decay, layer_decay_groups, resnet_depths
 from finetune.maskrcnn import D2_TEST_SIZE, D2_TRAIN_SIZES, Norm, build_mask_rcnn
 from finetune.optim import make_optimizer
@@ -42,7 +52,11 @@ class DetectionData(FinetuneData):
                    images' own 'split' fields are used, else a seeded split stratified by each image's most
                    frequent category.
     modalities:    keep only images whose 'modality' field is one of these.
-    train_fraction: seeded subset of the training images, stratified the same way (>= 1 per stratum).
+    manifest:      the corpus's manifest (relative: under `root` first), for each image's patient; else an image's
+                   own 'patient_key' field, else its file is its patient.
+    Splits are by patient (`data.splits`): a given split (CSV or the images' fields) is refused if a patient is
+    on two sides; a drawn one takes whole patients, stratified by their images' most frequent category.
+    train_fraction: seeded subset of the training patients, stratified the same way (>= 1 per stratum).
     filter_empty:  leave training images without a (non-crowd) instance out, as detectron2 does
                    (DATALOADER.FILTER_EMPTY_ANNOTATIONS); after the subset, so it does not change which images
                    the fraction draws. Evaluation keeps every image.
@@ -60,6 +74,7 @@ class DetectionData(FinetuneData):
         test_ann_file: str | None = None,
         split_csv: str | None = None,
         modalities: list[str] | None = None,
+        manifest: str | None = None,
         batch_size: int = 2,
         num_workers: int = 0,
         augment: bool = True,
@@ -76,26 +91,22 @@ class DetectionData(FinetuneData):
         super().__init__(train_fraction, subset_seed, intensity, packed, init)
         self.root = Path(root)
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
-        self.coco = load_coco(self._under_root(ann_file))
-        self.test_coco = load_coco(self._under_root(test_ann_file)) if test_ann_file else self.coco
+        self.coco = load_coco(under_root(self.root, ann_file))
+        self.test_coco = load_coco(under_root(self.root, test_ann_file)) if test_ann_file else self.coco
         self.category_ids: list[int] = sorted(self.coco.getCatIds())
         if test_ann_file and sorted(self.test_coco.getCatIds()) != self.category_ids:
             raise ValueError(f"{test_ann_file}: categories differ from {ann_file}'s")
-        images = self._image_table(self.coco, modalities)
+        rows = None if manifest is None else read_manifest(under_root(self.root, manifest))
+        images = self._image_table(self.coco, modalities, rows)
         splits = self._splits(images, split_csv, split_seed, val_share, 0.0 if test_ann_file else test_share)
-        train = images[splits == "train"]
-        keep = stratified_subset(train["stratum"], train_fraction, subset_seed)
-        self.image_ids: dict[str, list[int]] = {
-            "train": train["id"].to_numpy()[keep].tolist(),
-            "val": images.loc[splits == "val", "id"].tolist(),
-            "test": (
-                self._image_table(self.test_coco, modalities)["id"].tolist()
-                if test_ann_file
-                else images.loc[splits == "test", "id"].tolist()
-            ),
-        }
+        train = images[splits == "train"].reset_index(drop=True)
+        keep = stratified_subset(train["stratum"], train_fraction, subset_seed, patient_groups(train))
+        test = self._image_table(self.test_coco, modalities, rows) if test_ann_file else images[splits == "test"]
+        chosen = {"train": train.iloc[keep], "val": images[splits == "val"], "test": test}
         if filter_empty:
-            self.image_ids["train"] = [i for i in self.image_ids["train"] if self._has_instance(self.coco, i)]
+            chosen["train"] = chosen["train"][[self._has_instance(self.coco, i) for i in chosen["train"]["id"]]]
+        self.image_ids: dict[str, list[int]] = {name: rows_["id"].tolist() for name, rows_ in chosen.items()}
+        self.record_splits({name: patient_groups(rows_) for name, rows_ in chosen.items()})
         if not self.image_ids["train"]:
             raise ValueError(f"{ann_file}: the training split is empty (filter_empty: {filter_empty})")
 
@@ -103,17 +114,14 @@ class DetectionData(FinetuneData):
     def _has_instance(coco, image_id: int) -> bool:
         return any(not a.get("iscrowd", 0) for a in coco.imgToAnns.get(image_id, []))
 
-    def _under_root(self, path: str) -> Path:
-        path = Path(path)
-        under_root = not path.is_absolute() and ((self.root / path).is_file() or not path.is_file())
-        return self.root / path if under_root else path  # relative paths: under the data root first
-
     @staticmethod
-    def _image_table(coco, modalities: list[str] | None) -> pd.DataFrame:
+    def _image_table(coco, modalities: list[str] | None, manifest: pd.DataFrame | None = None) -> pd.DataFrame:
         rows = [
             {
                 "id": i,
                 "file_name": info["file_name"],
+                "path": info["file_name"],
+                "patient_key": info.get("patient_key", ""),
                 "frame": int(info.get("frame", 0)),
                 "item_id": info.get("item_id", ""),
                 "modality": info.get("modality", ""),
@@ -127,24 +135,25 @@ class DetectionData(FinetuneData):
             table = table[table["modality"].isin(list(modalities))].reset_index(drop=True)
         if table.empty:
             raise ValueError(f"no COCO images (modalities {modalities})")
+        if manifest is not None and "patient_key" in manifest.columns and not table["patient_key"].astype(bool).any():
+            table = with_manifest_keys(table.drop(columns="patient_key"), manifest[["path", "frame", "patient_key"]])
         return table
 
     def _splits(
         self, images: pd.DataFrame, split_csv: str | None, seed: int, val_share: float, test_share: float
     ) -> np.ndarray:
+        groups = patient_groups(images)
         if split_csv is not None:
-            return self._splits_from_csv(images, self._under_root(split_csv))
+            csv_path = under_root(self.root, split_csv)
+            splits = self._splits_from_csv(images, csv_path)
+            check_groups_disjoint(groups, splits, str(csv_path))
+            return splits
         if images["split"].astype(bool).all():
+            check_groups_disjoint(groups, images["split"], "the COCO images' split fields")
             return images["split"].to_numpy().astype(str)
-        if test_share == 0.0 and val_share == 0.0:
-            return np.full(len(images), "train")
-        if test_share == 0.0:  # separate test file: split off validation only
-            return np.where(
-                assign_splits(images["stratum"], seed=seed, val_share=0.0, test_share=val_share) == "test",
-                "val",
-                "train",
-            )
-        return assign_splits(images["stratum"], seed=seed, val_share=val_share, test_share=test_share)
+        return assign_group_splits(
+            groups, seed=seed, val_share=val_share, test_share=test_share, strata=images["stratum"].tolist()
+        )
 
     @staticmethod
     def _splits_from_csv(images: pd.DataFrame, csv_path: Path) -> np.ndarray:

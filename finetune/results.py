@@ -13,7 +13,10 @@ File: ``<results_dir>/<task>-<backbone>-<init>-f<train_fraction>-s<seed>-<UTC ti
     subset_seed     the seed of the train-fraction subset
     metrics         {name: float} on the test split; per task:
                       classify: accuracy, auroc, auprc, f1 (macro over classes, except accuracy: micro); with
-                                an EMA (the fine-tune recipe) also ema_accuracy, ema_auroc, ema_auprc, ema_f1
+                                an EMA (the fine-tune recipe) also ema_accuracy, ema_auroc, ema_auprc, ema_f1;
+                                per series series_accuracy, series_auroc, series_auprc, series_f1 (each series'
+                                slice probabilities averaged, its label its slices' most frequent; a 2-D image is
+                                its own series; details.n_test_series counts them)
                       segment:  dice, iou (mean per image, nnU-Net's convention), dice_pooled, iou_pooled (over
                                 all pixels of the split); foreground classes, each image at its own resolution
                       detect:   box_ap, box_ap50, box_ap75, mask_ap, mask_ap50, mask_ap75 (COCO evaluation)
@@ -24,7 +27,8 @@ File: ``<results_dir>/<task>-<backbone>-<init>-f<train_fraction>-s<seed>-<UTC ti
     config          the full resolved run configuration (LightningCLI), as a mapping
     timestamp       ISO-8601 UTC time the file was written
     code_version    `git describe --always --dirty` of the code, or 'unknown'
-    details         task-specific extras (class names, load report, artifact paths, ...)
+    details         task-specific extras (class names, load report, artifact paths, ...) and `splits`:
+                    {split: {patients, items}} of the splits used (train after train_fraction)
 
 Non-finite metric values (e.g. AP with no ground truth) are written as null.
 """

@@ -23,11 +23,12 @@ from torchvision.transforms import v2
 from finetune.augment import normalize
 from finetune.data import (
     MaskedImages,
-    assign_splits,
     collate_stack_and_list,
     corpus_mask_table,
     folder_mask_table,
     read_mask_hw,
+    table_splits,
+    under_root,
 )
 from finetune.seg_metrics import SegmentationScores
 from finetune.task import FinetuneData, FinetuneTask
@@ -51,8 +52,11 @@ class SegmentationData(FinetuneData):
     num_classes:   classes including background; 2 = binary (mask > 0 is foreground), else mask values are ids.
     normalization: (mean, std) per channel, the backbone's pretraining statistics; None = ImageNet's (the CLI sets
                    it from model.init, `finetune.backbone.pretrained_statistics`).
-    The split comes from the CSV's split column, else a seeded split stratified by 'label' (CSV) or by
-    empty/non-empty mask (folders). train_fraction: seeded stratified subset of the training split.
+    manifest:      the corpus's manifest (relative: under `root` first): each image's patient, and the slices of
+                   series- or patient-level rows of `labels_csv` (see `finetune.data.read_label_csv`).
+    The split is by patient (`data.splits`): the CSV's split column (refused if a patient is on two sides), else a
+    seeded split of whole patients stratified by 'label' (CSV) or by empty/non-empty mask (folders).
+    train_fraction: seeded stratified subset of the training patients.
     packed, init, intensity: a packed image store of the corpus to read images from, the model's init (linked by
                  the CLI) and the intensity rules; see `FinetuneData` (the rules follow the store / the export).
     """
@@ -63,6 +67,7 @@ class SegmentationData(FinetuneData):
         labels_csv: str | None = "labels.csv",
         masks_dir: str | None = None,
         modalities: list[str] | None = None,
+        manifest: str | None = None,
         num_classes: int = 2,
         image_size: int = 224,
         batch_size: int = 8,
@@ -89,12 +94,15 @@ class SegmentationData(FinetuneData):
         else:
             csv_path = Path(labels_csv or "labels.csv")
             table = corpus_mask_table(
-                self.root, self.root / csv_path if not csv_path.is_absolute() else csv_path, modalities
+                self.root,
+                self.root / csv_path if not csv_path.is_absolute() else csv_path,
+                modalities,
+                None if manifest is None else under_root(self.root, manifest),
             )
         if "label" not in table.columns:  # stratify by whether the mask has any foreground
             table["label"] = ["fg" if read_mask_hw(p, num_classes).any() else "empty" for p in table["mask_path"]]
-        if "split" not in table.columns:
-            table["split"] = assign_splits(table["label"], seed=split_seed, val_share=val_share, test_share=test_share)
+        what = str(masks_dir if masks_dir is not None else self.root / (labels_csv or "labels.csv"))
+        table = table_splits(table, seed=split_seed, val_share=val_share, test_share=test_share, what=what)
         self.tables: dict[str, pd.DataFrame] = self.split_tables(table)
 
     def split_size(self, split: str) -> int:

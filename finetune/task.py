@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_info
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from data.intensity_follow import follow_intensity, recorded_intensity, require_same_intensity
 from data.packed_store import PackedStore
+from data.splits import SPLITS, patient_groups, split_counts
 from finetune.backbone import PRETRAINED, InitSpec, LoadReport
 from finetune.data import stratified_subset
 from pretrain.export import read_sidecar
@@ -109,6 +111,7 @@ class FinetuneData(pl.LightningDataModule):
         self.subset_seed = subset_seed
 
     # Subclasses set these and implement split_size / split_dataset; the loaders below are shared.
+    split_record: dict[str, dict[str, int]] | None = None
     batch_size: int
     num_workers: int
     collate_fn: Callable | None = None
@@ -119,17 +122,26 @@ class FinetuneData(pl.LightningDataModule):
         return self.collate_fn
 
     def split_tables(self, table: pd.DataFrame) -> dict[str, pd.DataFrame]:
-        """Rows per split ('split' column); the training rows reduced to the seeded, stratified (by 'label')
-        train-fraction subset."""
+        """Rows per split ('split' column); the training rows reduced to the seeded train-fraction subset of whole
+        patients, stratified by 'label'. Records the patients and items per split (`split_record`)."""
         train = table[table["split"] == "train"].reset_index(drop=True)
         if train.empty:
             raise ValueError("the training split is empty")
-        subset = stratified_subset(train["label"], self.train_fraction, self.subset_seed)
-        return {
+        subset = stratified_subset(train["label"], self.train_fraction, self.subset_seed, patient_groups(train))
+        tables = {
             "train": train.iloc[subset].reset_index(drop=True),
             "val": table[table["split"] == "val"].reset_index(drop=True),
             "test": table[table["split"] == "test"].reset_index(drop=True),
         }
+        self.record_splits({name: patient_groups(rows) for name, rows in tables.items()})
+        return tables
+
+    def record_splits(self, groups_per_split: dict[str, Sequence[str]]) -> None:
+        """Keep {split: {patients, items}} of the splits used (the results JSON's details.splits) and log it."""
+        groups = [g for name in SPLITS for g in groups_per_split[name]]
+        names = [name for name in SPLITS for _ in groups_per_split[name]]
+        self.split_record = split_counts(groups, names)
+        rank_zero_info(f"splits (patients / items): {self.split_record}")
 
     def split_size(self, split: str) -> int:
         raise NotImplementedError

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from data.clip_folder import ClipPreprocess, LoadedClip, load_open_clip
 from data.intensity import IntensityConfig
+from data.splits import patient_groups, split_counts
 from finetune.classify import classification_metrics, labelled_table
 from finetune.data import SPLITS, LabelledImages
 from finetune.results import RunResult, write_results
@@ -183,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         details={
             "clip": clip.source,
             "split": args.split,
+            "splits": split_counts(patient_groups(table), table["split"]),
             "class_names": class_names,
             "templates": list(prompts.templates),
             "class_phrases": {name: list(prompts.classes[name]) for name in class_names},

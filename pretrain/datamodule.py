@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.transforms import v2
 
@@ -33,8 +34,9 @@ from data.intensity import IntensityConfig
 from data.intensity_follow import follow_intensity, recorded_intensity, require_same_intensity
 from data.packed_store import PackedStore
 from data.roi_cache import RoiCache, RoiShape
+from data.splits import assign_group_splits, patient_groups, split_counts
 from pretrain.pixel_stats import PixelStats, dataset_stats
-from pretrain.seeding import derive_seed, unit_interval
+from pretrain.seeding import derive_seed
 from pretrain.transforms import Augment, Interpolation, eval_transform, square_resize, train_transform
 from pretrain.transforms import resampling as resolve_resampling
 
@@ -133,8 +135,9 @@ class RoiDataModule(pl.LightningDataModule):
             else the defaults), so both phases see the same images. Rules that differ from the cache's are warned
             about, naming the fields. The rules used are kept in the hparams (`intensity_used`, hence the
             checkpoint and the exported backbone's sidecar).
-        val_fraction: share of items held out for validation, chosen by a hash of the item id (stable as
-            the cache grows); 0 disables validation.
+        val_fraction: share of patients held out for validation, whole (`validation_rows`: the manifest's
+            patient_key, else each file its own patient); 0 disables validation. The patients and items per
+            split are logged and kept in the hparams (`split_counts`).
         num_workers, persistent_workers, pin_memory (None: when training on a GPU): DataLoader settings.
         seed: seeds data order, augmentation and the validation split.
     """
@@ -227,14 +230,16 @@ class RoiDataModule(pl.LightningDataModule):
                 f"{self.cache_path}: no {what} items to train on (localize the corpus first, "
                 "or set data.only_done false to train on every item with an empty ROI)"
             )
-        item_ids = train_full.manifest["item_id"].to_numpy()[train_full.indices]
-        is_val = np.array([unit_interval(hp.seed, "val", str(i)) < hp.val_fraction for i in item_ids], dtype=bool)
+        rows = train_full.manifest.iloc[train_full.indices]
+        is_val = validation_rows(rows, hp.val_fraction, hp.seed)
         if is_val.all():
             raise ValueError(
-                f"{self.cache_path}: val_fraction {hp.val_fraction} leaves no training item out of {len(item_ids)}"
+                f"{self.cache_path}: val_fraction {hp.val_fraction} leaves no training item out of {len(rows)}"
             )
         if hp.val_fraction > 0 and not is_val.any():
-            rank_zero_warn(f"val_fraction {hp.val_fraction} selects none of {len(item_ids)} items: no validation")
+            rank_zero_warn(f"val_fraction {hp.val_fraction} selects none of {len(rows)} items' patients: no validation")
+        self.hparams["split_counts"] = split_counts(patient_groups(rows), np.where(is_val, "val", "train"))
+        rank_zero_info(f"pretraining splits (patients / items): {self.hparams['split_counts']}")
         train_items = np.flatnonzero(~is_val).tolist()
         self.train_set = Subset(train_full, train_items)
         if is_val.any():
@@ -310,6 +315,16 @@ class RoiDataModule(pl.LightningDataModule):
             pin_memory=on_gpu if hp.pin_memory is None else hp.pin_memory,
             drop_last=shuffle,  # equal batches for training (BatchNorm); every item for validation
         )
+
+
+def validation_rows(rows: pd.DataFrame, val_fraction: float, seed: int) -> np.ndarray:
+    """Which of these manifest rows (the selected training items) pretraining holds out for validation (bool):
+    `val_fraction` of their patients, whole, drawn by `data.splits.assign_group_splits` with `seed`. Shared with
+    the study's calibration (study.matched), which must see exactly the training items."""
+    if val_fraction == 0:
+        return np.zeros(len(rows), dtype=bool)
+    groups = patient_groups(rows)
+    return assign_group_splits(groups, seed=seed, val_share=val_fraction, test_share=0.0) == "val"
 
 
 def check_square_store(

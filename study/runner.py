@@ -25,7 +25,7 @@ import pandas as pd
 from study.arms import Arm
 from study.config import Downstream, ExperimentConfig, ExperimentError, as_flags
 from study.layout import LOG_FILE, StudyLayout, read_done, write_done
-from study.matched import GridSetting, calibrate
+from study.matched import GridSetting, TrainingItems, calibrate, calibration_setting
 from study.report import write_report
 from study.rois import roi_command
 
@@ -142,23 +142,36 @@ class ExperimentRunner:
 
     # ---------------------------------------------------------------- matched ratios
     def matched(self, arm: Arm) -> Arm | None:
-        """A matched random arm at the ratio its calibration sets (computed once, then read from its done.json);
-        None when its target's ROIs are missing here."""
+        """A matched random arm at the ratio its calibration sets (computed once, then read from its done.json
+        while the pretraining settings it used are unchanged; computed again when they changed); None when its
+        target's ROIs are missing here."""
         target = next(a for a in self.config.arms if a.name == arm.matches)
         run_dir = self.layout.calibration_dir(arm.name)
         record = read_done(run_dir)
+        grid = GridSetting.from_pretrain_config(self.config.pretrain_config, self.config.pretrain_args)
+        items = TrainingItems.from_pretrain_config(self.config.pretrain_config, self.config.pretrain_args)
+        if record is not None and record.get("setting") != calibration_setting(grid, items):
+            self._say(f"calibration of {arm.name}: the pretraining settings changed since it was made; recalibrating")
+            previous, record = record["mask_ratio"], None
+        else:
+            previous = None
         if record is None:
             cache = self.roi_cache(target.rois)
             if cache is None:
                 return None
-            grid = GridSetting.from_pretrain_config(self.config.pretrain_config, self.config.pretrain_args)
-            record = calibrate(self.config.corpus, cache, target, grid)
+            record = calibrate(self.config.corpus, cache, target, grid, items)
             run_dir.mkdir(parents=True, exist_ok=True)
             write_done(run_dir, record)
             self._say(
                 f"calibration: {target.name} realises {record['target_realised_ratio']:.4f} on the "
-                f"{record['grid'][0]}x{record['grid'][1]} grid -> {arm.name} masks at {record['mask_ratio']:.4f}"
+                f"{record['grid'][0]}x{record['grid'][1]} grid ({record['items']} training items) -> {arm.name} "
+                f"masks at {record['mask_ratio']:.4f}"
             )
+            if previous is not None and previous != record["mask_ratio"]:
+                self._say(
+                    f"    {arm.name}: its finished runs were made at {previous:.4f}; they are kept (remove "
+                    f"{self.layout.out / 'runs' / arm.name}/s* to run them again)"
+                )
         return arm.with_ratio(record["mask_ratio"])
 
     # ---------------------------------------------------------------- arms

@@ -15,7 +15,6 @@ from finetune.classify import ClassificationData
 from finetune.data import (
     CocoInstances,
     MaskedImages,
-    assign_splits,
     corpus_mask_table,
     folder_mask_table,
     load_coco,
@@ -23,6 +22,7 @@ from finetune.data import (
     read_label_csv,
     scan_image_folder,
     stratified_subset,
+    table_splits,
 )
 from finetune.detect import DetectionData
 from finetune.segment import SegmentationData
@@ -50,10 +50,11 @@ def test_stratified_subset_is_deterministic_stratified_and_nested():
         stratified_subset(strata, 0.0, seed=0)
 
 
-def test_assign_splits_is_seeded_and_stratified():
+def test_table_splits_is_seeded_and_stratified():
     strata = ["x"] * 10 + ["y"] * 20
-    splits = assign_splits(strata, seed=0, val_share=0.2, test_share=0.2)
-    assert np.array_equal(splits, assign_splits(strata, seed=0, val_share=0.2, test_share=0.2))
+    table = pd.DataFrame({"path": [f"{i}.png" for i in range(30)], "label": strata})  # one file = one patient
+    splits = table_splits(table.copy(), seed=0, val_share=0.2, test_share=0.2)["split"].to_numpy()
+    assert np.array_equal(splits, table_splits(table.copy(), seed=0, val_share=0.2, test_share=0.2)["split"])
     table = pd.crosstab(pd.Series(strata, name="s"), pd.Series(splits, name="split"))
     assert table.loc["x"].to_dict() == {"test": 2, "train": 6, "val": 2}
     assert table.loc["y"].to_dict() == {"test": 4, "train": 12, "val": 4}
@@ -63,7 +64,8 @@ def test_classification_data_train_fraction_on_sample_corpus(corpus):
     full = ClassificationData(str(corpus), "labels.csv", image_size=32)
     assert full.class_names == sorted(pd.read_csv(corpus / "labels.csv")["label"].unique())
     small = ClassificationData(str(corpus), "labels.csv", image_size=32, train_fraction=0.01)
-    assert small.n_train == full.num_classes  # one example of every class
+    # one patient (here: one file, a volume with all its slices) of every class, by the patient's majority label
+    assert small.split_record["train"]["patients"] == full.num_classes
     assert set(small.tables["train"]["label"]) == set(full.class_names)
     again = ClassificationData(str(corpus), "labels.csv", image_size=32, train_fraction=0.01)
     assert small.tables["train"]["item_id"].tolist() == again.tables["train"]["item_id"].tolist()
@@ -152,7 +154,8 @@ def test_coco_instances_read_sample_json(corpus):
     strata = {primary_category(coco, i) for i in data.image_ids["train"]}
     assert len(strata) == 4  # three lesion categories + images without lesions
     assert {primary_category(coco, i) for i in small.image_ids["train"]} == strata
-    assert len(small.image_ids["train"]) == len(strata)  # one image per stratum
+    # one patient (here: one file, a volume with all its slices) per stratum of patients (their majority category)
+    assert small.split_record["train"]["patients"] == len(strata)
     images, targets = next(iter(data.train_dataloader()))
     assert isinstance(images, list) and {"boxes", "labels", "masks", "image_id"} <= set(targets[0])
 

@@ -94,11 +94,17 @@ def test_classify_fit_writes_results_and_confusion_matrix(corpus, tmp_path):
     result = _run("classify", "classify_tiny.yaml", corpus, tmp_path, "--trainer.max_epochs", "1")
     assert RESULT_FIELDS <= set(result)
     assert result["task"] == "classify" and result["backbone"] == "resnet18" and result["init"] == "scratch"
-    assert set(result["metrics"]) == {"accuracy", "auroc", "auprc", "f1"}
-    assert all(0 <= v <= 1 for v in result["metrics"].values())
+    per_image = {"accuracy", "auroc", "auprc", "f1"}
+    assert set(result["metrics"]) == per_image | {f"series_{m}" for m in per_image}
+    assert all(v is None or 0 <= v <= 1 for v in result["metrics"].values())
     labels = pd.read_csv(corpus / "labels.csv")
     assert result["n_train"] == (labels["split"] == "train").sum()
     assert result["n_test"] == (labels["split"] == "test").sum()
+    # no series key in the sample's labels: a file is a series (a NIfTI volume's slices are averaged together)
+    assert result["details"]["n_test_series"] == labels.loc[labels["split"] == "test", "path"].nunique()
+    files = labels.groupby("split")["path"].nunique().to_dict()  # each file its own patient
+    assert {s: c["patients"] for s, c in result["details"]["splits"].items()} == files
+    assert result["details"]["splits"]["test"]["items"] == result["n_test"]
     assert result["seed"] == 0 and result["config"]["model"]["backbone"] == "resnet18"
     matrix = result["details"]["confusion_matrix"]
     assert sum(map(sum, matrix)) == result["n_test"]
@@ -117,7 +123,7 @@ def test_linear_probe_from_exported_backbone_keeps_backbone_frozen(corpus, tmp_p
             "--data.root",
             str(corpus),
             "--data.modalities",
-            "[MR]",
+            "[XR]",
             "--model.init",
             str(path),
             "--model.mode",
@@ -142,21 +148,22 @@ def test_linear_probe_from_exported_backbone_keeps_backbone_frozen(corpus, tmp_p
         assert torch.equal(after[key], sd[key]), key  # frozen weights, BatchNorm statistics not updated
     assert not torch.equal(model.head[1].weight, head_before)  # the head did train
     assert int(model.head[0].num_batches_tracked) > 0  # the probe's own BatchNorm runs in training mode
-    assert cli.datamodule.n_train == 2  # half of the 2 + 2 MR training images, one per class
+    # whole files per split: 3 X-rays per class -> 1 test, 2 train; half of them, one image per class
+    assert cli.datamodule.n_train == 2
 
     cli.after_fit()
     result = read_results(cli.last_results_path)
     assert result.init == "pretrained" and result.init_source == str(path) and len(result.init_sha256) == 16
     assert result.train_fraction == 0.5 and result.details["mode"] == "linear_probe"
     assert result.details["load_report"]["n_loaded"] == len(sd) and result.details["class_names"] == [
-        "no_tumor",
-        "tumor",
+        "normal",
+        "opacity",
     ]
 
 
 def test_segment_fit_writes_dice_and_iou(corpus, tmp_path):
     result = _run(
-        "segment", "segment_tiny.yaml", corpus, tmp_path, "--trainer.max_epochs", "1", "--data.modalities", "[CT]"
+        "segment", "segment_tiny.yaml", corpus, tmp_path, "--trainer.max_epochs", "1", "--data.modalities", "[XR]"
     )
     assert result["task"] == "segment" and set(result["metrics"]) == {"dice", "dice_pooled", "iou", "iou_pooled"}
     assert all(0 <= v <= 1 for v in result["metrics"].values())
@@ -171,7 +178,7 @@ def test_detect_fit_on_sample_coco_from_exported_backbone(corpus, tmp_path, back
         corpus,
         tmp_path,
         "--data.modalities",
-        "[MR]",
+        "[XR]",
         "--model.init",
         str(path),
         "--trainer.limit_train_batches",

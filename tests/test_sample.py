@@ -125,13 +125,15 @@ def test_every_annotation_is_written_and_kept_out_of_the_scan(corpus: Path) -> N
     assert scanned and all(p.split("/")[0] in {m.folder for m in MODALITIES} for p in scanned)
 
 
-def test_splits_are_stratified(corpus: Path) -> None:
+def test_splits_are_stratified_and_keep_files_whole(corpus: Path) -> None:
     rows = read_labels(corpus)
     assert {r["split"] for r in rows} == {"train", "val", "test"}
-    for code in ("MR", "CT", "XR"):
-        for label in (POSITIVE[code], NEGATIVE[code]):
-            stratum = Counter(r["split"] for r in rows if r["modality"] == code and r["label"] == label)
-            assert stratum == {"train": 4, "val": 1, "test": 1}, (code, label, stratum)
+    for path in {r["path"] for r in rows}:  # a volume's / multi-frame file's slices never straddle a split
+        assert len({r["split"] for r in rows if r["path"] == path}) == 1, path
+    for label in (POSITIVE["XR"], NEGATIVE["XR"]):
+        # 6 one-image files per class: rank quantiles 1/12 -> test, 3/12 -> val, the other four train
+        stratum = Counter(r["split"] for r in rows if r["modality"] == "XR" and r["label"] == label)
+        assert stratum == {"train": 4, "val": 1, "test": 1}, (label, stratum)
 
 
 def test_ct_dicom_files_are_real_and_rescale_to_hounsfield(corpus: Path) -> None:

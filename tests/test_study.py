@@ -122,6 +122,12 @@ def test_tiny_control_study_calibrates_writes_report_and_resumes(tmp_path, capsy
     done_files = sorted(out.rglob("done.json"))
     mtimes = {p: p.stat().st_mtime_ns for p in done_files}
     results = sorted(out.rglob("results/*.json"))
+    # each downstream run records its split by patient; a control image is its own patient
+    labels = pd.read_csv(tmp_path / "corpus" / "labels.csv")
+    for path in results:
+        counts = json.loads(path.read_text())["details"]["splits"]
+        assert all(c["patients"] == c["items"] for c in counts.values())
+        assert counts["test"]["items"] == (labels["split"] == "test").sum()
     capsys.readouterr()
     # the second invocation, through the command line: nothing is run again, the report is rewritten
     assert study_main(argv) == 0

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from data.sample.spec import README_MARKER, SLICES_PER_GROUP, Item, SampleCorpus, item_rng
+from data.sample.spec import README_MARKER, SLICES_PER_GROUP, Item, SampleCorpus
 from data.sample.writers import write_bytes
 from data.sample.xr import xray_shape
+from data.splits import assign_group_splits
 
 SPLIT_FRACTIONS = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 LABELS_CSV = "labels.csv"
@@ -22,22 +23,18 @@ README = "README.txt"
 def assign_splits(
     items: Sequence[Item], seed: int, fractions: Sequence[tuple[str, float]] = SPLIT_FRACTIONS
 ) -> list[str]:
-    """Stratified by (modality, label): shuffle each stratum, then cut it by `fractions` (60/20/20) into
-    train/val/test."""
-    splits = [""] * len(items)
-    strata: dict[tuple[str, int], list[int]] = {}
-    for idx, item in enumerate(items):
-        strata.setdefault((item.modality.code, item.split_stratum), []).append(idx)
-    for (_, stratum), members in sorted(strata.items()):
-        order = item_rng(seed, items[members[0]].modality, 3, stratum).permutation(len(members))
-        for rank, j in enumerate(order):
-            q, edge = (rank + 0.5) / len(members), 0.0
-            for name, fraction in fractions:
-                edge += fraction
-                if q < edge or name == fractions[-1][0]:
-                    splits[members[j]] = name
-                    break
-    return splits
+    """Whole files per split (a NIfTI volume's or a multi-frame DICOM's slices together; the sample has no patient
+    above the file), stratified by (modality, label) over files, cut by `fractions` (60/20/20) with the project's
+    one split function, `data.splits.assign_group_splits`."""
+    shares = dict(fractions)
+    splits = assign_group_splits(
+        [item.relpath for item in items],
+        seed=seed,
+        val_share=shares.get("val", 0.0),
+        test_share=shares.get("test", 0.0),
+        strata=[f"{item.modality.code}/{item.split_stratum}" for item in items],
+    )
+    return splits.tolist()
 
 
 def _polygons(mask_hw: np.ndarray) -> list[list[float]]:
