@@ -130,6 +130,10 @@ def test_splits_are_stratified_and_keep_files_whole(corpus: Path) -> None:
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     for path in {r["path"] for r in rows}:  # a volume's / multi-frame file's slices never straddle a split
         assert len({r["split"] for r in rows if r["path"] == path}) == 1, path
+    ct_series = {r["path"].rsplit("/", 1)[0] for r in rows if "/series_" in r["path"]}
+    assert ct_series  # each one-file-per-slice CT series is one patient: all its files on one side
+    for series in ct_series:
+        assert len({r["split"] for r in rows if r["path"].startswith(series + "/")}) == 1, series
     for label in (POSITIVE["XR"], NEGATIVE["XR"]):
         # 6 one-image files per class: rank quantiles 1/12 -> test, 3/12 -> val, the other four train
         stratum = Counter(r["split"] for r in rows if r["modality"] == "XR" and r["label"] == label)

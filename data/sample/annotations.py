@@ -23,12 +23,12 @@ README = "README.txt"
 def assign_splits(
     items: Sequence[Item], seed: int, fractions: Sequence[tuple[str, float]] = SPLIT_FRACTIONS
 ) -> list[str]:
-    """Whole files per split (a NIfTI volume's or a multi-frame DICOM's slices together; the sample has no patient
-    above the file), stratified by (modality, label) over files, cut by `fractions` (60/20/20) with the project's
-    one split function, `data.splits.assign_group_splits`."""
+    """Whole patients per split: a CT series' files, a NIfTI volume's or a multi-frame DICOM's slices together (the
+    item's `patient`, else its file), stratified by (modality, label) over patients, cut by `fractions` (60/20/20)
+    with the project's one split function, `data.splits.assign_group_splits`."""
     shares = dict(fractions)
     splits = assign_group_splits(
-        [item.relpath for item in items],
+        [item.patient or item.relpath for item in items],
         seed=seed,
         val_share=shares.get("val", 0.0),
         test_share=shares.get("test", 0.0),

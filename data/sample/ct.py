@@ -113,7 +113,7 @@ def make_items(out: Path, n: int, seed: int, size: int) -> Iterator[Item]:
             write_ct_slice(out / relpath, sl.image_hw, uids, s, k, slope, rank=ranks[k])
             if s == 0 and k == 0:
                 write_ct_extras(out / SPEC.folder, sl.image_hw, uids)
-            yield Item(relpath, 0, SPEC, sl)
+            yield Item(relpath, 0, SPEC, sl, patient=f"{SPEC.folder}/series_{s:03d}")
             i += 1
     ser = _ct_series(item_rng(seed, SPEC, 1, len(groups)), size)
     frames = [_ct_slice(ser, f, counts[i + f], item_rng(seed, SPEC, 0, i + f), size) for f in range(n_multi)]

@@ -65,6 +65,7 @@ class Item:
     rendered: Slice = field(repr=False)
     label: str | None = None  # the class, for a task with classes of its own; None: the modality's by lesions
     stratum: int | None = None  # the split stratum within the modality; None: 0/1 = without/with lesions
+    patient: str | None = None  # the synthetic patient when it spans several files (a CT series); None: the file
 
     @property
     def item_id(self) -> str:
