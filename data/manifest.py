@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from data.ids import make_item_id
+from data.ids import decode_relpath, encode_relpath, make_item_id
 from data.readers import NiftiVolumes, UnreadableImage, iter_frames, source_format
 from data.readers import infer_modality as infer_modality_from_path
 from data.uid_paths import uid_path_warning
@@ -145,7 +145,8 @@ def _scan_alone(task: tuple[str, str, str]) -> _FileResult:
 def list_corpus_files(
     root: str | os.PathLike, exclude: Iterable[str | os.PathLike] = (), ignore: Iterable[str] = ()
 ) -> list[str]:
-    """Sorted POSIX paths, relative to `root`, of the files a scan considers.
+    """Sorted POSIX paths, relative to `root`, of the files a scan considers (names that are not valid UTF-8 as
+    `data.ids.encode_relpath` stores them; `decode_relpath` gives the name that opens the file).
 
     Skipped: hidden files and folders, the paths in `exclude`, and what matches a glob pattern of `ignore` or of
     ROOT/.scanignore (one pattern a line, '#' comments). Patterns work like .gitignore's, simplified: a pattern
@@ -171,9 +172,17 @@ def list_corpus_files(
             relpath = _join(rel_folder, name)
             if name.startswith(".") or _matches(name, relpath, file_rules):
                 continue
-            if (Path(folder) / name).resolve() not in excluded:
-                relpaths.append(relpath)
+            if not excluded or _resolved(Path(folder) / name) not in excluded:
+                relpaths.append(encode_relpath(relpath))  # a name that is not UTF-8: escaped (data.ids)
     return sorted(relpaths)
+
+
+def _resolved(path: Path) -> Path | None:
+    """The file a path names, or None for a symlink loop (the scan records it as a failure, see `iter_frames`)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # RuntimeError: Python < 3.13's 'Symlink loop'
+        return None
 
 
 def _read_scanignore(root: Path) -> list[str]:
@@ -253,7 +262,7 @@ def _scan_files(tasks: list[tuple[str, str, str]]) -> list[_FileResult]:
 def _scan_file(task: tuple[str, str, str]) -> _FileResult:
     """Decode one file; its frames' geometry, or the reason it failed. Runs in a worker process."""
     root, relpath, nifti_volumes = task
-    path = Path(root) / relpath
+    path = Path(root) / decode_relpath(relpath)
     # Non-DICOM files carry no modality: name it from the corpus-relative path, not the root's location.
     modality = None if source_format(path) in (None, "dicom") else infer_modality_from_path(relpath)
     try:
