@@ -11,7 +11,10 @@ written last, so an interrupted write leaves its items pending and a re-run redo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,27 @@ class ItemStore:
         size_hw = manifest[["height", "width"]].to_numpy(dtype="int32")
         group.create_array("size_hw", shape=(n, 2), dtype="int32", chunks=(rows[0], 2))[:] = size_hw
         return group
+
+    @staticmethod
+    @contextmanager
+    def building(path: Path) -> Iterator[Path]:
+        """Build a new store under a temporary name beside `path` (yielded), then rename it into place: a reader or a
+        rerun never sees a half-made store (a crash leaves only the temporary folder), and of processes racing to
+        create one store exactly one succeeds (FileExistsError for the others)."""
+        if path.exists():
+            raise FileExistsError(f"{path}: already exists; open it or choose another path")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            yield tmp
+            try:
+                os.rename(tmp, path)  # atomic; fails when another process made `path` meanwhile
+            except OSError as e:
+                if path.exists():
+                    raise FileExistsError(f"{path}: made by another process meanwhile") from e
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @staticmethod
     def add_item_array(
@@ -183,6 +207,10 @@ class ItemStore:
         if not isinstance(reader, ShardReader):
             return reader[index]
         return reader.read_chunk((int(index),) + (0,) * (reader.ndim - 1))[0]  # one item per chunk: drop the axis
+
+    def sizes_hw(self) -> np.ndarray:
+        """(N, 2) int32 height, width of every item."""
+        return self._sizes()
 
     def _sizes(self) -> np.ndarray:
         if self._size_hw is None:
