@@ -98,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             write_corpus(folder, size)
             result = {}
         else:
-            result = measure(folder / "standins" / "localize.yaml", folder / f"corpus_{size}",
-                             folder / f"cache_{size}.zarr", args.batch_size)
+            result = measure(
+                folder / "standins" / "localize.yaml",
+                folder / f"corpus_{size}",
+                folder / f"cache_{size}.zarr",
+                args.batch_size,
+            )
         print(json.dumps(result))
         return 0
 
