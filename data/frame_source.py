@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data.ids import decode_relpath
 from data.intensity import IntensityConfig, normalize
 from data.readers import Frame, UnreadableImage, decodes_whole, iter_frames, normalize_modality, read_frame
 
@@ -104,7 +105,7 @@ class FrameSource:
                 return _as_requested(found, modality)
         self.stats.frame_reads += 1
         try:
-            return read_frame(self.root / relpath, frame, modality=modality)
+            return read_frame(self._path(relpath), frame, modality=modality)
         except UnreadableImage as exc:  # name the file by its corpus-relative path: reasons go into caches
             raise UnreadableImage(relpath, exc.reason) from None
         except IndexError as exc:
@@ -113,12 +114,16 @@ class FrameSource:
     def image(self, relpath: str, frame: int, modality: str | None, intensity: IntensityConfig | None = None):
         """The model-ready image, float32 in [0, 1], as `data.readers.load_image` gives it."""
         found = self.read(relpath, frame, modality)
-        return normalize(found.pixels, found.modality, intensity or IntensityConfig())
+        # the frame is this call's own (read, or popped from the held ones): normalised in place
+        return normalize(found.pixels, found.modality, intensity or IntensityConfig(), overwrite=True)
+
+    def _path(self, relpath: str) -> Path:
+        return self.root / decode_relpath(relpath)  # a name that is not UTF-8 is held escaped (data.ids)
 
     def _decodes_whole(self, relpath: str) -> bool:
         if relpath not in self._whole:
             try:
-                self._whole[relpath] = decodes_whole(self.root / relpath)
+                self._whole[relpath] = decodes_whole(self._path(relpath))
             except UnreadableImage:
                 self._whole[relpath] = False  # read_frame reports the reason, as item-by-item reading does
         return self._whole[relpath]
@@ -127,7 +132,7 @@ class FrameSource:
         """Decode the file once: return `frame`, hold the planned frames that fit. None when the pass fails (the file
         is then read frame by frame, so each item gets the reason or pixels item-by-item reading gives it)."""
         found, kept, keep = None, {}, None
-        frames = iter_frames(self.root / relpath)
+        frames = iter_frames(self._path(relpath))
         try:
             for item in frames:
                 if keep is None:  # the frames of a file decoded whole share one size

@@ -8,12 +8,16 @@ absolute meaning); RGB images in the 8-bit range are divided by 255 (their value
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+
+# Images above this many values take the chunked, copy-free path of `percentiles` (4096 x 4096).
+LARGE_IMAGE_PIXELS = 1 << 24
+_CHUNK = 1 << 22
 
 CT_WINDOWS: dict[str, tuple[float, float]] = {
     # name -> (level, width) in HU
@@ -62,7 +66,7 @@ class IntensityRule:
             return float(self.value_range[0]), float(self.value_range[1])
         if finite_values.size == 0:
             return 0.0, 1.0
-        low, high = np.percentile(finite_values, self.percentiles)
+        low, high = percentiles(finite_values, self.percentiles)
         if high <= low:  # a mostly flat image (e.g. 99.5% background): fall back to its full range
             low, high = finite_values.min(), finite_values.max()
         return float(low), float(high)
@@ -153,29 +157,94 @@ def window_level_width(window: str | tuple[float, float]) -> tuple[float, float]
     return float(level), float(width)
 
 
-def normalize(pixels: np.ndarray, modality: str, config: IntensityConfig = IntensityConfig()) -> np.ndarray:
+def normalize(
+    pixels: np.ndarray, modality: str, config: IntensityConfig = IntensityConfig(), *, overwrite: bool = False
+) -> np.ndarray:
     """Map physical pixel values (H, W) or (H, W, 3) to float32 in [0, 1] by the modality's rule.
 
     NaN and -Inf become 0 and +Inf becomes 1; they are ignored when percentiles are computed.
     A flat image maps to zeros under the percentile rule.
+    overwrite: a float32 `pixels` the caller gives up is normalised in place (no image-sized copy; the values are
+    the same), so a large image costs its own size once (issue 28: a 12000 x 12000 radiograph).
     """
     pixels = np.asarray(pixels)
     if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
         raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {pixels.shape}")
+    in_place = overwrite and pixels.dtype == np.float32 and pixels.flags.writeable and pixels.flags.c_contiguous
     pixels = pixels.astype(np.float32, copy=False)
-    finite = np.isfinite(pixels)
-    all_finite = bool(finite.all())
-    finite_values = pixels if all_finite else pixels[finite]
+    all_finite = bool(np.isfinite(pixels).all())
+    finite_values = pixels if all_finite else pixels[np.isfinite(pixels)]
     max_value = float(finite_values.max()) if finite_values.size else 0.0
     rule = config.rule_for(modality, rgb=pixels.ndim == 3, max_value=max_value)
     low, high = rule.bounds(finite_values)
+    del finite_values
 
     scale = np.float32(1.0 / (high - low)) if high > low else np.float32(0.0)
-    out = (pixels - np.float32(low)) * scale
+    out = np.subtract(pixels, np.float32(low), out=pixels if in_place else None)  # then * scale: (x - low) * scale
+    np.multiply(out, scale, out=out)
     if not all_finite:
-        out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
+        np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
     np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+def percentiles(values: np.ndarray, q: Sequence[float]) -> np.ndarray:
+    """`np.percentile(values, q)` (linear method), the same numbers; an array of more than LARGE_IMAGE_PIXELS float32
+    values is not copied whole (np.percentile partitions a copy) but read in chunks (`_chunked_percentiles`)."""
+    values = np.asarray(values)
+    if values.size <= LARGE_IMAGE_PIXELS or values.dtype != np.float32:
+        return np.percentile(values, q)
+    return _chunked_percentiles(values, q)
+
+
+def _chunked_percentiles(values: np.ndarray, q: Sequence[float], chunk: int = _CHUNK) -> np.ndarray:
+    """np.percentile's linear method from exact order statistics found by a two-pass radix select on the float32 bit
+    patterns (a histogram of the high 16 bits, then of the low 16 within the bins that hold the ranks): memory is a
+    chunk's, whatever the array's size. No NaN (the caller passes finite values)."""
+    flat = values.reshape(-1)
+    n = flat.size
+    virtual = (n - 1) * np.true_divide(np.asarray(q, dtype=np.float64), 100)
+    previous = np.floor(virtual).astype(np.int64)
+    following = np.minimum(previous + 1, n - 1)
+    ranks = np.unique(np.concatenate([previous, following]))
+    found = dict(zip(ranks.tolist(), _order_statistics(flat, ranks, chunk), strict=True))
+    a = np.array([found[int(i)] for i in previous], dtype=np.float32)
+    b = np.array([found[int(i)] for i in following], dtype=np.float32)
+    gamma = virtual - previous
+    # numpy's _lerp, with its dtypes: (b - a) in float32, the rest in float64
+    diff = b - a
+    out = a + diff * gamma
+    return np.where(gamma >= 0.5, b - diff * (1 - gamma), out)
+
+
+def _sort_keys(chunk: np.ndarray) -> np.ndarray:
+    """uint32 keys whose order is the float32 values' order (sign bit flipped, negatives' bits inverted)."""
+    bits = chunk.view(np.uint32)
+    return np.where(bits >> 31 == 1, ~bits, bits | np.uint32(0x80000000))
+
+
+def _order_statistics(flat: np.ndarray, ranks: np.ndarray, chunk: int) -> list[float]:
+    """The values of rank `ranks` (0-based, ascending) of a float32 vector, exactly, in chunks."""
+    high = np.zeros(1 << 16, dtype=np.int64)
+    for start in range(0, flat.size, chunk):
+        high += np.bincount(_sort_keys(flat[start : start + chunk]) >> 16, minlength=1 << 16)
+    cum_high = np.cumsum(high)
+    bins = np.searchsorted(cum_high, ranks, side="right")  # the high-16 bin holding each rank
+    wanted = np.unique(bins)
+    low = {int(b): np.zeros(1 << 16, dtype=np.int64) for b in wanted}
+    for start in range(0, flat.size, chunk):
+        keys = _sort_keys(flat[start : start + chunk])
+        top = keys >> 16
+        for b in wanted:
+            low[int(b)] += np.bincount(keys[top == b] & 0xFFFF, minlength=1 << 16)
+    result = []
+    for rank, b in zip(ranks.tolist(), bins.tolist(), strict=True):
+        before = int(cum_high[b - 1]) if b > 0 else 0
+        low16 = int(np.searchsorted(np.cumsum(low[b]), rank - before, side="right"))
+        key = np.uint32((b << 16) | low16)
+        bits = key & np.uint32(0x7FFFFFFF) if key >> 31 == 1 else ~key
+        result.append(float(np.array([bits], dtype=np.uint32).view(np.float32)[0]))
+    return result
 
 
 def _rule_from_mapping(spec: Mapping[str, Any]) -> IntensityRule:

@@ -11,7 +11,10 @@ written last, so an interrupted write leaves its items pending and a re-run redo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +99,26 @@ class ItemStore:
         if not same.all():
             raise ValueError(f"{self.path}: {int((~same).sum())} items differ from the manifest's: not the same scan")
         self._write_grouping(self._group, manifest.reset_index(drop=True), (self.shard_items,))
+
+    @contextmanager
+    def building(path: Path) -> Iterator[Path]:
+        """Build a new store under a temporary name beside `path` (yielded), then rename it into place: a reader or a
+        rerun never sees a half-made store (a crash leaves only the temporary folder), and of processes racing to
+        create one store exactly one succeeds (FileExistsError for the others)."""
+        if path.exists():
+            raise FileExistsError(f"{path}: already exists; open it or choose another path")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            yield tmp
+            try:
+                os.rename(tmp, path)  # atomic; fails when another process made `path` meanwhile
+            except OSError as e:
+                if path.exists():
+                    raise FileExistsError(f"{path}: made by another process meanwhile") from e
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @staticmethod
     def add_item_array(
@@ -216,6 +239,10 @@ class ItemStore:
         if not isinstance(reader, ShardReader):
             return reader[index]
         return reader.read_chunk((int(index),) + (0,) * (reader.ndim - 1))[0]  # one item per chunk: drop the axis
+
+    def sizes_hw(self) -> np.ndarray:
+        """(N, 2) int32 height, width of every item."""
+        return self._sizes()
 
     def _sizes(self) -> np.ndarray:
         if self._size_hw is None:

@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from data.ids import make_item_id
+from data.ids import decode_relpath, encode_relpath, make_item_id
 from data.keys import CorpusKey, load_or_create_key
 from data.readers import NiftiVolumes, UnreadableImage, has_dicm_marker, iter_frames, source_format
 from data.readers import infer_modality as infer_modality_from_path
@@ -219,7 +219,8 @@ def _scan_alone(task: _Task) -> _FileResult:
 def list_corpus_files(
     root: str | os.PathLike, exclude: Iterable[str | os.PathLike] = (), ignore: Iterable[str] = ()
 ) -> list[str]:
-    """Sorted POSIX paths, relative to `root`, of the files a scan considers.
+    """Sorted POSIX paths, relative to `root`, of the files a scan considers (names that are not valid UTF-8 as
+    `data.ids.encode_relpath` stores them; `decode_relpath` gives the name that opens the file).
 
     Skipped: hidden files and folders, the paths in `exclude`, and what matches a glob pattern of `ignore` or of
     ROOT/.scanignore (one pattern a line, '#' comments). Patterns work like .gitignore's, simplified: a pattern
@@ -245,9 +246,17 @@ def list_corpus_files(
             relpath = _join(rel_folder, name)
             if name.startswith(".") or _matches(name, relpath, file_rules):
                 continue
-            if (Path(folder) / name).resolve() not in excluded:
-                relpaths.append(relpath)
+            if not excluded or _resolved(Path(folder) / name) not in excluded:
+                relpaths.append(encode_relpath(relpath))  # a name that is not UTF-8: escaped (data.ids)
     return sorted(relpaths)
+
+
+def _resolved(path: Path) -> Path | None:
+    """The file a path names, or None for a symlink loop (the scan records it as a failure, see `iter_frames`)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # RuntimeError: Python < 3.13's 'Symlink loop'
+        return None
 
 
 def _read_scanignore(root: Path) -> list[str]:
@@ -388,7 +397,7 @@ def _scan_files(tasks: list[_Task]) -> list[_FileResult]:
 def _scan_file(task: _Task) -> _FileResult:
     """Decode one file; its frames' geometry and keys, or the reason it failed or is excluded. Runs in a worker."""
     root, relpath, nifti_volumes, key, keep_excluded = task
-    path = Path(root) / relpath
+    path = Path(root) / decode_relpath(relpath)
     fmt = source_format(path)
     # Non-DICOM files carry no modality: name it from the corpus-relative path, not the root's location.
     modality = None if fmt in (None, "dicom") else infer_modality_from_path(relpath)

@@ -23,8 +23,6 @@ key and read as square None.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -158,11 +156,7 @@ class PackedStore(ItemStore):
             "provenance": provenance,
             "info": {"code_version": code_version()},
         }
-        if path.exists():
-            raise FileExistsError(f"{path}: already exists; open it or choose another path")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with cls.building(path) as tmp:
             group = cls.create_group(tmp, manifest, attrs, shard_items)
             n = len(manifest)
             sizes = manifest[["height", "width"]].to_numpy()
@@ -171,14 +165,6 @@ class PackedStore(ItemStore):
             group.create_array("channels", shape=(n,), dtype="uint8", chunks=(int(shard_items),), fill_value=0)
             cls.add_item_array(group, "image", (side, side), dtype, 0, shard_items)
             cls.add_item_array(group, "image_rgb", (side, side, 3), dtype, 0, shard_items)
-            try:
-                os.rename(tmp, path)  # atomic; fails when another process made `path` meanwhile
-            except OSError as e:
-                if path.exists():
-                    raise FileExistsError(f"{path}: made by another process meanwhile") from e
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return cls.open(path, mode="r+", expect=provenance)
 
     @classmethod

@@ -114,7 +114,8 @@ class RoiCache(ItemStore):
         info: Mapping[str, Any] | None = None,
         **sizes: int,
     ) -> RoiCache:
-        """Create an empty store (every item pending) for `manifest`; refuses to overwrite an existing one.
+        """Create an empty store (every item pending) for `manifest`; refuses to overwrite an existing one. It is made
+        under a temporary name and renamed into place (`ItemStore.building`).
 
         Sizes: `geometry`, or CacheGeometry's fields as keywords (mask_size=64, ...); CacheGeometry's defaults
         otherwise."""
@@ -131,15 +132,16 @@ class RoiCache(ItemStore):
             "info": canonical(info or {}),
         }
         path = Path(path)
-        group = cls.create_group(path, manifest, attrs, shard_items)
-        for name in ("mask", "saliency"):
-            cls.add_item_array(group, name, (s, s), "uint8", 0, shard_items)
-        cls.add_item_array(group, "rects", (r, 4), "float32", np.nan, shard_items)
-        rows = (shard_items,)
-        group.create_array("boxes", shape=(n, k, 4), dtype="float32", chunks=(shard_items, k, 4), fill_value=np.nan)
-        group.create_array("score", shape=(n,), dtype="float32", chunks=rows, fill_value=np.nan)
-        group.create_array("flags", shape=(n,), dtype="uint8", chunks=rows, fill_value=0)
-        return cls(group, path)
+        with cls.building(path) as tmp:  # made under a temporary name, then renamed into place
+            group = cls.create_group(tmp, manifest, attrs, shard_items)
+            for name in ("mask", "saliency"):
+                cls.add_item_array(group, name, (s, s), "uint8", 0, shard_items)
+            cls.add_item_array(group, "rects", (r, 4), "float32", np.nan, shard_items)
+            rows = (shard_items,)
+            group.create_array("boxes", shape=(n, k, 4), dtype="float32", chunks=(shard_items, k, 4), fill_value=np.nan)
+            group.create_array("score", shape=(n,), dtype="float32", chunks=rows, fill_value=np.nan)
+            group.create_array("flags", shape=(n,), dtype="uint8", chunks=rows, fill_value=0)
+        return cls.open(path, mode="r+")
 
     @classmethod
     def open(

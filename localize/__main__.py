@@ -14,7 +14,7 @@ from localize.saliency import METHODS
 
 
 def _run(args: argparse.Namespace) -> int:
-    from localize.driver import run_localization
+    from localize.driver import run_localization, write_error_line
 
     overrides = list(args.set or [])
     for flag in ("clip", "sam", "prompts", "batch_size", "precision"):
@@ -31,17 +31,25 @@ def _run(args: argparse.Namespace) -> int:
         )
     if config.models_label:
         print(f"localize: models: {config.models_label}", file=sys.stderr)
-    summary = run_localization(
-        config,
-        args.corpus,
-        args.cache,
-        manifest_path=args.manifest,
-        workers=args.workers,
-        scheduler=args.scheduler,
-        retry_failed=args.retry_failed,
-        progress=not args.no_progress,
-        pack_path=args.pack,
-    )
+    try:
+        summary = run_localization(
+            config,
+            args.corpus,
+            args.cache,
+            manifest_path=args.manifest,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            retry_failed=args.retry_failed,
+            progress=not args.no_progress,
+            pack_path=args.pack,
+            wait_s=args.wait,
+        )
+    except Exception as e:  # a full disk or a denied write: one line naming the cache, not a traceback
+        line = write_error_line(e, args.cache)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 1
     print(summary.line())
     return 0
 
@@ -91,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--pack", metavar="STORE.zarr", help="also fill this packed image store in the same pass (docs/PACKING.md)"
+    )
+    run.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="when another run holds the cache, wait up to this long for it (default: refuse at once)",
     )
     run.add_argument("--retry-failed", action="store_true", help="also redo items recorded as failed")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")

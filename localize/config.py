@@ -24,6 +24,8 @@ from localize.prompts import DEFAULT_PROMPTS_PATH
 from localize.refine import RefineConfig
 from localize.saliency import build_saliency
 
+WORK_MAX_SIDE = 4096  # the default of `work_max_side`; recorded in a cache's provenance only when changed
+
 
 class ConfigError(ValueError):
     """An invalid localization configuration; the message names the file and the field."""
@@ -45,6 +47,10 @@ class LocalizeConfig:
     # synthetic data); recorded in the cache's provenance and printed by `localize run`
     models_label: str | None = None
     batch_size: int = 8
+    # a batch also closes before its images (at working size) exceed this many megapixels (2**20 pixels); 0: count only
+    batch_megapixels: float = 32.0
+    # images whose longest side is larger are localized at this longest side (issue 28: bounded memory); 0: native
+    work_max_side: int = WORK_MAX_SIDE
     # cap on the decoded frames a worker holds while it reads a shard (data.frame_source); 0: item by item
     volume_cache_mb: int = 1024
     seed: int = 0
@@ -106,12 +112,21 @@ class LocalizeConfig:
             raise ConfigError(f"{source}: intensity: {e}") from e
         if int(self.batch_size) < 1:
             raise ConfigError(f"{source}: batch_size must be >= 1")
+        if float(self.batch_megapixels) < 0:
+            raise ConfigError(f"{source}: batch_megapixels must be >= 0 (0: batches by count only)")
+        if int(self.work_max_side) < 0:
+            raise ConfigError(f"{source}: work_max_side must be >= 0 (0: every image at its own size)")
         if int(self.volume_cache_mb) < 0:
             raise ConfigError(f"{source}: volume_cache_mb must be >= 0 (0 reads item by item)")
         if self.refine.top_k > self.geometry.max_boxes:
             raise ConfigError(
                 f"{source}: refine.top_k ({self.refine.top_k}) exceeds geometry.max_boxes ({self.geometry.max_boxes})"
             )
+
+    @property
+    def batch_pixels(self) -> int:
+        """The batch's pixel budget (`localize.job.batch_slots`); 0: none."""
+        return int(float(self.batch_megapixels) * (1 << 20))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

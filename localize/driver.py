@@ -10,6 +10,7 @@ run's intensity rules); items the run did not read (done before, or failed) are 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -27,6 +28,7 @@ from data.manifest import read_manifest, scan_corpus
 from data.packed_store import PackedStore
 from data.packing import pack_corpus
 from data.roi_cache import RoiCache
+from data.store_lock import StoreLock
 from localize.config import LocalizeConfig
 from localize.job import (
     ItemProgress,
@@ -75,6 +77,7 @@ def run_localization(
     retry_failed: bool = False,
     progress: bool = True,
     pack_path: str | Path | None = None,
+    wait_s: float = 0.0,
 ) -> RunSummary:
     """Localize every pending item of the corpus into the cache and return the run's summary.
 
@@ -82,12 +85,41 @@ def run_localization(
     (one worker per GPU, else a few CPU workers); `scheduler` connects to an existing Dask cluster.
     The models are loaded before a new cache's corpus scan, so that a bad checkpoint fails in seconds.
     `pack_path`: a packed image store to fill in the same pass (created, or resumed, for the cache's items).
+    The run holds the cache's lock (`data.store_lock`) throughout: a second run on the same cache waits up to
+    `wait_s` seconds for it, or refuses (StoreBusy, naming the running one). Dask workers write under the client's
+    lock, each its own shards, so the cache keeps a single writing run.
     """
-    started = time.perf_counter()
-    corpus, cache_path = Path(corpus), Path(cache_path)
     provenance = localizer_provenance(config)
+    with StoreLock(cache_path, wait_s=wait_s, what="cache"):
+        return _run_locked(
+            config,
+            Path(corpus),
+            Path(cache_path),
+            provenance,
+            manifest_path,
+            workers,
+            scheduler,
+            retry_failed,
+            progress,
+            pack_path,
+        )
+
+
+def _run_locked(
+    config: LocalizeConfig,
+    corpus: Path,
+    cache_path: Path,
+    provenance: dict[str, Any],
+    manifest_path: str | Path | None,
+    workers: int | None,
+    scheduler: str | None,
+    retry_failed: bool,
+    progress: bool,
+    pack_path: str | Path | None,
+) -> RunSummary:
+    started = time.perf_counter()
     existing = RoiCache.open(cache_path, mode="r+", provenance=provenance) if cache_path.exists() else None
-    if existing is not None and unit_sizes(plan_units(existing, config.batch_size, retry_failed=retry_failed)) == 0:
+    if existing is not None and unit_sizes(_plan(existing, config, retry_failed)) == 0:
         log.info("nothing to localize: every item of %s is done", cache_path)
         summary = summarize(existing, 0, started)
         store = _open_store(pack_path, existing, config) if pack_path else None
@@ -101,7 +133,7 @@ def run_localization(
                 config, corpus, cache_path, Path(manifest_path) if manifest_path else None, provenance
             )
             store = _open_store(pack_path, cache, config) if pack_path else None
-            units = plan_units(cache, config.batch_size, retry_failed=retry_failed)
+            units = _plan(cache, config, retry_failed)
             total = unit_sizes(units)
             bar = item_progress_bar(total, progress)
             reads = ReadStats(config.volume_cache_mb << 20)
@@ -119,6 +151,43 @@ def run_localization(
             store, corpus, workers=1, max_bytes=config.volume_cache_mb << 20, progress=False
         ).line()
     return summary
+
+
+# errno -> what the one-line error says (`write_error_line`)
+_WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+}
+
+
+def write_error_line(exc: BaseException, cache_path: str | Path) -> str | None:
+    """The one line a run ends with when writing its output failed for want of space or permission: what, where,
+    how far the cache got, and that a rerun resumes; None for any other error (it is not a write failure)."""
+    error = exc
+    while error is not None and not (isinstance(error, OSError) and error.errno in _WRITE_ERRORS):
+        error = error.__cause__ or error.__context__
+    if error is None:
+        return None
+    try:
+        counts = RoiCache.open(cache_path).counts()
+        where = f"{counts['done']} of {counts['items']} items done"
+    except (OSError, ValueError, KeyError):  # not created (creation is atomic: nothing half-made is left)
+        where = "the cache was not created yet"
+    return f"error: {_WRITE_ERRORS[error.errno]} writing {cache_path} ({where}; rerun the same command to resume)"
+
+
+def _plan(cache: RoiCache, config: LocalizeConfig, retry_failed: bool) -> list[WorkUnit]:
+    """The run's work units: batches by count and pixel budget (`localize.job.batch_slots`)."""
+    return plan_units(
+        cache,
+        config.batch_size,
+        retry_failed=retry_failed,
+        batch_pixels=config.batch_pixels,
+        work_max_side=config.work_max_side,
+    )
 
 
 def _open_store(path: str | Path, cache: RoiCache, config: LocalizeConfig) -> PackedStore:
@@ -146,7 +215,10 @@ def _local_runner(config: LocalizeConfig) -> Iterator[UnitRunner]:
     def run_units(units, cache, corpus, manifest, progress, store=None) -> list[dict[str, Any]]:
         max_bytes = config.volume_cache_mb << 20
         return [
-            process_unit(u, localizer, cache, corpus, manifest, progress, intensity, max_bytes, store) for u in units
+            process_unit(
+                u, localizer, cache, corpus, manifest, progress, intensity, max_bytes, store, config.work_max_side
+            )
+            for u in units
         ]
 
     yield run_units
@@ -204,6 +276,7 @@ def _dask_unit(
         intensity=IntensityConfig(**config.intensity),
         max_bytes=config.volume_cache_mb << 20,
         store=PackedStore.open(store_path, mode="r+") if store_path else None,
+        work_max_side=config.work_max_side,
     )
 
 

@@ -1,7 +1,8 @@
 """The localization job: pending cache items -> images -> Localizer -> ROI cache, in units of whole shards.
 
 A unit of work is one cache shard (`RoiCache.shards()`), so parallel writers never share a file. Inside a
-unit, batches are fixed slots of `batch_size` consecutive items aligned to the shard start; a slot that
+unit, batches are fixed slots of consecutive items from the shard start, at most `batch_size` items and at most
+`batch_pixels` pixels at working size (`batch_slots`, from the manifest's sizes alone); a slot that
 holds any pending item is recomputed whole. A resumed run therefore feeds the models exactly the batches
 an uninterrupted run would have, and the final cache is the same. Status is written last per batch
 (RoiCache.write), so killing the job at any moment loses at most the batches in flight.
@@ -10,6 +11,10 @@ Images are read through a `data.frame_source.FrameSource` planned with the unit'
 multi-frame file is decoded once per unit and its slices served from memory, under a byte cap; the images are
 those item-by-item reading gives, so the cache is the same. With a packed image store (`localize run --pack`), the
 unit's images also go into the store's same shard, written at the end of the unit (status last).
+
+An image larger than `work_max_side` is localized at a bounded working size (`working_size`): read and normalised
+at its own size, packed, then downscaled before the models or the post-processing see it, so that memory does not
+grow with the image (issue 28); the boxes and rectangles written are in the image's own pixels.
 
 Progress is reported per batch as the item indices it finished (done or failed); `ItemProgress` counts each item
 once, so a shard that Dask re-runs after losing a worker does not advance the bar twice.
@@ -20,9 +25,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -52,24 +58,85 @@ class WorkUnit:
         return [i for slot in self.slots for i in slot]
 
 
-def plan_units(cache: RoiCache, batch_size: int, *, retry_failed: bool = False) -> list[WorkUnit]:
-    """One WorkUnit per shard with pending items (and failed ones when `retry_failed`)."""
+def plan_units(
+    cache: RoiCache,
+    batch_size: int,
+    *,
+    retry_failed: bool = False,
+    batch_pixels: int = 0,
+    work_max_side: int = 0,
+) -> list[WorkUnit]:
+    """One WorkUnit per shard with pending items (and failed ones when `retry_failed`).
+
+    batch_pixels: a slot also closes before its images (at their working size, `working_size`) would exceed this
+    many pixels in all (0: no budget); an image larger than the budget is a slot of its own. Slots depend on the
+    manifest's sizes only, so every run forms the same ones."""
     status = cache.status()
     todo = status == PENDING
     if retry_failed:
         todo |= status == FAILED
+    sizes_hw = cache.sizes_hw().astype(np.int64)
     units = []
     for shard, items in enumerate(cache.shards()):
         if not todo[items.start : items.stop].any():
             continue
         slots = []
-        for lo in range(items.start, items.stop, batch_size):
-            slot = range(lo, min(lo + batch_size, items.stop))
+        for slot in batch_slots(items, sizes_hw, batch_size, batch_pixels, work_max_side):
             if todo[slot.start : slot.stop].any():
                 # failed items stay out of the slot unless retried, in every run alike
                 slots.append(tuple(i for i in slot if status[i] != FAILED or retry_failed))
         units.append(WorkUnit(shard, tuple(s for s in slots if s)))
     return units
+
+
+def working_size(size_hw: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The size an image is localized at: its own, or scaled (aspect kept, rounded) so that its longest side is
+    `max_side` when larger (0: always its own)."""
+    height, width = int(size_hw[0]), int(size_hw[1])
+    if max_side <= 0 or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def batch_slots(
+    items: range, sizes_hw: np.ndarray, batch_size: int, batch_pixels: int = 0, work_max_side: int = 0
+) -> list[range]:
+    """Consecutive slots of `items` from its start: at most `batch_size` items and, when `batch_pixels` > 0, at most
+    that many pixels at working size (an image larger than the budget alone)."""
+    slots, start, pixels = [], items.start, 0
+    for index in items:
+        h, w = working_size(tuple(sizes_hw[index]), work_max_side)
+        count = index - start
+        if count and (count == batch_size or (batch_pixels > 0 and pixels + h * w > batch_pixels)):
+            slots.append(range(start, index))
+            start, pixels = index, 0
+        pixels += h * w
+    if start < items.stop:
+        slots.append(range(start, items.stop))
+    return slots
+
+
+def to_working_size(image: np.ndarray, max_side: int) -> np.ndarray:
+    """`image` at `working_size` (cv2 INTER_AREA, the average of the pixels each output pixel covers); the image
+    itself when it is not larger."""
+    height, width = working_size(image.shape[:2], max_side)
+    if (height, width) == image.shape[:2]:
+        return image
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _to_native(item, work_hw: tuple[int, int], native_hw: tuple[int, int]):
+    """A LocalizedItem computed at `work_hw`, its boxes and rectangles in the native image's pixels (the mask stays
+    at the working size: the cache stores it resized to its mask size anyway)."""
+    if work_hw == native_hw:
+        return item
+    sy, sx = native_hw[0] / work_hw[0], native_hw[1] / work_hw[1]
+    scale = np.array([sx, sy, sx, sy])
+    boxes = (np.asarray(item.boxes_k4, dtype=np.float64).reshape(-1, 4) * scale).astype(np.float32)
+    limit = np.array([native_hw[1], native_hw[0], native_hw[1], native_hw[0]])
+    rects = np.minimum(np.rint(np.asarray(item.rects_k4, dtype=np.float64).reshape(-1, 4) * scale), limit)
+    return replace(item, boxes_k4=boxes, rects_k4=rects.astype(np.int64))
 
 
 def process_unit(
@@ -82,11 +149,15 @@ def process_unit(
     intensity: IntensityConfig | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     store: PackedStore | None = None,
+    work_max_side: int = 0,
 ) -> dict:
     """Localize every slot of `unit` and write it to `cache` (and its images to `store`'s pending items); returns
     counts (done, empty_roi, failed) and the read statistics ('reads', `ReadStats.as_dict`).
 
-    max_bytes: cap on the decoded frames held while reading the unit (`FrameSource`; 0: item by item)."""
+    max_bytes: cap on the decoded frames held while reading the unit (`FrameSource`; 0: item by item).
+    work_max_side: an image whose longest side is larger is localized at `working_size` (read at its own size,
+    packed, then downscaled before anything else holds it): memory is bounded whatever the image's size; boxes and
+    rectangles are mapped back to the image's own pixels. 0: every image at its own size."""
     counts = {"done": 0, "empty_roi": 0, "failed": 0}
     source = FrameSource(corpus, max_bytes)
     source.plan((manifest.path[i], manifest.frame[i]) for i in unit.items)
@@ -95,17 +166,26 @@ def process_unit(
     unreadable: dict[int, str] = {}
     for slot in unit.slots:
         images, ok, failed, reasons = [], [], [], []
+        native_hw: dict[int, tuple[int, int]] = {}  # the size each image was read at
         for index in slot:
             row = manifest.loc[index]
             try:
-                images.append(source.image(row["path"], int(row["frame"]), row["modality"], intensity))
-                ok.append(index)
+                image = source.image(row["path"], int(row["frame"]), row["modality"], intensity)
             except Exception as e:  # one unreadable item must not stop the shard
                 failed.append(index)
                 reasons.append(_reason(e))
-        packed.update((i, store.pack(image)) for i, image in zip(ok, images, strict=True) if i in to_pack)
+                continue
+            if index in to_pack:
+                packed[index] = store.pack(image)
+            native_hw[index] = image.shape[:2]
+            images.append(to_working_size(image, work_max_side))
+            del image  # the native image goes now: a slot holds working-size images only
+            ok.append(index)
         unreadable.update((i, r) for i, r in zip(failed, reasons, strict=True) if i in to_pack)
         results = _localize_or_isolate(localizer, images, ok, manifest, failed, reasons)
+        work_hw = {i: image.shape[:2] for i, image in zip(ok, images, strict=True)}
+        results = [(i, _to_native(r, work_hw[i], native_hw[i])) for i, r in results]
+        images.clear()
         results = _fitting(results, cache, failed, reasons)
         if failed:
             cache.write_failed(failed, reasons)

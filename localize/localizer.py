@@ -14,7 +14,7 @@ import torch
 
 from data.hashing import file_sha256
 from localize.clip_loader import LoadedClip, check_clip_folder, load_biomedclip
-from localize.config import LocalizeConfig
+from localize.config import WORK_MAX_SIDE, LocalizeConfig
 from localize.hf_biomedclip import hf_weights_file
 from localize.precision import autocast, check_precision, require_gpu_for_bf16
 from localize.prompts import PromptConfig, combine_saliency
@@ -128,6 +128,8 @@ def localizer_provenance(config: LocalizeConfig) -> dict[str, Any]:
         "mask_size": config.geometry.mask_size,
         "code_version": CODE_VERSION,
     }
+    if config.work_max_side != WORK_MAX_SIDE:  # only when changed: caches written before it existed stay resumable
+        provenance["work_max_side"] = int(config.work_max_side)
     if config.models_label:  # only when set: caches written before the field existed stay resumable
         provenance["models_label"] = config.models_label
     return provenance

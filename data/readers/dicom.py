@@ -43,6 +43,7 @@ _PIXEL_DATA_TAGS = frozenset({(0x7FE0, 0x0008), (0x7FE0, 0x0009), (0x7FE0, 0x001
 _PIXEL_DATA_KEYWORDS = ("FloatPixelData", "DoubleFloatPixelData", "PixelData")
 _PIXEL_DATA_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"})
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_SNIFF_BYTES = 1 << 20  # how far into a failed file to look for its pixel data element (headers are far shorter)
 # Colour interpretations that pydicom (or the JPEG 2000 decoder) returns as RGB.
 _RGB_INTERPRETATIONS = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"})
 
@@ -163,12 +164,9 @@ def _pixel_element(
     path: str | os.PathLike, element: bytes, little_endian: bool, remaining: int
 ) -> tuple[int | None, bool]:
     """(declared byte length or None when encapsulated, explicit VR?) of the pixel data element at `element`."""
-    if len(element) < 8:
-        raise UnreadableImage(path, "no pixel data")
     endian = "<" if little_endian else ">"
-    group, elem = np.frombuffer(element[:4], dtype=f"{endian}u2").tolist()
-    if (group, elem) not in _PIXEL_DATA_TAGS:
-        raise UnreadableImage(path, "no pixel data")
+    if len(element) < 8 or tuple(np.frombuffer(element[:4], dtype=f"{endian}u2").tolist()) not in _PIXEL_DATA_TAGS:
+        raise UnreadableImage(path, _no_pixel_data_reason(path, little_endian))
     # Explicit or implicit VR, by the bytes (as pydicom does): some files contradict their transfer syntax.
     explicit = element[4:6] in _PIXEL_DATA_VRS
     header_length, length_bytes = (12, element[8:12]) if explicit else (8, element[4:8])
@@ -181,6 +179,19 @@ def _pixel_element(
     if present < declared:
         raise UnreadableImage(path, f"pixel data truncated ({present} of {declared} bytes present)")
     return declared, explicit
+
+
+def _no_pixel_data_reason(path: str | os.PathLike, little_endian: bool) -> str:
+    """'no pixel data', or what was found instead: a pixel data element in the other byte order than the transfer
+    syntax says (the header was then parsed as garbage, so the element was not where expected)."""
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    tag = bytes.fromhex("e07f1000") if little_endian else bytes.fromhex("7fe00010")  # (7FE0,0010), as declared
+    other = tag[1::-1] + tag[3:1:-1]
+    if not any(tag + vr in head for vr in _PIXEL_DATA_VRS) and any(other + vr in head for vr in _PIXEL_DATA_VRS):
+        said, found = ("little", "big") if little_endian else ("big", "little")
+        return f"transfer syntax says {said}-endian but the data set is {found}-endian"
+    return "no pixel data"
 
 
 def _check_geometry(path: str | os.PathLike, header, declared: int | None) -> None:

@@ -6,12 +6,16 @@ use it), `load_image` adds intensity normalisation and is the one entry point to
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from data.ids import decode_relpath
 from data.intensity import IntensityConfig, normalize
 from data.readers.common import Frame, NiftiVolumes, UnreadableImage
 from data.readers.dicom import dicom_decodes_whole, dicom_frames, has_dicm_marker
@@ -60,10 +64,12 @@ def iter_frames(
     fmt = _format_or_raise(path)
     if fmt == "dicom":
         yield from dicom_frames(path, None, modality)
-    elif fmt == "nifti":
-        yield from nifti_frames(path, nifti_volumes, _modality_for(path, modality))
-    else:
-        yield from raster_frames(path, fmt, None, _modality_for(path, modality))
+        return
+    with _named_by_content(path, fmt):
+        if fmt == "nifti":
+            yield from nifti_frames(path, nifti_volumes, _modality_for(path, modality))
+        else:
+            yield from raster_frames(path, fmt, None, _modality_for(path, modality))
 
 
 def read_frame(
@@ -80,9 +86,10 @@ def read_frame(
         raise IndexError(f"{path}: frame {frame} is negative")
     if fmt == "dicom":
         return _only(dicom_frames(path, [frame], modality))
-    if fmt == "nifti":
-        return nifti_frame(path, frame, nifti_volumes, _modality_for(path, modality))
-    return _only(raster_frames(path, fmt, frame, _modality_for(path, modality)))
+    with _named_by_content(path, fmt):
+        if fmt == "nifti":
+            return nifti_frame(path, frame, nifti_volumes, _modality_for(path, modality))
+        return _only(raster_frames(path, fmt, frame, _modality_for(path, modality)))
 
 
 def decodes_whole(path: str | os.PathLike) -> bool:
@@ -108,8 +115,8 @@ def load_image(
 
     `modality` is the manifest's (None: the file's own, as in `iter_frames`); it picks the intensity rule.
     """
-    image = read_frame(Path(root) / relpath, frame, modality=modality)
-    return normalize(image.pixels, image.modality, intensity or IntensityConfig())
+    image = read_frame(Path(root) / decode_relpath(relpath), frame, modality=modality)
+    return normalize(image.pixels, image.modality, intensity or IntensityConfig(), overwrite=True)
 
 
 def _check_volumes(nifti_volumes: str) -> None:
@@ -124,11 +131,55 @@ def _format_or_raise(path: str | os.PathLike) -> str:
     if fmt is None:
         suffix = Path(path).suffix.lower() or "no suffix"
         raise UnreadableImage(path, f"unsupported file type ({suffix})")
-    if not Path(path).is_file():
+    try:
+        status = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnreadableImage(path, "symlink loop (the link leads back to itself)") from None
+        if os.path.islink(path):
+            raise UnreadableImage(path, "broken symlink (its target does not exist)") from None
+        raise UnreadableImage(path, "no such file") from None
+    if not stat.S_ISREG(status.st_mode):
         raise UnreadableImage(path, "no such file")
-    if os.path.getsize(path) == 0:
+    if status.st_size == 0:
         raise UnreadableImage(path, "empty file (0 bytes)")
     return fmt
+
+
+# File signatures (offset, bytes, format): what a file whose suffix lies actually holds.
+_SIGNATURES = (
+    (128, b"DICM", "DICOM"),
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (0, b"\x1f\x8b", "gzip"),
+)
+_FORMAT_NAMES = {"nifti": "NIfTI", "png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}
+
+
+@contextmanager
+def _named_by_content(path: str | os.PathLike, fmt: str) -> Iterator[None]:
+    """A file that fails to decode as its suffix says and starts like another format: the reason names what was
+    found ('DICOM file with a .png suffix'), not the decoder's complaint. Checked on failure only, so reading
+    well-named files costs nothing more."""
+    try:
+        yield
+    except UnreadableImage as exc:
+        found = _sniff(path)
+        if found is None or found == _FORMAT_NAMES.get(fmt) or (fmt == "nifti" and found == "gzip"):
+            raise
+        suffix = ".nii.gz" if Path(path).name.lower().endswith(".nii.gz") else Path(path).suffix.lower()
+        raise UnreadableImage(path, f"{found} file with a {suffix} suffix (rename it to match its content)") from exc
+
+
+def _sniff(path: str | os.PathLike) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return None
+    return next((name for at, magic, name in _SIGNATURES if head[at : at + len(magic)] == magic), None)
 
 
 def _only(frames: Generator[Frame, None, None]) -> Frame:

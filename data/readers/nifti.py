@@ -22,6 +22,8 @@ def _open_nifti(path: str | os.PathLike, keep_file_open: bool = False):
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise UnreadableImage(path, f"not a NIfTI image ({type(image).__name__})")
     shape = image.shape
+    if any(int(n) == 0 for n in shape):  # e.g. (64, 64, 0): no slice to read, refused here rather than at localize
+        raise UnreadableImage(path, f"zero-length NIfTI volume (shape {'x'.join(str(int(n)) for n in shape)})")
     if len(shape) > 4 and any(n != 1 for n in shape[4:]):
         raise UnreadableImage(path, f"unsupported NIfTI dimensionality ({len(shape)}-D)")
     dtype = image.get_data_dtype()
