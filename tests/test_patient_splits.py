@@ -17,6 +17,7 @@ import torch
 
 from data.ids import make_item_id
 from data.manifest import MANIFEST_COLUMNS, scan_corpus
+from data.series import SERIES_COLUMNS
 from data.splits import assign_group_splits, check_groups_disjoint, patient_groups
 from finetune.classify import ClassificationData, classification_metrics, series_metrics
 from finetune.data import read_label_csv
@@ -36,6 +37,9 @@ def _manifest(rows: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     table["item_id"] = [make_item_id(p, f) for p, f in zip(table["path"], table["frame"], strict=True)]
     table["modality"], table["height"], table["width"], table["source_format"] = "CT", 16, 16, "png"
+    for column in SERIES_COLUMNS:  # a scan gives all grouping columns or none (data.manifest refuses a mix)
+        if column not in table.columns:
+            table[column] = table["patient_key"] if column.endswith("_key") else None
     return table[[*MANIFEST_COLUMNS, *[c for c in table.columns if c not in MANIFEST_COLUMNS]]]
 
 
