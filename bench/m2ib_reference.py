@@ -32,6 +32,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 
 import argparse
 import json
+import os
 import statistics
 import time
 import types
@@ -128,7 +129,12 @@ def load_reference(folder: Path) -> types.ModuleType:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ref-dir", help="MedCLIP-SAMv2's saliency_maps/ folder (or the repository), fetched")
+    parser.add_argument(
+        "--ref-dir",
+        default=os.environ.get("M2IB_REF_DIR"),
+        help="MedCLIP-SAMv2's saliency_maps/ folder (or the repository), fetched; default $M2IB_REF_DIR",
+    )
+    parser.add_argument("--device", default="auto", help="auto (cuda when present; the authors' code picks it too)")
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--depth", type=int, default=12)
@@ -152,11 +158,13 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     torch.set_num_threads(args.threads)
     methods = load_reference(folder)
-    clip = tiny_clip(args.width, args.depth)
+    cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
+    device = torch.device("cuda" if cuda else "cpu")
+    clip = tiny_clip(args.width, args.depth).to(device)
     adapter = HFLikeClip(clip)
     gen = torch.Generator().manual_seed(1)
-    images = torch.randn(args.images, 3, 224, 224, generator=gen)
-    tokens = torch.randint(1, 32, (1, 8), generator=gen)
+    images = torch.randn(args.images, 3, 224, 224, generator=gen).to(device)
+    tokens = torch.randint(1, 32, (1, 8), generator=gen).to(device)
     with torch.no_grad():
         text_pd = F.normalize(clip.encode_text(tokens).float(), dim=-1)
     ours = M2IBSaliency.from_preset("release", layer=args.layer, beta=args.beta, steps=args.steps, seed=args.seed)
@@ -168,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for p in clip.parameters():  # their backward filled the weights' .grad (work ours does not do)
             p.grad = None
-        return torch.as_tensor(vmap)
+        return torch.as_tensor(vmap).to(device)
 
     def theirs() -> list[torch.Tensor]:
         return [theirs_one(i) for i in range(args.images)]
@@ -187,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             maps[name] = runs[name]()
+            if cuda:
+                torch.cuda.synchronize()
             if r:
                 times[name].append(time.perf_counter() - t0)
         print(f"[m2ib_reference] round {r + 1}/{args.repeats + 1}", file=sys.stderr, flush=True)
@@ -207,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_per_image": round(med["theirs"] / med["ours_per_image"], 3),
         "speedup_batched": round(med["theirs"] / med["ours_batched"], 3),
         "adapter": "HFLikeClip: vision_model.encoder.layers (1-tuples), hidden_states, get_image/text_features",
-        "device": f"cpu ({args.threads} threads)",
+        "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({args.threads} threads)",
         "config": {
             "images": args.images,
             "width": args.width,

@@ -41,6 +41,7 @@ import argparse
 import copy
 import importlib.util
 import json
+import os
 import statistics
 import time
 import types
@@ -160,7 +161,11 @@ def timed(fn: Callable[[], None]) -> tuple[float, float]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spark-dir", help="SparK's repository or its pretrain/ folder (fetched by the user)")
+    parser.add_argument(
+        "--spark-dir",
+        default=os.environ.get("SPARK_DIR"),
+        help="SparK's repository or its pretrain/ folder (fetched by the user); default $SPARK_DIR",
+    )
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
@@ -268,6 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
             }
             for name in variants
         },
+        **{f"speedup_{name}": round(med_w["reference"] / med_w[name], 3) for name in variants},
         "shims": SHIMS,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({args.threads} threads)",
         "config": {

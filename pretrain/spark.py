@@ -63,7 +63,8 @@ FAST_PATHS: dict[str, FastPath] = {
     "channels_last": FastPath(channels_last=True),
     "bf16": FastPath(bf16=True),
     "compile": FastPath(compile=True),
-    "fast": FastPath(channels_last=False, bf16=True, compile=False),
+    "fast": FastPath(bf16=True),
+    "fast_cl": FastPath(channels_last=True, bf16=True),
     "all": FastPath(channels_last=True, bf16=True, compile=True),
 }
 
