@@ -206,4 +206,43 @@ def default_parts(repo: Path) -> list[Part]:
             figures=_VARIANT_FIGURES,
             dry_note="tiny stand-ins in place of SAM vit_h (a real vit_h needs a GPU); bf16 through CPU autocast",
         ),
+        Part(
+            "spark_reference",
+            "our pretraining step (plain fp32, channels_last, bf16, both) vs SparK's own step, ResNet-50 at 224, batch "
+            "64, AdamW; needs SparK's pretrain/ folder in $SPARK_DIR (else skipped)",
+            ("bench/spark_reference.py", "--variants", "plain,channels_last,bf16,fast_cl"),
+            (
+                *("--backbone", "resnet50", "--size", "224", "--batch", "64", "--steps", "8", "--warmup", "3"),
+                *("--threads", "8", "--device", "cuda"),
+            ),
+            (
+                *("--backbone", "resnet18", "--size", "64", "--batch", "2", "--steps", "1", "--warmup", "1"),
+                *("--threads", "1", "--decoder-width", "32"),
+            ),
+            budget_s=75,
+            estimate_s=45,
+            figures=(
+                Figure("speedup_fast_cl", Target(">=", 1.3)),
+                Figure("speedup_plain"),
+                Figure("speedup_channels_last"),
+                Figure("speedup_bf16"),
+            ),
+            dry_note="ResNet-18 at 64 px, batch 2, fp32; skipped without $SPARK_DIR",
+        ),
+        Part(
+            "m2ib_reference",
+            "our release M2IB vs the authors' code (MedCLIP-SAMv2 scripts) on a toy-width depth-12 CLIP at 224 px; "
+            "needs their saliency_maps/ folder in $M2IB_REF_DIR (else skipped)",
+            ("bench/m2ib_reference.py",),
+            ("--images", "8", "--width", "768", "--repeats", "2"),
+            ("--images", "1", "--width", "16", "--depth", "4", "--layer", "2", "--steps", "2", "--repeats", "1"),
+            budget_s=60,
+            estimate_s=35,
+            figures=(
+                Figure("speedup_batched", Target(">=", 5)),
+                Figure("speedup_per_image"),
+                Figure("maps_equal"),
+            ),
+            dry_note="depth-4 width-16 CLIP, 2 steps; skipped without $M2IB_REF_DIR",
+        ),
     ]

@@ -21,7 +21,7 @@ from timm.optim import Lamb, param_groups_weight_decay
 from pretrain.masking import DifferentiatedMasking, RandomMasking
 from pretrain.schedules import WarmupCosineSchedule, effective_batch_size, scaled_lr, set_run_horizon
 from pretrain.seeding import seeded_generator
-from pretrain.spark import SparkMIM
+from pretrain.spark import FAST_PATHS, SparkMIM
 
 # Besides every 1-D parameter (norm weights) and every bias, these never decay (fnmatch patterns).
 NO_WEIGHT_DECAY = ("*mask_token*",)
@@ -46,6 +46,9 @@ class MaskedPretraining(pl.LightningModule):
             nodes x gradient accumulation) unless `lr` gives it outright.
         weight_decay, weight_decay_end: cosine ramp over the run (norms, biases, mask tokens: none).
         warmup_epochs: linear lr warm-up (fractions allowed), then cosine down to `min_lr_ratio` x lr, per step.
+        fast_path: speed settings of the model that keep its function (`pretrain.spark.FAST_PATHS`: "plain",
+            "channels_last", "bf16", "compile", "fast", "all"); default "plain". On GPUs the configs' `precision:
+            bf16-mixed` already autocasts; "bf16" adds autocast on CPUs with native bf16. See docs/BENCHMARKS.md.
         seed: seeds the masks, drawn per batch from (seed, epoch, batch, rank), so a resumed run draws the
             masks of the uninterrupted one (the CLI passes the same seed to the data module).
     """
@@ -75,8 +78,11 @@ class MaskedPretraining(pl.LightningModule):
         warmup_epochs: float = 40.0,
         min_lr_ratio: float = 1e-3,
         seed: int = 0,
+        fast_path: str = "plain",
     ) -> None:
         super().__init__()
+        if fast_path not in FAST_PATHS:
+            raise ValueError(f"fast_path must be one of {sorted(FAST_PATHS)}, got {fast_path!r}")
         self.save_hyperparameters()  # plain values only: checkpoints stay loadable with weights_only=True
         self.model = self._build_model(sync_bn=bool(sync_bn))
         self.masking = build_masking(
@@ -115,6 +121,7 @@ class MaskedPretraining(pl.LightningModule):
             per_channel_target=hp.per_channel_target,
             drop_path_rate=hp.drop_path_rate,
             sync_bn=sync_bn,
+            fast=FAST_PATHS[hp.get("fast_path", "plain")],  # checkpoints from before the option: plain
         )
 
     @property

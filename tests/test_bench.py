@@ -104,3 +104,32 @@ def test_loader_bench_reads_the_same_images_both_ways(tmp_path):
     # the volume-aware run decoded each volume once (one shard) and served the other slices from memory
     assert local["volume_aware_reads"]["file_decodes"] == 2 and local["volume_aware_reads"]["held_reads"] == 14
     assert local["aware_time_vs_png"] > 0 and local["item_by_item_items_per_s"] > 0
+
+
+def test_reference_benches_skip_without_the_reference_code(tmp_path, monkeypatch):
+    """Without the fetched folder (or with one lacking the reference's files) both benches say why and exit 0."""
+    monkeypatch.delenv("SPARK_DIR", raising=False)
+    monkeypatch.delenv("M2IB_REF_DIR", raising=False)
+    assert "no --spark-dir" in run_bench("spark_reference.py")["skipped"]
+    assert "no spark.py" in run_bench("spark_reference.py", "--spark-dir", str(tmp_path))["skipped"]
+    assert "no scripts/iba.py" in run_bench("m2ib_reference.py", "--ref-dir", str(tmp_path))["skipped"]
+
+
+def test_spark_reference_maps_every_weight_to_sparks_name():
+    """Our names -> SparK's (spark.py / decoder.py attribute names); a wrong block index would pair up weights
+    of different shapes, which `copy_into_reference` refuses."""
+    sys.path.insert(0, str(REPO))
+    from bench.spark_reference import reference_name
+    from pretrain.spark import SparkMIM
+
+    names = SparkMIM("resnet18", input_size=64, decoder_width=32).state_dict().keys()
+    mapped = {reference_name(n) for n in names}
+    assert len(mapped) == len(names)  # one to one
+    assert reference_name("encoder.model.layer1.0.conv1.weight") == "sparse_encoder.sp_cnn.layer1.0.conv1.weight"
+    assert reference_name("decoder.blocks.2.0.weight") == "dense_decoder.dec.2.up_sample.weight"
+    assert reference_name("decoder.blocks.2.1.weight") == "dense_decoder.dec.2.conv.0.weight"
+    assert reference_name("decoder.blocks.2.5.running_var") == "dense_decoder.dec.2.conv.4.running_var"
+    assert reference_name("decoder.proj.bias") == "dense_decoder.proj.bias"
+    assert reference_name("densify.mask_tokens.3") == "mask_tokens.3"
+    assert reference_name("densify.projs.0.weight") == "densify_projs.0.weight"
+    assert reference_name("densify.norms.1.running_mean") == "densify_norms.1.running_mean"

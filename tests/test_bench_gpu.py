@@ -29,11 +29,22 @@ from bench.gpu import run_all, select
 from data.roi_cache import DONE, RoiCache
 
 REPO = Path(__file__).resolve().parents[1]
-ORDER = ["loc_vitb_release", "pretrain_resnet50", "maskedclip_vitb16", "gpu_tests", "loc_vitb_fast", "loc_vith_release"]
+ORDER = [
+    "loc_vitb_release",
+    "pretrain_resnet50",
+    "maskedclip_vitb16",
+    "gpu_tests",
+    "loc_vitb_fast",
+    "loc_vith_release",
+    "spark_reference",
+    "m2ib_reference",
+]
 ISSUE_TARGETS = {  # issue 18's targets, written out here independently of bench/_gpu_parts.py
     "loc_vitb_release": {"batched_images_per_s": ">= 50", "speedup_vs_naive": ">= 5"},
     "pretrain_resnet50": {"step_ratio_vs_dense": "<= 1.3"},
     "maskedclip_vitb16": {"step_ratio_vs_mim": "<= 1.5"},
+    "spark_reference": {"speedup_fast_cl": ">= 1.3"},  # issue 29: >= 1.3x SparK's own step
+    "m2ib_reference": {"speedup_batched": ">= 5"},  # issue 29: >= 5x the authors' M2IB code
 }
 
 

@@ -72,6 +72,26 @@ def test_m2ib_prefix_reuse_equals_the_full_tower_every_step(clip, batch):
     assert "reuse_prefix" not in M2IBSaliency().provenance()
 
 
+def test_m2ib_map_only_skips_the_last_steps_pass_and_gives_the_same_map(clip, batch):
+    """The release's map is the capacity of the last forward pass: the mask before the final update. Skipping that
+    step's tower pass must leave the map as it is (a skip taken one step too early would give the map of step 3)."""
+    images, text = batch
+    method = M2IBSaliency(layer=3, steps=4, noise_samples=2, reuse_prefix=False)
+    last_block = vit_trunk(clip.model).blocks[-1]
+    calls = []
+    handle = last_block.register_forward_hook(lambda m, i, out: calls.append(1))
+    try:
+        full = method.run(clip.model, images, text)
+        full_calls = len(calls)
+        saliency = method(clip.model, images, text)
+    finally:
+        handle.remove()
+    assert full_calls == 1 + 4 and len(calls) - full_calls == 1 + 3  # the clean pass, then one pass per step
+    torch.testing.assert_close(saliency, full.saliency_bphw, atol=1e-6, rtol=1e-5)
+    three_steps = M2IBSaliency(layer=3, steps=3, noise_samples=2, reuse_prefix=False).run(clip.model, images, text)
+    assert not torch.allclose(saliency, three_steps.saliency_bphw, atol=1e-4)  # the steps do move the map
+
+
 def test_vision_suffix_computes_the_class_token_only_and_exactly(clip, batch):
     images, _ = batch
     model = clip.model

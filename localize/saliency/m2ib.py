@@ -153,9 +153,15 @@ class M2IBSaliency:
 
     def __call__(self, model: nn.Module, images_b3hw: torch.Tensor, text_pd: torch.Tensor) -> torch.Tensor:
         """Saliency (B,P,H,W) in [0,1] for CLIP-preprocessed images and unit-norm prompt embeddings (P,D)."""
-        return self.run(model, images_b3hw, text_pd).saliency_bphw
+        return self.run(model, images_b3hw, text_pd, map_only=True).saliency_bphw
 
-    def run(self, model: nn.Module, images_b3hw: torch.Tensor, text_pd: torch.Tensor) -> M2IBRun:
+    def run(
+        self, model: nn.Module, images_b3hw: torch.Tensor, text_pd: torch.Tensor, map_only: bool = False
+    ) -> M2IBRun:
+        """The optimisation and its map. ``map_only`` with ``map_at='last_forward'`` skips the work of the last step
+        that cannot change the map (its tower pass, backward and optimiser update: the map is that step's capacity,
+        which depends only on the mask before its update): the same map, one step less work; the run's lambda and
+        losses then stop one step short."""
         trunk = vit_trunk(model)
         block = trunk.blocks[self.effective_layer(model)]
         n_img, n_txt = images_b3hw.shape[0], text_pd.shape[0]
@@ -200,6 +206,10 @@ class M2IBSaliency:
         losses = []
         with forward_hook(block if not use_suffix else suffix.bottleneck_site, hook):
             for step in range(self.steps):
+                if map_only and self.map_at == "last_forward" and step == self.steps - 1:
+                    with torch.no_grad():  # the capacity the hook would record on this step's forward pass
+                        hook.capacity_ntc = bottleneck.capacity(feat_btc.repeat_interleave(n_txt, 0))
+                    break
                 hook.step = step
                 with torch.enable_grad():
                     image_md = suffix(feat_mtc) if use_suffix else model.encode_image(images_m3hw)
@@ -225,5 +235,5 @@ class M2IBSaliency:
         return M2IBRun(
             saliency_nhw.view(n_img, n_txt, *saliency_nhw.shape[-2:]),
             torch.sigmoid(bottleneck.alpha_ntc.detach()),
-            torch.stack(losses),
+            torch.stack(losses) if losses else torch.empty(0, device=device),
         )
