@@ -210,3 +210,50 @@ def test_run_with_the_series_rule_equals_the_rule_over_the_per_slice_run(tmp_pat
         np.testing.assert_array_equal(rows.absent.to_numpy(), absent)
         if len(idx) == 1:  # the PNGs and 2-D files: one image per series, left as the per-slice rule gave it
             np.testing.assert_array_equal(got, masks)
+
+
+def _report_case() -> tuple[np.ndarray, np.ndarray]:
+    half = A.copy()
+    half[6:10] = False  # rows 2..5 of A's 2..9: half of A
+    truth = np.stack([np.zeros_like(A), A, A, A, np.zeros_like(A)])
+    pred = np.stack([B, A, half, np.zeros_like(A), np.zeros_like(A)])
+    return pred, truth
+
+
+def test_series_scores_by_hand():
+    from localize.volume_report import series_scores
+
+    pred, truth = _report_case()
+    order = np.array([3, 0, 4, 1, 2])  # rows shuffled; slice_index gives the order
+    got = series_scores(pred[order], truth[order], order)
+    # Dice on target slices 1, 2, 3: 1, 2*(A/2)/(A + A/2) = 2/3, 0; organ-free 0 and 4: one with a ROI;
+    # consecutive IoU over pairs with a ROI: (0,1) B vs A = 0, (1,2) A vs A/2 = 1/2, (2,3) = 0; (3,4) both empty
+    assert got["target_slices"] == 3 and got["slices"] == 5
+    assert got["dice_target"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert got["false_roi_rate"] == pytest.approx(0.5)
+    assert got["consecutive_iou"] == pytest.approx(0.5 / 3)
+
+
+def test_volume_report_reads_truth_per_series(tmp_path: Path):
+    import cv2
+
+    from localize.volume_report import volume_report
+
+    pred, truth = _report_case()
+    manifest = _series_manifest(5)
+    cache = RoiCache.create(tmp_path / "c.zarr", manifest, {"test": 1}, mask_size=H, shard_items=4)
+    masks = np.concatenate([pred, truth])  # series 0: the hand case; series 1: perfect
+    n = len(manifest)
+    cache.write(
+        list(range(n)), masks.astype(np.uint8), [m.astype(np.float32) for m in masks], [np.zeros((0, 4))] * n, [1.0] * n
+    )
+    (tmp_path / "truth").mkdir()
+    for i, t in enumerate(np.concatenate([truth, truth])):
+        cv2.imwrite(str(tmp_path / "truth" / f"{manifest.item_id[i]}.png"), t.astype(np.uint8) * 255)
+    report = volume_report(RoiCache.open(cache.path), tmp_path / "truth")
+    assert report["series"] == 2 and report["rule"].startswith("slice")
+    means = report["mean_over_series"]
+    assert means["dice_target"] == pytest.approx(((1 + 2 / 3) / 3 + 1) / 2)
+    assert means["false_roi_rate"] == pytest.approx(0.25)
+    # series 1 (-, A, A, A, -): IoU 0, 1, 1, 0 at its pairs
+    assert means["consecutive_iou"] == pytest.approx((0.5 / 3 + 0.5) / 2)
