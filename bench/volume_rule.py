@@ -13,12 +13,19 @@ The figures mean something only with trained models (e.g. the small models, `mod
 leaves organ-free slices at the ends; with the untrained stand-ins they only show the command works.
 """
 
+# ruff: noqa: E402  (the sys.path fix below must run before the project imports)
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# run as `python bench/volume_rule.py`: bench/localize.py would shadow the `localize` package
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
 import json
 import logging
-from pathlib import Path
 
 import yaml
 
