@@ -17,7 +17,11 @@ Layout (all arrays have the item index as first axis; row i is manifest row i)::
                                     at the native size (for sizes below 2**22)
       score     (N,)       float32  localizer confidence (NaN when not done)
       flags     (N,)       uint8    bit 0: empty ROI (the final mask has no pixel: blank image, nothing over
-                                    the threshold, or SAM empty); bit 1: empty expanded ROI
+                                    the threshold, or SAM empty); bit 1: empty expanded ROI; bit 2: absent (the
+                                    volume-aware rule found the prompted structure absent from the slice, ROI
+                                    emptied); bit 3: the volume-aware series pass has processed the item
+      presence  (N,)       float32  the slice's presence score (image-text similarity, `localize.volume`); NaN when
+                                    not computed (per-slice rule, or a cache made before the array existed)
       status    (N,)       uint8    0 pending, 1 done, 2 failed
       reason    (N,)       str      failure reason ('' otherwise; a failed read names the corpus-relative path)
       patient_key, study_key, series_key (N,) str, slice_index, n_slices (N,) int32
@@ -54,6 +58,7 @@ __all__ = ["DONE", "FAILED", "PENDING", "STATUS_NAMES", "CacheGeometry", "Proven
 SCHEMA_VERSION = 3  # 2: + `rects` (the expanded ROI); 3: + the grouping keys when the manifest has them
 READABLE_VERSIONS = (2, 3)  # a version-2 cache has no grouping keys: `add_grouping_keys` migrates it
 FLAG_EMPTY_ROI, FLAG_EMPTY_RECT = 1, 2
+FLAG_ABSENT, FLAG_SERIES_PASS = 4, 8  # set by the volume-aware series pass (localize.volume)
 RoiShape = Literal["sam", "rect"]
 ROI_SHAPES: tuple[str, ...] = ("sam", "rect")
 
@@ -141,6 +146,7 @@ class RoiCache(ItemStore):
             group.create_array("boxes", shape=(n, k, 4), dtype="float32", chunks=(shard_items, k, 4), fill_value=np.nan)
             group.create_array("score", shape=(n,), dtype="float32", chunks=rows, fill_value=np.nan)
             group.create_array("flags", shape=(n,), dtype="uint8", chunks=rows, fill_value=0)
+            group.create_array("presence", shape=(n,), dtype="float32", chunks=rows, fill_value=np.nan)
         return cls.open(path, mode="r+")
 
     @classmethod
@@ -168,7 +174,9 @@ class RoiCache(ItemStore):
     def summary(self) -> dict[str, int]:
         counts = self.counts()
         done = self.status() == DONE
-        counts["empty_roi"] = int((done & (self._group["flags"][:] & FLAG_EMPTY_ROI > 0)).sum())
+        flags = self._group["flags"][:]
+        counts["empty_roi"] = int((done & (flags & FLAG_EMPTY_ROI > 0)).sum())
+        counts["absent"] = int((done & (flags & FLAG_ABSENT > 0)).sum())
         return counts
 
     # ---------------------------------------------------------------- writing
@@ -181,6 +189,7 @@ class RoiCache(ItemStore):
         scores: Sequence[float],
         flags: Sequence[int] | None = None,
         rects: Sequence[np.ndarray] | None = None,
+        presence: Sequence[float] | None = None,
     ) -> None:
         """Store results for `indices` and mark them done.
 
@@ -189,7 +198,8 @@ class RoiCache(ItemStore):
         boxes: per item a (k, 4) xyxy array in pixels of the item's original image (k <= max_boxes).
         rects: per item the expanded ROI, (r, 4) xyxy end-exclusive pixels of the original image (r <= max_rects);
                None: `data.roi_rects.expanded_rects(mask)` (the release's rule at ratio 1.0) of each native mask.
-        flags: FLAG_EMPTY_ROI per item (FLAG_EMPTY_RECT is set here from the rectangles).
+        flags: FLAG_EMPTY_ROI, FLAG_ABSENT, FLAG_SERIES_PASS per item (FLAG_EMPTY_RECT is set here from the rectangles).
+        presence: per item the presence score (`localize.volume`); None leaves the stored values.
         """
         idx = np.asarray(indices, dtype=np.int64)
         s = self.mask_size
@@ -208,6 +218,8 @@ class RoiCache(ItemStore):
         self._put("rects", idx, rects_nr4)
         self._put("score", idx, np.asarray(scores, dtype=np.float32))
         self._put("flags", idx, flags_n)
+        if presence is not None and "presence" in self._group:
+            self._put("presence", idx, np.asarray(presence, dtype=np.float32))
         self._put("reason", idx, np.full(len(idx), "", dtype=object))
         self._put("status", idx, np.full(len(idx), DONE, dtype=np.uint8))  # last: marks the items complete
 
@@ -271,6 +283,7 @@ class RoiCache(ItemStore):
             "status": STATUS_NAMES[int(g["status"][index])],
             "empty_roi": bool(flags & FLAG_EMPTY_ROI),
             "empty_rect": bool(flags & FLAG_EMPTY_RECT),
+            "absent": bool(flags & FLAG_ABSENT),
             "score": float(g["score"][index]),
             "reason": str(g["reason"][index]),
             "size_hw": tuple(int(v) for v in self._sizes()[index]),
@@ -283,9 +296,18 @@ class RoiCache(ItemStore):
         df["status"] = pd.Categorical.from_codes(g["status"][:], categories=list(STATUS_NAMES.values()))
         flags = g["flags"][:]
         df["empty_roi"], df["empty_rect"] = (flags & FLAG_EMPTY_ROI) > 0, (flags & FLAG_EMPTY_RECT) > 0
+        df["absent"] = (flags & FLAG_ABSENT) > 0
+        df["series_pass"] = (flags & FLAG_SERIES_PASS) > 0
+        df["presence"] = self.presence()
         df["score"] = g["score"][:]
         df["reason"] = g["reason"][:]
         return df
+
+    def presence(self) -> np.ndarray:
+        """Every item's presence score (NaN where none was computed, or the cache predates the array)."""
+        if "presence" not in self._group:
+            return np.full(self.n_items, np.nan, dtype=np.float32)
+        return self._group["presence"][:]
 
     def _target_size(self, index: int, size_hw: tuple[int, int] | None) -> tuple[int, int]:
         if size_hw is not None:

@@ -23,6 +23,7 @@ from localize.precision import PRECISIONS
 from localize.prompts import DEFAULT_PROMPTS_PATH
 from localize.refine import RefineConfig
 from localize.saliency import build_saliency
+from localize.volume import VolumeConfig
 
 WORK_MAX_SIDE = 4096  # the default of `work_max_side`; recorded in a cache's provenance only when changed
 
@@ -55,6 +56,8 @@ class LocalizeConfig:
     volume_cache_mb: int = 1024
     seed: int = 0
     geometry: CacheGeometry = field(default_factory=CacheGeometry)  # of a new cache
+    # per-slice (the release) or volume-aware (presence + consistency over each series, `localize.volume`)
+    volume: VolumeConfig = field(default_factory=VolumeConfig)
 
     def __post_init__(self) -> None:
         # YAML and `to_dict()` give the nested sections as mappings.
@@ -62,6 +65,8 @@ class LocalizeConfig:
             self.refine = RefineConfig(**self.refine)
         if isinstance(self.geometry, Mapping):
             self.geometry = CacheGeometry(**self.geometry)
+        if isinstance(self.volume, Mapping):
+            self.volume = VolumeConfig(**self.volume)
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: Sequence[str] = ()) -> LocalizeConfig:
@@ -87,7 +92,7 @@ class LocalizeConfig:
             raise ConfigError(f"{source}: unknown fields {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
         try:
             config = cls(**raw)
-        except (TypeError, ValueError) as e:  # an unknown or invalid refine / geometry field
+        except (TypeError, ValueError) as e:  # an unknown or invalid refine / geometry / volume field
             raise ConfigError(f"{source}: {e}") from e
         config._validate(source)
         return config

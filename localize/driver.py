@@ -41,6 +41,7 @@ from localize.job import (
     unit_sizes,
 )
 from localize.localizer import Localizer, localizer_provenance
+from localize.volume import series_pass
 
 log = logging.getLogger(__name__)
 PLUGIN_NAME = "mwm-localizer"
@@ -121,6 +122,7 @@ def _run_locked(
     existing = RoiCache.open(cache_path, mode="r+", provenance=provenance) if cache_path.exists() else None
     if existing is not None and unit_sizes(_plan(existing, config, retry_failed)) == 0:
         log.info("nothing to localize: every item of %s is done", cache_path)
+        _series_pass(existing, config)  # a run killed between the units and the series pass finishes it here
         summary = summarize(existing, 0, started)
         store = _open_store(pack_path, existing, config) if pack_path else None
     else:
@@ -145,6 +147,7 @@ def _run_locked(
                         reads.merge(counts["reads"])
             finally:
                 bar.close()
+            _series_pass(cache, config)
         summary = summarize(RoiCache.open(cache_path), total, started, reads=reads if total else None)
     if store is not None:  # what the localization did not read: items done before, or failed
         summary.packed = pack_corpus(
@@ -188,6 +191,14 @@ def _plan(cache: RoiCache, config: LocalizeConfig, retry_failed: bool) -> list[W
         batch_pixels=config.batch_pixels,
         work_max_side=config.work_max_side,
     )
+
+
+def _series_pass(cache: RoiCache, config: LocalizeConfig) -> None:
+    """The volume-aware rule over every finished series (`localize.volume`), after all units: whatever unit a slice
+    was in, its series' other slices are in the cache by then."""
+    if config.volume.enabled:
+        counts = series_pass(cache, config.volume)
+        log.info("volume-aware pass: %(series)d series, %(absent)d slices absent", counts)
 
 
 def _open_store(path: str | Path, cache: RoiCache, config: LocalizeConfig) -> PackedStore:

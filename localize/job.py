@@ -202,6 +202,7 @@ def process_unit(
                 [r.score for r in items],
                 [FLAG_EMPTY_ROI if r.empty else 0 for r in items],
                 [r.rects_k4 for r in items],
+                [r.presence for r in items],
             )
             counts["done"] += len(done)
             counts["empty_roi"] += sum(r.empty for r in items)
@@ -274,14 +275,19 @@ class RunSummary:
     command: str = "localize"
     reads: ReadStats | None = None  # what reading the images cost (None: nothing was read)
     packed: str | None = None  # the packed store's state line (`localize run --pack`)
+    absent: int = 0  # done items the volume-aware rule found without the structure (`localize.volume`)
 
     def line(self) -> str:
         rate = self.processed / self.wall_s if self.wall_s > 0 else 0.0
         text = (
-            f"{self.command}: {self.done}/{self.items} done ({self.empty_roi} with empty ROI), {self.failed} failed, "
+            f"{self.command}: {self.done}/{self.items} done ({self.empty_roi} with empty ROI{self._absent()}), "
+            f"{self.failed} failed, "
             f"{self.pending} pending; processed {self.processed} items in {self.wall_s:.1f} s ({rate:.1f} items/s)"
         )
         return "\n".join([text] + [f"  {extra}" for extra in (self.reads and self.reads.line(), self.packed) if extra])
+
+    def _absent(self) -> str:
+        return f", {self.absent} of them absent by the volume rule" if self.absent else ""
 
 
 def summarize(
@@ -298,6 +304,7 @@ def summarize(
         time.perf_counter() - started,
         command,
         reads,
+        absent=s.get("absent", 0),
     )
 
 

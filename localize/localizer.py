@@ -37,6 +37,7 @@ class LocalizedItem:
     rects_k4: np.ndarray
     score: float
     empty: bool
+    presence: float = float("nan")  # image-text similarity, highest over the prompts (computed for `volume: series`)
 
 
 class Localizer:
@@ -51,8 +52,10 @@ class Localizer:
         prompts: PromptConfig,
         device: torch.device,
         precision: str = "fp32",
+        presence: bool = False,
     ) -> None:
         check_precision(precision)
+        self.presence = presence  # compute each image's presence score (localize.volume)
         self.clip, self.sam, self.saliency, self.refine, self.prompts = clip, sam, saliency, refine, prompts
         self.device, self.precision = device, precision
         self._text: dict[str, torch.Tensor] = {}  # prompt -> unit-norm embedding, computed once
@@ -71,6 +74,7 @@ class Localizer:
             PromptConfig.load(config.prompts),
             device,
             config.precision,
+            presence=config.volume.enabled,
         )
 
     def __call__(self, images: Sequence[np.ndarray], modalities: Sequence[str]) -> list[LocalizedItem]:
@@ -83,6 +87,7 @@ class Localizer:
         images_b3hw = self.clip.preprocess(list(images), self.device)
         blank = [float(np.ptp(image)) <= 1e-6 for image in images]
         saliency_bhw: list[torch.Tensor | None] = [torch.zeros(images_b3hw.shape[-2:]) if b else None for b in blank]
+        presence = [float("nan")] * len(images)
         # 2. Saliency on images x prompts, one call per prompt set (per modality), then combined per image.
         for modality in dict.fromkeys(modalities):
             rows = [i for i, m in enumerate(modalities) if m == modality and not blank[i]]
@@ -92,15 +97,18 @@ class Localizer:
             text_pd = self._embed(entry.prompts)
             group_b3hw = images_b3hw[rows]
             maps_bphw = self.saliency(self.clip.model, group_b3hw, text_pd)
-            scores_bp = image_text_scores(self.clip.model, group_b3hw, text_pd) if entry.combine == "best" else None
+            need_scores = entry.combine == "best" or self.presence
+            scores_bp = image_text_scores(self.clip.model, group_b3hw, text_pd) if need_scores else None
             combined_bhw = combine_saliency(maps_bphw, entry.combine, scores_bp)
             for j, i in enumerate(rows):
                 saliency_bhw[i] = combined_bhw[j].float().cpu()
+                if self.presence:
+                    presence[i] = float(scores_bp[j].max())
         # 3. Threshold, components, SAM box prompts on a stacked batch, union.
         rois: list[RoiResult] = refine_batch(saliency_bhw, images, self.sam, self.refine)
         return [
-            LocalizedItem(r.roi_hw, s.numpy(), r.boxes_k4, r.rects_k4, r.score, r.empty)
-            for r, s in zip(rois, saliency_bhw, strict=True)
+            LocalizedItem(r.roi_hw, s.numpy(), r.boxes_k4, r.rects_k4, r.score, r.empty, p)
+            for r, s, p in zip(rois, saliency_bhw, presence, strict=True)
         ]
 
     def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -132,6 +140,8 @@ def localizer_provenance(config: LocalizeConfig) -> dict[str, Any]:
         provenance["work_max_side"] = int(config.work_max_side)
     if config.models_label:  # only when set: caches written before the field existed stay resumable
         provenance["models_label"] = config.models_label
+    if config.volume.enabled:  # absent: the release's per-slice rule (caches written before stay resumable)
+        provenance["volume"] = config.volume.provenance()
     return provenance
 
 

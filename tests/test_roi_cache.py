@@ -85,7 +85,7 @@ def test_pending_after_partial_write_and_failures(tmp_path, manifest):
     assert list(pending) == [i for i in range(100) if i >= 40 and i not in (50, 51)]
     assert list(reopened.pending(include_failed=True)) == list(range(40, 100))
     assert reopened.read_record(50)["reason"] == "pixels could not be decoded"
-    assert reopened.summary() == {"items": 100, "done": 40, "empty_roi": 0, "failed": 2, "pending": 58}
+    assert reopened.summary() == {"items": 100, "done": 40, "empty_roi": 0, "absent": 0, "failed": 2, "pending": 58}
     # finishing the rest equals writing everything at once
     reopened.write(pending, *item_results(manifest, pending))
     reopened.write([50, 51], *item_results(manifest, [50, 51]))

@@ -39,7 +39,9 @@ def render_html(
     rate = stats["empty_roi_rate"]
     parts.append(
         f"<p>{stats['items']} items: {stats['done']} done, {stats['failed']} failed, {stats['pending']} pending; "
-        f"empty ROI in {stats['empty_roi']} of the done items ({'n/a' if rate is None else f'{rate:.1%}'}).</p>"
+        f"empty ROI in {stats['empty_roi']} of the done items ({'n/a' if rate is None else f'{rate:.1%}'})"
+        + (f", {stats['absent']} of them absent by the volume-aware rule" if stats.get("absent") else "")
+        + ".</p>"
     )
     parts.append(
         "<table class='summary'><tr><th>modality</th><th>items</th><th>done</th><th>failed</th>"

@@ -69,6 +69,7 @@ def cache_statistics(cache: RoiCache, table: pd.DataFrame, area: pd.Series) -> d
         done = rows["status"] == "done"
         n_done = int(done.sum())
         empty = int((done & rows["empty_roi"]).sum())
+        absent = int((done & rows["absent"]).sum()) if "absent" in rows else 0  # the volume rule (localize.volume)
         return {
             "items": len(rows),
             "done": n_done,
@@ -76,6 +77,8 @@ def cache_statistics(cache: RoiCache, table: pd.DataFrame, area: pd.Series) -> d
             "pending": int((rows["status"] == "pending").sum()),
             "empty_roi": empty,
             "empty_roi_rate": empty / n_done if n_done else None,
+            "absent": absent,
+            "presence": _distribution(rows.loc[done, "presence"].to_numpy() if "presence" in rows else []),
             "area_fraction": _distribution(area.reindex(rows.index[done]).to_numpy()),
             "score": _distribution(rows.loc[done, "score"].to_numpy()),
         }

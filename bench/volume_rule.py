@@ -1,0 +1,62 @@
+"""Per-slice vs volume-aware localization on a corpus with truth: per-series Dice, false ROIs, slice agreement.
+
+    python bench/volume_rule.py --corpus SAMPLE --config LOCALIZE.yaml --work DIR [--set KEY=VALUE ...]
+                                [--volume '{mode: series, consistency_k: 1}']
+
+Runs `localize run` twice on the corpus (in this process, `workers=0`): the config as given (per-slice, the
+release's rule) and with `volume` set (volume-aware), into DIR/slice.zarr and DIR/series.zarr (reused when they
+exist), then prints ONE JSON object: for each rule `localize.volume_report.volume_report` against SAMPLE/truth
+(per series: Dice on slices with the target, false-ROI rate on slices without it, mean IoU of consecutive slices'
+ROIs; their means over series), and the differences (series - slice) of the means.
+
+The figures mean something only with trained models (e.g. the small models, `models_label`) on series whose target
+leaves organ-free slices at the ends; with the untrained stand-ins they only show the command works.
+"""
+
+# ruff: noqa: E402  (the sys.path fix below must run before the project imports)
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# run as `python bench/volume_rule.py`: bench/localize.py would shadow the `localize` package
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import json
+import logging
+
+import yaml
+
+from data.roi_cache import RoiCache
+from localize.config import LocalizeConfig
+from localize.driver import run_localization
+from localize.volume_report import volume_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, required=True, help="a corpus with truth/<item_id>.png")
+    parser.add_argument("--config", type=Path, required=True, help="localize config (e.g. the stand-ins' YAML)")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the two caches")
+    parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (both runs)")
+    parser.add_argument("--volume", default="{mode: series}", help="the volume-aware run's `volume` (YAML)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    args.work.mkdir(parents=True, exist_ok=True)
+    reports = {}
+    for name, extra in (("slice", []), ("series", [f"volume={args.volume}"])):
+        config = LocalizeConfig.load(args.config, [*args.set, *extra])
+        cache_path = args.work / f"{name}.zarr"
+        run_localization(config, args.corpus, cache_path, workers=0, progress=False)
+        reports[name] = volume_report(RoiCache.open(cache_path), args.corpus / "truth")
+    a, b = reports["slice"]["mean_over_series"], reports["series"]["mean_over_series"]
+    delta = {k: None if a[k] is None or b[k] is None else b[k] - a[k] for k in a}
+    volume = yaml.safe_load(args.volume)
+    print(json.dumps({"volume": volume, "series_minus_slice": delta, **reports}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
