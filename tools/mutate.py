@@ -60,7 +60,8 @@ def workspace_config(module: str, tests: tuple[str, ...]) -> str:
     import tomllib
 
     pytest_ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
-    also_copy = sorted(p.name for p in ROOT.iterdir() if p.name not in SKIP | {"pyproject.toml"} and p.name not in PACKAGES)
+    own = SKIP | set(PACKAGES) | {"pyproject.toml"}
+    also_copy = sorted(p.name for p in ROOT.iterdir() if p.name not in own)
 
     def toml_list(values) -> str:
         return "[" + ", ".join(json.dumps(str(v)) for v in values) + "]"
