@@ -74,6 +74,7 @@ def workspace_config(module: str, tests: tuple[str, ...]) -> str:
         f"pytest_add_cli_args = {toml_list(PYTEST_ARGS)}",
         f"pytest_add_cli_args_test_selection = {toml_list(tests)}",
         "use_git_change_detection = false",
+        f"debug = {'true' if os.environ.get('MUTATE_DEBUG') else 'false'}",
         "",
         "[tool.pytest.ini_options]",
         f"markers = {toml_list(pytest_ini.get('markers', []))}",
