@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,7 +34,11 @@ SKIP = {".git", ".venv", "work", "mutants", "__pycache__", ".pytest_cache", ".ru
 # that reach its function). The order is the order `make mutate` runs them in.
 MODULES: dict[str, tuple[str, ...]] = {
     "data/readers/dicom.py": ("tests/test_readers_dicom.py", "tests/test_readers.py"),
-    "data/readers/nifti.py": ("tests/test_readers.py", "tests/test_nifti_flipped.py"),
+    "data/readers/nifti.py": (
+        "tests/test_readers.py",
+        "tests/test_nifti_flipped.py",
+        "tests/test_mutation_kills_nifti.py",
+    ),
     "data/readers/raster.py": ("tests/test_readers.py",),
     "pretrain/masking.py": ("tests/test_masking.py", "tests/test_spark.py"),
     "data/dataset.py": ("tests/test_dataset.py", "tests/test_dataset_pairing.py", "tests/test_packed_square.py"),
@@ -97,6 +102,19 @@ def prepare(module: str, resume: bool) -> Path:
         if not link.is_symlink():
             link.symlink_to(entry)
     (ws / "pyproject.toml").write_text(workspace_config(module, MODULES[module]))
+    # Copy the tree into mutants/ before mutmut starts (it skips what exists; copy2 keeps the mtimes it compares):
+    # with PYTHONPATH naming mutants/ from the start, Python caches that folder's listing while it is still empty,
+    # and the tests would then fail to import `tests`, or import the original `data` through the editable install.
+    copy = ws / "mutants"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for entry in sorted(ws.iterdir()):
+        if entry.name in SKIP or (copy / entry.name).exists():
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, copy / entry.name, ignore=ignore)
+        else:
+            copy.mkdir(exist_ok=True)
+            shutil.copy2(entry, copy / entry.name)
     return ws
 
 
@@ -185,27 +203,48 @@ def module_results(module: str) -> dict | None:
     }
 
 
+def documented_equivalents() -> dict[str, str]:
+    """Mutant name -> reason, from docs/TESTING.md's lines "- `NAME`: reason" (several names may share a line)."""
+    found = {}
+    for line in (ROOT / "docs" / "TESTING.md").read_text().splitlines():
+        names = re.findall(r"`([\w.]+__mutmut_\d+)`", line)
+        for name in names:
+            found[name] = line.rsplit("`", 1)[-1].lstrip(": ").strip()
+    return found
+
+
 def report() -> Path:
     results = [r for r in (module_results(m) for m in MODULES) if r is not None]
+    equivalent = documented_equivalents()
+    for r in results:
+        for name, left in r["left"].items():
+            left["equivalent"] = equivalent.get(name)
+        r["unexplained"] = sum(left["equivalent"] is None for left in r["left"].values())
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "report.json").write_text(json.dumps(results, indent=1))
-    lines = ["# Mutation testing report", "", "| module | killed | survived | timeout | other | score % | s |"]
-    lines.append("|---|---|---|---|---|---|---|")
+    lines = [
+        "# Mutation testing report",
+        "",
+        "| module | killed | survived | timeout | other | score % | unexplained | s |",
+    ]
+    lines.append("|---|---|---|---|---|---|---|---|")
     for r in results:
         c = r["counts"]
         other = sum(v for k, v in c.items() if k not in ("killed", "survived", "timeout"))
         row = [r["module"], c.get("killed", 0), c.get("survived", 0), c.get("timeout", 0), other, r["score"]]
+        row.append(r["unexplained"])
         lines.append("| " + " | ".join(str(v) for v in [*row, r.get("seconds", "")]) + " |")
     for r in results:
         if r["left"]:
             lines += ["", f"## {r['module']}: not killed", ""]
             for name, left in r["left"].items():
-                lines += [f"### {name} ({left['status']})", "", "```diff", left["diff"], "```", ""]
+                why = f"equivalent: {left['equivalent']}" if left["equivalent"] else "UNEXPLAINED"
+                lines += [f"### {name} ({left['status']}, {why})", "", "```diff", left["diff"], "```", ""]
     path = WORK / "report.md"
     path.write_text("\n".join(lines) + "\n")
     print(f"mutate: report in {path} and {WORK / 'report.json'}")
     for r in results:
-        print(f"  {r['module']}: {r['counts']} score {r['score']}%")
+        print(f"  {r['module']}: {r['counts']} score {r['score']}%, {r['unexplained']} unexplained")
     return path
 
 
