@@ -40,7 +40,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_mutation_kills_nifti.py",
     ),
     "data/readers/raster.py": ("tests/test_readers.py", "tests/test_mutation_kills_raster.py"),
-    "pretrain/masking.py": ("tests/test_masking.py",),
+    "pretrain/masking.py": ("tests/test_masking.py", "tests/test_mutation_kills_masking.py"),
     "data/dataset.py": ("tests/test_dataset.py", "tests/test_dataset_pairing.py", "tests/test_packed_square.py"),
     "pretrain/spark.py": ("tests/test_spark.py",),
     "localize/saliency/m2ib.py": ("tests/test_m2ib_method.py", "tests/test_saliency.py"),
