@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from data.readers import UnreadableImage, iter_frames, read_frame
+from data.readers.raster import _read_png, _read_tiff
 from tests._readers_files import write_opencv
 
 
@@ -93,3 +94,27 @@ def test_a_file_without_a_tiff_header_is_refused(tmp_path, content):
     with pytest.raises(UnreadableImage) as error:
         read_frame(path, 0)
     assert str(error.value) == f"{path}: cannot decode TIFF (no TIFF header)"
+
+
+def test_decoder_errors_name_the_path_and_the_format(tmp_path):
+    jpeg = write_opencv(tmp_path / "c.jpg", np.full((32, 32), 100, np.uint8))
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(jpeg.read_bytes()[:-200])
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"\x00" * 300)
+    no_entries = tmp_path / "empty_page.tif"
+    no_entries.write_bytes(tiff_bytes(8, {8: 0}))  # one directory, no entries: OpenCV cannot read a page
+    folder_png, folder_tiff = tmp_path / "dir.png", tmp_path / "dir.tif"
+    folder_png.mkdir(), folder_tiff.mkdir()
+    for path, start, read in (
+        (cut, f"{cut}: cannot decode JPEG: ", iter_frames),
+        (junk, f"{junk}: cannot decode PNG (corrupt or truncated)", iter_frames),
+        (no_entries, f"{no_entries}: cannot decode TIFF (corrupt or truncated)", iter_frames),
+        # folders pass no suffix check here: the decoders' own guards speak
+        (folder_png, f"{folder_png}: cannot decode PNG: ", _read_png),
+        (folder_tiff, f"{folder_tiff}: cannot decode TIFF: ", lambda p: _read_tiff(p, None)),
+    ):
+        with pytest.raises(UnreadableImage) as error:
+            list(read(path))
+        assert str(error.value).startswith(start), str(error.value)
+        assert error.value.path == str(path)
