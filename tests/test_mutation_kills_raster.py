@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from data.readers import UnreadableImage, iter_frames, read_frame
-from data.readers.raster import _read_png, _read_tiff
+from data.readers.raster import _opencv_to_rgb, _read_png, _read_tiff, _tiff_page_count
 from tests._readers_files import write_opencv
 
 
@@ -118,3 +118,27 @@ def test_decoder_errors_name_the_path_and_the_format(tmp_path):
             list(read(path))
         assert str(error.value).startswith(start), str(error.value)
         assert error.value.path == str(path)
+
+
+def test_opencv_channel_layouts():
+    grey_alpha = np.stack([np.full((3, 4), 7), np.full((3, 4), 200)], axis=-1).astype(np.uint8)
+    np.testing.assert_array_equal(_opencv_to_rgb(grey_alpha, "x.tif"), np.full((3, 4), 7))  # grey, alpha dropped
+    np.testing.assert_array_equal(_opencv_to_rgb(grey_alpha[..., :1], "x.tif"), np.full((3, 4), 7))
+    bgra = np.stack([np.full((3, 4), v) for v in (1, 2, 3, 4)], axis=-1)
+    assert _opencv_to_rgb(bgra, "x.tif")[0, 0].tolist() == [3, 2, 1]
+    with pytest.raises(UnreadableImage) as error:
+        _opencv_to_rgb(np.zeros((3, 4, 5)), "x.tif")
+    assert str(error.value) == "x.tif: unsupported channel count (5)"
+
+
+def test_tiff_counts_and_offsets_are_unsigned(tmp_path):
+    """A classic TIFF's entry count of 2**15 or more and offset of 2**31 or more are read as the large unsigned
+    numbers they are (signed reads would seek backwards)."""
+    many = bytearray(tiff_bytes(8, {}))
+    many += struct.pack("<H", 40000) + bytes(40000 * 12) + struct.pack("<I", 0)  # one page with 40000 entries
+    (tmp_path / "many.tif").write_bytes(bytes(many))
+    assert _tiff_page_count(tmp_path / "many.tif") == 1
+    far = tmp_path / "far.tif"
+    far.write_bytes(tiff_bytes(8, {8: 2**31 + 16}))
+    with pytest.raises(UnreadableImage, match=r"truncated TIFF \(page 2's directory lies past the end\)"):
+        _tiff_page_count(far)
