@@ -79,6 +79,9 @@ def workspace_config(module: str, tests: tuple[str, ...]) -> str:
         f"pytest_add_cli_args = {toml_list(PYTEST_ARGS)}",
         f"pytest_add_cli_args_test_selection = {toml_list(tests)}",
         "use_git_change_detection = false",
+        # a mutant's time limit: 15 x its tests' clean time + 30 s; the 1 s default timed out every masking mutant
+        # on a loaded 2-core machine (the forked test run alone takes longer)
+        "timeout_constant = 30.0",
         f"debug = {'true' if os.environ.get('MUTATE_DEBUG') else 'false'}",
         "",
         "[tool.pytest.ini_options]",
