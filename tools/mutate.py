@@ -41,7 +41,12 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     "data/readers/raster.py": ("tests/test_readers.py", "tests/test_mutation_kills_raster.py"),
     "pretrain/masking.py": ("tests/test_masking.py", "tests/test_mutation_kills_masking.py"),
-    "data/dataset.py": ("tests/test_dataset.py", "tests/test_dataset_pairing.py", "tests/test_packed_square.py"),
+    "data/dataset.py": (
+        "tests/test_dataset.py",
+        "tests/test_dataset_pairing.py",
+        "tests/test_mutation_kills_dataset.py",
+        "tests/test_packed_square.py",
+    ),
     "pretrain/spark.py": ("tests/test_spark.py",),
     "localize/saliency/m2ib.py": ("tests/test_m2ib_method.py", "tests/test_saliency.py"),
     "localize/refine.py": ("tests/test_refine.py", "tests/test_empty_roi_flag.py"),
