@@ -87,6 +87,8 @@ def workspace_config(module: str, tests: tuple[str, ...]) -> str:
         # a mutant's time limit: 15 x its tests' clean time + 30 s; the 1 s default timed out every masking mutant
         # on a loaded 2-core machine (the forked test run alone takes longer)
         "timeout_constant = 30.0",
+        # torch is not fork-safe once its thread pools run: workers come from a fork server that never ran a test
+        'process_isolation = "forkserver"',
         f"debug = {'true' if os.environ.get('MUTATE_DEBUG') else 'false'}",
         "",
         "[tool.pytest.ini_options]",
@@ -128,7 +130,7 @@ def prepare(module: str, resume: bool) -> Path:
 
 def environment(ws: Path) -> dict[str, str]:
     """PYTHONPATH = the mutated copy first: subprocesses (`python -m ...`) of the tests import it too."""
-    env = {**os.environ, "PYTHONPATH": str(ws / "mutants")}
+    env = {**os.environ, "PYTHONPATH": str(ws / "mutants"), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("PYTEST_ADDOPTS", None)
     return env
 
