@@ -248,7 +248,7 @@ def report() -> Path:
         if r["left"]:
             lines += ["", f"## {r['module']}: not killed", ""]
             for name, left in r["left"].items():
-                why = f"equivalent: {left['equivalent']}" if left["equivalent"] else "UNEXPLAINED"
+                why = f"documented: {left['equivalent']}" if left["equivalent"] else "UNEXPLAINED"
                 lines += [f"### {name} ({left['status']}, {why})", "", "```diff", left["diff"], "```", ""]
     path = WORK / "report.md"
     path.write_text("\n".join(lines) + "\n")
