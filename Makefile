@@ -15,7 +15,8 @@ CLIP    ?= local-dir:$(WORK)/maskedclip/clip
 ZEROSHOT_PROMPTS ?= configs/zeroshot/sample.yaml
 
 .PHONY: install test sample standins smallmodels localize eval inspect pretrain export finetune demo bench lint \
-	experiment maskedclip maskedclip-export zeroshot bench-gpu bench-gpu-dry bench-gpu-wheels
+	experiment maskedclip maskedclip-export zeroshot bench-gpu bench-gpu-dry bench-gpu-wheels \
+	mutate mutate-report
 
 install:
 	python3 -m venv .venv
@@ -145,6 +146,16 @@ bench-gpu-wheels:
 	$(PY) -m pip download --no-deps --only-binary=:all: --implementation cp --python-version $(GPU_PYTHON) \
 	  $(foreach n,34 31 28 27 17,--platform manylinux_2_$(n)_x86_64) --platform manylinux2014_x86_64 \
 	  -d $(WORK)/gpu_wheels -r bench/gpu_wheels.txt
+
+# Mutation testing (mutmut) of the method-critical modules, each against its own tests; not part of `make test`.
+# MODULE=path/to/module.py for one module (the one you changed). Report: work/mutation/report.md. docs/TESTING.md.
+MODULE ?=
+MUTATE_JOBS ?= 2
+mutate:
+	$(PY) tools/mutate.py run $(MODULE) --jobs $(MUTATE_JOBS)
+
+mutate-report:
+	$(PY) tools/mutate.py report
 
 lint:
 	$(PY) -m ruff check .
