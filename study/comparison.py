@@ -8,6 +8,7 @@ For every differentiated (MWM) arm with finished runs, its paired difference ove
 - the shuffled-ROI arm with the same (r_roi, r_bg) (unless the arm is itself that control): same ratio, ROIs in
   the wrong place; does the ROI's content matter?
 - no pretraining: is the pretraining worth anything here?
+and every random arm's paired difference to no pretraining (the first question: does pretraining learn at all?),
 for every downstream run and each of its table metrics. A positive difference means the MWM arm scored higher.
 Each row has Student's t-interval and p-value, the exact sign-flip p-value, a zero-spread flag, and both
 p-values Holm-adjusted over every row of the table (the family: all comparisons of one study's report).
@@ -98,10 +99,13 @@ def compare(
     ratios = realised_ratios(runs)
     ratios.update({a.name: 0.0 for a in config.arms if a.strategy == "none" and a.name in set(runs.arm)})
     rows = []
+    nones = [(NONE, a.name) for a in config.arms if a.strategy == "none" and a.name in ratios]
     for arm in config.arms:
-        if arm.strategy != "differentiated" or arm.name not in ratios:
+        if arm.strategy not in ("differentiated", "random") or arm.name not in ratios:
             continue
-        for versus, reference in reference_arms(arm, config, ratios, n_cells):
+        # a random arm against no pretraining first: is pretraining worth anything here at all?
+        references = reference_arms(arm, config, ratios, n_cells) if arm.strategy == "differentiated" else nones
+        for versus, reference in references:
             for task in config.downstream:
                 for metric in config.table_metrics.get(task.task, ()):
                     diffs = paired_differences(runs, arm.name, reference, task.name, metric)
@@ -139,7 +143,7 @@ def comparison_markdown(table: pd.DataFrame, level: float = 0.95) -> str:
     if table.empty:
         return "_no MWM arm with finished runs to compare yet_\n"
     pct = f"{level:.0%}"
-    header = ["MWM arm", "compared with", "reference arm", "realised ratios", "downstream metric", "seeds"]
+    header = ["arm", "compared with", "reference arm", "realised ratios", "downstream metric", "seeds"]
     header += [f"difference [{pct} CI, paired t over seeds]", "p (t)", "p (sign-flip, exact)"]
     header += ["Holm p (t)", "Holm p (sign-flip)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -164,14 +168,14 @@ def comparison_markdown(table: pd.DataFrame, level: float = 0.95) -> str:
     family = int(table["p_sign_flip"].notna().sum())
     floor = 2.0 ** (1 - int(table["n_seeds"].max()))
     note = (
-        f"\nDifference = MWM arm minus reference, per seed (same seed = same downstream randomness), then the "
+        f"\nDifference = arm minus reference, per seed (same seed = same downstream randomness), then the "
         f"mean with its {pct} Student-t interval over the seeds both finished (n - 1 degrees of freedom). "
         "p (t): Student's two-sided p; none when every seed gives the same difference (zero spread: t is "
         "undefined, and a zero-width interval is not certainty). p (sign-flip, exact): the share of the 2^n "
         "sign patterns of the n per-seed differences whose mean is at least as far from 0 as the observed one; "
         f"it needs no normality and cannot go below 2^(1-n) ({floor:.4g} with {int(table['n_seeds'].max())} "
         f"seeds). Holm: both p-values adjusted (Holm's step-down) over the family of all {family} comparisons "
-        'in this table (every MWM arm, reference, downstream run and metric). "Random at the matched ratio": '
+        'in this table (every arm, reference, downstream run and metric). "Random at the matched ratio": '
         "realised ratios within one grid cell (1/N) of each other; otherwise the random arm is only the "
         "nearest one.\n"
     )

@@ -128,6 +128,8 @@ def test_each_mwm_arm_is_compared_with_its_matched_random_its_shuffled_control_a
         ("mwm-gt-0.8-0.4", NONE, "none"),
         ("mwm-shuffled-0.8-0.4", MATCHED, "random-matched-mwm-gt-0.8-0.4"),  # nearest, 0.007 < 1/36 away
         ("mwm-shuffled-0.8-0.4", NONE, "none"),
+        ("random-0.6", NONE, "none"),  # random arms against no pretraining: does pretraining learn at all?
+        ("random-matched-mwm-gt-0.8-0.4", NONE, "none"),
     }
     row = table[(table.arm == "mwm-gt-0.8-0.4") & (table.versus == MATCHED)].iloc[0]
     se = 0.03 / math.sqrt(3)  # differences 0.05, 0.08, 0.02
@@ -142,10 +144,12 @@ def test_each_mwm_arm_is_compared_with_its_matched_random_its_shuffled_control_a
     # shuffled - none is 0.24 at every seed (up to rounding): flagged, no t p-value, sign-flip p = 2^(1-3)
     flat = table[(table.arm == "mwm-shuffled-0.8-0.4") & (table.versus == NONE)].iloc[0]
     assert flat.zero_spread and math.isnan(flat.p_value) and flat.p_sign_flip == pytest.approx(0.25)
-    # Holm over the 5 rows: the smallest sign-flip p, 0.25, times 5 already exceeds 1
-    assert table.p_sign_flip_holm.tolist() == pytest.approx([1.0] * 5)
+    random = table[(table.arm == "random-0.6") & (table.versus == NONE)].iloc[0]
+    assert random.zero_spread and random.difference == pytest.approx(0.20)  # 0.20 at every seed
+    # Holm over the 7 rows: the smallest sign-flip p, 0.25, times 7 already exceeds 1
+    assert table.p_sign_flip_holm.tolist() == pytest.approx([1.0] * 7)
     markdown = comparison_markdown(table)
-    assert "ZERO SPREAD" in markdown and "all 5 comparisons" in markdown and "2^(1-n) (0.25 with 3 seeds)" in markdown
+    assert "ZERO SPREAD" in markdown and "all 7 comparisons" in markdown and "2^(1-n) (0.25 with 3 seeds)" in markdown
 
 
 def test_sign_flip_p_against_enumeration_by_hand():
