@@ -1,9 +1,11 @@
 """Diagnostic for the positive control (docs/STUDY.md): is the class in the frozen encoder's features at the
 lesion, and does global pooling drown it? Logistic probes trained on the train split, scored on the test split:
 global average pool vs the average over the truth ROI's cells on the encoder grid, for a randomly initialised
-encoder and each arm's seed-0 backbone of a finished study. Prints one JSON object.
+encoder (one per --init-seeds) and each arm's seed-0 backbone of a study (and any --extra NAME=BACKBONE.pt,
+e.g. an export of an unfinished run's last.ckpt). Prints one JSON object.
 
-    python bench/control_probe.py --corpus work/experiment/control_corpus --study work/experiment/positive_control
+    python bench/control_probe.py --corpus work/experiment/control_corpus_64 \
+        --study work/experiment/positive_control_64 --backbone resnet10_narrow_os8
 """
 
 # ruff: noqa: E402  (the sys.path fix below must run before the project imports)
@@ -25,16 +27,18 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import pretrain.cpu_backbones  # noqa: F401  (registers resnet10_narrow_os16)
+import pretrain.cpu_backbones  # noqa: F401  (registers resnet10_narrow_os16 / _os8)
 from pretrain.export import load_backbone
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--corpus", type=Path, required=True, help="the control corpus (labels.csv, truth/)")
-parser.add_argument("--study", type=Path, required=True, help="the study's output folder (runs/<arm>/s0/pretrain)")
-parser.add_argument("--backbone", default="resnet10_narrow_os16")
+parser.add_argument("--study", type=Path, help="a study's output folder (runs/<arm>/s0/pretrain/backbone.pt)")
+parser.add_argument("--backbone", default="resnet10_narrow_os8", help="the randomly initialised encoder's name")
+parser.add_argument("--init-seeds", type=int, nargs="+", default=[0], help="seeds of the random initialisations")
+parser.add_argument("--extra", nargs="*", default=[], help="more backbones to probe, NAME=PATH (pretrain export)")
 args = parser.parse_args()
 torch.set_num_threads(1)
-root, runs = args.corpus, args.study / "runs"
+root = args.corpus
 labels = pd.read_csv(root / "labels.csv")
 classes = sorted(labels.label.unique())
 
@@ -85,9 +89,12 @@ def probe(xtr, ytr, xte, yte):
 
 tr, te = load("train"), load("test")
 out = {}
-arms = {"random_init": None, **{p.parents[2].name: p for p in sorted(runs.glob("*/s0/pretrain/backbone.pt"))}}
-for name, path in arms.items():
-    torch.manual_seed(0)
+arms: dict[str, tuple[int, Path | None]] = {f"random_init_s{s}": (s, None) for s in args.init_seeds}
+if args.study is not None:
+    arms |= {p.parents[2].name: (0, p) for p in sorted((args.study / "runs").glob("*/s0/pretrain/backbone.pt"))}
+arms |= {name: (0, Path(path)) for name, path in (item.split("=", 1) for item in args.extra)}
+for name, (seed, path) in arms.items():
+    torch.manual_seed(seed)
     model = timm.create_model(args.backbone, num_classes=0) if path is None else load_backbone(path)
     model.eval()
     gtr, rtr = features(model, *tr[:2])

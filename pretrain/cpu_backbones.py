@@ -36,7 +36,17 @@ default_cfgs = generate_default_cfgs(
             "interpolation": "bilinear",
             "first_conv": "conv1",
             "classifier": "fc",
-        }
+        },
+        "resnet10_narrow_os8": {
+            "url": "",
+            "num_classes": 1000,
+            "input_size": (3, 64, 64),
+            "pool_size": (8, 8),
+            "crop_pct": 1.0,
+            "interpolation": "bilinear",
+            "first_conv": "conv1",
+            "classifier": "fc",
+        },
     }
 )
 
@@ -48,3 +58,13 @@ def resnet10_narrow_os16(pretrained: bool = False, **kwargs) -> ResNet:
         raise ValueError("resnet10_narrow_os16 has no pretrained weights")
     args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=NARROW_CHANNELS, output_stride=16)
     return build_model_with_cfg(ResNet, "resnet10_narrow_os16", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def resnet10_narrow_os8(pretrained: bool = False, **kwargs) -> ResNet:
+    """The same network at output stride 8 (the last two stages dilate instead of downsampling; no weights):
+    an 8 x 8 mask grid at 64 px, for the positive control's finer grid (configs/pretrain/control_cpu.yaml)."""
+    if pretrained:
+        raise ValueError("resnet10_narrow_os8 has no pretrained weights")
+    args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=NARROW_CHANNELS, output_stride=8)
+    return build_model_with_cfg(ResNet, "resnet10_narrow_os8", pretrained, **dict(args, **kwargs))

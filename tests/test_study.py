@@ -98,8 +98,8 @@ def test_tiny_control_study_calibrates_writes_report_and_resumes(tmp_path, capsy
     out = tmp_path / "out"
     matched, target = "random-matched-mwm-gt-0.8-0.4", "mwm-gt-0.8-0.4"
     calibration = json.loads((out / "runs" / matched / "calibration" / "done.json").read_text())
-    assert calibration["target"] == target and calibration["grid"] == [4, 4]
-    assert calibration["mask_ratio"] == matched_mask_ratio(calibration["target_realised_ratio"], 16)
+    assert calibration["target"] == target and calibration["grid"] == [8, 8]
+    assert calibration["mask_ratio"] == matched_mask_ratio(calibration["target_realised_ratio"], 64)
     # random masking realises exactly its ratio: the calibrated one reached the pretraining run
     pretrain_done = json.loads((out / "runs" / matched / "s0" / "pretrain" / "done.json").read_text())
     assert pretrain_done["realised_ratio"] == pytest.approx(calibration["mask_ratio"], abs=1e-6)

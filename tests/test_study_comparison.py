@@ -1,4 +1,5 @@
-"""The positive control's statistics: the matched random ratio from hand-made ROIs, and the paired t-interval."""
+"""The positive control's statistics: the matched random ratio from hand-made ROIs, the paired t-interval, the
+exact sign-flip p-value, Holm's adjustment, the zero-spread flag and the matched / nearest random label."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import pytest
 
 from data.ids import make_item_id
 from localize.import_masks import import_masks
-from study.comparison import MATCHED, NONE, SHUFFLED, compare
+from study.ci_plot import arm_intervals, interval_figure
+from study.comparison import MATCHED, NEAREST, NONE, SHUFFLED, compare, comparison_markdown, grid_cells
 from study.config import ExperimentConfig
+from study.layout import StudyLayout, write_done
 from study.matched import GridSetting, calibrate, matched_mask_ratio
-from study.paired import paired_differences, t_interval
+from study.paired import holm, paired_differences, sign_flip_p, t_interval
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 T_975_DF2 = 4.302652729749464  # Student t, 97.5% quantile, 2 degrees of freedom (tables: 4.303)
@@ -117,16 +120,94 @@ def test_each_mwm_arm_is_compared_with_its_matched_random_its_shuffled_control_a
     }
     ratios = {"none": 0.0, "random-0.6": 0.61, "random-matched-mwm-gt-0.8-0.4": 0.472}
     ratios |= {"mwm-gt-0.8-0.4": 0.464, "mwm-shuffled-0.8-0.4": 0.465}
-    table = compare(_runs(values, ratios), config)
+    table = compare(_runs(values, ratios), config, n_cells=36)
     pairs = set(zip(table.arm, table.versus, table.reference, strict=True))
     assert pairs == {
         ("mwm-gt-0.8-0.4", MATCHED, "random-matched-mwm-gt-0.8-0.4"),
         ("mwm-gt-0.8-0.4", SHUFFLED, "mwm-shuffled-0.8-0.4"),
         ("mwm-gt-0.8-0.4", NONE, "none"),
-        ("mwm-shuffled-0.8-0.4", MATCHED, "random-matched-mwm-gt-0.8-0.4"),  # the nearest realised ratio
+        ("mwm-shuffled-0.8-0.4", MATCHED, "random-matched-mwm-gt-0.8-0.4"),  # nearest, 0.007 < 1/36 away
         ("mwm-shuffled-0.8-0.4", NONE, "none"),
+        ("random-0.6", NONE, "none"),  # random arms against no pretraining: does pretraining learn at all?
+        ("random-matched-mwm-gt-0.8-0.4", NONE, "none"),
     }
     row = table[(table.arm == "mwm-gt-0.8-0.4") & (table.versus == MATCHED)].iloc[0]
     se = 0.03 / math.sqrt(3)  # differences 0.05, 0.08, 0.02
     assert row.difference == pytest.approx(0.05) and row.ci_low == pytest.approx(0.05 - T_975_DF2 * se)
     assert (row.arm_ratio, row.reference_ratio, row.n_seeds) == (0.464, 0.472, 3)
+
+    # sign-flip p by hand: (0.05, 0.08, 0.02) sums to 0.15, and only the all-plus and all-minus patterns of 8
+    # reach |0.15|; shuffled - matched = (-0.01, 0.00, -0.02): |sum| >= 0.03 needs the two non-zeros alike, 4 of 8
+    assert row.p_sign_flip == pytest.approx(0.25) and not row.zero_spread
+    shuffled = table[(table.arm == "mwm-shuffled-0.8-0.4") & (table.versus == MATCHED)].iloc[0]
+    assert shuffled.p_sign_flip == pytest.approx(0.5)
+    # shuffled - none is 0.24 at every seed (up to rounding): flagged, no t p-value, sign-flip p = 2^(1-3)
+    flat = table[(table.arm == "mwm-shuffled-0.8-0.4") & (table.versus == NONE)].iloc[0]
+    assert flat.zero_spread and math.isnan(flat.p_value) and flat.p_sign_flip == pytest.approx(0.25)
+    random = table[(table.arm == "random-0.6") & (table.versus == NONE)].iloc[0]
+    assert random.zero_spread and random.difference == pytest.approx(0.20)  # 0.20 at every seed
+    # Holm over the 7 rows: the smallest sign-flip p, 0.25, times 7 already exceeds 1
+    assert table.p_sign_flip_holm.tolist() == pytest.approx([1.0] * 7)
+    markdown = comparison_markdown(table)
+    assert "ZERO SPREAD" in markdown and "all 7 comparisons" in markdown and "2^(1-n) (0.25 with 3 seeds)" in markdown
+
+
+def test_sign_flip_p_against_enumeration_by_hand():
+    assert sign_flip_p([0.05, 0.08, 0.02]) == pytest.approx(2 / 8)  # only +++ and --- reach |0.15|
+    # (0.05, 0.08, -0.02): signed sums 0.11, 0.15, -0.05, -0.01 and their negatives; |sum| >= 0.11: 4 of 8
+    assert sign_flip_p([0.05, 0.08, -0.02]) == pytest.approx(4 / 8)
+    # (1, 2, 3, 4, -0.5), sum 9.5: flipping a subset of sum x gives 9.5 - 2x, as far as 9.5 when x <= 0 ({}, {-0.5})
+    # or x >= 9.5 ({1, 2, 3, 4}, all five): 4 of 32
+    assert sign_flip_p([1, 2, 3, 4, -0.5]) == pytest.approx(4 / 32)
+    # every seed equal: the smallest p there is, 2^(1-n), also when rounding makes the equal values differ
+    assert sign_flip_p([0.1] * 4) == pytest.approx(2**-3)
+    assert sign_flip_p([0.7 - 0.6, 0.8 - 0.7, 0.9 - 0.8]) == pytest.approx(2**-2)
+    assert sign_flip_p([0.0, 0.0, 0.0]) == 1.0 and math.isnan(sign_flip_p([]))
+    assert sign_flip_p([0.3]) == 1.0  # one seed: both signs reach |0.3|
+    many = sign_flip_p([0.1] * 18)  # past exact enumeration: random patterns, never 0
+    assert 0 < many < 1e-4
+
+
+def test_holm_on_a_textbook_example():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.01, math.nan, 0.04])  # NaN is not in the family: m = 2
+    assert adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.04)
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # 0.5 x 2 = 1, then capped
+    assert holm([]).size == 0
+
+
+def test_zero_spread_is_flagged_not_read_as_certainty():
+    ci = t_interval([0.7 - 0.6, 0.8 - 0.7, 0.9 - 0.8])  # equal up to rounding
+    assert ci.zero_spread and ci.sd == 0.0 and math.isnan(ci.p_value) and ci.low == ci.high == pytest.approx(0.1)
+    assert not t_interval([0.1, 0.1, 0.1001]).zero_spread
+
+
+def test_a_random_arm_over_one_grid_cell_away_is_only_the_nearest():
+    config = ExperimentConfig.load(CONFIGS / "experiment" / "positive_control.yaml")
+    values = {"random-0.6": {0: 0.6, 1: 0.62}, "mwm-gt-0.8-0.4": {0: 0.7, 1: 0.74}}
+    gap = {"random-0.6": 0.611, "mwm-gt-0.8-0.4": 0.464}  # 0.147 apart
+    assert set(compare(_runs(values, gap), config, n_cells=36).versus) == {NEAREST}
+    assert set(compare(_runs(values, gap), config, n_cells=4).versus) == {MATCHED}  # 1/4 = one cell covers it
+    assert set(compare(_runs(values, gap), config).versus) == {NEAREST}  # no grid, no calibration: nearest
+    # the calibrated arm too, when its realised ratio ended up two cells of 1/36 away
+    values = {"random-matched-mwm-gt-0.8-0.4": {0: 0.6, 1: 0.62}, "mwm-gt-0.8-0.4": {0: 0.7, 1: 0.74}}
+    drift = {"random-matched-mwm-gt-0.8-0.4": 0.464 + 2 / 36, "mwm-gt-0.8-0.4": 0.464}
+    assert set(compare(_runs(values, drift), config, n_cells=36).versus) == {NEAREST}
+    assert set(compare(_runs(values, drift), config).versus) == {MATCHED}  # no grid: the calibration vouches
+
+
+def test_grid_cells_come_from_the_calibration_record(tmp_path):
+    config = ExperimentConfig.load(CONFIGS / "experiment" / "positive_control.yaml")
+    layout = StudyLayout(tmp_path)
+    layout.calibration_dir("random-matched-mwm-gt-0.8-0.4").mkdir(parents=True)
+    write_done(layout.calibration_dir("random-matched-mwm-gt-0.8-0.4"), {"grid": [5, 7]})
+    assert grid_cells(config, layout) == 35
+
+
+def test_the_interval_plot_says_its_intervals_are_per_arm():
+    runs = _runs({"none": {0: 0.4, 1: 0.5}, "mwm": {0: 0.6, 1: 0.7}}, {"none": 0.0, "mwm": 0.46})
+    runs["line"], runs["strategy"] = runs.arm, ["none", "none", "differentiated", "differentiated"]
+    points = arm_intervals(runs, "linear_probe", "accuracy")
+    title = interval_figure(points, "accuracy", "t").axes[0].get_title()
+    assert "per arm (unpaired)" in title and "comparison.md" in title
