@@ -35,6 +35,7 @@ from data.clip_folder import (
     write_tokenizer,
 )
 from pretrain.export import sidecar_path
+from pretrain.maskedclip.losses import MAX_LOGIT_SCALE
 from pretrain.maskedclip.model import MaskedCLIP
 from pretrain.maskedclip.module import MaskedClipPretraining
 from pretrain.maskedclip.text_encoder import UNUSED_TEXT_KEYS
@@ -85,7 +86,8 @@ def open_clip_state_dict(model: MaskedCLIP) -> dict[str, torch.Tensor]:
     for k, v in model.text.state_dict().items():
         if not k.startswith(UNUSED_TEXT_KEYS):
             state["text." + k[len("tower.") :]] = v
-    state["logit_scale"] = model.logit_scale
+    # clamped as training clamps it after each step (a checkpoint of older code may hold a raw value above the cap)
+    state["logit_scale"] = model.logit_scale.detach().clamp(0, MAX_LOGIT_SCALE)
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 

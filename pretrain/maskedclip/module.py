@@ -158,7 +158,7 @@ class MaskedClipPretraining(pl.LightningModule):
         self._log_terms("train", out, batch)
         for name in MASK_STATS:
             self.log(name, out[name])
-        self.log("train/temperature", 1.0 / self.model.logit_scale.detach().exp())
+        self.log("train/temperature", self.temperature())
         groups = self.trainer.optimizers[0].param_groups  # the values this step's update uses
         self.log("lr", groups[0]["lr"])
         self.log("wd", max(g["weight_decay"] for g in groups))
@@ -174,7 +174,13 @@ class MaskedClipPretraining(pl.LightningModule):
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
-        self.model.update_teacher()  # after each real update, not per micro-batch
+        # after each real update, not per micro-batch: open_clip's clamp of the learned temperature, the EMA teacher
+        self.model.clamp_logit_scale()
+        self.model.update_teacher()
+
+    def temperature(self) -> torch.Tensor:
+        """CLIP's temperature, as logged (`train/temperature`)."""
+        return self.model.temperature()
 
     # ------------------------------------------------------------------ optimisation
     def effective_batch_size(self) -> int:

@@ -57,10 +57,12 @@ class TextEncoder(nn.Module):
             if getattr(self.tower.transformer, "pooler", None) is not None:
                 self.tower.transformer.pooler.requires_grad_(False)  # never used: see the class docstring
         config = self.tower.config
-        if config.vocab_size != vocab_size or config.pad_token_id != pad_token_id:
+        # a table with more rows than the tokenizer has tokens is fine (hub checkpoints pad theirs, e.g. to a
+        # multiple of 8); fewer rows would leave some ids without an embedding
+        if config.vocab_size < vocab_size or config.pad_token_id != pad_token_id:
             raise ValueError(
-                f"{folder}: the BERT's vocabulary ({config.vocab_size}, pad id {config.pad_token_id}) is not the "
-                f"tokenizer's ({vocab_size}, pad id {pad_token_id})"
+                f"{folder}: the BERT's vocabulary ({config.vocab_size} rows, pad id {config.pad_token_id}) does not "
+                f"cover the tokenizer's ({vocab_size} tokens, pad id {pad_token_id})"
             )
         if context_length > config.max_position_embeddings:
             raise ValueError(
