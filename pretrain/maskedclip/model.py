@@ -40,6 +40,8 @@ class MaskedCLIP(nn.Module):
         ema_momentum: the EMA teacher's momentum.
         gather_negatives: under DDP, L_CLIP contrasts the pairs of every process (as CLIP / open_clip do); False:
             each process's own pairs only.
+        pairs_per_study: at most this many images of one study take part in a step's L_CLIP (the first ones of
+            the batch; the others still take part in L_MIM / L_MKD); None: all. Needs the pairs' keys.
     """
 
     def __init__(
@@ -60,10 +62,13 @@ class MaskedCLIP(nn.Module):
         ema_momentum: float = 0.996,
         mkd_target_norm: bool = True,
         gather_negatives: bool = True,
+        pairs_per_study: int | None = None,
     ) -> None:
         super().__init__()
         if teacher not in ("stop_gradient", "ema"):
             raise ValueError(f"unknown teacher {teacher!r}; use 'stop_gradient' or 'ema'")
+        if pairs_per_study is not None and pairs_per_study < 1:
+            raise ValueError(f"pairs_per_study must be >= 1 or null, got {pairs_per_study}")
         if not (mim or lambda_clip > 0 or lambda_mkd > 0):
             raise ValueError("every loss term is switched off: enable mim, lambda_clip or lambda_mkd")
         self.encoder = ImageEncoder(vit, vit_depth(vit) - bridge_depth, input_size)
@@ -84,6 +89,7 @@ class MaskedCLIP(nn.Module):
         self.mim, self.lambda_clip, self.lambda_mkd = mim, lambda_clip, lambda_mkd
         self.mkd_target_norm = mkd_target_norm
         self.clip_loss = ClipLoss(gather_negatives)
+        self.pairs_per_study = pairs_per_study
 
     @torch.no_grad()
     def clamp_logit_scale(self) -> None:
@@ -136,6 +142,7 @@ class MaskedCLIP(nn.Module):
         # 4. L_CLIP: full paired images through E and B, their reports through T
         paired_tokens_btc = None
         if self.lambda_clip > 0:
+            paired_b = self.clip_rows(paired_b, groups_bk)
             paired_tokens_btc, loss_clip = self._clip_term(embedded_btc, text_ids_bl, paired_b, groups_bk)
             if loss_clip is not None:
                 out["loss_clip"] = loss_clip
@@ -148,6 +155,16 @@ class MaskedCLIP(nn.Module):
             loss = loss + self.lambda_mkd * out["loss_mkd"]
         out["loss"] = loss
         return out
+
+    def clip_rows(self, paired_b: torch.Tensor, groups_bk: torch.Tensor | None) -> torch.Tensor:
+        """The paired rows that enter L_CLIP: all, or the first `pairs_per_study` of each study (`groups_bk`'s
+        last column)."""
+        if self.pairs_per_study is None or groups_bk is None:
+            return paired_b
+        study_b = groups_bk.reshape(paired_b.shape[0], -1)[:, -1]
+        same_bb = (study_b[:, None] == study_b[None, :]) & paired_b[None, :]
+        earlier_b = torch.tril(same_bb, diagonal=-1).sum(1)  # paired rows of the same study before this one
+        return paired_b & (earlier_b < self.pairs_per_study)
 
     def _clip_term(
         self,

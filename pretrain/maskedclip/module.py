@@ -14,7 +14,9 @@ import torch
 from timm.optim import param_groups_weight_decay
 
 from data.clip_folder import OPENAI_MEAN, OPENAI_STD
+from pretrain.maskedclip.gather import gather_rows, pair_counts, process_count
 from pretrain.maskedclip.model import MaskedCLIP, Teacher
+from pretrain.maskedclip.retrieval import recall_at_k
 from pretrain.maskedclip.tokenizer import ReportTokenizer
 from pretrain.masking import DifferentiatedMasking, RandomMasking
 from pretrain.schedules import WarmupCosineSchedule, effective_batch_size, scaled_lr, set_run_horizon
@@ -24,6 +26,13 @@ from pretrain.seeding import derive_seed, seeded_generator
 NO_WEIGHT_DECAY = ("*mask_token*", "*pos_embed*", "*cls_token*", "*reg_token*")
 MASK_STATS = ("mask/expected_ratio", "mask/realised_ratio", "mask/empty_roi_share")
 LOSS_TERMS = ("loss_mim", "loss_clip", "loss_mkd")
+
+
+def pair_keys(batch: dict[str, Any]) -> torch.Tensor | None:
+    """(B, 2) int64: each item's report group and study group (`PairedItems`); None for batches without them."""
+    if "report_group" not in batch or "study_group" not in batch:
+        return None
+    return torch.stack([batch["report_group"].long(), batch["study_group"].long()], dim=1)
 
 
 class MaskedClipPretraining(pl.LightningModule):
@@ -37,6 +46,8 @@ class MaskedClipPretraining(pl.LightningModule):
         decoder_width, decoder_depth, decoder_heads, feature_decoder_depth: the two decoders' sizes.
         mim, lambda_clip, lambda_mkd: the loss terms (0 switches a weighted term off).
         gather_negatives: under DDP, L_CLIP's negatives are the pairs of every process (CLIP's); False: own only.
+            Pairs of one report text or one study are never each other's negatives (`ClipLoss`).
+        pairs_per_study: at most this many images of a study enter a step's L_CLIP (None: all).
         teacher, ema_momentum, mkd_target_norm: the distillation target.
         masking: "differentiated" (MWM: ROI cells at `r_roi`, background at `r_bg`, ROI by `roi_rule` /
             `roi_min_fraction`) or "random" (MAE: uniform at `mask_ratio`).
@@ -66,6 +77,7 @@ class MaskedClipPretraining(pl.LightningModule):
         ema_momentum: float = 0.996,
         mkd_target_norm: bool = True,
         gather_negatives: bool = True,
+        pairs_per_study: int | None = None,
         masking: Literal["differentiated", "random"] = "differentiated",
         r_roi: float = 0.8,
         r_bg: float = 0.4,
@@ -112,6 +124,7 @@ class MaskedClipPretraining(pl.LightningModule):
             ema_momentum=ema_momentum,
             mkd_target_norm=mkd_target_norm,
             gather_negatives=gather_negatives,
+            pairs_per_study=pairs_per_study,
         )
         if masking == "differentiated":
             self.masking = DifferentiatedMasking(r_roi=r_roi, r_bg=r_bg, rule=roi_rule, min_fraction=roi_min_fraction)
@@ -133,7 +146,7 @@ class MaskedClipPretraining(pl.LightningModule):
         img_b3HW = self.normalise(batch["image"])
         grid_hw = self.model.grid_hw(tuple(img_b3HW.shape[-2:]))
         active_b1hw, stats = self.masking(batch["roi"], grid_hw, generator=generator)
-        out = self.model(img_b3HW, active_b1hw, batch["text_ids"], batch["paired"].bool())
+        out = self.model(img_b3HW, active_b1hw, batch["text_ids"], batch["paired"].bool(), pair_keys(batch))
         return {**out, **stats, "active_b1hw": active_b1hw}
 
     # ------------------------------------------------------------------ steps
@@ -167,10 +180,37 @@ class MaskedClipPretraining(pl.LightningModule):
             result["recon_b3HW"] = out["recon_b3HW"]
         return result
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self(batch, self._mask_generator("val", batch_idx))  # the same masks every epoch
         self._log_terms("val", out, batch, sync_dist=True)
+        paired_b = batch["paired"].bool()
+        keys_bk = pair_keys(batch)
+        if bool(paired_b.any()) and keys_bk is not None:  # the embeddings L_CLIP compares, for recall@K
+            img_pd = self.model.encode_image(self.normalise(batch["image"][paired_b]))[1]
+            txt_pd = self.model.text(batch["text_ids"][paired_b])
+            self._val_pairs.append((img_pd.float(), txt_pd.float(), keys_bk[paired_b]))
         return out["loss"]
+
+    def on_validation_epoch_end(self) -> None:
+        """Image -> report and report -> image recall@1/5/10 over every validation pair (of every process)."""
+        pairs = getattr(self, "_val_pairs", [])
+        width = self.model.bridge.proj.out_features
+        img = torch.cat([p[0] for p in pairs]) if pairs else torch.zeros(0, width, device=self.device)
+        txt = torch.cat([p[1] for p in pairs]) if pairs else torch.zeros(0, width, device=self.device)
+        keys = torch.cat([p[2] for p in pairs]) if pairs else torch.zeros(0, 2, dtype=torch.long, device=self.device)
+        if process_count() > 1:  # every process computes the same figures over the union
+            counts = pair_counts(img.shape[0], self.device)
+            img, txt = gather_rows(img, counts), gather_rows(txt, counts)
+            keys = gather_rows(keys, counts, dtype=torch.float64)
+        self._val_pairs = []
+        if img.shape[0] < 2:
+            return
+        for name, value in recall_at_k(img, txt, keys).items():
+            self.log(f"val/{name}", value)
+        self.log("val/retrieval_pairs", float(img.shape[0]))
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
