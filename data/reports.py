@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ import pandas as pd
 REPORT_COLUMNS = ("path", "frame", "report")
 STUDY_REPORT_COLUMNS = ("study_key", "report")
 _SHOWN_ROWS = 5
+# a section heading: upper-case words and a colon at the start of a line (MIMIC-CXR's "FINDINGS:", "IMPRESSION:")
+_HEADING = re.compile(r"^[ \t]*([A-Z][A-Z &/]*[A-Z])[ \t]*:", re.MULTILINE)
 
 
 def read_report_table(path: str | os.PathLike) -> pd.DataFrame:
@@ -161,6 +164,22 @@ def _study_reports(manifest: pd.DataFrame, table: pd.DataFrame, source: str | os
             f"e.g. rows {_rows(unmatched)}"
         )
     return np.array([by_study.get(k) if k is not None else None for k in keys], dtype=object)
+
+
+def report_sections(text: str, order: tuple[str, ...] = ("impression", "findings")) -> str:
+    """The text of the named sections of a report, in `order` (IMPRESSION first: the part a context length keeps
+    when it truncates), joined by a space; a section runs from its heading ("IMPRESSION:", upper case, at a line
+    start) to the next heading. A report with none of them is returned whole."""
+    headings = list(_HEADING.finditer(text))
+    bodies: dict[str, str] = {}
+    for i, match in enumerate(headings):
+        end = headings[i + 1].start() if i + 1 < len(headings) else len(text)
+        name = match.group(1).lower()
+        body = " ".join(text[match.end() : end].split())
+        if body:
+            bodies[name] = f"{bodies[name]} {body}" if name in bodies else body
+    chosen = [bodies[name.lower()] for name in order if name.lower() in bodies]
+    return " ".join(chosen) if chosen else text
 
 
 def _normalise_path(path: str) -> str:

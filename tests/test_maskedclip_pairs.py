@@ -95,6 +95,9 @@ def test_recall_at_k_by_hand():
     assert (out["i2t_recall@1"], out["i2t_recall@2"], out["i2t_recall@4"]) == (0.25, 0.5, 1.0)
     # report -> image (columns): own image at rank 1 (tie with img2) / 4 / 3 / 2
     assert (out["t2i_recall@2"], out["t2i_recall@4"]) == (0.5, 1.0)
+    # the two ways differ: image 1 prefers report 0 (0.9 > 0.436), but report 1 prefers image 1 (0.436 > 0)
+    one_way = recall_at_k(torch.tensor([[1.0, 0.0], [0.9, 0.436]]), torch.eye(2), torch.tensor([0, 1]), ks=(1,))
+    assert (one_way["i2t_recall@1"], one_way["t2i_recall@1"]) == (0.5, 1.0)
     # reports 2 and 3 of one study: image 3's best report (2) is now a correct answer
     related = torch.tensor([[0, 0], [1, 1], [2, 5], [3, 5]])
     assert recall_at_k(img, txt, related, ks=(1,))["i2t_recall@1"] == 0.5

@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Dataset, Subset
 
-from data.reports import read_report_table, reports_for_manifest, studies_for_manifest
+from data.reports import read_report_table, report_sections, reports_for_manifest, studies_for_manifest
 from pretrain.datamodule import RoiDataModule
 from pretrain.maskedclip.tokenizer import ReportTokenizer
 
@@ -80,6 +80,8 @@ class PairedDataModule(RoiDataModule):
         reports: table of `path, frame, report` (CSV or parquet), joined to the manifest by (path, frame);
             manifest items without a row are unpaired; None = no item is paired (L_CLIP never runs).
         text_model, context_length: the tokenizer (see `ReportTokenizer`); the CLI links them to the model's.
+        report_sections: e.g. [impression, findings]: only these sections of each report are tokenised, in this
+            order (`data.reports.report_sections`; a report without any is kept whole); None: the whole report.
         everything else: `RoiDataModule`'s arguments.
     """
 
@@ -90,9 +92,11 @@ class PairedDataModule(RoiDataModule):
         reports: str | Path | None = None,
         text_model: str | None = None,
         context_length: int = 256,
+        report_sections: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(corpus, cache, **kwargs)
+        self.report_sections = tuple(report_sections) if report_sections else None
         # plain strings in the hyper-parameters: a path, never report text
         self.hparams.update(reports=None if reports is None else str(reports))
         self.reports_path = None if reports is None else Path(reports)
@@ -110,6 +114,9 @@ class PairedDataModule(RoiDataModule):
         else:
             table = read_report_table(self.reports_path)
             reports = reports_for_manifest(manifest, table, self.reports_path)
+            if self.report_sections is not None:
+                order = self.report_sections
+                reports = np.array([None if r is None else report_sections(r, order) for r in reports], dtype=object)
         studies = studies_for_manifest(manifest, table)
         self.train_set = PairedItems(self.train_set, reports, self.tokenizer, studies)
         if self.val_set is not None:
