@@ -63,7 +63,9 @@ def load_trained_model(ckpt_path: str | Path) -> TrainedMaskedClip:
     if not isinstance(hparams, dict) or "vit" not in hparams or "state_dict" not in ckpt:
         raise ValueError(f"{ckpt_path}: not a MaskedCLIP checkpoint (no state_dict or no 'vit' hyper-parameter)")
     accepted = inspect.signature(MaskedClipPretraining.__init__).parameters
-    module = MaskedClipPretraining(**{k: v for k, v in hparams.items() if k in accepted})
+    # the checkpoint holds the weights: no pretrained start to read again (its file may be gone)
+    kwargs = {k: v for k, v in hparams.items() if k in accepted and k != "vit_init"}
+    module = MaskedClipPretraining(**kwargs)
     module.load_state_dict(ckpt["state_dict"])
     source = {"checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}
     tokenizer = ReportTokenizer(hparams.get("text_model"), hparams["context_length"])

@@ -210,6 +210,12 @@ class MaskedCLIP(nn.Module):
             tokens_btc[~paired_b] = self._encode_embedded(embedded_btc[~paired_b])[0].to(tokens_btc.dtype)
         return tokens_btc
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the blocks of E, B and T in the backward pass instead of keeping their activations."""
+        self.encoder.grad_checkpointing = self.bridge.grad_checkpointing = enable
+        if enable:
+            self.text.tower.set_grad_checkpointing(True)
+
     def update_teacher(self) -> None:
         """After an optimizer step: move the EMA teacher (a no-op for the stop-gradient one)."""
         if self.teacher is not None:

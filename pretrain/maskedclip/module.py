@@ -12,6 +12,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from timm.optim import param_groups_weight_decay
+from torch import nn
 
 from data.clip_folder import OPENAI_MEAN, OPENAI_STD
 from pretrain.maskedclip.gather import gather_rows, pair_counts, process_count
@@ -46,8 +47,18 @@ class MaskedClipPretraining(pl.LightningModule):
         decoder_width, decoder_depth, decoder_heads, feature_decoder_depth: the two decoders' sizes.
         mim, lambda_clip, lambda_mkd: the loss terms (0 switches a weighted term off).
         gather_negatives: under DDP, L_CLIP's negatives are the pairs of every process (CLIP's); False: own only.
-            Pairs of one report text or one study are never each other's negatives (`ClipLoss`).
         pairs_per_study: at most this many images of a study enter a step's L_CLIP (None: all).
+        mask_related_pairs: pairs of one report text or one study are not each other's negatives in L_CLIP
+            (False: CLIP's every-other-pair negatives, duplicates included).
+        vit_init: start E and B from a pretrained ViT `vit`: a timm state dict file, or an open_clip folder in
+            BiomedCLIP's layout (`local-dir:DIR`; its P_I too), e.g. BiomedCLIP's ViT-B/16. The text tower starts
+            from `text_model`'s weights with `text_pretrained`.
+        text_lr_scale, image_lr_scale: the text tower's (T + P_T) and the image tower's (E + B + P_I) learning rate
+            as a multiple of `lr` (decoders and temperature: x1).
+        lock_text, lock_text_unlocked_layers, lock_text_freeze_layer_norm: open_clip's `lock_text_tower`: freeze
+            the BERT but its last `unlocked_layers` layers (LayerNorms too unless `freeze_layer_norm` is false);
+            the projection P_T stays trainable.
+        grad_checkpointing: recompute the ViT's and BERT's blocks in the backward pass (less memory, more time).
         teacher, ema_momentum, mkd_target_norm: the distillation target.
         masking: "differentiated" (MWM: ROI cells at `r_roi`, background at `r_bg`, ROI by `roi_rule` /
             `roi_min_fraction`) or "random" (MAE: uniform at `mask_ratio`).
@@ -78,6 +89,14 @@ class MaskedClipPretraining(pl.LightningModule):
         mkd_target_norm: bool = True,
         gather_negatives: bool = True,
         pairs_per_study: int | None = None,
+        mask_related_pairs: bool = True,
+        vit_init: str | None = None,
+        text_lr_scale: float = 1.0,
+        image_lr_scale: float = 1.0,
+        lock_text: bool = False,
+        lock_text_unlocked_layers: int = 0,
+        lock_text_freeze_layer_norm: bool = True,
+        grad_checkpointing: bool = False,
         masking: Literal["differentiated", "random"] = "differentiated",
         r_roi: float = 0.8,
         r_bg: float = 0.4,
@@ -126,6 +145,14 @@ class MaskedClipPretraining(pl.LightningModule):
             gather_negatives=gather_negatives,
             pairs_per_study=pairs_per_study,
         )
+        if vit_init is not None:
+            from pretrain.maskedclip.image_init import load_vit_weights, read_vit_weights
+
+            load_vit_weights(self.model.encoder, self.model.bridge, read_vit_weights(vit_init), vit_init)
+        if lock_text:
+            self.model.text.lock(lock_text_unlocked_layers, lock_text_freeze_layer_norm)
+        if grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
         if masking == "differentiated":
             self.masking = DifferentiatedMasking(r_roi=r_roi, r_bg=r_bg, rule=roi_rule, min_fraction=roi_min_fraction)
         elif masking == "random":
@@ -146,7 +173,8 @@ class MaskedClipPretraining(pl.LightningModule):
         img_b3HW = self.normalise(batch["image"])
         grid_hw = self.model.grid_hw(tuple(img_b3HW.shape[-2:]))
         active_b1hw, stats = self.masking(batch["roi"], grid_hw, generator=generator)
-        out = self.model(img_b3HW, active_b1hw, batch["text_ids"], batch["paired"].bool(), pair_keys(batch))
+        keys_bk = pair_keys(batch) if self.hparams.mask_related_pairs else None
+        out = self.model(img_b3HW, active_b1hw, batch["text_ids"], batch["paired"].bool(), keys_bk)
         return {**out, **stats, "active_b1hw": active_b1hw}
 
     # ------------------------------------------------------------------ steps
@@ -230,12 +258,25 @@ class MaskedClipPretraining(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         lr = hp.lr if hp.lr is not None else scaled_lr(hp.base_lr, self.trainer)
-        # trainable parameters only: the EMA teacher and BERT's unused pooler are frozen
-        groups = param_groups_weight_decay(self.model, hp.weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY)
+        # trainable parameters only: the EMA teacher, BERT's unused pooler and locked layers are frozen
+        groups = []
+        for part, scale in self._lr_parts():
+            for group in param_groups_weight_decay(part, hp.weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY):
+                if group["params"]:
+                    groups.append({**group, "lr": lr * scale})
         # foreach: one fused update over the many small tensors of two towers and two decoders (CPU too)
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, foreach=True)
         scheduler = WarmupCosineSchedule(optimizer, weight_decay_end=hp.weight_decay_end, min_lr_ratio=hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _lr_parts(self) -> list[tuple[nn.Module, float]]:
+        """The model in parts with their learning-rate multiples: text tower, image tower, the rest."""
+        hp, model = self.hparams, self.model
+        towers = {"text", "encoder", "bridge"}
+        rest = nn.ModuleDict({name: child for name, child in model.named_children() if name not in towers})
+        rest.register_parameter("logit_scale", model.logit_scale)
+        image = nn.ModuleList([model.encoder, model.bridge])
+        return [(model.text, hp.text_lr_scale), (image, hp.image_lr_scale), (rest, 1.0)]
 
     def on_train_start(self) -> None:
         # the horizon is known only now (see MaskedPretraining.configure_optimizers)

@@ -71,6 +71,17 @@ class TextEncoder(nn.Module):
             )
         self.context_length = context_length
 
+    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """open_clip's `lock_text_tower` semantics: freeze the BERT (embeddings and layers) but its last
+        `unlocked_layers` layers; LayerNorm weights stay trainable when `freeze_layer_norm` is false; the projection
+        P_T is never frozen. (open_clip's own `HFTextEncoder.lock` fails for BERT when layers stay unlocked.)"""
+        bert = self.tower.transformer
+        layers = list(bert.encoder.layer)
+        frozen = [bert.embeddings, *layers][: len(layers) + 1 - unlocked_layers]
+        for module in frozen:
+            for name, param in module.named_parameters():
+                param.requires_grad = (not freeze_layer_norm) if "LayerNorm" in name.split(".") else False
+
     @property
     def config(self):
         return self.tower.config
