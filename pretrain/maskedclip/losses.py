@@ -40,7 +40,7 @@ def info_nce(
     txt = F.normalize(txt_bd.float(), dim=-1)
     logits_bb = logit_scale.float().exp() * img @ txt.T
     if groups_bk is not None:
-        keys_bk = groups_bk.reshape(img.shape[0], -1)
+        keys_bk = groups_bk if groups_bk.ndim == 2 else groups_bk[:, None]
         related_bb = (keys_bk[:, None, :] == keys_bk[None, :, :]).any(-1)
         related_bb.fill_diagonal_(False)  # the true pair stays
         logits_bb = logits_bb.masked_fill(related_bb, float("-inf"))  # symmetric: rows and columns alike
@@ -90,7 +90,7 @@ class ClipLoss(nn.Module):
             all_img, all_txt = gather_rows(image_features, counts), gather_rows(text_features, counts)
             all_groups = None
             if groups is not None:
-                keys = groups.reshape(image_features.shape[0], -1)
+                keys = groups if groups.ndim == 2 else groups[:, None]  # (0, K) on a process without pairs
                 all_groups = gather_rows(keys, counts, dtype=torch.float64)
             offset = sum(counts[: dist.get_rank()])
             loss = info_nce_over_processes(
