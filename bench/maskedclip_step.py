@@ -113,7 +113,9 @@ def synthetic_batch(batch: int, size: int, report_words: int, paired_share: floa
     words = torch.randint(len(WORDS), (batch, report_words), generator=gen).tolist()
     ids = tokenizer([" ".join(WORDS[w] for w in row) for row in words])
     paired = torch.arange(batch) < round(paired_share * batch)
-    return img, roi[:, None].float(), ids, paired
+    # report and study numbers (two images a study), so L_CLIP masks related pairs as in training
+    groups = torch.stack([torch.arange(batch), torch.arange(batch) // 2], dim=1)
+    return img, roi[:, None].float(), ids, paired, groups
 
 
 def main() -> None:
@@ -151,7 +153,7 @@ def main() -> None:
         )
         for m in (full, mim)
     }
-    img, roi, ids, paired = (
+    img, roi, ids, paired, groups = (
         t.to(device)
         for t in synthetic_batch(batch_size, size["input_size"], size["report_words"], args.paired_share, tokenizer)
     )
@@ -175,10 +177,11 @@ def main() -> None:
         def step() -> None:
             active, _ = masking(roi, grid_hw, generator=gen)
             with autocast:
-                loss = model(img, active, ids, paired)["loss"]
+                loss = model(img, active, ids, paired, groups)["loss"]
             loss.backward()
             optimizers[id(model)].step()
             optimizers[id(model)].zero_grad(set_to_none=True)
+            model.clamp_logit_scale()
 
         return step
 

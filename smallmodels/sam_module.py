@@ -5,7 +5,8 @@ the schema of the `.json` that `localize` reads beside a custom checkpoint). A s
 localizer's `SamBoxPrompter` runs at inference, with gradients: `sam.preprocess` + the image encoder on the
 stacked batch, then per image the prompt encoder on its box and the mask decoder with ``multimask_output=False``
 (the single-mask token the localizer asks for), `sam.postprocess_masks` back to the image's size; the loss
-(`SamLoss`: focal x 20 + dice on the mask, MSE on the IoU head) is taken there, against the object's mask.
+(`SamLoss`: focal + dice on the mask, 1:1 (SAM's paper: 20:1), MSE on the IoU head) is taken there, against the
+object's mask.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class SamBoxTraining(pl.LightningModule):
         arch: the custom-SAM architecture (image_encoder / prompt_encoder / mask_decoder constructor arguments,
             pixel_mean / pixel_std), as written to the checkpoint's `.json`.
         lr, weight_decay, warmup_steps: AdamW, linear warm-up then cosine decay (`pretrain.schedules`).
-        focal_weight, dice_weight, iou_weight: `SamLoss` weights (SAM: 20, 1, 1).
+        focal_weight, dice_weight, iou_weight: `SamLoss` weights (ours 1, 1, 1; SAM's paper 20, 1, 1).
     """
 
     def __init__(
@@ -38,7 +39,7 @@ class SamBoxTraining(pl.LightningModule):
         lr: float = 2e-3,
         weight_decay: float = 0.01,
         warmup_steps: int = 20,
-        focal_weight: float = 20.0,
+        focal_weight: float = 1.0,
         dice_weight: float = 1.0,
         iou_weight: float = 1.0,
     ) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import torch
 
 from tests.pretrain_lightning_fixtures import write_roi_corpus
 
@@ -92,3 +93,21 @@ def cpu_preset_fit_args(corpus: Path, cache: Path, reports: Path, *extra: str) -
         "--data.num_workers=0",
         *extra,
     ]
+
+
+def write_tiny_bert_folder(folder: Path, words: list[str], table_size: int | None = None, **config) -> Path:
+    """A tiny WordPiece BERT in the Hugging Face on-disk layout (as a hub snapshot of BiomedBERT is):
+    `config.json`, `model.safetensors`, `vocab.txt`, `tokenizer.json`, `tokenizer_config.json`,
+    `special_tokens_map.json`. The vocabulary is BERT's five special tokens then `words`; the embedding table
+    has `table_size` rows (default: the vocabulary's size)."""
+    from transformers import BertConfig, BertModel
+
+    from data.clip_folder import bert_tokenizer, write_tokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    write_tokenizer(folder, bert_tokenizer(vocab))
+    size = {**TINY_BERT, **config}
+    bert = BertConfig(vocab_size=table_size or len(vocab), pad_token_id=0, **size)
+    torch.manual_seed(0)
+    BertModel(bert).save_pretrained(folder, safe_serialization=True)
+    return folder

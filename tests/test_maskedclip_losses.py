@@ -35,13 +35,13 @@ def test_info_nce_on_two_pairs_equals_the_closed_form():
     assert abs(sum(image_to_text) / 2 - expected) > 0.02
 
 
-def test_info_nce_temperature_is_learned_and_capped_at_100():
-    img, txt = torch.eye(3), torch.eye(3).roll(1, dims=0) + torch.eye(3)
+def test_info_nce_temperature_is_learned_and_used_as_given():
+    img, txt = torch.eye(2), torch.tensor([[1.0, 0.99], [0.99, 1.0]])  # cosines 0.7106 / 0.7036: no saturation
     scale = torch.tensor(1.0, requires_grad=True)
     info_nce(img, txt, scale).backward()
     assert scale.grad is not None and scale.grad.abs() > 0
-    # beyond ln(100) the scale is held at 100
-    assert info_nce(img, txt, torch.tensor(7.0)).item() == pytest.approx(
+    # the cap at ln(100) is the optimizer step's clamp (test_maskedclip_fixes), not the loss's
+    assert info_nce(img, txt, torch.tensor(7.0)).item() != pytest.approx(
         info_nce(img, txt, torch.tensor(MAX_LOGIT_SCALE)).item()
     )
 
@@ -163,7 +163,7 @@ def test_the_contrastive_term_learns_to_match_images_and_reports():
     torch.manual_seed(0)
     bert = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     model, tokenizer = tiny_maskedclip(vit="test_vit2", mim=False, lambda_mkd=0.0, context_length=32, bert=bert)
-    img = torch.randn(8, 3, 64, 64)
+    img = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # not the init's RNG stream
     ids = tokenizer([f"{v} {h} {k}" for v in ("upper", "lower") for h in ("left", "right") for k in ("mass", "cyst")])
     active, paired = torch.ones(8, 1, 4, 4, dtype=torch.bool), torch.ones(8, dtype=torch.bool)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3, betas=(0.9, 0.95))

@@ -39,8 +39,19 @@ def test_mask_iou_and_weights():
     assert mask_iou(logits, truth).item() == pytest.approx(0.5)
     out = SamLoss()(logits, torch.tensor([0.9]), truth)
     assert out["iou_mse"].item() == pytest.approx((0.9 - 0.5) ** 2, rel=1e-5)
-    expected = 20 * out["focal"] + out["dice"] + out["iou_mse"]  # SAM's 20:1 focal:dice, IoU MSE weight 1
+    expected = out["focal"] + out["dice"] + out["iou_mse"]  # ours 1:1 focal:dice (FIDELITY), IoU MSE weight 1
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    sam_paper = SamLoss(focal_weight=20.0)(logits, torch.tensor([0.9]), truth)  # the paper's 20:1, as an option
+    assert sam_paper["loss"].item() == pytest.approx((expected + 19 * out["focal"]).item(), rel=1e-6)
+
+
+def test_the_module_default_is_the_documented_one_to_one():
+    import inspect
+
+    from smallmodels.sam_module import SamBoxTraining
+
+    assert inspect.signature(SamBoxTraining.__init__).parameters["focal_weight"].default == SamLoss().focal_weight
+    assert SamLoss().focal_weight == 1.0
 
 
 def test_noisy_box_exact_grown_and_seeded():

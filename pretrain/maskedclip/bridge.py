@@ -6,6 +6,7 @@ import timm
 import torch
 from timm.models.vision_transformer import global_pool_nlc
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class Bridge(nn.Module):
@@ -34,10 +35,17 @@ class Bridge(nn.Module):
         self.num_prefix_tokens: int = full.num_prefix_tokens
         self.pool_include_prefix: bool = getattr(full, "pool_include_prefix", False)
         self.proj = nn.Linear(full.embed_dim, embed_dim, bias=False)
+        self.grad_checkpointing = False  # `MaskedCLIP.set_grad_checkpointing`
 
     def forward(self, stream_btc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder residual stream (B, P+N, C) -> (CLIP-space tokens (B, P+N, C), image embedding (B, embed_dim))."""
-        tokens_btc = self.norm(self.blocks(stream_btc))
+        x_btc = stream_btc
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x_btc = checkpoint(block, x_btc, use_reentrant=False)
+            else:
+                x_btc = block(x_btc)
+        tokens_btc = self.norm(x_btc)
         pooled_bc = global_pool_nlc(
             tokens_btc,
             pool_type=self.global_pool,

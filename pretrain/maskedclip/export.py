@@ -35,6 +35,7 @@ from data.clip_folder import (
     write_tokenizer,
 )
 from pretrain.export import sidecar_path
+from pretrain.maskedclip.losses import MAX_LOGIT_SCALE
 from pretrain.maskedclip.model import MaskedCLIP
 from pretrain.maskedclip.module import MaskedClipPretraining
 from pretrain.maskedclip.text_encoder import UNUSED_TEXT_KEYS
@@ -62,7 +63,9 @@ def load_trained_model(ckpt_path: str | Path) -> TrainedMaskedClip:
     if not isinstance(hparams, dict) or "vit" not in hparams or "state_dict" not in ckpt:
         raise ValueError(f"{ckpt_path}: not a MaskedCLIP checkpoint (no state_dict or no 'vit' hyper-parameter)")
     accepted = inspect.signature(MaskedClipPretraining.__init__).parameters
-    module = MaskedClipPretraining(**{k: v for k, v in hparams.items() if k in accepted})
+    # the checkpoint holds the weights: no pretrained start to read again (its file may be gone)
+    kwargs = {k: v for k, v in hparams.items() if k in accepted and k != "vit_init"}
+    module = MaskedClipPretraining(**kwargs)
     module.load_state_dict(ckpt["state_dict"])
     source = {"checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}
     tokenizer = ReportTokenizer(hparams.get("text_model"), hparams["context_length"])
@@ -85,7 +88,8 @@ def open_clip_state_dict(model: MaskedCLIP) -> dict[str, torch.Tensor]:
     for k, v in model.text.state_dict().items():
         if not k.startswith(UNUSED_TEXT_KEYS):
             state["text." + k[len("tower.") :]] = v
-    state["logit_scale"] = model.logit_scale
+    # clamped as training clamps it after each step (a checkpoint of older code may hold a raw value above the cap)
+    state["logit_scale"] = model.logit_scale.detach().clamp(0, MAX_LOGIT_SCALE)
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 

@@ -19,12 +19,13 @@ def pair_counts(n_pairs: int, device: torch.device) -> list[int]:
     return [int(c) for c in counts]
 
 
-def gather_rows(x_nd: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """Rows of every process (`counts[r]` from rank r), concatenated in rank order, float32, without gradient.
-    Padded to the largest count for the collective, since all_gather needs equal shapes."""
+def gather_rows(x_nd: torch.Tensor, counts: list[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rows of every process (`counts[r]` from rank r), concatenated in rank order, as `dtype` (float64 keeps
+    integer keys exact), without gradient. Padded to the largest count for the collective, since all_gather needs
+    equal shapes."""
     most = max(counts)
-    padded_md = x_nd.new_zeros((most, x_nd.shape[1]), dtype=torch.float32)
-    padded_md[: x_nd.shape[0]] = x_nd.detach().float()
+    padded_md = x_nd.new_zeros((most, x_nd.shape[1]), dtype=dtype)
+    padded_md[: x_nd.shape[0]] = x_nd.detach().to(dtype)
     parts = [torch.empty_like(padded_md) for _ in counts]
     dist.all_gather(parts, padded_md)
     return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])

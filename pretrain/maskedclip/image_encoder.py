@@ -8,6 +8,7 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class VisibleTokens(NamedTuple):
@@ -32,7 +33,8 @@ def vit_depth(name: str) -> int:
 
 
 class ImageEncoder(nn.Module):
-    """The first `depth` blocks of timm ViT `vit` with their own final norm.
+    """The first `depth` blocks of timm ViT `vit` with their own final norm (the ViT's, or for average-pool ViTs,
+    which have none, a LayerNorm: `feature_norm`).
 
     `self.vit` is exactly `timm.create_model(vit, depth=depth, num_classes=0)`: its state dict is the timm export.
     The bridge continues the residual stream *before* this norm with the ViT's remaining blocks, so E followed
@@ -63,6 +65,11 @@ class ImageEncoder(nn.Module):
             )
         self.width: int = model.embed_dim
         self.num_prefix_tokens: int = model.num_prefix_tokens
+        # timm's average-pool ViTs norm after pooling (fc_norm) and leave `vit.norm` an Identity; the decoders read
+        # per-token features, normed as MAE's encoder output is: such ViTs get a LayerNorm of their own here
+        # (outside `vit`, so the timm export is unchanged)
+        self.grad_checkpointing = False  # `MaskedCLIP.set_grad_checkpointing`
+        self.feature_norm = nn.LayerNorm(self.width, eps=1e-6) if isinstance(model.norm, nn.Identity) else None
 
     def grid_hw(self, input_hw: tuple[int, int]) -> tuple[int, int]:
         return input_hw[0] // self.patch, input_hw[1] // self.patch
@@ -102,5 +109,9 @@ class ImageEncoder(nn.Module):
                 attn_mask = keys_valid_bt[:, None, None, :]
         # 2. transformer blocks
         for block in self.vit.blocks:
-            x_btc = block(x_btc, attn_mask=attn_mask)
-        return VisibleTokens(x_btc, self.vit.norm(x_btc), ids_bl, valid_bl)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x_btc = checkpoint(block, x_btc, attn_mask=attn_mask, use_reentrant=False)
+            else:
+                x_btc = block(x_btc, attn_mask=attn_mask)
+        norm = self.feature_norm if self.feature_norm is not None else self.vit.norm
+        return VisibleTokens(x_btc, norm(x_btc), ids_bl, valid_bl)

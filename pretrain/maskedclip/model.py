@@ -6,15 +6,13 @@ import math
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from pretrain.maskedclip.bridge import Bridge
 from pretrain.maskedclip.feature_decoder import FeatureDecoder
-from pretrain.maskedclip.gather import gather_rows, pair_counts, process_count
 from pretrain.maskedclip.image_decoder import ImageDecoder, patch_target
 from pretrain.maskedclip.image_encoder import ImageEncoder, vit_depth
-from pretrain.maskedclip.losses import distillation_target, info_nce, info_nce_over_processes, masked_mse
+from pretrain.maskedclip.losses import MAX_LOGIT_SCALE, ClipLoss, distillation_target, masked_mse
 from pretrain.maskedclip.teacher import EmaTeacher
 from pretrain.maskedclip.text_encoder import TextEncoder
 
@@ -42,6 +40,8 @@ class MaskedCLIP(nn.Module):
         ema_momentum: the EMA teacher's momentum.
         gather_negatives: under DDP, L_CLIP contrasts the pairs of every process (as CLIP / open_clip do); False:
             each process's own pairs only.
+        pairs_per_study: at most this many images of one study take part in a step's L_CLIP (the first ones of
+            the batch; the others still take part in L_MIM / L_MKD); None: all. Needs the pairs' keys.
     """
 
     def __init__(
@@ -62,17 +62,23 @@ class MaskedCLIP(nn.Module):
         ema_momentum: float = 0.996,
         mkd_target_norm: bool = True,
         gather_negatives: bool = True,
+        pairs_per_study: int | None = None,
     ) -> None:
         super().__init__()
         if teacher not in ("stop_gradient", "ema"):
             raise ValueError(f"unknown teacher {teacher!r}; use 'stop_gradient' or 'ema'")
+        if pairs_per_study is not None and pairs_per_study < 1:
+            raise ValueError(f"pairs_per_study must be >= 1 or null, got {pairs_per_study}")
         if not (mim or lambda_clip > 0 or lambda_mkd > 0):
             raise ValueError("every loss term is switched off: enable mim, lambda_clip or lambda_mkd")
         self.encoder = ImageEncoder(vit, vit_depth(vit) - bridge_depth, input_size)
         self.bridge = Bridge(vit, bridge_depth, embed_dim)
         self.text = TextEncoder(embed_dim, **text)
         width = self.encoder.width
-        self.image_decoder = ImageDecoder(width, self.encoder.patch, decoder_width, decoder_depth, decoder_heads)
+        # a decoder exists only for its term: no weights (or optimizer state) that nothing trains
+        self.image_decoder = (
+            ImageDecoder(width, self.encoder.patch, decoder_width, decoder_depth, decoder_heads) if mim else None
+        )
         self.feature_decoder = (
             FeatureDecoder(width, width, decoder_width, feature_decoder_depth, decoder_heads)
             if lambda_mkd > 0
@@ -82,7 +88,18 @@ class MaskedCLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature 0.07
         self.mim, self.lambda_clip, self.lambda_mkd = mim, lambda_clip, lambda_mkd
         self.mkd_target_norm = mkd_target_norm
-        self.gather_negatives = gather_negatives
+        self.clip_loss = ClipLoss(gather_negatives)
+        self.pairs_per_study = pairs_per_study
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """After each optimizer step, as open_clip does: the inverse temperature stays in [1, 100]. In place, not
+        inside the loss, so the parameter keeps its gradient when it reaches the cap."""
+        self.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    def temperature(self) -> torch.Tensor:
+        """CLIP's temperature 1 / exp(logit_scale) (what training logs and the export's logit scale implies)."""
+        return self.logit_scale.detach().clamp(0, MAX_LOGIT_SCALE).neg().exp()
 
     def grid_hw(self, input_hw: tuple[int, int]) -> tuple[int, int]:
         return self.encoder.grid_hw(input_hw)
@@ -96,17 +113,24 @@ class MaskedCLIP(nn.Module):
         return self.bridge(self.encoder.encode(tokens_btc).stream_btc)
 
     def forward(
-        self, img_b3HW: torch.Tensor, active_b1hw: torch.Tensor, text_ids_bl: torch.Tensor, paired_b: torch.Tensor
+        self,
+        img_b3HW: torch.Tensor,
+        active_b1hw: torch.Tensor,
+        text_ids_bl: torch.Tensor,
+        paired_b: torch.Tensor,
+        groups_bk: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Normalised images, visible cells (True = visible) on the patch grid, report ids and paired flags ->
+        """Normalised images, visible cells (True = visible) on the patch grid, report ids, paired flags and the
+        pairs' keys (`ClipLoss`: pairs sharing one are not negatives; None: every other pair is) ->
         dict(loss, loss_mim / loss_clip / loss_mkd for the terms computed, recon_b3HW when L_MIM is on)."""
         grid_hw = tuple(active_b1hw.shape[-2:])
         masked_bn = ~active_b1hw.flatten(1)
         out: dict[str, torch.Tensor] = {}
         # 1. patch + position embedding, once for the masked branch, the CLIP pass and the teacher pass
         embedded_btc = self.encoder.embed(img_b3HW)
-        # 2. masked branch, every image: encode the visible patches only
-        visible = self.encoder.encode(embedded_btc, ~masked_bn)
+        # 2. masked branch, every image: encode the visible patches only (for the decoders: none, no pass)
+        decoded = self.mim or self.feature_decoder is not None
+        visible = self.encoder.encode(embedded_btc, ~masked_bn) if decoded else None
         loss = img_b3HW.new_zeros((), dtype=torch.float32)
         if self.mim:
             # 3. L_MIM: normalised pixels of the masked patches
@@ -118,7 +142,8 @@ class MaskedCLIP(nn.Module):
         # 4. L_CLIP: full paired images through E and B, their reports through T
         paired_tokens_btc = None
         if self.lambda_clip > 0:
-            paired_tokens_btc, loss_clip = self._clip_term(embedded_btc, text_ids_bl, paired_b)
+            paired_b = self.clip_rows(paired_b, groups_bk)
+            paired_tokens_btc, loss_clip = self._clip_term(embedded_btc, text_ids_bl, paired_b, groups_bk)
             if loss_clip is not None:
                 out["loss_clip"] = loss_clip
                 loss = loss + self.lambda_clip * loss_clip
@@ -131,15 +156,28 @@ class MaskedCLIP(nn.Module):
         out["loss"] = loss
         return out
 
+    def clip_rows(self, paired_b: torch.Tensor, groups_bk: torch.Tensor | None) -> torch.Tensor:
+        """The paired rows that enter L_CLIP: all, or the first `pairs_per_study` of each study (`groups_bk`'s
+        last column)."""
+        if self.pairs_per_study is None or groups_bk is None:
+            return paired_b
+        study_b = groups_bk.reshape(paired_b.shape[0], -1)[:, -1]
+        same_bb = (study_b[:, None] == study_b[None, :]) & paired_b[None, :]
+        earlier_b = torch.tril(same_bb, diagonal=-1).sum(1)  # paired rows of the same study before this one
+        return paired_b & (earlier_b < self.pairs_per_study)
+
     def _clip_term(
-        self, embedded_btc: torch.Tensor, text_ids_bl: torch.Tensor, paired_b: torch.Tensor
+        self,
+        embedded_btc: torch.Tensor,
+        text_ids_bl: torch.Tensor,
+        paired_b: torch.Tensor,
+        groups_bk: torch.Tensor | None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(The paired images' CLIP-space tokens, L_CLIP), each None when absent. L_CLIP needs 2 pairs (one pair
         alone has no negative), counted over every DDP process when `gather_negatives` (then every process takes
         part in the exchange, with or without pairs of its own)."""
         n_paired = int(paired_b.sum())
-        world = process_count() if self.gather_negatives else 1
-        counts = pair_counts(n_paired, embedded_btc.device) if world > 1 else [n_paired]
+        counts = self.clip_loss.counts(n_paired, embedded_btc.device)
         if sum(counts) < 2:
             return None, None
         tokens_btc = None
@@ -147,11 +185,8 @@ class MaskedCLIP(nn.Module):
         if n_paired:
             tokens_btc, img_pd = self._encode_embedded(embedded_btc[paired_b])
             txt_pd = self.text(text_ids_bl[paired_b])
-        if world == 1:
-            return tokens_btc, info_nce(img_pd, txt_pd, self.logit_scale)
-        all_img, all_txt = gather_rows(img_pd, counts), gather_rows(txt_pd, counts)
-        offset = sum(counts[: dist.get_rank()])
-        return tokens_btc, info_nce_over_processes(img_pd, txt_pd, self.logit_scale, all_img, all_txt, offset, world)
+        groups = None if groups_bk is None else groups_bk[paired_b]
+        return tokens_btc, self.clip_loss(img_pd, txt_pd, self.logit_scale, groups=groups, counts=counts)
 
     @torch.no_grad()
     def _teacher_tokens(
@@ -174,6 +209,12 @@ class MaskedCLIP(nn.Module):
         if not bool(paired_b.all()):
             tokens_btc[~paired_b] = self._encode_embedded(embedded_btc[~paired_b])[0].to(tokens_btc.dtype)
         return tokens_btc
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the blocks of E, B and T in the backward pass instead of keeping their activations."""
+        self.encoder.grad_checkpointing = self.bridge.grad_checkpointing = enable
+        if enable:
+            self.text.tower.set_grad_checkpointing(True)
 
     def update_teacher(self) -> None:
         """After an optimizer step: move the EMA teacher (a no-op for the stop-gradient one)."""

@@ -12,9 +12,12 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from timm.optim import param_groups_weight_decay
+from torch import nn
 
 from data.clip_folder import OPENAI_MEAN, OPENAI_STD
+from pretrain.maskedclip.gather import gather_rows, pair_counts, process_count
 from pretrain.maskedclip.model import MaskedCLIP, Teacher
+from pretrain.maskedclip.retrieval import recall_at_k
 from pretrain.maskedclip.tokenizer import ReportTokenizer
 from pretrain.masking import DifferentiatedMasking, RandomMasking
 from pretrain.schedules import WarmupCosineSchedule, effective_batch_size, scaled_lr, set_run_horizon
@@ -24,6 +27,13 @@ from pretrain.seeding import derive_seed, seeded_generator
 NO_WEIGHT_DECAY = ("*mask_token*", "*pos_embed*", "*cls_token*", "*reg_token*")
 MASK_STATS = ("mask/expected_ratio", "mask/realised_ratio", "mask/empty_roi_share")
 LOSS_TERMS = ("loss_mim", "loss_clip", "loss_mkd")
+
+
+def pair_keys(batch: dict[str, Any]) -> torch.Tensor | None:
+    """(B, 2) int64: each item's report group and study group (`PairedItems`); None for batches without them."""
+    if "report_group" not in batch or "study_group" not in batch:
+        return None
+    return torch.stack([batch["report_group"].long(), batch["study_group"].long()], dim=1)
 
 
 class MaskedClipPretraining(pl.LightningModule):
@@ -37,6 +47,18 @@ class MaskedClipPretraining(pl.LightningModule):
         decoder_width, decoder_depth, decoder_heads, feature_decoder_depth: the two decoders' sizes.
         mim, lambda_clip, lambda_mkd: the loss terms (0 switches a weighted term off).
         gather_negatives: under DDP, L_CLIP's negatives are the pairs of every process (CLIP's); False: own only.
+        pairs_per_study: at most this many images of a study enter a step's L_CLIP (None: all).
+        mask_related_pairs: pairs of one report text or one study are not each other's negatives in L_CLIP
+            (False: CLIP's every-other-pair negatives, duplicates included).
+        vit_init: start E and B from a pretrained ViT `vit`: a timm state dict file, or an open_clip folder in
+            BiomedCLIP's layout (`local-dir:DIR`; its P_I too), e.g. BiomedCLIP's ViT-B/16. The text tower starts
+            from `text_model`'s weights with `text_pretrained`.
+        text_lr_scale, image_lr_scale: the text tower's (T + P_T) and the image tower's (E + B + P_I) learning rate
+            as a multiple of `lr` (decoders and temperature: x1).
+        lock_text, lock_text_unlocked_layers, lock_text_freeze_layer_norm: open_clip's `lock_text_tower`: freeze
+            the BERT but its last `unlocked_layers` layers (LayerNorms too unless `freeze_layer_norm` is false);
+            the projection P_T stays trainable.
+        grad_checkpointing: recompute the ViT's and BERT's blocks in the backward pass (less memory, more time).
         teacher, ema_momentum, mkd_target_norm: the distillation target.
         masking: "differentiated" (MWM: ROI cells at `r_roi`, background at `r_bg`, ROI by `roi_rule` /
             `roi_min_fraction`) or "random" (MAE: uniform at `mask_ratio`).
@@ -66,6 +88,15 @@ class MaskedClipPretraining(pl.LightningModule):
         ema_momentum: float = 0.996,
         mkd_target_norm: bool = True,
         gather_negatives: bool = True,
+        pairs_per_study: int | None = None,
+        mask_related_pairs: bool = True,
+        vit_init: str | None = None,
+        text_lr_scale: float = 1.0,
+        image_lr_scale: float = 1.0,
+        lock_text: bool = False,
+        lock_text_unlocked_layers: int = 0,
+        lock_text_freeze_layer_norm: bool = True,
+        grad_checkpointing: bool = False,
         masking: Literal["differentiated", "random"] = "differentiated",
         r_roi: float = 0.8,
         r_bg: float = 0.4,
@@ -112,7 +143,16 @@ class MaskedClipPretraining(pl.LightningModule):
             ema_momentum=ema_momentum,
             mkd_target_norm=mkd_target_norm,
             gather_negatives=gather_negatives,
+            pairs_per_study=pairs_per_study,
         )
+        if vit_init is not None:
+            from pretrain.maskedclip.image_init import load_vit_weights, read_vit_weights
+
+            load_vit_weights(self.model.encoder, self.model.bridge, read_vit_weights(vit_init), vit_init)
+        if lock_text:
+            self.model.text.lock(lock_text_unlocked_layers, lock_text_freeze_layer_norm)
+        if grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
         if masking == "differentiated":
             self.masking = DifferentiatedMasking(r_roi=r_roi, r_bg=r_bg, rule=roi_rule, min_fraction=roi_min_fraction)
         elif masking == "random":
@@ -133,7 +173,8 @@ class MaskedClipPretraining(pl.LightningModule):
         img_b3HW = self.normalise(batch["image"])
         grid_hw = self.model.grid_hw(tuple(img_b3HW.shape[-2:]))
         active_b1hw, stats = self.masking(batch["roi"], grid_hw, generator=generator)
-        out = self.model(img_b3HW, active_b1hw, batch["text_ids"], batch["paired"].bool())
+        keys_bk = pair_keys(batch) if self.hparams.mask_related_pairs else None
+        out = self.model(img_b3HW, active_b1hw, batch["text_ids"], batch["paired"].bool(), keys_bk)
         return {**out, **stats, "active_b1hw": active_b1hw}
 
     # ------------------------------------------------------------------ steps
@@ -158,7 +199,7 @@ class MaskedClipPretraining(pl.LightningModule):
         self._log_terms("train", out, batch)
         for name in MASK_STATS:
             self.log(name, out[name])
-        self.log("train/temperature", 1.0 / self.model.logit_scale.detach().exp())
+        self.log("train/temperature", self.temperature())
         groups = self.trainer.optimizers[0].param_groups  # the values this step's update uses
         self.log("lr", groups[0]["lr"])
         self.log("wd", max(g["weight_decay"] for g in groups))
@@ -167,14 +208,47 @@ class MaskedClipPretraining(pl.LightningModule):
             result["recon_b3HW"] = out["recon_b3HW"]
         return result
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self(batch, self._mask_generator("val", batch_idx))  # the same masks every epoch
         self._log_terms("val", out, batch, sync_dist=True)
+        paired_b = batch["paired"].bool()
+        keys_bk = pair_keys(batch)
+        if bool(paired_b.any()) and keys_bk is not None:  # the embeddings L_CLIP compares, for recall@K
+            img_pd = self.model.encode_image(self.normalise(batch["image"][paired_b]))[1]
+            txt_pd = self.model.text(batch["text_ids"][paired_b])
+            self._val_pairs.append((img_pd.float(), txt_pd.float(), keys_bk[paired_b]))
         return out["loss"]
+
+    def on_validation_epoch_end(self) -> None:
+        """Image -> report and report -> image recall@1/5/10 over every validation pair (of every process)."""
+        pairs = getattr(self, "_val_pairs", [])
+        width = self.model.bridge.proj.out_features
+        img = torch.cat([p[0] for p in pairs]) if pairs else torch.zeros(0, width, device=self.device)
+        txt = torch.cat([p[1] for p in pairs]) if pairs else torch.zeros(0, width, device=self.device)
+        keys = torch.cat([p[2] for p in pairs]) if pairs else torch.zeros(0, 2, dtype=torch.long, device=self.device)
+        if process_count() > 1:  # every process computes the same figures over the union
+            counts = pair_counts(img.shape[0], self.device)
+            img, txt = gather_rows(img, counts), gather_rows(txt, counts)
+            keys = gather_rows(keys, counts, dtype=torch.float64)
+        self._val_pairs = []
+        if img.shape[0] < 2:
+            return
+        for name, value in recall_at_k(img, txt, keys).items():
+            self.log(f"val/{name}", value)
+        self.log("val/retrieval_pairs", float(img.shape[0]))
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
-        self.model.update_teacher()  # after each real update, not per micro-batch
+        # after each real update, not per micro-batch: open_clip's clamp of the learned temperature, the EMA teacher
+        self.model.clamp_logit_scale()
+        self.model.update_teacher()
+
+    def temperature(self) -> torch.Tensor:
+        """CLIP's temperature, as logged (`train/temperature`)."""
+        return self.model.temperature()
 
     # ------------------------------------------------------------------ optimisation
     def effective_batch_size(self) -> int:
@@ -184,12 +258,25 @@ class MaskedClipPretraining(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         lr = hp.lr if hp.lr is not None else scaled_lr(hp.base_lr, self.trainer)
-        # trainable parameters only: the EMA teacher and BERT's unused pooler are frozen
-        groups = param_groups_weight_decay(self.model, hp.weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY)
+        # trainable parameters only: the EMA teacher, BERT's unused pooler and locked layers are frozen
+        groups = []
+        for part, scale in self._lr_parts():
+            for group in param_groups_weight_decay(part, hp.weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY):
+                if group["params"]:
+                    groups.append({**group, "lr": lr * scale})
         # foreach: one fused update over the many small tensors of two towers and two decoders (CPU too)
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, foreach=True)
         scheduler = WarmupCosineSchedule(optimizer, weight_decay_end=hp.weight_decay_end, min_lr_ratio=hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _lr_parts(self) -> list[tuple[nn.Module, float]]:
+        """The model in parts with their learning-rate multiples: text tower, image tower, the rest."""
+        hp, model = self.hparams, self.model
+        towers = {"text", "encoder", "bridge"}
+        rest = nn.ModuleDict({name: child for name, child in model.named_children() if name not in towers})
+        rest.register_parameter("logit_scale", model.logit_scale)
+        image = nn.ModuleList([model.encoder, model.bridge])
+        return [(model.text, hp.text_lr_scale), (image, hp.image_lr_scale), (rest, 1.0)]
 
     def on_train_start(self) -> None:
         # the horizon is known only now (see MaskedPretraining.configure_optimizers)

@@ -57,10 +57,12 @@ class TextEncoder(nn.Module):
             if getattr(self.tower.transformer, "pooler", None) is not None:
                 self.tower.transformer.pooler.requires_grad_(False)  # never used: see the class docstring
         config = self.tower.config
-        if config.vocab_size != vocab_size or config.pad_token_id != pad_token_id:
+        # a table with more rows than the tokenizer has tokens is fine (hub checkpoints pad theirs, e.g. to a
+        # multiple of 8); fewer rows would leave some ids without an embedding
+        if config.vocab_size < vocab_size or config.pad_token_id != pad_token_id:
             raise ValueError(
-                f"{folder}: the BERT's vocabulary ({config.vocab_size}, pad id {config.pad_token_id}) is not the "
-                f"tokenizer's ({vocab_size}, pad id {pad_token_id})"
+                f"{folder}: the BERT's vocabulary ({config.vocab_size} rows, pad id {config.pad_token_id}) does not "
+                f"cover the tokenizer's ({vocab_size} tokens, pad id {pad_token_id})"
             )
         if context_length > config.max_position_embeddings:
             raise ValueError(
@@ -68,6 +70,17 @@ class TextEncoder(nn.Module):
                 f"{config.max_position_embeddings}"
             )
         self.context_length = context_length
+
+    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """open_clip's `lock_text_tower` semantics: freeze the BERT (embeddings and layers) but its last
+        `unlocked_layers` layers; LayerNorm weights stay trainable when `freeze_layer_norm` is false; the projection
+        P_T is never frozen. (open_clip's own `HFTextEncoder.lock` fails for BERT when layers stay unlocked.)"""
+        bert = self.tower.transformer
+        layers = list(bert.encoder.layer)
+        frozen = [bert.embeddings, *layers][: len(layers) + 1 - unlocked_layers]
+        for module in frozen:
+            for name, param in module.named_parameters():
+                param.requires_grad = (not freeze_layer_norm) if "LayerNorm" in name.split(".") else False
 
     @property
     def config(self):

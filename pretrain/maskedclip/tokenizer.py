@@ -55,6 +55,11 @@ class ReportTokenizer:
             truncation=True,
         ).input_ids
 
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Token counts of `texts` untruncated, special tokens included (> context_length: truncated)."""
+        ids = self.hf([self._clean(text) for text in texts], truncation=False, padding=False).input_ids
+        return [len(row) for row in ids]
+
     def empty(self) -> torch.Tensor:
         """Ids of an item without a report: padding only (never read by the model)."""
         return torch.full((self.context_length,), self.pad_token_id, dtype=torch.long)
