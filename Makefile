@@ -20,9 +20,10 @@ ZEROSHOT_PROMPTS ?= configs/zeroshot/sample.yaml
 install:
 	python3 -m venv .venv
 	.venv/bin/pip install --upgrade pip
-	# torch first, pinned exactly: a looser spec pulls a multi-GB download (see README).
-	.venv/bin/pip install torch==2.14.1 torchvision==0.29.1
-	.venv/bin/pip install -e '.[dev]'
+	# Exact versions from constraints.txt (pyproject.toml states ranges). torch first: a looser torch pulls a
+	# multi-GB download (see README).
+	.venv/bin/pip install -c constraints.txt torch torchvision
+	.venv/bin/pip install -c constraints.txt -e '.[dev]'
 
 test:
 	$(PY) -m pytest -n 2 -q
