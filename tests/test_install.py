@@ -1,0 +1,223 @@
+"""Installed like a library, run like a tool: version ranges + constraints, the `mwm` command, shipped configs found
+from any folder, config-relative paths, a non-editable install into a fresh venv."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from configs import resolve_config, resolve_config_args, shipped_dir
+from localize.config import LocalizeConfig
+from localize.prompts import PromptConfig
+from mwm.cli import PHASES, main
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def constraints() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+# ---------------------------------------------------------------------------------------------- item 1
+def test_pyproject_states_ranges_and_constraints_pin_a_version_inside_each():
+    pins = constraints()
+    project = PYPROJECT["project"]
+    requirements = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    for req in requirements:
+        name = req.name.lower().replace("_", "-")
+        assert not any(s.operator == "==" for s in req.specifier), (
+            f"{req}: a range in pyproject, the pin in constraints"
+        )
+        assert name in pins, f"{req.name} has no exact version in constraints.txt"
+        assert req.specifier.contains(pins[name]), f"constraints.txt's {name}=={pins[name]} is outside {req}"
+    torch = next(r for r in requirements if r.name == "torch")
+    # a cluster's torch is kept: no upper bound, and an old enough floor (2.4, 2024)
+    assert all(s.operator == ">=" for s in torch.specifier) and torch.specifier.contains("2.4.0")
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"  # the pair on this machine's disk
+    python = project["requires-python"]
+    assert all(f"3.{minor}" in _python_range(python) for minor in (11, 12, 13)), python
+    make = (ROOT / "Makefile").read_text()
+    assert "-c constraints.txt -e '.[dev]'" in make
+
+
+def _python_range(spec: str) -> set[str]:
+    from packaging.specifiers import SpecifierSet
+
+    return {f"3.{m}" for m in range(8, 16) if SpecifierSet(spec).contains(f"3.{m}.0")}
+
+
+# ---------------------------------------------------------------------------------------------- items 2, 3
+def test_shipped_configs_are_found_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    release = shipped_dir() / "localize" / "release.yaml"
+    assert resolve_config("release.yaml") == release  # a bare name one shipped config has
+    assert resolve_config("configs/localize/release.yaml") == release  # the README's spelling, from elsewhere
+    assert resolve_config("localize/release.yaml") == release
+    assert resolve_config("nowhere.yaml") == Path("nowhere.yaml")  # unchanged: the caller names what was written
+    (tmp_path / "release.yaml").write_text("clip: x\n")
+    assert resolve_config("release.yaml") == Path("release.yaml")  # the user's own file wins
+    args = resolve_config_args(["fit", "--config", "tiny_cpu.yaml", "--config=configs/pretrain/control_cpu.yaml"])
+    assert args == [
+        "fit",
+        "--config",
+        str(shipped_dir() / "pretrain" / "tiny_cpu.yaml"),
+        f"--config={shipped_dir() / 'pretrain' / 'control_cpu.yaml'}",
+    ]
+
+
+def test_a_bare_name_several_shipped_configs_share_is_refused(tmp_path, monkeypatch):
+    shipped = tmp_path / "shipped"
+    for sub in ("pretrain", "zeroshot"):
+        (shipped / sub).mkdir(parents=True)
+        (shipped / sub / "tiny.yaml").write_text("x: 1\n")
+    (shipped / "pretrain" / "only.yaml").write_text("x: 1\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"several shipped configs.*pretrain/tiny.yaml, zeroshot/tiny.yaml"):
+        resolve_config("tiny.yaml", shipped)
+    assert resolve_config("only.yaml", shipped) == shipped / "pretrain" / "only.yaml"
+    assert resolve_config("zeroshot/tiny.yaml", shipped) == shipped / "zeroshot" / "tiny.yaml"
+
+
+def test_paths_inside_a_localize_config_resolve_against_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "project" / "configs"
+    folder.mkdir(parents=True)
+    (folder / "my_prompts.yaml").write_text("modalities:\n  CT: [lungs]\n")
+    (folder / "my.yaml").write_text(
+        "clip: local-dir:models/clip\nsam: custom:models/sam.pth\nprompts: my_prompts.yaml\nrefine: {use_sam: true}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = LocalizeConfig.load(folder / "my.yaml")
+    assert config.prompts == str(folder / "my_prompts.yaml")
+    assert PromptConfig.load(config.prompts).for_modality("CT").prompts == ("lungs",)
+    assert config.clip == f"local-dir:{folder / 'models' / 'clip'}"
+    assert config.sam == f"custom:{folder / 'models' / 'sam.pth'}"
+    # the same file through a relative path from its parent folder
+    monkeypatch.chdir(tmp_path / "project")
+    assert LocalizeConfig.load("configs/my.yaml").prompts == str(folder / "my_prompts.yaml")
+    # command-line values stay relative to the working folder
+    assert LocalizeConfig.load("configs/my.yaml", ["prompts=p.yaml"]).prompts == "p.yaml"
+    dict_sam = folder / "dict.yaml"
+    dict_sam.write_text("sam: {arch: custom, checkpoint: s.pth}\nclip: local-dir:/abs/clip\n")
+    loaded = LocalizeConfig.load(dict_sam)
+    assert (
+        loaded.sam == {"arch": "custom", "checkpoint": str(folder / "s.pth")} and loaded.clip == "local-dir:/abs/clip"
+    )
+
+
+def test_the_release_config_runs_one_prompt_per_modality_through_the_lung_window(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # from another folder, by its shipped name
+    config = LocalizeConfig.load("release.yaml")
+    prompts = PromptConfig.load(config.prompts)
+    for modality in ("MR", "CT", "XR", "US"):
+        assert len(prompts.for_modality(modality).prompts) == 1, modality
+    assert prompts.for_modality("MR").prompts == ("brain tumor",)
+    assert "lung" in prompts.for_modality("CT").prompts[0] and config.intensity == {"ct_window": "lung"}
+    assert str(config.sam).startswith("vit_h:") and config.sam.endswith("sam_vit_h_4b8939.pth")
+
+
+@pytest.mark.parametrize("phase", sorted(PHASES))
+def test_every_mwm_phase_answers_help(phase, capsys):
+    try:
+        code = main([phase, "--help"])
+    except SystemExit as e:  # argparse-based mains exit after printing help
+        code = e.code
+    assert code in (0, None)
+    out = capsys.readouterr().out
+    assert "usage" in out.lower() and len(out) > 80
+
+
+def test_mwm_without_a_phase_lists_them_and_refuses_an_unknown_one(capsys):
+    assert main([]) == 2
+    listed = capsys.readouterr().out
+    assert all(f"  {name} " in listed for name in PHASES)
+    assert main(["train"]) == 2 and "unknown phase 'train'" in capsys.readouterr().err
+    assert main(["--version"]) == 0 and re.match(r"mwm \d+\.\d+\.\d+", capsys.readouterr().out)
+
+
+# ---------------------------------------------------------------------------------------------- item 2: installed
+def _copy_sources(dest: Path) -> Path:
+    """The files a wheel is built from (a copy, so the build leaves nothing in the checkout)."""
+    include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {name.rstrip("*") for name in include}
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in packages:
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+def test_a_non_editable_install_in_a_fresh_venv_runs_mwm_and_finds_its_configs(tmp_path):
+    """A wheel built from the sources, installed (no dependencies: they come from this interpreter's environment,
+    added after the venv's own site-packages) into a new venv; `mwm` then runs from an unrelated folder."""
+    pytest.importorskip("setuptools")
+    source = _copy_sources(tmp_path / "src")
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), "."],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = wheels.glob("mask_what_matters-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    # the dependencies: this environment's site-packages, after the venv's own (whose copy of the package wins);
+    # its .pth files are not run from here, so an editable install of the checkout there stays inactive
+    deps = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    (site / "zz_dependencies.pth").write_text("\n".join(deps) + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    python = venv / "bin" / "python"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(args, cwd=elsewhere, capture_output=True, text=True, env=env, timeout=300)
+
+    probe = run(
+        str(python),
+        "-c",
+        "import configs, data, localize.prompts as p; from configs import resolve_config as r; "
+        "print(data.__file__); print(r('release.yaml')); print(r('configs/pretrain/tiny_cpu.yaml')); "
+        "print(p.DEFAULT_PROMPTS_PATH.is_file())",
+    )
+    assert probe.returncode == 0, probe.stderr
+    imported, release, tiny, prompts_found = probe.stdout.split()
+    assert Path(imported).is_relative_to(site)  # the installed copy, not the checkout
+    assert Path(release).is_relative_to(site) and Path(release).is_file()
+    assert Path(tiny).is_relative_to(site) and Path(tiny).is_file() and prompts_found == "True"
+    mwm = venv / "bin" / "mwm"
+    version = run(str(mwm), "--version")
+    assert version.returncode == 0 and version.stdout.startswith(f"mwm {PYPROJECT['project']['version']}")
+    # a LightningCLI phase reads a shipped config given by its bare name, from this unrelated folder
+    printed = run(str(mwm), "pretrain", "fit", "--config", "tiny_cpu.yaml", "--print_config")
+    assert printed.returncode == 0, printed.stderr
+    assert "input_size" in printed.stdout
