@@ -221,3 +221,52 @@ def test_a_non_editable_install_in_a_fresh_venv_runs_mwm_and_finds_its_configs(t
     printed = run(str(mwm), "pretrain", "fit", "--config", "tiny_cpu.yaml", "--print_config")
     assert printed.returncode == 0, printed.stderr
     assert "input_size" in printed.stdout
+
+
+# ---------------------------------------------------------------------------------------------- item 4
+def test_code_version_is_the_package_version_plus_the_checkout_commit(tmp_path):
+    import importlib.metadata
+
+    from data.provenance import _git_commit, code_version
+
+    assert code_version().split("+")[0] == importlib.metadata.version("mask-what-matters")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "-C", str(repo), "add", "."], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-q", "-m", "one"], check=True)
+    head = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    commit = _git_commit(repo)
+    assert commit is not None and head.startswith(commit) and len(commit) >= 7
+    # a package installed inside some other repository (a venv in a project folder) reports no commit
+    assert _git_commit(repo / "pkg") is None
+    (repo / "pkg" / "a.py").write_text("x = 2\n")
+    assert _git_commit(repo) == f"{commit}.dirty"
+    assert _git_commit(tmp_path / "nowhere") is None
+
+
+def test_checkpoints_of_pretraining_and_finetuning_record_the_code_version():
+    from data.provenance import code_version
+    from finetune.task import FinetuneTask
+    from pretrain.module import MaskedPretraining
+
+    for module in (MaskedPretraining("resnet18", 64, decoder_width=32), FinetuneTask("resnet18", "scratch")):
+        checkpoint: dict = {}
+        module.on_save_checkpoint(checkpoint)
+        assert checkpoint["code_version"] == code_version(), type(module).__name__
+
+
+def test_a_hub_model_is_recorded_with_the_revision_it_resolved_to(tmp_path):
+    from localize.clip_loader import hub_revision
+
+    spec = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+    assert hub_revision(spec, tmp_path) is None  # not downloaded on this machine
+    refs = tmp_path / "models--microsoft--BiomedCLIP-PubMedBERT_256-vit_base_patch16_224" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("9f341de24bfb00180f1b847274256e9b65a3a32e")
+    assert hub_revision(spec, tmp_path) == "9f341de24bfb00180f1b847274256e9b65a3a32e"
+    assert hub_revision("local-dir:/x", tmp_path) is None
