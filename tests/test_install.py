@@ -270,3 +270,66 @@ def test_a_hub_model_is_recorded_with_the_revision_it_resolved_to(tmp_path):
     (refs / "main").write_text("9f341de24bfb00180f1b847274256e9b65a3a32e")
     assert hub_revision(spec, tmp_path) == "9f341de24bfb00180f1b847274256e9b65a3a32e"
     assert hub_revision("local-dir:/x", tmp_path) is None
+
+
+# ---------------------------------------------------------------------------------------------- item 8
+def test_the_models_doc_download_fetches_every_text_tower_file_the_loader_asks_for():
+    import fnmatch
+    import shlex
+
+    from data.clip_folder import HF_CONFIG_NAME, TOKENIZER_FILE_NAMES
+
+    text = (ROOT / "docs" / "MODELS.md").read_text()
+    command = re.search(r"hf download microsoft/BiomedNLP-BiomedBERT\S+ (.*?)--local-dir", text, re.S)
+    assert command, "docs/MODELS.md has the BERT download command"
+    words = shlex.split(command.group(1).replace("\\\n", " "))
+    patterns = words[words.index("--include") + 1 :] if "--include" in words else words
+    # what the loader's messages ask for, beside open_clip's files (docs/MODELS.md, data/clip_folder.py)
+    wanted = [HF_CONFIG_NAME, *TOKENIZER_FILE_NAMES, "tokenizer_config.json", "special_tokens_map.json"]
+    for name in wanted:
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), f"{name} is not fetched by {patterns}"
+    assert not any(fnmatch.fnmatch("pytorch_model.bin", p) for p in patterns)  # not the BERT weights
+
+
+def test_the_repository_refers_to_no_file_it_does_not_hold_and_has_its_license():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout")
+    texts = [ROOT / f for f in tracked.stdout.split() if f.endswith((".md", ".py", ".yaml", ".txt", ".ipynb"))]
+    this = Path(__file__).resolve()
+    for path in texts:
+        if path.resolve() == this or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for phrase in ("FACTS.md", "project brief", "/work/.library"):
+            assert phrase not in text, f"{path.relative_to(ROOT)} refers to {phrase!r}, which the repository lacks"
+    license_text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert PYPROJECT["project"]["license"] == {"text": "Apache-2.0"}
+    assert not (ROOT / "pixel_stats.json").exists()  # written into the working folder by a run without logger
+
+
+def test_the_makefile_follows_the_readme_path(tmp_path):
+    """`make pretrain SQUARE=N` right after `make localize`: its own square store at input size N (the localize
+    run's store is a max-side one); `make finetune` after `make pretrain export`: from the exported backbone."""
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+
+    def dry(*args: str) -> str:
+        run = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return " ".join(run.stdout.replace("\\\n", " ").split())
+
+    work = tmp_path / "work"
+    square = dry("pretrain", f"WORK={work}", "SQUARE=64")
+    assert f"--out {work}/packed_64.zarr --square 64" in square
+    assert f"--data.packed {work}/packed_64.zarr" in square and "--model.input_size 64" in square
+    plain = dry("pretrain", f"WORK={work}")
+    assert f"--out {work}/packed.zarr --no-progress" in plain and "--model.input_size" not in plain
+    chosen = dry("pretrain", f"WORK={work}", "SQUARE=64", f"PACKED={tmp_path}/mine.zarr")
+    assert f"--data.packed {tmp_path}/mine.zarr" in chosen
+    assert "--model.init" not in dry("finetune", f"WORK={work}")  # nothing exported yet: the config's init
+    work.mkdir()
+    (work / "backbone.pt").write_bytes(b"")
+    assert f"--model.init {work}/backbone.pt" in dry("finetune", f"WORK={work}")
+    assert f"--out {work}/backbone.pt" in dry("export", f"WORK={work}", "PRETRAIN_CKPT=x.ckpt")
