@@ -333,3 +333,21 @@ def test_the_makefile_follows_the_readme_path(tmp_path):
     (work / "backbone.pt").write_bytes(b"")
     assert f"--model.init {work}/backbone.pt" in dry("finetune", f"WORK={work}")
     assert f"--out {work}/backbone.pt" in dry("export", f"WORK={work}", "PRETRAIN_CKPT=x.ckpt")
+
+
+def test_a_cache_that_recorded_the_method_version_as_code_version_stays_resumable(tmp_path):
+    from data.manifest import scan_corpus
+    from data.provenance import ProvenanceMismatch
+    from data.roi_cache import RoiCache
+    from data.sample import write_sample_corpus
+
+    write_sample_corpus(tmp_path / "corpus", n=3, seed=0, size=48)
+    manifest, _ = scan_corpus(tmp_path / "corpus", progress=False, workers=1)
+    old = {"clip": {"source": "x"}, "precision": "fp32", "code_version": "0.2.0"}  # as caches before this change
+    RoiCache.create(tmp_path / "old.zarr", manifest, old, mask_size=16)
+    now = {"clip": {"source": "x"}, "precision": "fp32", "localizer_version": 2}
+    assert RoiCache.open(tmp_path / "old.zarr", mode="r+", provenance=now).provenance == now
+    with pytest.raises(ProvenanceMismatch, match="localizer_version"):  # an older method version is still refused
+        RoiCache.open(tmp_path / "old.zarr", mode="r+", provenance={**now, "localizer_version": 3})
+    fresh = RoiCache.create(tmp_path / "new.zarr", manifest, now, mask_size=16)
+    assert fresh.info["code_version"] and "code_version" not in fresh.provenance
