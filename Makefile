@@ -5,6 +5,11 @@ CORPUS  ?= $(WORK)/corpus
 CACHE   ?= $(WORK)/roi_cache.zarr
 PACKED  ?= $(WORK)/packed.zarr
 SQUARE  ?=
+# The store pretraining reads: with SQUARE=N a square store of its own (the localize run's store is a max-side one,
+# which a square pack refuses to change), unless PACKED names one.
+PRETRAIN_PACKED ?= $(if $(SQUARE),$(if $(filter $(WORK)/packed.zarr,$(PACKED)),$(WORK)/packed_$(SQUARE).zarr,$(PACKED)),$(PACKED))
+# The backbone `make export` writes; `make finetune` starts from it when it exists (else from scratch, said so).
+BACKBONE ?= $(WORK)/backbone.pt
 SMALL   ?= $(WORK)/small
 LOCALIZE_CONFIG ?= $(SMALL)/localize.yaml
 PRETRAIN_CONFIG ?= configs/pretrain/tiny_cpu.yaml
@@ -21,9 +26,10 @@ ZEROSHOT_PROMPTS ?= configs/zeroshot/sample.yaml
 install:
 	python3 -m venv .venv
 	.venv/bin/pip install --upgrade pip
-	# torch first, pinned exactly: a looser spec pulls a multi-GB download (see README).
-	.venv/bin/pip install torch==2.14.1 torchvision==0.29.1
-	.venv/bin/pip install -e '.[dev]'
+	# Exact versions from constraints.txt (pyproject.toml states ranges). torch first: a looser torch pulls a
+	# multi-GB download (see README).
+	.venv/bin/pip install -c constraints.txt torch torchvision
+	.venv/bin/pip install -c constraints.txt -e '.[dev]'
 
 test:
 	$(PY) -m pytest -n 2 -q
@@ -52,18 +58,20 @@ inspect:
 	$(PY) -m localize inspect --cache $(CACHE) --corpus $(CORPUS) --out $(WORK)/inspect
 
 # Reads the images from the packed store (made, or completed, first: docs/PACKING.md); PACKED= reads the files.
-# SQUARE=N packs at the preset's input size N (augment: resize), the loader's fast path: e.g. for the GPU preset
-# `make pretrain PRETRAIN_CONFIG=configs/pretrain/mwm_resnet50.yaml SQUARE=224 PACKED=work/packed_224.zarr`.
+# SQUARE=N packs N x N images into $(WORK)/packed_N.zarr (augment: resize), the loader's fast path, and trains at
+# input size N: e.g. `make pretrain SQUARE=64` after `make localize`, or for the GPU preset
+# `make pretrain PRETRAIN_CONFIG=configs/pretrain/mwm_resnet50.yaml SQUARE=224`.
 pretrain:
-	@if [ -n "$(PACKED)" ]; then $(PY) -m data pack --corpus $(CORPUS) --cache $(CACHE) --out $(PACKED) \
-	  $(if $(SQUARE),--square $(SQUARE)) --no-progress; fi
+	@if [ -n "$(PRETRAIN_PACKED)" ]; then $(PY) -m data pack --corpus $(CORPUS) --cache $(CACHE) \
+	  --out $(PRETRAIN_PACKED) $(if $(SQUARE),--square $(SQUARE)) --no-progress; fi
 	$(PY) -m pretrain fit --config $(PRETRAIN_CONFIG) --data.corpus $(CORPUS) --data.cache $(CACHE) \
-	  $(if $(PACKED),--data.packed $(PACKED)) --trainer.default_root_dir $(WORK)/pretrain
+	  $(if $(PRETRAIN_PACKED),--data.packed $(PRETRAIN_PACKED)) $(if $(SQUARE),--model.input_size $(SQUARE)) \
+	  --trainer.default_root_dir $(WORK)/pretrain
 
 # The newest last.ckpt under $(WORK)/pretrain unless PRETRAIN_CKPT is given.
 export:
 	$(PY) -m pretrain export $${PRETRAIN_CKPT:-$$(ls -t $(WORK)/pretrain/logs/version_*/checkpoints/last.ckpt | head -n 1)} \
-	  --out $(WORK)/backbone.pt
+	  --out $(BACKBONE)
 
 # MaskedCLIP on the corpus, its ROI cache and its image-report pairs (the sample corpus writes $(CORPUS)/reports.csv)
 maskedclip:
@@ -81,8 +89,12 @@ zeroshot:
 	$(PY) -m finetune zeroshot --clip $(CLIP) --prompts $(ZEROSHOT_PROMPTS) --root $(CORPUS) \
 	  --results-dir $(WORK)/results/finetune
 
+# Starts from $(BACKBONE) (`make pretrain export`) when it exists, else from the config's init (scratch), said so.
 finetune:
+	@test -f $(BACKBONE) && echo "finetune: from the exported backbone $(BACKBONE)" || \
+	  echo "finetune: no $(BACKBONE) (make pretrain export): the config's init ($(FINETUNE_CONFIG))"
 	$(PY) -m finetune classify fit --config $(FINETUNE_CONFIG) --data.root $(CORPUS) \
+	  $(if $(wildcard $(BACKBONE)),--model.init $(BACKBONE)) \
 	  --trainer.default_root_dir $(WORK)/finetune --results_dir $(WORK)/results/finetune
 
 # The newcomer's end-to-end path on CPU, no network: sample corpus -> localize -> inspect -> pretrain -> probe.
@@ -105,7 +117,7 @@ demo:
 	$(MAKE) --no-print-directory localize eval inspect
 	$(MAKE) --no-print-directory pretrain export
 	$(PY) -m finetune classify fit --config $(FINETUNE_CONFIG) --data.root $(CORPUS) \
-	  --model.init $(WORK)/backbone.pt --model.mode linear_probe \
+	  --model.init $(BACKBONE) --model.mode linear_probe \
 	  --trainer.default_root_dir $(WORK)/finetune --results_dir $(WORK)/results/finetune
 	@echo "demo artefacts:"
 	@echo "  corpus           $(CORPUS)"

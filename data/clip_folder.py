@@ -8,7 +8,7 @@ MaskedCLIP export. A folder holds::
     config.json  vocab.txt  tokenizer.json  tokenizer_config.json  the BERT config and tokenizer files
 
 The config's `text_cfg.hf_model_name` / `hf_tokenizer_name` point at the folder itself, so open_clip finds the
-BERT config and tokenizer offline (see FACTS.md, "offline trap").
+BERT config and tokenizer offline (docs/MODELS.md: the text tower asks the hub for its config even for `local-dir:`).
 
 Loader (`load_open_clip(spec, device) -> LoadedClip(model, tokenizer, preprocess, source)`), for `localize` (its
 CLIP) and `finetune zeroshot`, never with random weights. Specs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -46,16 +47,40 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"provenance value {obj!r} is not JSON-serialisable")
 
 
+DISTRIBUTION = "mask-what-matters"
+
+
 def code_version() -> str:
-    """`git describe --always --dirty` of this code's repository, or 'unknown' outside git / without commits."""
+    """The code's one version string, recorded in caches, packed stores, checkpoints, exports and results: the
+    package's version from its metadata, plus the git commit (and `.dirty` with uncommitted changes) when this code
+    runs from a git checkout of the project, e.g. '0.1.0+git.a06e5c4' or '0.1.0+git.a06e5c4.dirty'; the version
+    alone for an installed wheel; 'unknown' when neither is known."""
     try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+        version = importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    commit = _git_commit(Path(__file__).resolve().parents[1])
+    if commit is None:
+        return version or "unknown"
+    return f"{version or 'unknown'}+git.{commit}"
+
+
+def _git_commit(root: Path) -> str | None:
+    """Short commit (+'.dirty') of the git checkout whose top folder is `root`; None elsewhere (an installed package
+    inside some other repository, e.g. a venv in a project folder, must not report that repository's commit)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if not top or Path(top).resolve() != root:
+        return None
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return None
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"{commit}.dirty" if dirty else commit

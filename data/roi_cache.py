@@ -48,7 +48,7 @@ import pandas as pd
 import zarr
 
 from data.item_store import DONE, FAILED, PENDING, STATUS_NAMES, ItemStore
-from data.provenance import ProvenanceMismatch, canonical
+from data.provenance import ProvenanceMismatch, canonical, code_version
 from data.roi_rects import expanded_rects, fill_rects
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class RoiCache(ItemStore):
         super().__init__(group, path, self.geometry.shard_items)
         self.mask_size, self.max_boxes = self.geometry.mask_size, self.geometry.max_boxes
         self.max_rects = self.geometry.max_rects
-        self.provenance: dict[str, Any] = attrs["provenance"]
+        self.provenance: dict[str, Any] = _current_keys(attrs["provenance"])
         self.info: dict[str, Any] = attrs.get("info", {})
         if not self.has_grouping_keys():
             log.warning(
@@ -134,7 +134,7 @@ class RoiCache(ItemStore):
             "schema_version": SCHEMA_VERSION,
             **asdict(geometry),
             "provenance": canonical(provenance),
-            "info": canonical(info or {}),
+            "info": canonical({"code_version": code_version(), **(info or {})}),
         }
         path = Path(path)
         with cls.building(path) as tmp:  # made under a temporary name, then renamed into place
@@ -338,3 +338,13 @@ def _from_square(img_ss: np.ndarray, size_hw: tuple[int, int], interpolation: in
     if img_ss.shape == size_hw:
         return img_ss.copy()
     return cv2.resize(img_ss, (size_hw[1], size_hw[0]), interpolation=interpolation)
+
+
+def _current_keys(provenance: dict[str, Any]) -> dict[str, Any]:
+    """A provenance with today's key names: caches written before the code version moved to `info` recorded the
+    localizer's method version as `code_version` '0.2.0' (now `localizer_version` 2), so they stay resumable."""
+    legacy = provenance.get("code_version")
+    if isinstance(legacy, str) and "localizer_version" not in provenance and "clip" in provenance:
+        provenance = {k: v for k, v in provenance.items() if k != "code_version"}
+        provenance["localizer_version"] = int(legacy.split(".")[1]) if legacy.startswith("0.") else legacy
+    return provenance

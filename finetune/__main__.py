@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from configs import resolve_config_args
+
 # task -> (module, LightningModule class, LightningDataModule class)
 TASKS = {
     "classify": ("finetune.classify", "ClassificationModule", "ClassificationData"),
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(USAGE)
         return 0 if argv else 2
-    task, rest = argv[0], argv[1:]
+    task, rest = argv[0], resolve_config_args(argv[1:])  # shipped configs from any folder
     if task == "zeroshot":  # an evaluation, not a Lightning run
         from finetune.zeroshot import main as zeroshot_main
 

@@ -26,7 +26,7 @@ File: ``<results_dir>/<task>-<backbone>-<init>-f<train_fraction>-s<seed>-<UTC ti
     n_test          test examples
     config          the full resolved run configuration (LightningCLI), as a mapping
     timestamp       ISO-8601 UTC time the file was written
-    code_version    `git describe --always --dirty` of the code, or 'unknown'
+    code_version    the code's version (data.provenance.code_version: package version + git commit)
     details         task-specific extras (class names, load report, artifact paths, ...) and `splits`:
                     {split: {patients, items}} of the splits used (train after train_fraction)
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.intensity_follow import follow_intensity, recorded_intensity, require_same_intensity
 from data.packed_store import PackedStore
+from data.provenance import code_version
 from data.splits import SPLITS, patient_groups, split_counts
 from finetune.backbone import PRETRAINED, InitSpec, LoadReport
 from finetune.data import stratified_subset
@@ -63,6 +64,9 @@ class FinetuneTask(pl.LightningModule):
         if isinstance(schedule, WarmupCosineSchedule):
             warmup_epochs, warmup_steps = getattr(self, "_warmup", (0.0, 0))
             set_run_horizon(self.trainer, schedule, warmup_epochs, warmup_steps)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["code_version"] = code_version()  # the code that wrote it (data.provenance)
 
     def results_details(self) -> dict[str, Any]:
         """Task-specific extras for the results JSON."""

@@ -43,6 +43,7 @@ def _run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             pack_path=args.pack,
             wait_s=args.wait,
+            dashboard=args.dashboard or None,
         )
     except Exception as e:  # a full disk or a denied write: one line naming the cache, not a traceback
         line = write_error_line(e, args.cache)
@@ -94,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override any config field, e.g. --set saliency.preset=fast --set refine.top_k=1",
     )
     run.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
+    run.add_argument(
+        "--dashboard",
+        default=":8787",
+        help="the local Dask cluster's dashboard address, its link printed (default :8787; '' = none)",
+    )
     run.add_argument(
         "--workers", type=int, help="local Dask workers (default: one per GPU, else sized to the CPU); 0 = no Dask"
     )

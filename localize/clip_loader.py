@@ -24,11 +24,30 @@ __all__ = [
     "ClipPreprocess",
     "LoadedClip",
     "check_clip_folder",
+    "hub_revision",
     "file_sha256",
     "load_biomedclip",
 ]
 
 BIOMEDCLIP_HUB_SPEC = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+
+
+def hub_revision(spec: str, cache_dir: str | Path | None = None) -> str | None:
+    """The commit a `hf-hub:ORG/NAME` model resolved to on this machine: the Hugging Face cache's `refs/main`
+    (written when the model was downloaded), or None when the model is not in this machine's cache (or the spec is
+    not a hub id). `cache_dir`: the hub cache (default: huggingface_hub's, which HF_HUB_CACHE / HF_HOME set)."""
+    if not spec.startswith("hf-hub:"):
+        return None
+    if cache_dir is None:
+        from huggingface_hub import constants
+
+        cache_dir = constants.HF_HUB_CACHE
+    repo = spec.removeprefix("hf-hub:").split("@")[0]
+    ref = Path(cache_dir) / f"models--{repo.replace('/', '--')}" / "refs" / "main"
+    try:
+        return ref.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def load_biomedclip(spec: str = BIOMEDCLIP_HUB_SPEC, device: torch.device | str = "cpu") -> LoadedClip:

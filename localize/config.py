@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from configs import resolve_config
 from data.intensity import IntensityConfig
 from data.roi_cache import CacheGeometry
 from localize.clip_loader import BIOMEDCLIP_HUB_SPEC
@@ -74,6 +75,10 @@ class LocalizeConfig:
         raw: dict[str, Any] = {}
         source = "<defaults>"
         if path is not None:
+            try:
+                path = resolve_config(path)  # as given, else a shipped config (`release.yaml`)
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
             source = str(path)
             try:
                 raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -81,6 +86,7 @@ class LocalizeConfig:
                 raise ConfigError(f"cannot read localize config {source}: {e}") from e
             if not isinstance(raw, Mapping):
                 raise ConfigError(f"{source}: expected a mapping at the top level")
+            raw = anchor_paths(raw, Path(path).resolve().parent)
         raw = copy.deepcopy(dict(raw))
         for item in overrides:
             key, sep, value = item.partition("=")
@@ -135,6 +141,31 @@ class LocalizeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def anchor_paths(raw: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """`raw` with the relative file paths a config file names (prompts file, `local-dir:` / `hf-biomedclip:` CLIP
+    folder, SAM checkpoint) made relative to `folder`, the config file's own folder, not the working directory.
+    Command-line values (flags, `--set`) are not anchored: they stay relative to the working directory."""
+
+    def anchored(value: str) -> str:
+        p = Path(value).expanduser()
+        return value if p.is_absolute() else str(folder / p)
+
+    out = dict(raw)
+    if isinstance(out.get("prompts"), str):
+        out["prompts"] = anchored(out["prompts"])
+    clip = out.get("clip")
+    for prefix in ("local-dir:", "hf-biomedclip:"):
+        if isinstance(clip, str) and clip.startswith(prefix):
+            out["clip"] = prefix + anchored(clip.removeprefix(prefix))
+    sam = out.get("sam")
+    if isinstance(sam, Mapping) and isinstance(sam.get("checkpoint"), str):
+        out["sam"] = {**sam, "checkpoint": anchored(sam["checkpoint"])}
+    elif isinstance(sam, str) and ":" in sam:
+        arch, _, checkpoint = sam.partition(":")
+        out["sam"] = f"{arch}:{anchored(checkpoint)}"
+    return out
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:

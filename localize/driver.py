@@ -29,6 +29,7 @@ from data.packed_store import PackedStore
 from data.packing import pack_corpus
 from data.roi_cache import RoiCache
 from data.store_lock import StoreLock
+from localize.clip_loader import hub_revision
 from localize.config import LocalizeConfig
 from localize.job import (
     ItemProgress,
@@ -46,25 +47,42 @@ from localize.volume import series_pass
 log = logging.getLogger(__name__)
 PLUGIN_NAME = "mwm-localizer"
 PROGRESS_TOPIC = "mwm-localize-progress"
+DASHBOARD_ADDRESS = ":8787"  # Dask's usual port
 
 
 def create_cache(
-    config: LocalizeConfig, corpus: Path, cache_path: Path, manifest_path: Path | None, provenance: dict[str, Any]
+    config: LocalizeConfig,
+    corpus: Path,
+    cache_path: Path,
+    manifest_path: Path | None,
+    provenance: dict[str, Any],
+    progress: bool = True,
 ) -> RoiCache:
-    """A new cache over `manifest_path`'s items, or over a scan of the corpus."""
+    """A new cache over `manifest_path`'s items, or over a scan of the corpus; the scan's failures (path, reason)
+    go to `scan_failures_path(cache_path)`. Called once the models are loaded: a `hf-hub:` model's resolved
+    revision is then in this machine's Hugging Face cache, and recorded in the cache's info."""
+    info: dict[str, Any] = {}
     if manifest_path is not None:
         manifest = read_manifest(manifest_path)
     else:
-        manifest, failures = scan_corpus(corpus)
+        manifest, failures = scan_corpus(corpus, progress=progress, exclude=[scan_failures_path(cache_path)])
+        info["corpus_files_failed_at_scan"] = int(len(failures))
         if len(failures):
-            log.warning("%d files could not be read during the scan and are not in the cache", len(failures))
-    return RoiCache.create(
-        cache_path,
-        manifest,
-        provenance,
-        geometry=config.geometry,
-        info={"corpus_files_failed_at_scan": 0 if manifest_path else int(len(failures))},
-    )
+            failures.to_csv(scan_failures_path(cache_path), index=False)
+            log.warning(
+                "%d files could not be read during the scan and are not in the cache: %s",
+                len(failures),
+                scan_failures_path(cache_path),
+            )
+    if config.clip.startswith("hf-hub:"):
+        info["clip_revision"] = hub_revision(config.clip) or "unresolved: not in this machine's Hugging Face cache"
+    return RoiCache.create(cache_path, manifest, provenance, geometry=config.geometry, info=info)
+
+
+def scan_failures_path(cache_path: str | Path) -> Path:
+    """Beside the cache: the files its corpus scan could not read, one row each (path, reason), as CSV."""
+    cache_path = Path(cache_path)
+    return cache_path.with_name(cache_path.name.removesuffix(".zarr") + ".scan_failures.csv")
 
 
 def run_localization(
@@ -79,6 +97,7 @@ def run_localization(
     progress: bool = True,
     pack_path: str | Path | None = None,
     wait_s: float = 0.0,
+    dashboard: str | None = DASHBOARD_ADDRESS,
 ) -> RunSummary:
     """Localize every pending item of the corpus into the cache and return the run's summary.
 
@@ -89,6 +108,8 @@ def run_localization(
     The run holds the cache's lock (`data.store_lock`) throughout: a second run on the same cache waits up to
     `wait_s` seconds for it, or refuses (StoreBusy, naming the running one). Dask workers write under the client's
     lock, each its own shards, so the cache keeps a single writing run.
+    `dashboard`: the local cluster's Dask dashboard address (None: none); its link is logged, as is an existing
+    cluster's.
     """
     provenance = localizer_provenance(config)
     with StoreLock(cache_path, wait_s=wait_s, what="cache"):
@@ -103,6 +124,7 @@ def run_localization(
             retry_failed,
             progress,
             pack_path,
+            dashboard,
         )
 
 
@@ -117,6 +139,7 @@ def _run_locked(
     retry_failed: bool,
     progress: bool,
     pack_path: str | Path | None,
+    dashboard: str | None,
 ) -> RunSummary:
     started = time.perf_counter()
     existing = RoiCache.open(cache_path, mode="r+", provenance=provenance) if cache_path.exists() else None
@@ -129,10 +152,10 @@ def _run_locked(
         if existing is not None:
             log.info("resuming %s (%d items)", cache_path, existing.n_items)
         in_process = scheduler is None and workers == 0
-        runner = _local_runner(config) if in_process else _dask_runner(config, workers, scheduler)
+        runner = _local_runner(config) if in_process else _dask_runner(config, workers, scheduler, dashboard)
         with runner as run_units:
             cache = existing or create_cache(
-                config, corpus, cache_path, Path(manifest_path) if manifest_path else None, provenance
+                config, corpus, cache_path, Path(manifest_path) if manifest_path else None, provenance, progress
             )
             store = _open_store(pack_path, cache, config) if pack_path else None
             units = _plan(cache, config, retry_failed)
@@ -301,7 +324,9 @@ def local_cluster_size() -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _dask_runner(config: LocalizeConfig, workers: int | None, scheduler: str | None) -> Iterator[UnitRunner]:
+def _dask_runner(
+    config: LocalizeConfig, workers: int | None, scheduler: str | None, dashboard: str | None = DASHBOARD_ADDRESS
+) -> Iterator[UnitRunner]:
     """A local cluster (or `scheduler`'s) whose workers have loaded the models; units run as one task each."""
     from distributed import Client, LocalCluster, as_completed
 
@@ -310,11 +335,13 @@ def _dask_runner(config: LocalizeConfig, workers: int | None, scheduler: str | N
         n, threads = local_cluster_size()
         n = n if workers is None else workers
         threads = threads if workers is None else max(1, (os.cpu_count() or 1) // n)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=dashboard)
         client = Client(cluster)
     else:
         cluster, client = None, Client(scheduler)
     try:
+        if dashboard is not None or scheduler is not None:  # an address in use: Dask picks another, shown here
+            log.info("Dask dashboard: %s", client.dashboard_link)
         client.register_plugin(LocalizerPlugin(config.to_dict(), threads), name=PLUGIN_NAME)
         errors = [e for e in client.run(_load_error).values() if e]
         if errors:

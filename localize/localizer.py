@@ -22,7 +22,9 @@ from localize.refine import RefineConfig, RoiResult, refine_batch
 from localize.saliency import SaliencyMethod, build_saliency, encode_prompts, image_text_scores
 from localize.sam_loader import load_sam, parse_sam_spec
 
-CODE_VERSION = "0.2.0"  # 0.2.0: the release's M2IB and refinement by default
+# Bump when the same provenance would give other ROIs (a method change), so an older cache is not resumed with them.
+# 2: the release's M2IB and refinement by default. The code's own version is in the cache's info (data.provenance).
+LOCALIZER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def localizer_provenance(config: LocalizeConfig) -> dict[str, Any]:
         "intensity": config.intensity,  # the images the models see
         "untrained": bool(config.untrained),
         "mask_size": config.geometry.mask_size,
-        "code_version": CODE_VERSION,
+        "localizer_version": LOCALIZER_VERSION,
     }
     if config.work_max_side != WORK_MAX_SIDE:  # only when changed: caches written before it existed stay resumable
         provenance["work_max_side"] = int(config.work_max_side)

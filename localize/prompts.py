@@ -19,7 +19,9 @@ from typing import Any
 import torch
 import yaml
 
-DEFAULT_PROMPTS_PATH = Path(__file__).resolve().parents[1] / "configs" / "prompts.yaml"
+from configs import shipped_dir
+
+DEFAULT_PROMPTS_PATH = shipped_dir() / "prompts.yaml"
 COMBINE_MODES = ("union", "best")
 DEFAULT_KEY = "default"
 

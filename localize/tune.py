@@ -31,12 +31,13 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from configs import resolve_config
 from data.intensity import IntensityConfig
 from data.manifest import scan_corpus
 from data.masks import read_mask_image
 from data.readers import load_image
 from localize.clip_loader import load_biomedclip
-from localize.config import LocalizeConfig
+from localize.config import LocalizeConfig, anchor_paths
 from localize.evaluate import dice_iou
 from localize.prompts import PromptConfig
 from localize.refine import refine_batch
@@ -166,16 +167,35 @@ def tuned_config(raw: dict[str, Any], choice: dict[str, Any], prompts: PromptCon
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localize tune", description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", required=True, type=Path)
-    parser.add_argument("--config", required=True, type=Path, help="the localize YAML to start from")
+    summary, _, details = __doc__.partition("\n\n")
+    parser = argparse.ArgumentParser(
+        prog="python -m localize tune",
+        description=" ".join(summary.split()),
+        epilog=details + "\nWrites OUT (the tuned config), OUT's .grid.csv (every grid point) and .report.json.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--corpus", required=True, type=Path, help="the corpus folder to sample images from")
+    parser.add_argument(
+        "--config",
+        required=True,
+        type=Path,
+        help="the localize YAML to start from (its models, prompts: prompt_agreement needs 2+ prompts a modality)",
+    )
     parser.add_argument("--out", type=Path, help="tuned config to write (default: CONFIG's name + .tuned.yaml)")
     parser.add_argument("--truth", type=Path, help="truth masks for the report (default: CORPUS/truth if present)")
     parser.add_argument("--per-modality", type=int, default=6, help="images per modality (default 6)")
     parser.add_argument("--layers", type=int, nargs="+", help="M2IB layers (default: 2 below .. the config's)")
-    parser.add_argument("--betas", type=float, nargs="+", default=[0.01, 0.1, 1.0])
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.2, 0.3, 0.5])
-    parser.add_argument("--seed", type=int, default=0, help="seeds the sample of images")
+    parser.add_argument(
+        "--betas", type=float, nargs="+", default=[0.01, 0.1, 1.0], help="M2IB betas (default 0.01 0.1 1.0)"
+    )
+    parser.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=[0.2, 0.3, 0.5],
+        help="binarisation thresholds of the saliency map (default 0.2 0.3 0.5)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds the sample of images (default 0)")
     parser.add_argument(
         "--criterion", choices=CRITERIA, default=DEFAULT_CRITERION, help=f"what chooses (default {DEFAULT_CRITERION})"
     )
@@ -198,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         picked = table[mask & table.prompt.isin(chosen["prompts"].values())]
         report["chosen"]["dice"] = float(picked.groupby("modality").dice.max().mean())
     out = args.out or args.config.with_name(args.config.stem + ".tuned.yaml")
-    raw = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+    config_path = resolve_config(args.config)  # a shipped config by name too; its relative paths made absolute:
+    raw = anchor_paths(yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}, config_path.resolve().parent)
     tuned = tuned_config(raw, report["chosen"], PromptConfig.load(config.prompts))
     out.write_text("# written by `python -m localize tune`\n" + yaml.safe_dump(tuned, sort_keys=False))
     table.to_csv(out.with_suffix(".grid.csv"), index=False)

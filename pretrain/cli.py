@@ -24,6 +24,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
+from configs import resolve_config_args
 from pretrain.callbacks import ReconstructionPanel
 from pretrain.datamodule import RoiDataModule
 from pretrain.export import export_backbone
@@ -101,7 +102,9 @@ Run `python -m pretrain fit --help` (or `--print_config`) for every option."""
 
 def main(argv: Sequence[str] | None = None) -> int:
     from_command_line = argv is None
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = resolve_config_args(sys.argv[1:] if argv is None else argv)  # shipped configs from any folder
+    if from_command_line:  # LightningCLI reads sys.argv itself
+        sys.argv[1:] = argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2

@@ -269,11 +269,14 @@ class RoiDataModule(pl.LightningDataModule):
         return intensity
 
     def _record_pixel_stats(self) -> None:
-        """The statistics as numbers: in this module's hparams (hence the checkpoint) and next to the run."""
+        """The statistics as numbers: in this module's hparams (hence the checkpoint) and in the run's log folder.
+        Without a logger there is no run folder (Lightning's log_dir would be the working directory): hparams only."""
         stats = self.pixel_stats.as_dict()
         self.hparams["pixel_stats"] = stats
         trainer = self.trainer
-        log_dir = trainer.log_dir if trainer is not None else None  # every rank asks: log_dir broadcasts
+        if trainer is None or not trainer.loggers:
+            return
+        log_dir = trainer.log_dir  # every rank asks: log_dir broadcasts
         if log_dir is not None and trainer.is_global_zero:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             (Path(log_dir) / "pixel_stats.json").write_text(json.dumps(stats, indent=2))

@@ -26,6 +26,7 @@ import timm
 import torch
 from torch import nn
 
+from data.provenance import code_version
 from pretrain.spark import ENCODER_PREFIX
 from pretrain.sparse_encoder import build_timm_trunk
 
@@ -131,7 +132,7 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path) -> dict[str, An
         )
     missing = check_timm_compatible(state_dict, backbone, str(ckpt_path))
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state_dict, out_path)
+    safetensors_out = safetensors_path(out_path)
     summary = {
         "backbone": backbone,
         "out": str(out_path),
@@ -149,9 +150,33 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path) -> dict[str, An
         "missing_in_timm_model": missing,
         # the intensity rules pretraining used (IntensityConfig fields): fine-tuning follows them by default
         "intensity": (ckpt.get("datamodule_hyper_parameters") or {}).get("intensity_used"),
+        "code_version": code_version(),  # this export's code; the checkpoint's is below
+        "checkpoint_code_version": ckpt.get("code_version"),
+        "safetensors": str(safetensors_out),
     }
-    sidecar_path(out_path).write_text(json.dumps(summary, indent=2))
+    write_weights(state_dict, out_path, summary)
+    if safetensors_out != out_path:
+        write_weights(state_dict, safetensors_out, summary)
     return summary
+
+
+def safetensors_path(out_path: str | Path) -> Path:
+    """The safetensors copy of the export at `out_path`: `backbone.pt` -> `backbone.safetensors` (or itself)."""
+    out_path = Path(out_path)
+    return out_path if out_path.suffix == ".safetensors" else out_path.with_suffix(".safetensors")
+
+
+def write_weights(state_dict: Mapping[str, torch.Tensor], path: Path, summary: Mapping[str, Any]) -> None:
+    """`state_dict` at `path` (safetensors for a .safetensors suffix, with the summary's scalars as its metadata;
+    a torch file otherwise) and the JSON sidecar beside it."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        metadata = {k: str(v) for k, v in summary.items() if isinstance(v, str | int | float) and k != "out"}
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path), metadata=metadata)
+    else:
+        torch.save(dict(state_dict), path)
+    sidecar_path(path).write_text(json.dumps({**summary, "out": str(path)}, indent=2))
 
 
 def sidecar_path(out_path: str | Path) -> Path:

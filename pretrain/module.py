@@ -18,6 +18,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.optim import Lamb, param_groups_weight_decay
 
+from data.provenance import code_version
 from pretrain.masking import DifferentiatedMasking, RandomMasking
 from pretrain.schedules import WarmupCosineSchedule, effective_batch_size, scaled_lr, set_run_horizon
 from pretrain.seeding import seeded_generator
@@ -193,6 +194,9 @@ class MaskedPretraining(pl.LightningModule):
 
     def on_train_start(self) -> None:
         set_run_horizon(self.trainer, self.lr_schedulers(), self.hparams.warmup_epochs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["code_version"] = code_version()  # the code that wrote it (data.provenance)
 
 
 def spark_betas(backbone: str) -> tuple[float, float]:

@@ -14,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from configs import resolve_config_args
 from study.config import ExperimentConfig, ExperimentError
 from study.report import write_report
 from study.runner import ExperimentRunner
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--corpus", help="corpus folder (overrides the config's 'corpus')")
     parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds (e.g. a 1-seed pilot: --seeds 0)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the table and plot")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(resolve_config_args(sys.argv[1:] if argv is None else argv))
     try:
         config = ExperimentConfig.load(args.config, {"out": args.out, "corpus": args.corpus, "seeds": args.seeds})
         if args.report_only:

@@ -111,3 +111,29 @@ def test_export_reads_nested_backbone_and_reports_problems(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
         export_backbone(tmp_path / "missing.ckpt", tmp_path / "e.pt")
     assert not (tmp_path / "b.pt").exists() and not (tmp_path / "d.pt").exists()
+
+
+def test_the_export_records_the_code_versions_and_is_also_written_as_safetensors(tmp_path):
+    from safetensors import safe_open
+
+    from data.provenance import code_version
+    from pretrain.export import read_backbone
+
+    mim = SparkMIM("resnet18", input_size=64, decoder_width=32)
+    state = {"model." + k: v for k, v in mim.state_dict().items()}
+    ckpt = tmp_path / "x.ckpt"
+    torch.save(
+        {"state_dict": state, "hyper_parameters": {"backbone": "resnet18"}, "code_version": "0.0.9+git.abc"}, ckpt
+    )
+    summary = export_backbone(ckpt, tmp_path / "backbone.pt")
+    assert summary["code_version"] == code_version() and summary["checkpoint_code_version"] == "0.0.9+git.abc"
+    weights, meta = read_backbone(tmp_path / "backbone.pt")
+    safe, safe_meta = read_backbone(tmp_path / "backbone.safetensors")
+    expected = mim.encoder_state_dict()
+    assert weights.keys() == safe.keys() == expected.keys()
+    assert all(torch.equal(safe[k], expected[k]) and torch.equal(weights[k], expected[k]) for k in expected)
+    assert meta["code_version"] == safe_meta["code_version"] == code_version() and safe_meta["backbone"] == "resnet18"
+    with safe_open(str(tmp_path / "backbone.safetensors"), "pt") as f:
+        assert f.metadata()["code_version"] == code_version() and f.metadata()["backbone"] == "resnet18"
+    model = load_backbone(tmp_path / "backbone.safetensors")  # the safetensors copy loads like the .pt
+    assert torch.equal(model.conv1.weight, expected["conv1.weight"])

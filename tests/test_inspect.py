@@ -199,3 +199,29 @@ def test_random_selection_is_stratified_and_seeded():
     assert len(only_xr) == 4 and all(modality[i] == "XR" for i in only_xr)
     picked = select_items(table, item_ids=["id20", "id3", "id3"])
     assert picked.indices == [3] and picked.skipped == {"id20": "failed: boom"}
+
+
+def test_panels_draw_the_images_with_the_intensity_rules_the_cache_records(tmp_path):
+    """A CT image through the lung window looks different from the soft-tissue default: the panel follows the
+    cache's recorded rules; a cache recording the default rules draws what one recording none does."""
+    from data.intensity import IntensityConfig
+    from localize.viewer.panels import draw_panels
+
+    corpus = tmp_path / "corpus"
+    write_sample_corpus(corpus, n=3, seed=0, size=64)
+    manifest, _ = scan_corpus(corpus, progress=False)
+    ct = [int(i) for i in np.flatnonzero(manifest["modality"].to_numpy() == "CT")[:1]]
+    assert ct, "the sample corpus has a CT item"
+    drawn = {}
+    for name, intensity in [
+        ("lung", IntensityConfig(ct_window="lung").to_dict()),
+        ("default", IntensityConfig().to_dict()),
+        ("none", None),
+    ]:
+        cache = RoiCache.create(tmp_path / f"{name}.zarr", manifest, {"intensity": intensity}, mask_size=32)
+        table = cache.table()
+        draw_panels(cache, table, ct, corpus, tmp_path / name, progress=False)
+        (png,) = (tmp_path / name / "panels").glob("*.png")
+        drawn[name] = cv2.imread(str(png))
+    assert np.array_equal(drawn["default"], drawn["none"])
+    assert not np.array_equal(drawn["lung"], drawn["default"])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 
@@ -238,3 +242,68 @@ def test_a_model_that_will_not_load_fails_before_the_scan(tmp_path, standins, co
     # such as a heartbeat racing the cluster's close, is not ours to assert on).
     err = capfd.readouterr().err
     assert "sam_loader.py" not in err and "plugin_add" not in err
+
+
+def test_scan_failures_beside_the_cache_and_no_progress_output(tmp_path, standins, corpus):
+    """`localize run --no-progress` prints no progress bar at all (scan, items), only its lines; the files the scan
+    could not read are listed, with their reason, beside the cache; the cache records the code version."""
+    from data.provenance import code_version
+    from localize.driver import scan_failures_path
+
+    broken = tmp_path / "corpus"
+    shutil.copytree(corpus, broken)
+    (broken / "xray" / "broken.png").parent.mkdir(exist_ok=True)
+    (broken / "xray" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    cache = tmp_path / "c.zarr"
+    proc = _run_cli(
+        "run", "--config", str(standins), "--corpus", str(broken), "--cache", str(cache), "--workers", "0",
+        "--no-progress", "--set", "saliency={method: similarity}", "--set", "batch_size=4",
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "%|" not in err + out and "it/s" not in err + out and "\r" not in err + out  # no tqdm bar anywhere
+    assert "processed" in out  # the summary line is still printed
+    failures = pd.read_csv(scan_failures_path(cache))
+    assert scan_failures_path(cache) == tmp_path / "c.scan_failures.csv"
+    assert failures["path"].tolist() == ["xray/broken.png"] and failures["reason"].str.len().gt(0).all()
+    opened = RoiCache.open(cache)
+    assert opened.info["corpus_files_failed_at_scan"] == 1 and opened.info["code_version"] == code_version()
+    assert "xray/broken.png" not in set(opened.manifest()["path"])
+    assert opened.provenance["localizer_version"] == 2 and "code_version" not in opened.provenance
+
+
+def test_workers_started_for_an_existing_scheduler_run_the_job(tmp_path, standins, corpus, caplog):
+    """docs/CONFIG.md's recipe for an existing cluster, on this machine: `dask scheduler`, then `dask worker ADDR
+    --nthreads 1` (one worker, as on one GPU); `localize run --scheduler ADDR` gives the same cache as in-process."""
+    dask = Path(sys.executable).with_name("dask")
+    if not dask.is_file():
+        pytest.skip("no `dask` command next to this interpreter")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env, "cwd": tmp_path}
+    scheduler = subprocess.Popen(
+        [str(dask), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"], **quiet
+    )
+    worker = subprocess.Popen([str(dask), "worker", address, "--nthreads", "1", "--nworkers", "1"], **quiet)
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=120)
+        config = LocalizeConfig.load(standins, [*FAST, "geometry.shard_items=4"])
+        with caplog.at_level(logging.INFO, logger="localize"):
+            remote = run_localization(config, corpus, tmp_path / "remote.zarr", scheduler=address, progress=False)
+        assert any(r.getMessage().startswith("Dask dashboard: http") for r in caplog.records)
+        single = run_localization(config, corpus, tmp_path / "single.zarr", workers=0, progress=False)
+        assert remote.done == single.done == single.items
+        assert_same_cache(tmp_path / "single.zarr", tmp_path / "remote.zarr")
+    finally:
+        for proc in (worker, scheduler):
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()

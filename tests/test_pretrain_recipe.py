@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import yaml
+from pytorch_lightning.loggers import CSVLogger
 from torchvision import tv_tensors
 
 from data.dataset import RoiDataset
@@ -143,9 +144,8 @@ def test_the_datamodule_computes_records_and_hands_over_the_dataset_statistics(r
     corpus, cache = roi_data
     dm = RoiDataModule(corpus, cache, input_size=64, batch_size=4, num_workers=0, stats_images=5, stats_sample="first")
     module = MaskedPretraining("resnet18", 64, decoder_width=32, lr=1e-3)
-    trainer = pl.Trainer(
-        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path
-    )
+    run_folder = CSVLogger(tmp_path, name="", version="")  # log_dir = tmp_path
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=run_folder, enable_checkpointing=False)
     trainer.fit(module, dm)
     # independently: the first 5 training items, resized to 64 x 64 without antialiasing (OpenCV-like)
     raw = RoiDataset(corpus, cache=cache)
@@ -179,8 +179,9 @@ def test_global_batch_is_divided_over_devices_and_accumulation():
         RoiDataModule("c", "c.zarr", global_batch_size=128, batch_size=64)
 
 
-def test_the_lr_follows_the_global_batch(roi_data, tmp_path):
+def test_the_lr_follows_the_global_batch(roi_data, tmp_path, monkeypatch):
     corpus, cache = roi_data
+    monkeypatch.chdir(tmp_path)  # a run without a logger writes nothing into the working directory
     dm = RoiDataModule(corpus, cache, input_size=64, global_batch_size=8, num_workers=0, normalize="imagenet")
     module = MaskedPretraining("resnet18", 64, decoder_width=32, base_lr=2e-4, warmup_epochs=0)
     trainer = pl.Trainer(
@@ -189,6 +190,7 @@ def test_the_lr_follows_the_global_batch(roi_data, tmp_path):
     trainer.fit(module, dm)
     assert dm.batch_size == 4 and module.effective_batch_size() == 8
     assert module.learning_rate() == pytest.approx(2e-4 * 8 / 256)
+    assert not (tmp_path / "pixel_stats.json").exists() and dm.hparams["pixel_stats"]["source"] == "imagenet"
 
 
 # ---------------------------------------------------------------------------------------------- presets

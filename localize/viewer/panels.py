@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from data.intensity_follow import recorded_intensity
 from data.readers import load_image
 from data.roi_cache import RoiCache
 from localize.viewer.overlay import item_panel, save_png
@@ -35,13 +36,14 @@ def draw_panels(
     for old in (out / PANEL_DIR).glob("*.png"):  # a re-run into the same OUT must not leave stale panels behind
         old.unlink()
     panels = []
+    intensity = recorded_intensity(cache.provenance)  # the images as the localizer saw them (None: the defaults)
     for index in tqdm(indices, desc="panels", unit="item", disable=not progress):
         row = table.loc[index]
         size_hw = (int(row["height"]), int(row["width"]))
         image, note = None, None
         if corpus is not None:
             try:
-                image = load_image(corpus, row["path"], int(row["frame"]), row["modality"])
+                image = load_image(corpus, row["path"], int(row["frame"]), row["modality"], intensity)
             except Exception as e:  # one unreadable image must not stop the report
                 note = f"image not drawn: {type(e).__name__}: {e}"
             if image is not None and image.shape[:2] != size_hw:

@@ -1,0 +1,1 @@
+"""`mwm`: one command whose sub-commands are the pipeline's phases (see `mwm.cli`)."""
