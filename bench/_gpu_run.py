@@ -24,7 +24,7 @@ class Outcome:
     status: str  # ok | failed | timeout | skipped
     reason: str | None = None  # why skipped, or the error's last line
     wall_s: float = 0.0
-    data: dict | None = None  # the part's JSON (written to <part>.json)
+    data: dict | None = None  # the part's JSON (written to parts.json under its name)
     stdout: str = ""
     stderr: str = ""
     returncode: int | None = None
@@ -58,7 +58,7 @@ class Outcome:
             "wall_s": round(self.wall_s, 1),
             "timeout_s": round(limit_s, 1),
             "estimate_s": part.estimate_s,
-            "file": f"{part.name}.json" if self.data is not None else None,
+            "file": "parts.json" if self.data is not None else None,  # under the part's name
             "figures": self.figures(part),
             "sizes": part.dry_note if dry_run else "real",
             "error": self.stderr[-TAIL_CHARS:] if self.status in ("failed", "timeout") else None,

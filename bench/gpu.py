@@ -36,7 +36,7 @@ from bench._gpu_parts import Part, default_parts
 from bench._gpu_run import Outcome, run_part
 
 REPO = Path(__file__).resolve().parents[1]
-SUMMARY, LOG = "summary.json", "gpu.log"
+SUMMARY, LOG, PARTS = "summary.json", "gpu.log", "parts.json"  # few files: the device tool brings back 8
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -86,6 +86,7 @@ def run_all(
         "parts": {},
     }
     (out / LOG).write_text(f"{summary['run']} {summary['date']} on {info['device']}\n")
+    data: dict[str, dict] = {}  # each part's JSON, all in one file (PARTS), keyed by part
     for i, part in enumerate(parts, 1):
         left = deadline - time.monotonic()
         limit = min(part.dry_budget_s if dry_run else part.budget_s, left)
@@ -95,7 +96,8 @@ def run_all(
             outcome = run_part(part, python, dry_run, limit, env, REPO)
         summary["parts"][part.name] = outcome.record(part, dry_run, max(limit, 0.0))
         if outcome.data is not None:
-            write_json(out / f"{part.name}.json", outcome.data)
+            data[part.name] = outcome.data
+            write_json(out / PARTS, data)
         with (out / LOG).open("a") as log:
             log.write(outcome.log_text(part, python, dry_run))
         summary["wall_s"] = round(time.monotonic() - t_start, 1)

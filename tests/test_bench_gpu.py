@@ -73,21 +73,22 @@ def test_dry_run_runs_every_part_and_writes_the_summary(tmp_path):
         if part["status"] == "skipped":  # only the GPU tests may skip, and only without a GPU, saying why
             assert name == "gpu_tests" and not torch.cuda.is_available() and "GPU" in part["reason"]
             continue
-        assert part["status"] == "ok" and part["file"] == f"{name}.json", (name, part)
-        data = json.loads((out / part["file"]).read_text())
+        assert part["status"] == "ok" and part["file"] == "parts.json", (name, part)
+        data = json.loads((out / part["file"]).read_text())[name]
         for key, figure in part["figures"].items():
             assert figure["value"] == data[key] and isinstance(figure["value"], int | float), (name, key)
         for key, target in ISSUE_TARGETS.get(name, {}).items():
             assert part["figures"][key]["target"] == target
             assert part["figures"][key]["meets"] is Target(target[:2], float(target[3:])).met(data[key])
 
-    loc = json.loads((out / "loc_vitb_release.json").read_text())
+    parts = json.loads((out / "parts.json").read_text())
+    loc = parts["loc_vitb_release"]
     assert loc["preset"] == "release" and loc["batched_precision"] == "fp32" and loc["bf16_skipped"] is None
-    assert json.loads((out / "loc_vitb_fast.json").read_text())["preset"] == "fast"
-    pretrain = json.loads((out / "pretrain_resnet50.json").read_text())
+    assert parts["loc_vitb_fast"]["preset"] == "fast"
+    pretrain = parts["pretrain_resnet50"]
     assert pretrain["config"]["optimizer"] == "lamb" and pretrain["config"]["loader"]["items"] == 3 * 3 * 2
     assert pretrain["loader_images_per_s"] > 0 and pretrain["fed_step_images_per_s"] > 0
-    tests = json.loads((out / "gpu_tests.json").read_text())
+    tests = parts["gpu_tests"]
     assert tests["result_line"] and tests["passed"] + tests["skipped"] >= 2  # the Lightning and the saliency test
 
 
@@ -125,9 +126,9 @@ def test_a_failing_part_loses_nothing_else(tmp_path):
     summary = run_all(parts, tmp_path, dry_run=True, budget_s=120, min_part_s=1)
     boom, fine = summary["parts"]["boom"], summary["parts"]["fine"]
     assert boom["status"] == "failed" and boom["reason"] == "CUDA out of memory" and "warming up" in boom["error"]
-    assert boom["file"] is None and not (tmp_path / "boom.json").exists()
+    assert boom["file"] is None and "boom" not in json.loads((tmp_path / "parts.json").read_text())
     assert fine["status"] == "ok" and fine["figures"]["ratio"] == {"value": 1.2, "target": "<= 1.3", "meets": True}
-    assert json.loads((tmp_path / "fine.json").read_text()) == {"ratio": 1.2}
+    assert json.loads((tmp_path / "parts.json").read_text())["fine"] == {"ratio": 1.2}
     assert summary["failed"] == ["boom"] and summary["retry"] == "bash bench/gpu.sh --only boom"
     assert summary["targets_met"] is True and "=== boom: failed" in (tmp_path / "gpu.log").read_text()
 
@@ -166,7 +167,8 @@ def test_the_global_budget_skips_what_no_longer_fits(tmp_path):
     assert summary["parts"]["first"]["status"] == "ok"
     second = summary["parts"]["second"]
     assert second["status"] == "skipped" and second["reason"].startswith("global budget")
-    assert summary["skipped"] == ["second"] and summary["all_ok"] is True and not (tmp_path / "second.json").exists()
+    assert summary["skipped"] == ["second"] and summary["all_ok"] is True
+    assert "second" not in json.loads((tmp_path / "parts.json").read_text())
 
 
 def test_pytest_result_lines_are_read():

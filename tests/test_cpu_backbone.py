@@ -69,6 +69,10 @@ def control_run(tmp_path_factory) -> tuple[Path, Path]:
     )
     assert summary.failed == 0
     argv = ["fit", "--config", str(CONFIG), "--data.corpus", str(corpus), "--data.cache", str(cache)]
+    argv += [
+        "--model.backbone",
+        NAME,
+    ]  # the control preset moved to resnet10_narrow_os8 (issue 26); this file is os16's
     argv += ["--model.input_size", "64", "--data.batch_size", "4", "--data.stats_images", "4"]
     argv += ["--trainer.max_steps", "2", "--trainer.log_every_n_steps", "1", "--trainer.default_root_dir", str(root)]
     with warnings.catch_warnings():

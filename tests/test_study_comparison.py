@@ -50,7 +50,9 @@ def hand_made_cache(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_matched_ratio_is_the_realised_one_on_hand_made_rois(hand_made_cache):
     corpus, cache = hand_made_cache
-    grid = GridSetting.from_pretrain_config(CONFIGS / "pretrain" / "control_cpu.yaml", {})
+    # the hand counts below are for the 96 px, 6 x 6 grid of the control's first design (resnet10_narrow_os16)
+    before_26 = {"model.backbone": "resnet10_narrow_os16", "model.input_size": 96}
+    grid = GridSetting.from_pretrain_config(CONFIGS / "pretrain" / "control_cpu.yaml", before_26)
     assert (grid.input_size, grid.grid_hw, grid.roi_shape, grid.hflip) == (96, (6, 6), "rect", 0.5)
     arms = ExperimentConfig.load(CONFIGS / "experiment" / "positive_control.yaml").arms
     target = next(arm for arm in arms if arm.name == "mwm-gt-0.8-0.4")
