@@ -16,11 +16,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture(autouse=True, scope="session")
 def _corpus_key_file(tmp_path_factory: pytest.TempPathFactory):
     """Scans in tests (and the subprocesses they start) use a session key file, never the user's
-    ~/.config/mwm/corpus.key."""
+    ~/.config/mwm/corpus.key. Its key is fixed: patient keys order the patients that the splits draw, so a random
+    key per session (per xdist worker) would give each run other splits."""
     from data.keys import KEY_ENV
 
     previous = os.environ.get(KEY_ENV)
-    os.environ[KEY_ENV] = str(tmp_path_factory.mktemp("corpus_key") / "corpus.key")
+    path = tmp_path_factory.mktemp("corpus_key") / "corpus.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("5eed" * 16 + "\n")  # 32 bytes, a test key: never use a fixed key for a real corpus
+    os.environ[KEY_ENV] = str(path)
     yield
     if previous is None:
         os.environ.pop(KEY_ENV, None)
