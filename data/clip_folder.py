@@ -7,7 +7,8 @@ MaskedCLIP export. A folder holds::
     open_clip_config.json  open_clip_model.safetensors          the CLIP config and weights
     config.json  vocab.txt  tokenizer.json  tokenizer_config.json  the BERT config and tokenizer files
 
-The config's `text_cfg.hf_model_name` / `hf_tokenizer_name` point at the folder itself, so open_clip finds the
+The config's `text_cfg.hf_model_name` / `hf_tokenizer_name` are ".", the folder itself (a relative name is read
+relative to the folder, so the folder can move and its config holds no absolute path), so open_clip finds the
 BERT config and tokenizer offline (docs/MODELS.md: the text tower asks the hub for its config even for `local-dir:`).
 
 Loader (`load_open_clip(spec, device) -> LoadedClip(model, tokenizer, preprocess, source)`), for `localize` (its
@@ -103,8 +104,8 @@ def clip_config(
             "embed_dim": embed_dim,
             "vision_cfg": dict(vision_cfg),
             "text_cfg": {
-                "hf_model_name": str(folder),
-                "hf_tokenizer_name": str(folder),
+                "hf_model_name": ".",  # the folder itself (relative names are read relative to it)
+                "hf_tokenizer_name": ".",
                 "hf_proj_type": "mlp",
                 "hf_pooler_type": "cls_last_hidden_state_pooler",
                 "context_length": context_length,
@@ -112,6 +113,14 @@ def clip_config(
         },
         "preprocess_cfg": {"mean": list(mean), "std": list(std)},
     }
+
+
+def with_text_folder(config: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """`config` (as `clip_config` writes it) with the text tower's names pointing at `folder` by its absolute path:
+    what open_clip needs to build the model outside this loader."""
+    text_cfg = {**config["model_cfg"]["text_cfg"]}
+    text_cfg["hf_model_name"] = text_cfg["hf_tokenizer_name"] = str(Path(folder).resolve())
+    return {**config, "model_cfg": {**config["model_cfg"], "text_cfg": text_cfg}}
 
 
 def write_clip_config(folder: Path, config: Mapping[str, Any]) -> Path:
@@ -147,13 +156,13 @@ def write_biomedclip_folder(
     vocab = bert_vocabulary(w for text in vocabulary for w in text.lower().split())
     write_tokenizer(folder, bert_tokenizer(vocab))
     BertConfig(vocab_size=len(vocab), **bert).save_pretrained(folder)
-    write_clip_config(
-        folder, clip_config(folder, embed_dim=embed_dim, vision_cfg=vision_cfg, context_length=context_length)
-    )
+    config = clip_config(folder, embed_dim=embed_dim, vision_cfg=vision_cfg, context_length=context_length)
+    write_clip_config(folder, with_text_folder(config, folder))  # open_clip reads names from the working directory
     # No weights file yet, so open_clip builds a randomly initialised model from the config (what we want here;
     # its warnings about that are dropped).
     with _without_log_records("no CLIP weights found", "initialized randomly"):
         model = open_clip.create_model(f"local-dir:{folder}", pretrained_text=False)
+    write_clip_config(folder, config)  # the folder-relative names: the folder can move
     write_clip_weights(folder, model.state_dict())
     return folder
 
@@ -299,7 +308,8 @@ def check_clip_folder(folder: Path) -> Path:
         )
     text_cfg = config["model_cfg"]["text_cfg"]
     if "hf_model_name" in text_cfg:
-        if not (folder / HF_CONFIG_NAME).is_file() and not (Path(text_cfg["hf_model_name"]) / HF_CONFIG_NAME).is_file():
+        named_config = _text_folder(folder, text_cfg["hf_model_name"]) / HF_CONFIG_NAME
+        if not (folder / HF_CONFIG_NAME).is_file() and not named_config.is_file():
             raise ClipLoadError(
                 f"Missing {HF_CONFIG_NAME} of the text model '{text_cfg['hf_model_name']}' in {folder}: open_clip "
                 f"needs it to build the text tower offline. Copy that model's {HF_CONFIG_NAME} into the folder."
@@ -312,15 +322,25 @@ def check_clip_folder(folder: Path) -> Path:
     return weights
 
 
+def _text_folder(folder: Path, name: Any) -> Path:
+    """The folder a text config's `hf_model_name` / `hf_tokenizer_name` names: a relative name that is a folder
+    inside `folder` (this writer's ".") is that folder; anything else as written (a hub id, an absolute path)."""
+    given = Path(str(name or ""))
+    return folder / given if not given.is_absolute() and name and (folder / given).is_dir() else given
+
+
 def _stage_local_folder(folder: Path, weights: Path, stage: Path) -> Path:
     """Mirror ``folder`` into ``stage`` with only the chosen weights and an offline-safe open_clip config."""
     config = json.loads((folder / CLIP_CONFIG_NAME).read_text(encoding="utf-8"))
     text_cfg = config["model_cfg"]["text_cfg"]
-    named_config = Path(text_cfg.get("hf_model_name", "")) / HF_CONFIG_NAME
-    if "hf_model_name" in text_cfg and not named_config.is_file() and (folder / HF_CONFIG_NAME).is_file():
-        # A hub name would need network (or a warm cache): the folder's own BERT config/tokenizer are used instead.
-        text_cfg["hf_model_name"] = str(folder)
-        text_cfg["hf_tokenizer_name"] = str(folder)
+    if "hf_model_name" in text_cfg:
+        for key in ("hf_model_name", "hf_tokenizer_name"):  # names relative to the folder: absolute for open_clip
+            named = _text_folder(folder, text_cfg.get(key))
+            if key in text_cfg and named != Path(str(text_cfg[key])):
+                text_cfg[key] = str(named.resolve())
+        if not (Path(text_cfg["hf_model_name"]) / HF_CONFIG_NAME).is_file() and (folder / HF_CONFIG_NAME).is_file():
+            # A hub name would need network (or a warm cache): the folder's own BERT config/tokenizer are used.
+            text_cfg["hf_model_name"] = text_cfg["hf_tokenizer_name"] = str(folder.resolve())
     (stage / CLIP_CONFIG_NAME).write_text(json.dumps(config), encoding="utf-8")
     for item in folder.iterdir():
         is_weights_like = item.suffix in (".safetensors", ".bin", ".pth", ".pt")

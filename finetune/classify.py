@@ -32,6 +32,7 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
+from data.portable import portable
 from finetune.augment import Policy, classify_transform
 from finetune.backbone import create_backbone, head_keys
 from finetune.data import LabelledImages, read_label_csv, scan_image_folder, series_groups, table_splits, under_root
@@ -203,6 +204,7 @@ class ClassificationModule(FinetuneTask):
     ) -> None:
         super().__init__(backbone, init)
         self.save_hyperparameters()
+        self.hparams.update(portable(dict(self.hparams)))  # no absolute path in checkpoints (docs/CORPUS.md)
         if mode not in RECIPES:
             raise ValueError(f"mode must be 'finetune' or 'linear_probe', got {mode!r}")
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]

@@ -17,6 +17,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from finetune.backbone import pretrained_statistics
 from finetune.results import RunResult, jsonable, write_results
 from finetune.task import FinetuneData, FinetuneTask
+from pretrain.portable import PortableSaveConfig
 
 
 def default_precision() -> str:
@@ -42,6 +43,7 @@ class FinetuneCLI(LightningCLI):
             run=run,
             seed_everything_default=0,
             trainer_defaults={"precision": default_precision()},
+            save_config_callback=PortableSaveConfig,  # config.yaml without absolute paths
             save_config_kwargs={"overwrite": True},
         )
 

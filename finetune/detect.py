@@ -20,6 +20,7 @@ from torchvision.transforms import v2
 
 from data.ids import make_item_id
 from data.manifest import read_manifest
+from data.portable import portable
 from data.splits import assign_group_splits, check_groups_disjoint, patient_groups
 from finetune.coco_eval import coco_evaluate, predictions_to_coco
 from finetune.data import (
@@ -241,6 +242,7 @@ class DetectionModule(FinetuneTask):
     ) -> None:
         super().__init__(backbone, init)
         self.save_hyperparameters()
+        self.hparams.update(portable(dict(self.hparams)))  # no absolute path in checkpoints (docs/CORPUS.md)
         self.category_ids = list(category_ids) if category_ids else list(range(1, num_classes))
         if len(self.category_ids) != num_classes - 1:
             raise ValueError(f"{len(self.category_ids)} category ids for {num_classes - 1} object classes")

@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from data.portable import portable
 from data.provenance import code_version
 
 SCHEMA_VERSION = 1
@@ -106,7 +107,7 @@ def write_results(result: RunResult, out_dir: str | Path) -> Path:
     while path.exists():  # two runs in the same second
         path = out_dir / f"{result.stem}-{suffix}.json"
         suffix += 1
-    payload = jsonable(asdict(result))
+    payload = portable(jsonable(asdict(result)))  # no absolute path in a results JSON (docs/CORPUS.md)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
 

@@ -20,6 +20,7 @@ from timm.optim import param_groups_weight_decay
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from data.portable import portable
 from finetune.augment import normalize
 from finetune.data import (
     MaskedImages,
@@ -151,6 +152,7 @@ class SegmentationModule(FinetuneTask):
     ) -> None:
         super().__init__(backbone, init)
         self.save_hyperparameters()
+        self.hparams.update(portable(dict(self.hparams)))  # no absolute path in checkpoints (docs/CORPUS.md)
         self.net = UNet(backbone, init, num_classes, decoder_channels, strict_load)
         self.load_report = self.net.load_report
         self.dice_weight = dice_weight

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from data.masks import read_mask_image
+from data.portable import portable_path
 from data.roi_cache import DONE, RoiCache
 
 
@@ -55,7 +56,7 @@ def evaluate_cache(cache: RoiCache, truth_dir: str | Path) -> tuple[pd.DataFrame
         )
     scores = pd.DataFrame(rows, columns=["item_id", "modality", "dice", "iou", "empty_roi"])
     summary = {
-        "cache": str(cache.path),
+        "cache": portable_path(cache.path),
         "untrained_models": bool(cache.provenance.get("untrained", False)),
         "models_label": cache.provenance.get("models_label"),
         "evaluated": len(scores),

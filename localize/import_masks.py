@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from data.hashing import update_with_file
 from data.manifest import read_manifest, scan_corpus
 from data.masks import read_mask_image
+from data.portable import portable_path
 from data.roi_cache import DONE, FLAG_EMPTY_ROI, CacheGeometry, RoiCache
 from data.roi_rects import expanded_rects
 from localize.components import prompt_boxes
@@ -190,7 +191,7 @@ def shuffle_rois(
             source.manifest(),
             provenance,
             geometry=source.geometry,
-            info={"shuffled_from": str(source_path)},
+            info={"shuffled_from": portable_path(source_path)},  # no absolute path in a cache
         )
     table = source.table()
     done_items = np.flatnonzero(source.status() == DONE)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,9 @@ def write_standins(out_dir: str | Path, seed: int = 0) -> Path:
         clip_dir = write_tiny_biomedclip(out / "biomedclip", vocabulary=prompts.all_prompts())
         sam_ckpt = write_tiny_sam(out / "sam_tiny.pth")
     config = {
-        "clip": f"local-dir:{clip_dir}",
-        "sam": {"arch": "custom", "checkpoint": str(sam_ckpt)},
+        # relative to this file's folder (config files anchor their paths there): the folder can move
+        "clip": f"local-dir:{os.path.relpath(clip_dir, out)}",
+        "sam": {"arch": "custom", "checkpoint": os.path.relpath(sam_ckpt, out)},
         "saliency": standin_saliency(),
         "refine": asdict(RefineConfig()),
         "precision": "fp32",

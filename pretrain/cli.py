@@ -18,9 +18,9 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from pytorch_lightning import Trainer
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
@@ -29,6 +29,7 @@ from pretrain.callbacks import ReconstructionPanel
 from pretrain.datamodule import RoiDataModule
 from pretrain.export import export_backbone
 from pretrain.module import MaskedPretraining
+from pretrain.portable import PortableModelCheckpoint, PortableSaveConfig
 
 LOG_FOLDER = "logs"
 
@@ -42,6 +43,10 @@ class PretrainCLI(LightningCLI):
     """LightningCLI with fit/validate only, the checkpoint and panel callbacks, linked model/data arguments
     and TensorBoard + CSV loggers sharing one run folder by default."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("save_config_callback", PortableSaveConfig)  # config.yaml without absolute paths
+        super().__init__(*args, **kwargs)
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {key: value for key, value in LightningCLI.subcommands().items() if key in ("fit", "validate")}
@@ -50,7 +55,7 @@ class PretrainCLI(LightningCLI):
         # one value each: Lightning also refuses module and data hparams that disagree on a shared key
         parser.link_arguments("model.input_size", "data.input_size")
         parser.link_arguments("model.seed", "data.seed")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(PortableModelCheckpoint, "checkpoint")  # its state: relative paths
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_epochs": 1})
         parser.add_lightning_class_args(ReconstructionPanel, "panel")
 

@@ -33,6 +33,7 @@ from data.dataset import RoiDataset, unit_float
 from data.intensity import IntensityConfig
 from data.intensity_follow import follow_intensity, recorded_intensity, require_same_intensity
 from data.packed_store import PackedStore
+from data.portable import portable
 from data.roi_cache import RoiCache, RoiShape
 from data.splits import assign_group_splits, patient_groups, split_counts
 from pretrain.pixel_stats import PixelStats, dataset_stats
@@ -181,6 +182,7 @@ class RoiDataModule(pl.LightningDataModule):
         self.save_hyperparameters(ignore=["corpus", "cache", "manifest", "packed"])
         self.hparams.update(corpus=str(corpus), cache=str(cache), manifest=None if manifest is None else str(manifest))
         self.hparams.update(packed=None if packed is None else str(packed))
+        self.hparams.update(portable(dict(self.hparams)))  # no absolute path in checkpoints (docs/CORPUS.md)
         self.corpus, self.cache_path = Path(corpus), Path(cache)
         self.manifest_path = None if manifest is None else Path(manifest)
         self.packed_path = None if packed is None else str(packed)  # a path, or a URL (docs/PACKING.md)

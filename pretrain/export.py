@@ -152,7 +152,7 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path) -> dict[str, An
         "intensity": (ckpt.get("datamodule_hyper_parameters") or {}).get("intensity_used"),
         "code_version": code_version(),  # this export's code; the checkpoint's is below
         "checkpoint_code_version": ckpt.get("code_version"),
-        "safetensors": str(safetensors_out),
+        "safetensors": safetensors_out.name,  # beside the export: file names only, no absolute path
     }
     write_weights(state_dict, out_path, summary)
     if safetensors_out != out_path:
@@ -176,7 +176,7 @@ def write_weights(state_dict: Mapping[str, torch.Tensor], path: Path, summary: M
         save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path), metadata=metadata)
     else:
         torch.save(dict(state_dict), path)
-    sidecar_path(path).write_text(json.dumps({**summary, "out": str(path)}, indent=2))
+    sidecar_path(path).write_text(json.dumps({**summary, "out": path.name}, indent=2))
 
 
 def sidecar_path(out_path: str | Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ def write_localize_config(
     path: Path, clip_dir: Path, sam_checkpoint: Path, seed: int = 0, saliency: dict[str, Any] | None = None
 ) -> Path:
     """Write the config that runs the small CLIP (`local-dir:`) and SAM (`custom`) with the release's refinement."""
+    folder = Path(path).resolve().parent
     config = {
-        "clip": f"local-dir:{Path(clip_dir).resolve()}",
-        "sam": {"arch": "custom", "checkpoint": str(Path(sam_checkpoint).resolve())},
+        # relative to this file's folder (config files anchor their paths there): the folder can move
+        "clip": f"local-dir:{os.path.relpath(Path(clip_dir).resolve(), folder)}",
+        "sam": {"arch": "custom", "checkpoint": os.path.relpath(Path(sam_checkpoint).resolve(), folder)},
         "saliency": dict(saliency or SMALL_SALIENCY),
         "refine": asdict(RefineConfig()),
         "precision": "fp32",

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data.portable import absolute_path, portable
+
 DONE_FILE = "done.json"
 LOG_FILE = "log.txt"
 
@@ -67,9 +69,15 @@ def read_done(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def done_path(run_dir: Path, recorded: str) -> Path:
+    """A path from `run_dir`'s done record (relative to `run_dir`, or absolute in records of older versions)."""
+    return absolute_path(recorded, base=run_dir)
+
+
 def write_done(run_dir: Path, record: dict[str, Any]) -> None:
-    """Mark the step in `run_dir` finished: write its record to a temporary name, then rename it into place."""
+    """Mark the step in `run_dir` finished: write its record to a temporary name, then rename it into place.
+    Paths in the record are written relative to `run_dir` (no absolute path in an output; `done_path` reads one)."""
     done = run_dir / DONE_FILE
     tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(portable(record, base=run_dir.resolve()), indent=2, default=str) + "\n")
     tmp.replace(done)

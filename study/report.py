@@ -22,7 +22,7 @@ from finetune.results import read_results
 from study.ci_plot import write_ci_plots
 from study.comparison import write_comparison
 from study.config import ExperimentConfig
-from study.layout import StudyLayout, read_done
+from study.layout import StudyLayout, done_path, read_done
 from study.plot import write_plot
 from study.summary import write_summary
 
@@ -55,10 +55,11 @@ def collect_runs(config: ExperimentConfig) -> pd.DataFrame:
             if pretrain is None:
                 continue
             for task in config.downstream:
-                done = read_done(layout.downstream_dir(arm.name, seed, task.name))
+                run_dir = layout.downstream_dir(arm.name, seed, task.name)
+                done = read_done(run_dir)
                 if done is None:
                     continue
-                result = read_results(done["results"])
+                result = read_results(done_path(run_dir, done["results"]))
                 for metric, value in result.metrics.items():
                     rows.append(
                         {

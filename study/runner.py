@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from data.portable import portable
 from study.arms import Arm
 from study.config import Downstream, ExperimentConfig, ExperimentError, as_flags
 from study.layout import LOG_FILE, StudyLayout, read_done, write_done
@@ -82,7 +83,7 @@ class ExperimentRunner:
             self._say(f"[{self.summary.launched}] {label}: python -m {' '.join(argv[:3])} ...")
         started = time.perf_counter()
         with open(run_dir / LOG_FILE, "w") as log:
-            log.write("python -m " + " ".join(argv) + "\n\n")
+            log.write("python -m " + " ".join(portable(argv)) + "\n\n")
             log.flush()
             code, cpu_s = _run_child([self.python, "-m", *argv], log, self.env)
         if code != 0:
@@ -90,7 +91,8 @@ class ExperimentRunner:
             self._fail(label, f"FAILED (exit {code}); log: {run_dir / LOG_FILE}\n    {tail}")
             return None
         try:
-            record = {**collect(), "command": "python -m " + " ".join(argv), "wall_s": time.perf_counter() - started}
+            command = "python -m " + " ".join(portable(argv))  # paths relative to the working directory
+            record = {**collect(), "command": command, "wall_s": time.perf_counter() - started}
             record["cpu_s"] = cpu_s
         except (ExperimentError, OSError, ValueError, KeyError) as e:
             self._fail(label, f"FAILED collecting its outputs: {e}")
@@ -135,10 +137,10 @@ class ExperimentRunner:
                 return None
         cache = self.layout.roi_cache(name)
         argv = roi_command(source, corpus, cache, origin)
-        record = self.step(self.layout.roi_dir(name), argv, lambda: {"cache": str(cache)})
+        record = self.step(self.layout.roi_dir(name), argv, lambda: {"cache": str(cache.resolve())})
         if record is None:
             self._missing[name] = "making its cache failed"
-        return Path(record["cache"]) if record else None
+        return cache if record else None
 
     # ---------------------------------------------------------------- matched ratios
     def matched(self, arm: Arm) -> Arm | None:
@@ -205,7 +207,7 @@ class ExperimentRunner:
             )
             if export.returncode != 0:
                 raise ExperimentError(f"export of {version} failed:\n{export.stderr[-2000:]}")
-            return {"backbone": str(backbone), **mask_statistics(version / "metrics.csv")}
+            return {"backbone": str(backbone.resolve()), **mask_statistics(version / "metrics.csv")}
 
         return self.step(run_dir, argv, collect)
 
@@ -235,7 +237,7 @@ class ExperimentRunner:
             files = sorted(results_dir.glob("*.json"))
             if len(files) != 1:
                 raise ExperimentError(f"{results_dir}: expected one results JSON, found {len(files)}")
-            return {"results": str(files[0]), "metrics": json.loads(files[0].read_text())["metrics"]}
+            return {"results": str(files[0].resolve()), "metrics": json.loads(files[0].read_text())["metrics"]}
 
         return self.step(run_dir, argv, collect)
 
@@ -264,7 +266,7 @@ class ExperimentRunner:
             record = self.pretrain(arm, seed, cache)
             if record is None:
                 return
-            init = record["backbone"]
+            init = str(self.layout.backbone(arm.name, seed))
         for task in tasks:
             self.downstream(arm, seed, task, init)
 

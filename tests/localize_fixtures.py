@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from localize.config import anchor_paths
 from localize.models import LoadedClip, load_biomedclip, load_sam, write_standins
 
 
 @pytest.fixture(scope="module")
 def standins(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The stand-ins' localize.yaml, parsed, plus its own path under key ``path``."""
+    """The stand-ins' localize.yaml, parsed (its file paths anchored at its folder, as `localize` reads them), plus
+    its own path under key ``path``."""
     path = write_standins(tmp_path_factory.mktemp("standins"))
-    return {**yaml.safe_load(path.read_text()), "path": path}
+    return {**anchor_paths(yaml.safe_load(path.read_text()), path.parent), "path": path}
 
 
 @pytest.fixture(scope="module")

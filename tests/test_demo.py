@@ -4,10 +4,12 @@ small models trained on synthetic data (shared with the semantic test, `SMALL=`)
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import pydicom
 import pytest
 import zarr
 
@@ -41,3 +43,32 @@ def test_make_demo_runs_end_to_end(tmp_path, small_models):  # noqa: F811 - fixt
     (result,) = (work / "results" / "finetune").glob("*.json")
     record = json.loads(result.read_text())
     assert record["init"] == "pretrained" and 0.0 <= record["metrics"]["accuracy"] <= 1.0
+    assert_outputs_hold_no_identifier_or_absolute_path(work, roots=(work, tmp_path, ROOT, small_models.parent))
+
+
+# Inputs, not outputs: the sample corpora the demo writes (DICOM files carry the PHI-like tags on purpose).
+INPUT_FOLDERS = ("corpus", "train_corpus")
+IDENTIFYING_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+def identifier_values(work: Path) -> set[str]:
+    """Every identifying tag value of the DICOM files the demo read (at least 6 characters: no false hits)."""
+    values = set()
+    for path in work.rglob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        values.update(str(ds.get(tag, "")) for tag in IDENTIFYING_TAGS)
+    return {v for v in values if len(v) >= 6}
+
+
+def assert_outputs_hold_no_identifier_or_absolute_path(work: Path, roots: tuple[Path, ...]) -> None:
+    """Issue 23: grep every file the run wrote (checkpoints, configs, caches' metadata, results, sidecars, the
+    inspect page) for the corpus's identifier values and for the absolute folders the run was given."""
+    identifiers = identifier_values(work)
+    assert len(identifiers) > 10  # the sample's patients, studies and series: the check has something to find
+    # An absolute folder, not the same folder inside a relative path ("../../tmp/x" holds "/tmp/x" after "..").
+    patterns = [re.escape(v.encode()) for v in identifiers]
+    patterns += [rb"(?<!\.)" + re.escape(str(r.resolve()).encode()) for r in roots]
+    outputs = [p for p in work.rglob("*") if p.is_file() and not set(p.relative_to(work).parts) & set(INPUT_FOLDERS)]
+    assert any(p.suffix == ".ckpt" for p in outputs) and any(p.name == "config.yaml" for p in outputs)
+    found = {str(p.relative_to(work)): [m.decode() for m in patterns if re.search(m, p.read_bytes())] for p in outputs}
+    assert not {k: v for k, v in found.items() if v}, "identifier or absolute path in outputs"

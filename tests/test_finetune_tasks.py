@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -153,7 +154,8 @@ def test_linear_probe_from_exported_backbone_keeps_backbone_frozen(corpus, tmp_p
 
     cli.after_fit()
     result = read_results(cli.last_results_path)
-    assert result.init == "pretrained" and result.init_source == str(path) and len(result.init_sha256) == 16
+    # the results JSON names the backbone relative to the working directory (no absolute path in outputs)
+    assert result.init == "pretrained" and result.init_source == os.path.relpath(path) and len(result.init_sha256) == 16
     assert result.train_fraction == 0.5 and result.details["mode"] == "linear_probe"
     assert result.details["load_report"]["n_loaded"] == len(sd) and result.details["class_names"] == [
         "normal",

@@ -22,7 +22,7 @@ from data.masks import read_mask_image
 from data.readers import load_image
 from data.roi_cache import RoiCache
 from data.sample import write_sample_corpus
-from localize.config import LocalizeConfig
+from localize.config import LocalizeConfig, anchor_paths
 from localize.driver import run_localization
 from localize.evaluate import dice_iou, evaluate_cache
 from localize.import_masks import shuffle_rois
@@ -75,7 +75,7 @@ def test_small_sam_segments_each_lung_from_its_box(small_models, tmp_path):  # n
     of the boxes swapped, 0.66 (CT), so this fails."""
     corpus = tmp_path / "corpus"
     write_sample_corpus(corpus, 6, UNSEEN_SEED)
-    sam = load_sam(yaml.safe_load(small_models.read_text())["sam"])
+    sam = load_sam(anchor_paths(yaml.safe_load(small_models.read_text()), small_models.parent)["sam"])
     labels = pd.read_csv(corpus / "labels.csv")
     for modality in ("CT", "XR"):
         dice = []

@@ -101,9 +101,12 @@ def test_tiny_control_study_calibrates_writes_report_and_resumes(tmp_path, capsy
     assert calibration["target"] == target and calibration["grid"] == [8, 8]
     assert calibration["mask_ratio"] == matched_mask_ratio(calibration["target_realised_ratio"], 64)
     # random masking realises exactly its ratio: the calibrated one reached the pretraining run
-    pretrain_done = json.loads((out / "runs" / matched / "s0" / "pretrain" / "done.json").read_text())
+    pretrain_dir = out / "runs" / matched / "s0" / "pretrain"
+    pretrain_done = json.loads((pretrain_dir / "done.json").read_text())
     assert pretrain_done["realised_ratio"] == pytest.approx(calibration["mask_ratio"], abs=1e-6)
-    assert Path(pretrain_done["backbone"]).is_file() and pretrain_done["steps"] == 2
+    # paths in a done record: relative to its own folder (no absolute path in outputs)
+    assert not Path(pretrain_done["backbone"]).is_absolute() and pretrain_done["steps"] == 2
+    assert (pretrain_dir / pretrain_done["backbone"]).is_file()
     assert pretrain_done["cpu_s"] > 1 and first.cpu_s > pretrain_done["cpu_s"]  # the child's own CPU time
 
     table = pd.read_csv(out / "results.csv")

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data.portable import portable_path
 from data.roi_cache import RoiCache
 from localize.viewer.page import UNTRAINED_BANNER, render_html
 from localize.viewer.panels import draw_panels
@@ -64,7 +65,7 @@ def inspect_cache(
     stats["plots"] = plots
     stats["panels"] = [vars(p) for p in panels]
     stats["not_drawn"] = selection.skipped
-    stats["corpus"] = str(corpus) if corpus is not None else None
+    stats["corpus"] = portable_path(corpus) if corpus is not None else None
     (out / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
     (out / "index.html").write_text(render_html(stats, plots, panels, selection, corpus), encoding="utf-8")
     return stats

@@ -13,6 +13,7 @@ import zarr
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from data.portable import portable_path
 from data.roi_cache import RoiCache
 from localize.viewer.overlay import save_png
 
@@ -86,7 +87,7 @@ def cache_statistics(cache: RoiCache, table: pd.DataFrame, area: pd.Series) -> d
     failed = table[table["status"] == "failed"]
     reasons = Counter(failure_kind(r, p) for r, p in zip(failed["reason"], failed["path"], strict=True))
     return {
-        "cache": str(cache.path),
+        "cache": portable_path(cache.path),
         "untrained": bool(cache.provenance.get("untrained", False)),
         **counts(table),
         "failure_reasons": dict(reasons.most_common()),

@@ -12,6 +12,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Dataset, Subset
 
+from data.portable import portable_path
 from data.reports import read_report_table, report_sections, reports_for_manifest, studies_for_manifest
 from pretrain.datamodule import RoiDataModule
 from pretrain.maskedclip.tokenizer import ReportTokenizer
@@ -98,7 +99,7 @@ class PairedDataModule(RoiDataModule):
         super().__init__(corpus, cache, **kwargs)
         self.report_sections = tuple(report_sections) if report_sections else None
         # plain strings in the hyper-parameters: a path, never report text
-        self.hparams.update(reports=None if reports is None else str(reports))
+        self.hparams.update(reports=None if reports is None else portable_path(reports))
         self.reports_path = None if reports is None else Path(reports)
         self.tokenizer = ReportTokenizer(text_model, context_length)
 

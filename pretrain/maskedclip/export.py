@@ -30,6 +30,7 @@ from data.clip_folder import (
     OPENAI_MEAN,
     OPENAI_STD,
     clip_config,
+    with_text_folder,
     write_clip_config,
     write_clip_weights,
     write_tokenizer,
@@ -112,7 +113,7 @@ def export_open_clip(trained: TrainedMaskedClip, folder: str | Path) -> dict[str
     }
     config = clip_config(folder, embed_dim=hp["embed_dim"], vision_cfg=vision_cfg, context_length=hp["context_length"])
     state = open_clip_state_dict(model)
-    model_cfg = config["model_cfg"]
+    model_cfg = with_text_folder(config, folder)["model_cfg"]
     check = CustomTextCLIP(
         model_cfg["embed_dim"], model_cfg["vision_cfg"], {**model_cfg["text_cfg"], "hf_model_pretrained": False}
     )
@@ -148,7 +149,7 @@ def export_timm(trained: TrainedMaskedClip, out_path: str | Path) -> dict[str, A
         "input_size": hp["input_size"],
         "mean": list(OPENAI_MEAN),  # what the encoder saw in training
         "std": list(OPENAI_STD),
-        "out": str(out_path),
+        "out": out_path.name,  # the sidecar sits beside it: no absolute path
         "n_tensors": len(state),
         "n_parameters": int(sum(v.numel() for v in state.values())),
         **trained.source,
