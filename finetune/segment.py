@@ -59,6 +59,8 @@ class SegmentationData(FinetuneData):
     train_fraction: seeded stratified subset of the training patients.
     packed, init, intensity: a packed image store of the corpus to read images from, the model's init (linked by
                  the CLI) and the intensity rules; see `FinetuneData` (the rules follow the store / the export).
+    input_channels: "2d" or "2.5d" (slices z-1, z, z+1 as the channels; needs `manifest`), as the backbone was
+                 pretrained: see `FinetuneData`.
     """
 
     def __init__(
@@ -82,8 +84,9 @@ class SegmentationData(FinetuneData):
         normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
         packed: str | None = None,
         init: str | None = None,
+        input_channels: str = "2d",
     ) -> None:
-        super().__init__(train_fraction, subset_seed, intensity, packed, init)
+        super().__init__(train_fraction, subset_seed, intensity, packed, init, input_channels)
         self.normalization = normalization
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
@@ -104,6 +107,7 @@ class SegmentationData(FinetuneData):
         what = str(masks_dir if masks_dir is not None else self.root / (labels_csv or "labels.csv"))
         table = table_splits(table, seed=split_seed, val_share=val_share, test_share=test_share, what=what)
         self.tables: dict[str, pd.DataFrame] = self.split_tables(table)
+        self.neighbours = self.slice_neighbours(self.root, manifest)
 
     def split_size(self, split: str) -> int:
         return len(self.tables[split])
@@ -124,7 +128,14 @@ class SegmentationData(FinetuneData):
         train = split == "train"
         transform = self._transform(train)
         return MaskedImages(
-            self.root, self.tables[split], self.num_classes, transform, self.intensity, train, packed=self.packed
+            self.root,
+            self.tables[split],
+            self.num_classes,
+            transform,
+            self.intensity,
+            train,
+            self.packed,
+            self.neighbours,
         )
 
 

@@ -150,6 +150,8 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path) -> dict[str, An
         "missing_in_timm_model": missing,
         # the intensity rules pretraining used (IntensityConfig fields): fine-tuning follows them by default
         "intensity": (ckpt.get("datamodule_hyper_parameters") or {}).get("intensity_used"),
+        # what the three input channels held in pretraining (data.slice_neighbours): fine-tuning must feed the same
+        "input": {"channels": (ckpt.get("datamodule_hyper_parameters") or {}).get("input_channels", "2d")},
         "code_version": code_version(),  # this export's code; the checkpoint's is below
         "checkpoint_code_version": ckpt.get("code_version"),
         "safetensors": str(safetensors_out),
@@ -224,6 +226,13 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
 def read_backbone(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """The weights written by `export_backbone` and its sidecar (None for a state dict from elsewhere)."""
     return read_state_dict(path), read_sidecar(path)
+
+
+def input_convention(meta: Mapping[str, Any] | None) -> str:
+    """What an export's encoder saw as its three input channels: "2d" (one slice copied thrice, also for a sidecar
+    from before the record or a state dict without one) or "2.5d" (slices z-1, z, z+1; `data.slice_neighbours`)."""
+    recorded = ((meta or {}).get("input") or {}).get("channels")
+    return str(recorded) if recorded else "2d"
 
 
 def architecture_kwargs(meta: Mapping[str, Any] | None) -> dict[str, Any]:
