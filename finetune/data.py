@@ -26,6 +26,7 @@ from torchvision import tv_tensors
 
 from data.ids import make_item_id
 from data.intensity import IntensityConfig
+from data.label_volumes import CorpusLabels
 from data.manifest import read_manifest
 from data.masks import read_label_image, read_mask_image
 from data.packed_store import ImageSize, PackedStore
@@ -87,12 +88,20 @@ class NeighbourSlices:
         return self._around.get(key, (key, key))
 
 
-def read_mask_hw(path: str | Path, num_classes: int = 2) -> torch.Tensor:
+def read_mask_hw(
+    path: str | Path, num_classes: int = 2, volumes: CorpusLabels | None = None, row: int | None = None
+) -> torch.Tensor:
     """A label mask image as int64 (H, W): binary (num_classes == 2) -> `data.masks.read_mask_image` (any non-zero
-    colour is foreground), else grey values are class ids (`data.masks.read_label_image`)."""
-    if num_classes == 2:
+    colour is foreground), else grey values are class ids (`data.masks.read_label_image`). With `volumes`, the label
+    of manifest row `row` from label volumes (`data.label_volumes`; `path` names the label file in errors)."""
+    if volumes is not None:
+        mask = volumes.mask(int(row))
+        if num_classes == 2:
+            return torch.from_numpy((mask != 0).astype(np.int64))
+    elif num_classes == 2:
         return torch.from_numpy(read_mask_image(path).astype(np.int64))
-    mask = read_label_image(path)
+    else:
+        mask = read_label_image(path)
     if int(mask.max()) >= num_classes:
         raise ValueError(f"{path}: mask holds value {int(mask.max())}, but num_classes is {num_classes}")
     return torch.from_numpy(mask.astype(np.int64))
@@ -331,8 +340,10 @@ class MaskedImages(Dataset):
         transform_mask: bool = True,
         packed: PackedStore | None = None,
         neighbours: NeighbourSlices | None = None,
+        volumes: CorpusLabels | None = None,
     ) -> None:
         self.root, self.intensity, self.packed, self.neighbours = Path(root), intensity, packed, neighbours
+        self.volumes = volumes  # masks from label volumes: rows name their manifest row (`CorpusLabels.table`)
         self.table = table.reset_index(drop=True)
         self.num_classes = num_classes
         self.transform, self.transform_mask = transform, transform_mask
@@ -351,7 +362,7 @@ class MaskedImages(Dataset):
             self.packed,
             neighbours=self.neighbours,
         )
-        mask_hw = read_mask_hw(row["mask_path"], self.num_classes)
+        mask_hw = read_mask_hw(row["mask_path"], self.num_classes, self.volumes, row.get("mask_row"))
         if tuple(mask_hw.shape) != tuple(image_chw.shape[-2:]):
             raise ValueError(
                 f"{row['mask_path']}: mask is {tuple(mask_hw.shape)} but its image "
