@@ -5,7 +5,8 @@ The exported file is what `torch.save(state_dict)` writes: tensors under the nam
 pretraining does not train: `fc` for ResNets; `head.norm` and `head.fc` for ConvNeXts (the final LayerNorm
 sits in timm's head and pretraining prunes it, as SparK does). Downstream tasks (`finetune`) re-initialise the
 head and load everything else strictly. A JSON sidecar (`<out>.json`) records the backbone name, the export
-summary and the intensity rules pretraining used (fine-tuning follows them); `read_backbone` returns it with the
+summary, the intensity rules pretraining used (fine-tuning follows them) and its input convention (`input:
+{channels: "2d" | "2.5d"}`, `input_convention`; fine-tuning refuses the other); `read_backbone` returns it with the
 weights. `load_backbone` builds a checked timm model.
 
 Other exports use the same sidecar (e.g. MaskedCLIP's ViT, `pretrain.maskedclip.export`) and may record more:
