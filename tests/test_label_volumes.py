@@ -207,3 +207,20 @@ def test_the_sample_label_volumes_sit_beside_the_truth_and_do_not_change_the_ima
     assert written == ["ct_series_000.nii.gz", "ct_series_000.seg.dcm", "nifti.csv", "seg.csv"]
     header = nib.Nifti1Image.from_bytes(gzip.decompress((corpus / "truth/volumes/ct_series_000.nii.gz").read_bytes()))
     assert header.shape == (64, 64, 4)
+
+
+def test_a_nifti_label_volume_of_a_nifti_image_stored_another_way_gives_the_png_truth(sample, tmp_path):
+    # the MR volume's own grid, its first axis stored reversed (x running left instead of right): the reader slices
+    # the image in RAS+ order, so the label must be turned back by its affine, not read as stored
+    corpus, manifest, _ = sample
+    image = nib.load(str(corpus / "brain_mri" / "vol_000.nii.gz"))
+    rows = [i for i, p in enumerate(manifest["path"]) if p == "brain_mri/vol_000.nii.gz"]
+    frames = manifest["frame"].to_numpy()[rows]
+    truth = np.stack([png_truth(corpus, manifest["item_id"][r]) for r in np.array(rows)[np.argsort(frames)]], -1)
+    assert truth.any()  # the volume has a tumour somewhere: the test can fail
+    flip = np.array([[-1, 0, 0, truth.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float)
+    write_nifti(tmp_path / "mr.nii.gz", truth[::-1].astype(np.uint8).copy(), image.affine @ flip)
+    (tmp_path / "mr.csv").write_text("label,images\nmr.nii.gz,brain_mri/vol_000.nii.gz\n")
+    labels = CorpusLabels(tmp_path / "mr.csv", corpus, manifest)
+    for row in rows:
+        assert np.array_equal(labels.mask(row) != 0, png_truth(corpus, manifest["item_id"][row]))
