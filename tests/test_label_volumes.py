@@ -23,6 +23,7 @@ from data.roi_cache import RoiCache
 from data.sample import write_sample_corpus
 from finetune.data import MaskedImages
 from finetune.segment import SegmentationData
+from localize.__main__ import main as localize_main
 from localize.evaluate import evaluate_cache
 from localize.import_masks import import_masks, shuffle_rois
 from localize.import_masks import main as import_main
@@ -224,3 +225,25 @@ def test_a_nifti_label_volume_of_a_nifti_image_stored_another_way_gives_the_png_
     labels = CorpusLabels(tmp_path / "mr.csv", corpus, manifest)
     for row in rows:
         assert np.array_equal(labels.mask(row) != 0, png_truth(corpus, manifest["item_id"][row]))
+
+
+def test_the_commands_refuse_a_mismatched_grid_in_one_line_before_writing(hand, tmp_path, capsys):
+    corpus, manifest, root = hand
+    shifted = hand_affine() @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0.5], [0, 0, 0, 1]], float)
+    write_nifti(root / "shifted.nii.gz", label_values(), shifted)
+    listing = write_list(root, "shifted.nii.gz")
+    argv = ["--label-volumes", str(listing), "--cache", str(tmp_path / "x.zarr"), "--corpus", str(corpus)]
+    assert import_main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "shifted.nii.gz: no label slice at the image slice's position" in err
+    assert not (tmp_path / "x.zarr").exists()
+    write_nifti(root / "fits.nii.gz", label_values(), hand_affine())
+    good = write_list(root, "fits.nii.gz")
+    assert (
+        import_main(["--label-volumes", str(good), "--cache", str(tmp_path / "y.zarr"), "--corpus", str(corpus)]) == 0
+    )
+    cli = ["eval", "--cache", str(tmp_path / "y.zarr"), "--corpus", str(corpus)]
+    assert localize_main([*cli, "--label-volumes", str(good)]) == 0
+    assert '"evaluated": 3' in capsys.readouterr().out  # the cache is the labels themselves: every slice scored
+    assert localize_main([*cli, "--label-volumes", str(listing)]) == 2
+    assert "shifted.nii.gz: no label slice" in capsys.readouterr().err
