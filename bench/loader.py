@@ -18,6 +18,9 @@ input size, so the loader skips the image resize), `packed_square_speedup` its i
 `packed_square_max_abs_diff` / `square_rois_equal` its first batch against the raw one. A square uint8 store's images
 leave the loader as uint8 (`packed_square_image_dtype`) and become float on the device
 (`RoiDataModule.on_after_batch_transfer`); the differences are taken after that conversion.
+`packed_square_2_5d_*`: the square store read with 2.5-D input (`input_channels: 2.5d`, slices z-1, z, z+1 of the
+series as the channels: three images read per item), measured in the same run; `square_2_5d_vs_2d` is its images/s over
+the 2-D square loader's and `square_2_5d_cpu_vs_2d` its CPU time per image over the 2-D one's.
 
 `localize` (nifti_gz, the tiny stand-ins with similarity saliency so that reading dominates): items/s reading item by
 item (`volume_cache_mb: 0`, as before volume-aware reads), volume-aware, and on the same slices stored as PNG files;
@@ -84,14 +87,21 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def loader_rate(
-    corpus: Path, cache: Path, packed: Path | None, batch: int, seconds: float
+    corpus: Path, cache: Path, packed: Path | None, batch: int, seconds: float, input_channels: str = "2d"
 ) -> tuple[float, float, dict]:
     """(images/s of the pretraining DataLoader for `seconds` after its first batch, CPU ms per image of the loader's
     processes in that time, the first batch)."""
     from pretrain.datamodule import RoiDataModule
 
     dm = RoiDataModule(
-        corpus, cache, packed=packed, input_size=224, batch_size=batch, num_workers=2, normalize="imagenet"
+        corpus,
+        cache,
+        packed=packed,
+        input_size=224,
+        batch_size=batch,
+        num_workers=2,
+        normalize="imagenet",
+        input_channels=input_channels,
     )
     dm.setup("fit")
     loader = dm.train_dataloader()
@@ -131,8 +141,11 @@ def corpus_figures(name: str, corpus: Path, work: Path, args: argparse.Namespace
     raw, raw_cpu, raw_batch = loader_rate(corpus, cache.path, None, args.batch, args.seconds)
     packed, packed_cpu, packed_batch = loader_rate(corpus, cache.path, store_path, args.batch, args.seconds)
     square, square_cpu, square_batch = loader_rate(corpus, cache.path, square_path, args.batch, args.seconds)
+    square_25d, square_25d_cpu, square_25d_batch = loader_rate(
+        corpus, cache.path, square_path, args.batch, args.seconds, "2.5d"
+    )
     # the same seeded order and augmentation
-    assert raw_batch["item_id"] == packed_batch["item_id"] == square_batch["item_id"]
+    assert raw_batch["item_id"] == packed_batch["item_id"] == square_batch["item_id"] == square_25d_batch["item_id"]
     return {
         "items": cache.n_items,
         "raw_images_per_s": round(raw, 1),
@@ -146,6 +159,12 @@ def corpus_figures(name: str, corpus: Path, work: Path, args: argparse.Namespace
         "packed_square_speedup": round(square / raw, 1),
         "packed_square_cpu_ms_per_image": round(square_cpu, 2),
         "packed_square_images_per_s_on_2_free_cores": round(2000 / square_cpu, 1),
+        "packed_square_2_5d_images_per_s": round(square_25d, 1),
+        "packed_square_2_5d_cpu_ms_per_image": round(square_25d_cpu, 2),
+        "square_2_5d_vs_2d": round(square_25d / square, 2),
+        "square_2_5d_cpu_vs_2d": round(square_25d_cpu / square_cpu, 2),
+        # the centre channel of 2.5-D input is the 2-D image: equal up to nothing (same store, same flip)
+        "square_2_5d_centre_equal": bool(torch.equal(square_25d_batch["image"][:, 1], square_batch["image"][:, 1])),
         "packing_s": round(packing_s, 2),
         "packing_images_per_s": round(cache.n_items / packing_s, 1),
         "bytes_per_image": round(summary.bytes_per_image),

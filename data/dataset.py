@@ -18,6 +18,7 @@ from data.manifest import manifest_sha256, read_manifest
 from data.packed_store import PackedStore
 from data.readers import load_image
 from data.roi_cache import DONE, ROI_SHAPES, RoiCache, RoiShape
+from data.slice_neighbours import InputChannels, check_input_channels, neighbour_rows
 
 Transform = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[torch.Tensor, torch.Tensor]]
 
@@ -46,6 +47,10 @@ class RoiDataset(Dataset):
     device, equal to what this dataset would have given. Only for a `transform` that does not resample the image
     (a square store at the input size): a uint8 resize would round.
 
+    `input_channels`: "2d" (the release: a grey image repeated to `channels`) or "2.5d" (`data.slice_neighbours`:
+    the grey slices z-1, z, z+1 of the item's series as its three channels, the ROI that of slice z; RGB items and
+    items without a series stay as "2d" gives them). Needs `channels` 3.
+
     The manifest defaults to the cache's own (else the store's); row i of the manifest must be item i of the cache
     and of the store.
     """
@@ -63,7 +68,12 @@ class RoiDataset(Dataset):
         roi_shape: RoiShape = "sam",
         packed: PackedStore | str | Path | None = None,
         integer_images: bool = False,
+        input_channels: InputChannels = "2d",
     ) -> None:
+        if check_input_channels(input_channels) == "2.5d" and channels != 3:
+            raise ValueError(
+                f"input_channels '2.5d' feeds three slices as the channels: channels must be 3, not {channels}"
+            )
         if roi_shape not in ROI_SHAPES:
             raise ValueError(f"roi_shape must be one of {ROI_SHAPES}, got {roi_shape!r}")
         self.roi_shape = roi_shape
@@ -98,6 +108,11 @@ class RoiDataset(Dataset):
         self._modalities, self._ids = self.manifest["modality"].to_numpy(), self.manifest["item_id"].to_numpy()
         self._native_hw = self.manifest[["height", "width"]].to_numpy()
         self._roi_native = self.packed is not None and self.packed.square is not None
+        self.input_channels = input_channels
+        self._neighbours = None
+        if input_channels == "2.5d":  # slices a store failed to pack are no one's neighbour
+            usable = None if self.packed is None else self.packed.status() == DONE
+            self._neighbours = neighbour_rows(self.manifest, usable)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -122,21 +137,34 @@ class RoiDataset(Dataset):
         return {"image": image, "roi": roi, "item_id": str(self._ids[index]), "index": index}
 
     def _image_chw(self, index: int) -> torch.Tensor:
-        """The item's image, float32 (1 or 3, H, W) in [0, 1]: grey stays one channel, RGB becomes grey when
-        `channels` is 1."""
-        if self.packed is not None:
-            x = torch.from_numpy(self.packed.read_pixels(index))
-            if not self.integer_images:
-                x = unit_float(x)
+        """The item's image, float32 (1 or 3, H, W) in [0, 1]: grey stays one channel (three neighbouring slices with
+        2.5-D input), RGB becomes grey when `channels` is 1."""
+        x = self._pixels(index)
+        if x.ndim == 3:  # RGB, (H, W, 3)
+            x = x.permute(2, 0, 1)
+        elif self._neighbours is not None:  # grey with 2.5-D input: slices z-1, z, z+1
+            x = torch.stack([x if j == index else self._neighbour(int(j), x) for j in self._neighbours[index]])
         else:
-            path, frame, modality = self._paths[index], int(self._frames[index]), self._modalities[index]
-            x = torch.from_numpy(load_image(self.corpus, path, frame, modality, self.intensity))
-        x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+            x = x[None]
         if x.shape[0] == 3 and self.channels == 1:  # RGB -> grey, ITU-R 601 luma
             return (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
         if x.shape[0] not in (1, self.channels):
             raise ValueError(f"cannot turn a {x.shape[0]}-channel image into {self.channels} channels")
         return x.contiguous()
+
+    def _pixels(self, index: int) -> torch.Tensor:
+        """Item `index` as read: (H, W) or (H, W, 3); float32 in [0, 1], or as stored with `integer_images`."""
+        if self.packed is not None:
+            x = torch.from_numpy(self.packed.read_pixels(index))
+            return x if self.integer_images else unit_float(x)
+        path, frame, modality = self._paths[index], int(self._frames[index]), self._modalities[index]
+        return torch.from_numpy(load_image(self.corpus, path, frame, modality, self.intensity))
+
+    def _neighbour(self, index: int, centre_hw: torch.Tensor) -> torch.Tensor:
+        """Slice `index` next to a grey item `centre_hw`; the centre itself where the two do not stack (another
+        stored size or an RGB image in the series)."""
+        x = self._pixels(index)
+        return x if x.shape == centre_hw.shape else centre_hw
 
 
 def nearest_sources(in_size: int, out_size: int) -> np.ndarray:

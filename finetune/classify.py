@@ -113,6 +113,8 @@ class ClassificationData(FinetuneData):
     eval_crop:   evaluation centre-crop fraction (SparK 0.95, MAE 0.875); 1 = resize the whole image.
     packed, init, intensity: a packed image store of the corpus to read images from, the model's init (linked by
                  the CLI) and the intensity rules; see `FinetuneData` (the rules follow the store / the export).
+    input_channels: "2d" or "2.5d" (slices z-1, z, z+1 as the channels; needs `manifest`), as the backbone was
+                 pretrained: see `FinetuneData`.
     """
 
     def __init__(
@@ -135,8 +137,9 @@ class ClassificationData(FinetuneData):
         normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
         packed: str | None = None,
         init: str | None = None,
+        input_channels: str = "2d",
     ) -> None:
-        super().__init__(train_fraction, subset_seed, intensity, packed, init)
+        super().__init__(train_fraction, subset_seed, intensity, packed, init, input_channels)
         self.root = Path(root)
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.augment: Policy = "light" if augment is True else "none" if augment is False else augment
@@ -147,6 +150,7 @@ class ClassificationData(FinetuneData):
         if len(self.class_names) < 2:
             raise ValueError(f"classification needs at least two classes, found {self.class_names}")
         self.tables: dict[str, pd.DataFrame] = self.split_tables(table)
+        self.neighbours = self.slice_neighbours(self.root, manifest)
 
     @property
     def num_classes(self) -> int:
@@ -163,7 +167,7 @@ class ClassificationData(FinetuneData):
         train = split == "train"
         transform = classify_transform(self.augment, self.image_size, train, self.eval_crop, self.normalization)
         return LabelledImages(
-            self.root, self.tables[split], self.class_names, transform, self.intensity, packed=self.packed
+            self.root, self.tables[split], self.class_names, transform, self.intensity, self.packed, self.neighbours
         )
 
 

@@ -26,10 +26,12 @@ from torchvision import tv_tensors
 
 from data.ids import make_item_id
 from data.intensity import IntensityConfig
+from data.label_volumes import CorpusLabels
 from data.manifest import read_manifest
 from data.masks import read_label_image, read_mask_image
 from data.packed_store import ImageSize, PackedStore
 from data.readers import load_image
+from data.slice_neighbours import neighbour_rows
 from data.splits import assign_group_splits, check_groups_disjoint, group_subset, patient_groups
 
 SPLITS = ("train", "val", "test")
@@ -44,26 +46,62 @@ def read_image_chw(
     intensity: IntensityConfig | None = None,
     packed: PackedStore | None = None,
     size: ImageSize = "native",
+    neighbours: NeighbourSlices | None = None,
 ) -> torch.Tensor:
-    """Frame `frame` of `root/relpath` as float32 (3, H, W) in [0, 1]; grey is repeated to three channels.
+    """Frame `frame` of `root/relpath` as float32 (3, H, W) in [0, 1]; grey is repeated to three channels, or with
+    `neighbours` (2.5-D input) the slices before, at and after it in its series (`NeighbourSlices`).
 
     With `packed`, the image comes from that packed store (normalised by its rules), at its stored `size` or
     resized back to the file's own ("native", so that masks and boxes line up)."""
-    if packed is not None:
-        pixels = packed.image_at(relpath, int(frame), modality or None, size)
-    else:
-        pixels = load_image(root, relpath, int(frame), modality or None, intensity)
+
+    def pixels_of(path: str, index: int) -> np.ndarray:
+        if packed is not None:
+            return packed.image_at(path, int(index), modality or None, size)
+        return load_image(root, path, int(index), modality or None, intensity)
+
+    pixels = pixels_of(relpath, frame)
+    if pixels.ndim == 2 and neighbours is not None:
+        before, after = neighbours.around(relpath, int(frame))
+        stack = [pixels if (p, f) == (relpath, int(frame)) else pixels_of(p, f) for p, f in (before, after)]
+        # a neighbour of another size (a mixed series): the centre stands in, as at the series' ends
+        before_hw, after_hw = (x if x.shape == pixels.shape else pixels for x in stack)
+        pixels = np.stack([before_hw, pixels, after_hw], axis=-1)
     x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
     x = x[None].expand(3, -1, -1) if x.ndim == 2 else x.permute(2, 0, 1)
     return x.contiguous()
 
 
-def read_mask_hw(path: str | Path, num_classes: int = 2) -> torch.Tensor:
+class NeighbourSlices:
+    """(path, frame) of the slices before and after each image of a corpus manifest, in series order (2.5-D input,
+    `data.slice_neighbours`: edge slices repeat, an image without a series is its own neighbour). An image the
+    manifest lacks is its own neighbour too."""
+
+    def __init__(self, manifest: pd.DataFrame) -> None:
+        manifest = manifest.reset_index(drop=True)
+        keys = list(zip(manifest["path"].astype(str), manifest["frame"].astype(int), strict=True))
+        rows = neighbour_rows(manifest)
+        self._around = {key: (keys[r[0]], keys[r[2]]) for key, r in zip(keys, rows, strict=True)}
+
+    def around(self, path: str, frame: int) -> tuple[tuple[str, int], tuple[str, int]]:
+        """((path, frame) of slice z-1, of slice z+1) of the image at slice z."""
+        key = (str(path), int(frame))
+        return self._around.get(key, (key, key))
+
+
+def read_mask_hw(
+    path: str | Path, num_classes: int = 2, volumes: CorpusLabels | None = None, row: int | None = None
+) -> torch.Tensor:
     """A label mask image as int64 (H, W): binary (num_classes == 2) -> `data.masks.read_mask_image` (any non-zero
-    colour is foreground), else grey values are class ids (`data.masks.read_label_image`)."""
-    if num_classes == 2:
+    colour is foreground), else grey values are class ids (`data.masks.read_label_image`). With `volumes`, the label
+    of manifest row `row` from label volumes (`data.label_volumes`; `path` names the label file in errors)."""
+    if volumes is not None:
+        mask = volumes.mask(int(row))
+        if num_classes == 2:
+            return torch.from_numpy((mask != 0).astype(np.int64))
+    elif num_classes == 2:
         return torch.from_numpy(read_mask_image(path).astype(np.int64))
-    mask = read_label_image(path)
+    else:
+        mask = read_label_image(path)
     if int(mask.max()) >= num_classes:
         raise ValueError(f"{path}: mask holds value {int(mask.max())}, but num_classes is {num_classes}")
     return torch.from_numpy(mask.astype(np.int64))
@@ -252,8 +290,9 @@ class LabelledImages(Dataset):
         transform: Transform | None = None,
         intensity: IntensityConfig | None = None,
         packed: PackedStore | None = None,
+        neighbours: NeighbourSlices | None = None,
     ) -> None:
-        self.root, self.intensity, self.packed = Path(root), intensity, packed
+        self.root, self.intensity, self.packed, self.neighbours = Path(root), intensity, packed, neighbours
         self.table = table.reset_index(drop=True)
         self.class_index = {name: i for i, name in enumerate(class_names)}
         unknown = sorted(set(self.table["label"]) - set(self.class_index))
@@ -268,7 +307,14 @@ class LabelledImages(Dataset):
         row = self.table.iloc[i]
         # stored size from a packed store: the transform resizes it anyway
         image_chw = read_image_chw(
-            self.root, row["path"], row["frame"], row["modality"], self.intensity, self.packed, "stored"
+            self.root,
+            row["path"],
+            row["frame"],
+            row["modality"],
+            self.intensity,
+            self.packed,
+            "stored",
+            self.neighbours,
         )
         image = tv_tensors.Image(image_chw)
         if self.transform is not None:
@@ -293,8 +339,11 @@ class MaskedImages(Dataset):
         intensity: IntensityConfig | None = None,
         transform_mask: bool = True,
         packed: PackedStore | None = None,
+        neighbours: NeighbourSlices | None = None,
+        volumes: CorpusLabels | None = None,
     ) -> None:
-        self.root, self.intensity, self.packed = Path(root), intensity, packed
+        self.root, self.intensity, self.packed, self.neighbours = Path(root), intensity, packed, neighbours
+        self.volumes = volumes  # masks from label volumes: rows name their manifest row (`CorpusLabels.table`)
         self.table = table.reset_index(drop=True)
         self.num_classes = num_classes
         self.transform, self.transform_mask = transform, transform_mask
@@ -304,8 +353,16 @@ class MaskedImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.table.iloc[i]
-        image_chw = read_image_chw(self.root, row["path"], row["frame"], row["modality"], self.intensity, self.packed)
-        mask_hw = read_mask_hw(row["mask_path"], self.num_classes)
+        image_chw = read_image_chw(
+            self.root,
+            row["path"],
+            row["frame"],
+            row["modality"],
+            self.intensity,
+            self.packed,
+            neighbours=self.neighbours,
+        )
+        mask_hw = read_mask_hw(row["mask_path"], self.num_classes, self.volumes, row.get("mask_row"))
         if tuple(mask_hw.shape) != tuple(image_chw.shape[-2:]):
             raise ValueError(
                 f"{row['mask_path']}: mask is {tuple(mask_hw.shape)} but its image "
@@ -401,8 +458,9 @@ class CocoInstances(Dataset):
         transform: Transform | None = None,
         intensity: IntensityConfig | None = None,
         packed: PackedStore | None = None,
+        neighbours: NeighbourSlices | None = None,
     ) -> None:
-        self.root, self.intensity, self.packed = Path(root), intensity, packed
+        self.root, self.intensity, self.packed, self.neighbours = Path(root), intensity, packed, neighbours
         self.coco = coco
         self.image_ids = list(image_ids) if image_ids is not None else sorted(coco.getImgIds())
         self.category_ids = sorted(coco.getCatIds())
@@ -416,7 +474,13 @@ class CocoInstances(Dataset):
         image_id = self.image_ids[i]
         info = self.coco.imgs[image_id]
         image_chw = read_image_chw(
-            self.root, info["file_name"], info.get("frame", 0), info.get("modality"), self.intensity, self.packed
+            self.root,
+            info["file_name"],
+            info.get("frame", 0),
+            info.get("modality"),
+            self.intensity,
+            self.packed,
+            neighbours=self.neighbours,
         )
         h, w = image_chw.shape[-2:]
         if (info.get("height", h), info.get("width", w)) != (h, w):

@@ -63,6 +63,8 @@ class DetectionData(FinetuneData):
                    the fraction draws. Evaluation keeps every image.
     packed, init, intensity: a packed image store of the corpus to read images from, the model's init (linked by
                  the CLI) and the intensity rules; see `FinetuneData` (the rules follow the store / the export).
+    input_channels: "2d" or "2.5d" (slices z-1, z, z+1 as the channels; needs `manifest`), as the backbone was
+                 pretrained: see `FinetuneData`.
     """
 
     collate_fn = staticmethod(collate_lists)  # images of different sizes + per-image targets
@@ -88,8 +90,10 @@ class DetectionData(FinetuneData):
         packed: str | None = None,
         init: str | None = None,
         filter_empty: bool = True,
+        input_channels: str = "2d",
     ) -> None:
-        super().__init__(train_fraction, subset_seed, intensity, packed, init)
+        super().__init__(train_fraction, subset_seed, intensity, packed, init, input_channels)
+        self.neighbours = self.slice_neighbours(Path(root), manifest)
         self.root = Path(root)
         self.batch_size, self.num_workers, self.augment = batch_size, num_workers, augment
         self.coco = load_coco(under_root(self.root, ann_file))
@@ -191,7 +195,7 @@ class DetectionData(FinetuneData):
     def split_dataset(self, split: str) -> Dataset:
         transform = v2.RandomHorizontalFlip() if split == "train" and self.augment else None
         coco, ids = self.evaluation_source(split)
-        return CocoInstances(self.root, coco, ids, transform, self.intensity, packed=self.packed)
+        return CocoInstances(self.root, coco, ids, transform, self.intensity, self.packed, self.neighbours)
 
 
 class DetectionModule(FinetuneTask):

@@ -20,6 +20,8 @@ from timm.optim import param_groups_weight_decay
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from data.label_volumes import CorpusLabels
+from data.manifest import read_manifest
 from data.portable import portable
 from finetune.augment import normalize
 from finetune.data import (
@@ -60,6 +62,12 @@ class SegmentationData(FinetuneData):
     train_fraction: seeded stratified subset of the training patients.
     packed, init, intensity: a packed image store of the corpus to read images from, the model's init (linked by
                  the CLI) and the intensity rules; see `FinetuneData` (the rules follow the store / the export).
+    input_channels: "2d" or "2.5d" (slices z-1, z, z+1 as the channels; needs `manifest`), as the backbone was
+                 pretrained: see `FinetuneData`.
+    label_volumes: a CSV (label, images) of NIfTI label volumes / DICOM SEG objects (`data.label_volumes`; relative:
+                 under `root` first), matched to the images by geometry (needs `manifest`), instead of the PNG truth:
+                 the items are the manifest's images the list covers, split by patient (stratified by empty / non-empty
+                 mask; `labels_csv` is not read). A grid that does not match is refused, naming the file and reason.
     """
 
     def __init__(
@@ -83,14 +91,24 @@ class SegmentationData(FinetuneData):
         normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
         packed: str | None = None,
         init: str | None = None,
+        input_channels: str = "2d",
+        label_volumes: str | None = None,
     ) -> None:
-        super().__init__(train_fraction, subset_seed, intensity, packed, init)
+        super().__init__(train_fraction, subset_seed, intensity, packed, init, input_channels)
         self.normalization = normalization
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
         self.root, self.num_classes = Path(root), num_classes
         self.image_size, self.batch_size, self.num_workers, self.augment = image_size, batch_size, num_workers, augment
-        if masks_dir is not None:
+        self.volumes: CorpusLabels | None = None
+        if label_volumes is not None:
+            if manifest is None:
+                raise ValueError("data.label_volumes matches label volumes to the manifest's images: set data.manifest")
+            self.volumes = CorpusLabels(
+                under_root(self.root, label_volumes), self.root, read_manifest(under_root(self.root, manifest))
+            )
+            table = self.volumes.table()
+        elif masks_dir is not None:
             table = folder_mask_table(self.root, masks_dir)
         else:
             csv_path = Path(labels_csv or "labels.csv")
@@ -101,10 +119,14 @@ class SegmentationData(FinetuneData):
                 None if manifest is None else under_root(self.root, manifest),
             )
         if "label" not in table.columns:  # stratify by whether the mask has any foreground
-            table["label"] = ["fg" if read_mask_hw(p, num_classes).any() else "empty" for p in table["mask_path"]]
-        what = str(masks_dir if masks_dir is not None else self.root / (labels_csv or "labels.csv"))
+            table["label"] = ["fg" if self._mask(row).any() else "empty" for row in table.to_dict("records")]
+        what = str(label_volumes or masks_dir or self.root / (labels_csv or "labels.csv"))
         table = table_splits(table, seed=split_seed, val_share=val_share, test_share=test_share, what=what)
         self.tables: dict[str, pd.DataFrame] = self.split_tables(table)
+        self.neighbours = self.slice_neighbours(self.root, manifest)
+
+    def _mask(self, row: dict) -> torch.Tensor:
+        return read_mask_hw(row["mask_path"], self.num_classes, self.volumes, row.get("mask_row"))
 
     def split_size(self, split: str) -> int:
         return len(self.tables[split])
@@ -125,7 +147,15 @@ class SegmentationData(FinetuneData):
         train = split == "train"
         transform = self._transform(train)
         return MaskedImages(
-            self.root, self.tables[split], self.num_classes, transform, self.intensity, train, packed=self.packed
+            self.root,
+            self.tables[split],
+            self.num_classes,
+            transform,
+            self.intensity,
+            train,
+            self.packed,
+            self.neighbours,
+            self.volumes,
         )
 
 

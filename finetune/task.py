@@ -13,12 +13,14 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
 from data.intensity_follow import follow_intensity, recorded_intensity, require_same_intensity
+from data.manifest import read_manifest
 from data.packed_store import PackedStore
 from data.provenance import code_version
+from data.slice_neighbours import check_input_channels
 from data.splits import SPLITS, patient_groups, split_counts
 from finetune.backbone import PRETRAINED, InitSpec, LoadReport
-from finetune.data import stratified_subset
-from pretrain.export import read_sidecar
+from finetune.data import NeighbourSlices, stratified_subset, under_root
+from pretrain.export import input_convention, read_sidecar
 from pretrain.schedules import WarmupCosineSchedule, effective_batch_size, set_run_horizon
 
 
@@ -87,12 +89,24 @@ class FinetuneData(pl.LightningDataModule):
         intensity: dict[str, Any] | None = None,
         packed: str | None = None,
         init: str | None = None,
+        input_channels: str = "2d",
     ) -> None:
         """intensity: data.intensity.IntensityConfig fields; None: the rules recorded with the data, so the backbone
         sees the images it was pretrained on: the packed store's (`packed`), else those the pretraining of an
         exported backbone used (`init`, the model's, linked by the CLI), else the defaults. Set rules that differ
-        are warned about; a packed store of other rules is refused."""
+        are warned about; a packed store of other rules is refused.
+        input_channels: "2d" (a grey image copied to the three channels) or "2.5d" (slices z-1, z, z+1 of its
+        series, `data.slice_neighbours`; needs the corpus manifest). An exported backbone pretrained with the other
+        convention (its sidecar's `input.channels`, "2d" when absent) is refused."""
         super().__init__()
+        self.input_channels = check_input_channels(input_channels)
+        if init and InitSpec.parse(init).kind == PRETRAINED:
+            recorded_channels = input_convention(read_sidecar(InitSpec.parse(init).path))
+            if recorded_channels != input_channels:
+                raise ValueError(
+                    f"{init}: the backbone was pretrained on '{recorded_channels}' input (its sidecar's input.channels)"
+                    f", but data.input_channels is '{input_channels}'; set data.input_channels: {recorded_channels}"
+                )
         self.packed = PackedStore.open(packed) if packed else None
         if self.packed is not None and self.packed.square is not None:
             raise ValueError(
@@ -113,6 +127,15 @@ class FinetuneData(pl.LightningDataModule):
             raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
         self.train_fraction = train_fraction
         self.subset_seed = subset_seed
+
+    def slice_neighbours(self, root: Path, manifest: str | None) -> NeighbourSlices | None:
+        """The neighbouring slices 2.5-D input reads (None for "2d"), from the corpus manifest (relative: under
+        `root` first), which "2.5d" needs: the series and slice order are the scan's."""
+        if self.input_channels == "2d":
+            return None
+        if manifest is None:
+            raise ValueError("data.input_channels '2.5d' needs data.manifest (the scan's series and slice order)")
+        return NeighbourSlices(read_manifest(under_root(root, manifest)))
 
     # Subclasses set these and implement split_size / split_dataset; the loaders below are shared.
     split_record: dict[str, dict[str, int]] | None = None

@@ -59,7 +59,9 @@ def _eval(args: argparse.Namespace) -> int:
     from data.roi_cache import RoiCache
     from localize.evaluate import evaluate_cache, write_report
 
-    scores, summary = evaluate_cache(RoiCache.open(args.cache), args.truth)
+    scores, summary = evaluate_cache(
+        RoiCache.open(args.cache), args.truth, label_volumes=args.label_volumes, corpus=args.corpus or "."
+    )
     if args.out:
         write_report(scores, summary, args.out)
     print(json.dumps(summary, indent=2))
@@ -119,7 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="Dice / IoU of cached ROIs against ground-truth masks, per modality")
     ev.add_argument("--cache", required=True)
-    ev.add_argument("--truth", required=True, help="folder of <item_id>.png masks (the sample corpus: DIR/truth)")
+    truth = ev.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--truth", help="folder of <item_id>.png masks (the sample corpus: DIR/truth)")
+    truth.add_argument(
+        "--label-volumes",
+        metavar="LIST.csv",
+        help="CSV (label, images) of NIfTI label volumes / DICOM SEG objects, matched to the images by geometry",
+    )
+    ev.add_argument("--corpus", help="the corpus the cache's paths are relative to (with --label-volumes)")
     ev.add_argument("--out", help="write the summary JSON here (+ a per-item CSV next to it)")
     ev.set_defaults(func=_eval)
 

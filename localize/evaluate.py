@@ -1,8 +1,9 @@
 """Dice and IoU of cached ROIs against ground-truth masks, per modality.
 
 Ground truth: a folder of `<item_id>.png` masks (any non-zero colour = ROI, read by `data.masks`) at each
-item's own size, the layout `python -m data sample` writes under `truth/`. Items without a truth file, or not
-done, are counted and skipped. Used to choose prompts and parameters on evidence rather than by eye.
+item's own size, the layout `python -m data sample` writes under `truth/`; or label volumes (NIfTI label volumes,
+DICOM SEG objects; `data.label_volumes`) matched to the images by geometry, a label != 0 being ROI. Items without
+truth, or not done, are counted and skipped. Used to choose prompts and parameters on evidence rather than by eye.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.label_volumes import CorpusLabels
 from data.masks import read_mask_image
 from data.portable import portable_path
 from data.roi_cache import DONE, RoiCache
@@ -29,20 +31,32 @@ def dice_iou(pred_hw: np.ndarray, truth_hw: np.ndarray) -> tuple[float, float]:
     return float(2 * inter / total), float(inter / union)
 
 
-def evaluate_cache(cache: RoiCache, truth_dir: str | Path) -> tuple[pd.DataFrame, dict]:
-    """Per-item scores (item_id, modality, dice, iou, empty_roi) and a summary per modality and overall."""
-    truth_dir = Path(truth_dir)
-    if not truth_dir.is_dir():
+def evaluate_cache(
+    cache: RoiCache, truth_dir: str | Path | None, *, label_volumes: str | Path | None = None, corpus: str | Path = "."
+) -> tuple[pd.DataFrame, dict]:
+    """Per-item scores (item_id, modality, dice, iou, empty_roi) and a summary per modality and overall. Truth from
+    `truth_dir` (<item_id>.png), or from the `label_volumes` list (matched to the images of `corpus`)."""
+    if (truth_dir is None) == (label_volumes is None):
+        raise ValueError("give a truth folder or a label volume list, one of them")
+    truth_dir = None if truth_dir is None else Path(truth_dir)
+    if truth_dir is not None and not truth_dir.is_dir():
         raise FileNotFoundError(f"{truth_dir}: ground-truth folder not found")
     table = cache.table()
+    volumes = None if label_volumes is None else CorpusLabels(label_volumes, corpus, cache.manifest())
     rows, missing = [], 0
     for index in np.flatnonzero(table["status"].cat.codes.to_numpy() == DONE):
         item = table.iloc[index]
-        path = truth_dir / f"{item.item_id}.png"
-        if not path.is_file():
+        if volumes is not None:
+            truth_hw = volumes.mask(int(index))
+            if truth_hw is None:
+                missing += 1
+                continue
+            truth_hw = truth_hw != 0
+        elif (truth_dir / f"{item.item_id}.png").is_file():
+            truth_hw = read_mask_image(truth_dir / f"{item.item_id}.png")
+        else:
             missing += 1
             continue
-        truth_hw = read_mask_image(path)
         pred_hw = cache.read_mask(int(index), truth_hw.shape)
         dice, iou = dice_iou(pred_hw, truth_hw)
         rows.append(

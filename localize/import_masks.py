@@ -12,6 +12,10 @@ Two ways to fill a cache without running BiomedCLIP / SAM:
   derangement over the source's done items), so pretraining sees ROIs of the right size and shape but
   in the wrong place: it tells whether the ROI's content matters or only the masking ratio it implies.
   Provenance ``{"source": "shuffled", "from": <source provenance>, "seed": S}``.
+* ``--label-volumes LIST.csv``: NIfTI label volumes and DICOM SEG objects (`data.label_volumes`: columns label,
+  images), matched to the image slices by geometry; a grid that does not match is refused before anything is
+  written, naming the file and the reason. Items of no listed series are failed ("no label volume covers ...").
+  Provenance ``{"source": "imported", "masks": <SHA-256 of the list and the label files>, ...}``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import hashlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from data.hashing import update_with_file
+from data.label_volumes import CorpusLabels
 from data.manifest import read_manifest, scan_corpus
 from data.masks import read_mask_image
 from data.portable import portable_path
@@ -67,7 +72,7 @@ def read_mask_file(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 def import_masks(
-    masks_dir: str | Path,
+    masks_dir: str | Path | None,
     cache_path: str | Path,
     *,
     corpus: str | Path | None = None,
@@ -75,6 +80,7 @@ def import_masks(
     geometry: CacheGeometry | None = None,
     retry_failed: bool = False,
     progress: bool = True,
+    label_volumes: str | Path | None = None,
 ) -> RunSummary:
     """Write `masks_dir/<item_id>.png` for every item of the corpus (or manifest) into the cache at `cache_path`.
 
@@ -82,11 +88,18 @@ def import_masks(
     components; the expanded ROI is the release's rectangles of every component (`data.roi_rects`, rule "sam",
     ratio 1.0: the mask stands where SAM's output would); saliency is the mask x 255; score 1.0; an all-zero mask
     is done with the empty-ROI flag. A mask with more components than the cache's `max_rects` is a recorded failure.
+    With `label_volumes` (a list of NIfTI label volumes / DICOM SEG objects, `data.label_volumes`; `masks_dir`
+    None) the masks come from those, matched by geometry to the images of `corpus`, which it needs.
     """
     geometry = geometry or CacheGeometry()
     started = time.perf_counter()
-    masks_dir, cache_path = Path(masks_dir), Path(cache_path)
-    if not masks_dir.is_dir():
+    cache_path = Path(cache_path)
+    if (masks_dir is None) == (label_volumes is None):
+        raise ValueError("give a masks folder or a label volume list, one of them")
+    if label_volumes is not None and corpus is None:
+        raise ValueError("--label-volumes matches the masks to the images by their headers: give the corpus (--corpus)")
+    masks_dir = None if masks_dir is None else Path(masks_dir)
+    if masks_dir is not None and not masks_dir.is_dir():
         raise FileNotFoundError(f"{masks_dir}: masks folder not found (expected <item_id>.png files)")
     if cache_path.exists():
         manifest = RoiCache.open(cache_path).manifest()
@@ -98,7 +111,11 @@ def import_masks(
             log.warning("%d files could not be read during the scan and are not in the cache", len(failures))
     else:
         raise ValueError("give the corpus (--corpus) or a manifest (--manifest) to create a new cache")
-    digest, count = mask_digest(masks_dir, manifest["item_id"].astype(str).tolist())
+    volumes = None if label_volumes is None else CorpusLabels(label_volumes, corpus, manifest)
+    if volumes is None:
+        digest, count = mask_digest(masks_dir, manifest["item_id"].astype(str).tolist())
+    else:
+        digest, count = volumes.digest(), len(volumes.labels)
     provenance = {
         "source": "imported",
         "masks": digest,
@@ -107,6 +124,8 @@ def import_masks(
         "boxes": f"bounding boxes of the {geometry.max_boxes} largest 8-connected components",
         "rects": {"rule": "sam", "expand_ratio": 1.0},
     }
+    if volumes is not None:  # matched by geometry (data.label_volumes): what the masks were taken from differs
+        provenance.update(binarise="label value != 0 (NIfTI voxel value, SEG segment)", mask_files_kind="label volumes")
     if cache_path.exists():
         cache = RoiCache.open(cache_path, mode="r+", provenance=provenance)
     else:
@@ -115,30 +134,46 @@ def import_masks(
     with tqdm(total=len(todo), unit="img", desc="import", disable=not progress) as bar:
         for start in range(0, len(todo), BATCH_ITEMS):
             batch = todo[start : start + BATCH_ITEMS]
-            _import_batch(cache, manifest, masks_dir, batch)
+            _import_batch(cache, manifest, _mask_source(masks_dir, volumes), batch)
             bar.update(len(batch))
     return summarize(cache, len(todo), started, "import")
 
 
-def _import_batch(cache: RoiCache, manifest: pd.DataFrame, masks_dir: Path, indices: np.ndarray) -> None:
+MaskSource = Callable[[int, pd.Series], "np.ndarray | str"]
+
+
+def _mask_source(masks_dir: Path | None, volumes: CorpusLabels | None) -> MaskSource:
+    """(index, manifest row) -> the item's uint8 0/1 mask at its size, or why it has none."""
+
+    def from_files(index: int, row: pd.Series) -> np.ndarray | str:
+        path = masks_dir / f"{row['item_id']}.png"
+        if not path.is_file():
+            return f"no mask file {path.name}"
+        try:
+            return read_mask_file(path, (int(row["height"]), int(row["width"])))
+        except ValueError as e:
+            return str(e)
+
+    def from_volumes(index: int, row: pd.Series) -> np.ndarray | str:
+        mask = volumes.mask(index)
+        return f"no label volume covers {row['path']}" if mask is None else (mask != 0).astype(np.uint8)
+
+    return from_files if volumes is None else from_volumes
+
+
+def _import_batch(cache: RoiCache, manifest: pd.DataFrame, mask_of: MaskSource, indices: np.ndarray) -> None:
     done, masks, boxes, rects, flags, failed, reasons = [], [], [], [], [], [], []
     for index in indices:
         row = manifest.iloc[int(index)]
-        path = masks_dir / f"{row['item_id']}.png"
-        if not path.is_file():
+        mask_hw = mask_of(int(index), row)
+        if isinstance(mask_hw, str):
             failed.append(int(index))
-            reasons.append(f"no mask file {path.name}")
-            continue
-        try:
-            mask_hw = read_mask_file(path, (int(row["height"]), int(row["width"])))
-        except ValueError as e:
-            failed.append(int(index))
-            reasons.append(str(e))
+            reasons.append(mask_hw)
             continue
         rects_k4 = expanded_rects(mask_hw)
         if len(rects_k4) > cache.max_rects:
             failed.append(int(index))
-            reasons.append(f"{path.name}: {len(rects_k4)} separate regions, the cache holds {cache.max_rects}")
+            reasons.append(f"{row['item_id']}: {len(rects_k4)} separate regions, the cache holds {cache.max_rects}")
             continue
         boxes_k4 = prompt_boxes(mask_hw)
         areas = (boxes_k4[:, 2] - boxes_k4[:, 0]) * (boxes_k4[:, 3] - boxes_k4[:, 1])
@@ -246,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--masks", type=Path, help="folder of <item_id>.png ROI masks (any non-zero colour = ROI)")
     what.add_argument(
+        "--label-volumes",
+        type=Path,
+        metavar="LIST.csv",
+        help="CSV (label, images) of NIfTI label volumes / DICOM SEG objects, matched to the images by geometry",
+    )
+    what.add_argument(
         "--shuffle-from",
         type=Path,
         metavar="CACHE",
@@ -275,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = import_masks(
                 args.masks,
                 args.cache,
+                label_volumes=args.label_volumes,
                 corpus=args.corpus,
                 manifest_path=args.manifest,
                 geometry=CacheGeometry(args.mask_size, args.max_boxes, args.max_rects),

@@ -35,6 +35,7 @@ from data.intensity_follow import follow_intensity, recorded_intensity, require_
 from data.packed_store import PackedStore
 from data.portable import portable
 from data.roi_cache import RoiCache, RoiShape
+from data.slice_neighbours import InputChannels, check_input_channels
 from data.splits import assign_group_splits, patient_groups, split_counts
 from pretrain.pixel_stats import PixelStats, dataset_stats
 from pretrain.seeding import derive_seed
@@ -141,6 +142,10 @@ class RoiDataModule(pl.LightningDataModule):
             split are logged and kept in the hparams (`split_counts`).
         num_workers, persistent_workers, pin_memory (None: when training on a GPU): DataLoader settings.
         seed: seeds data order, augmentation and the validation split.
+        input_channels: "2d" (the MWM release: a grey slice copied to the three channels) or "2.5d" (slices z-1, z,
+            z+1 of the item's series, read by series order from the store or the files, edge slices repeated; the
+            ROI is slice z's; `data.slice_neighbours`). Kept in the hparams, hence recorded by the export
+            (`input.channels` in its sidecar), and fine-tuning refuses a backbone of the other convention.
     """
 
     def __init__(
@@ -170,8 +175,10 @@ class RoiDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         pin_memory: bool | None = None,
         seed: int = 0,
+        input_channels: InputChannels = "2d",
     ) -> None:
         super().__init__()
+        check_input_channels(input_channels)
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if global_batch_size is not None and batch_size is not None:
@@ -219,6 +226,7 @@ class RoiDataModule(pl.LightningDataModule):
                 roi_shape=hp.roi_shape,
                 packed=packed,
                 integer_images=integer_images,
+                input_channels=hp.input_channels,
             )
 
         resampling = {"interpolation": hp.interpolation, "antialias": hp.antialias}

@@ -5,7 +5,8 @@ The exported file is what `torch.save(state_dict)` writes: tensors under the nam
 pretraining does not train: `fc` for ResNets; `head.norm` and `head.fc` for ConvNeXts (the final LayerNorm
 sits in timm's head and pretraining prunes it, as SparK does). Downstream tasks (`finetune`) re-initialise the
 head and load everything else strictly. A JSON sidecar (`<out>.json`) records the backbone name, the export
-summary and the intensity rules pretraining used (fine-tuning follows them); `read_backbone` returns it with the
+summary, the intensity rules pretraining used (fine-tuning follows them) and its input convention (`input:
+{channels: "2d" | "2.5d"}`, `input_convention`; fine-tuning refuses the other); `read_backbone` returns it with the
 weights. `load_backbone` builds a checked timm model.
 
 Other exports use the same sidecar (e.g. MaskedCLIP's ViT, `pretrain.maskedclip.export`) and may record more:
@@ -150,6 +151,8 @@ def export_backbone(ckpt_path: str | Path, out_path: str | Path) -> dict[str, An
         "missing_in_timm_model": missing,
         # the intensity rules pretraining used (IntensityConfig fields): fine-tuning follows them by default
         "intensity": (ckpt.get("datamodule_hyper_parameters") or {}).get("intensity_used"),
+        # what the three input channels held in pretraining (data.slice_neighbours): fine-tuning must feed the same
+        "input": {"channels": (ckpt.get("datamodule_hyper_parameters") or {}).get("input_channels", "2d")},
         "code_version": code_version(),  # this export's code; the checkpoint's is below
         "checkpoint_code_version": ckpt.get("code_version"),
         "safetensors": safetensors_out.name,  # beside the export: file names only, no absolute path
@@ -224,6 +227,13 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
 def read_backbone(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """The weights written by `export_backbone` and its sidecar (None for a state dict from elsewhere)."""
     return read_state_dict(path), read_sidecar(path)
+
+
+def input_convention(meta: Mapping[str, Any] | None) -> str:
+    """What an export's encoder saw as its three input channels: "2d" (one slice copied thrice, also for a sidecar
+    from before the record or a state dict without one) or "2.5d" (slices z-1, z, z+1; `data.slice_neighbours`)."""
+    recorded = ((meta or {}).get("input") or {}).get("channels")
+    return str(recorded) if recorded else "2d"
 
 
 def architecture_kwargs(meta: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -98,6 +98,8 @@ def test_loader_bench_reads_the_same_images_both_ways(tmp_path):
         # the packed loader serves the raw loader's batch: same items, same ROIs, pixels within uint8 rounding
         assert figures["rois_equal"] is True and figures["packed_max_abs_diff"] <= 0.5 / 255 + 1e-6, name
         assert figures["raw_images_per_s"] > 0 and figures["packed_images_per_s"] > 0 and figures["bytes_per_image"] > 0
+        # 2.5-D input from the square store: its centre channel is the 2-D loader's image
+        assert figures["square_2_5d_centre_equal"] is True and figures["packed_square_2_5d_images_per_s"] > 0, name
     assert result["corpora"]["nifti_gz"]["items"] == 2 * 8 and result["corpora"]["dicom_rle"]["items"] == 8
     local = result["localize"]
     assert local["caches_equal"] is True and local["items"] == 16

@@ -40,6 +40,7 @@ from data.sample.control_annotations import (
     write_control_readme,
     write_pretrain_manifest,
 )
+from data.sample.label_volumes import write_label_volumes
 from data.sample.reports import REPORT_SHARE, REPORTS_CSV, reported_items, write_reports
 from data.sample.spec import README_MARKER, Annotation, Item, ModalityMaker, SampleCorpus
 from data.sample.writers import write_png
@@ -156,6 +157,8 @@ def write_sample_corpus(
                 write_png(out / TRUTH_DIR / f"{item.item_id}.png", truth_hw)
                 items.append(item)
                 bar.update(1)
+    if mode == "sample":  # the first CT series' truth also as a NIfTI label volume and a DICOM SEG
+        write_label_volumes(out / TRUTH_DIR, items)
 
     modalities = spec.modalities
     corpus = SampleCorpus(
