@@ -108,10 +108,11 @@ def test_folder_pointing_at_hub_bert_loads_offline_and_is_left_untouched(clip, c
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
-def test_open_clip_alone_would_build_random_weights_silently(clip_dir, tmp_path):
+def test_open_clip_alone_would_build_random_weights_silently(clip_dir, tmp_path, monkeypatch):
     # Why load_biomedclip checks the folder itself: open_clip only logs a warning when weights are missing.
     folder = copy_folder(clip_dir, tmp_path / "no_weights")
     (folder / "open_clip_model.safetensors").unlink()
+    monkeypatch.chdir(folder)  # open_clip reads the text tower's "." (the folder itself) from the working directory
     model = open_clip.create_model(f"local-dir:{folder}", pretrained_text=False)
     saved = load_file(clip_dir / "open_clip_model.safetensors")
     assert not torch.equal(model.state_dict()["visual.head.proj.weight"], saved["visual.head.proj.weight"])
