@@ -9,9 +9,10 @@ exist), then prints ONE JSON object: for each rule `localize.volume_report.volum
 (per series: Dice on slices with the target, false-ROI rate on slices without it, mean IoU of consecutive slices'
 ROIs; their means over series), and the differences (series - slice) of the means.
 
---grid adds the rule's figures over a grid of its parameters (presence_threshold x consistency_k x z_smooth),
-replayed offline from the two caches (`localize.volume_report.replay_report`): for tuning, on a corpus of another
-seed than the one measured. `replay_matches_run` checks the replay against the volume-aware run itself.
+--grid adds the rule's figures over a grid of its parameters (`GRID`: presence_threshold x min_presence_range x
+consistency_k x z_smooth), replayed offline from the two caches (`localize.volume_report.replay_report`), and the
+best setting per modality and overall (`_best`): for tuning, on a corpus of another seed than the one measured.
+`replay_matches_run` checks the replay against the volume-aware run itself.
 
 The measured corpus: `python -m data sample --mode volumes --n 48 --seed 0` (docs/FIDELITY.md).
 The figures mean something only with trained models (e.g. the small models, `models_label`) on series whose target
@@ -41,7 +42,37 @@ from localize.driver import run_localization
 from localize.volume import VolumeConfig
 from localize.volume_report import replay_report, volume_report
 
-GRID = {"presence_threshold": (0.2, 0.3, 0.4, 0.5, 0.6), "consistency_k": (0, 1, 2), "z_smooth": (False, True)}
+GRID = {
+    "presence_threshold": (0.3, 0.4, 0.5, 0.6),
+    "min_presence_range": (0.005, 0.01, 0.02),
+    "consistency_k": (0, 1, 2),
+    "z_smooth": (False, True),
+}
+
+
+def _minus(b: float | None, a: float | None) -> float | None:
+    return None if a is None or b is None else b - a
+
+
+def _best(grid: list[dict], per_slice: dict, scope: str) -> dict | None:
+    """The grid's setting for `scope` ('all' or a modality): Dice on target slices within 0.02 of the per-slice
+    rule's, then the lowest false-ROI rate, then the highest consecutive-slice IoU (the issue's target, in order), then
+    the fewest parameters changed from the defaults."""
+
+    def means(report: dict) -> dict:
+        return report["mean_over_series"] if scope == "all" else report["mean_by_modality"][scope]
+
+    floor = means(per_slice)["dice_target"] - 0.02
+    ok = [g for g in grid if (means(g)["dice_target"] or 0.0) >= floor]
+    if not ok:
+        return None
+    default = VolumeConfig(mode="series")
+
+    def changed(g: dict) -> int:  # ties go to the setting closest to the defaults
+        return sum(g[k] != getattr(default, k) for k in GRID)
+
+    best = min(ok, key=lambda g: (means(g)["false_roi_rate"] or 0.0, -(means(g)["consecutive_iou"] or 0.0), changed(g)))
+    return {**{k: best[k] for k in GRID}, **means(best)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         run_localization(config, args.corpus, cache_path, workers=0, progress=False)
         reports[name] = volume_report(RoiCache.open(cache_path), args.corpus / "truth")
     a, b = reports["slice"]["mean_over_series"], reports["series"]["mean_over_series"]
-    delta = {k: None if a[k] is None or b[k] is None else b[k] - a[k] for k in a}
+    delta = {k: _minus(b[k], a[k]) for k in a}
     volume = yaml.safe_load(args.volume)
-    out = {"volume": volume, "series_minus_slice": delta, **reports}
+    by_a, by_b = reports["slice"]["mean_by_modality"], reports["series"]["mean_by_modality"]
+    by_modality = {m: {k: _minus(by_b[m][k], by_a[m][k]) for k in by_a[m]} for m in by_a}
+    out = {"volume": volume, "series_minus_slice": delta, "series_minus_slice_by_modality": by_modality, **reports}
     if args.grid:
         per_slice, series = RoiCache.open(args.work / "slice.zarr"), RoiCache.open(args.work / "series.zarr")
         truth = args.corpus / "truth"
@@ -74,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             {**params, **replay_report(per_slice, series, truth, VolumeConfig(mode="series", **params))}
             for params in (dict(zip(GRID, values, strict=True)) for values in itertools.product(*GRID.values()))
         ]
+        scopes = ["all", *reports["slice"]["mean_by_modality"]]
+        out["best"] = {scope: _best(out["grid"], reports["slice"], scope) for scope in scopes}
     print(json.dumps(out, indent=2))
     return 0
 

@@ -55,6 +55,12 @@ def _summary(per_series: dict[str, dict]) -> dict:
     }
 
 
+def _by_modality(per_series: dict[str, dict]) -> dict:
+    """The means over the series of each modality (a rule may work for one organ and not another)."""
+    modalities = sorted({s["modality"] for s in per_series.values()})
+    return {m: _summary({k: s for k, s in per_series.items() if s["modality"] == m}) for m in modalities}
+
+
 def replay_report(per_slice: RoiCache, presence_from: RoiCache, truth_dir: str | Path, config: VolumeConfig) -> dict:
     """`volume_report` of the cache that `series_pass(config)` would make from `per_slice` (a per-slice run), with the
     presence scores of `presence_from` (a volume-aware run of the same corpus, matched by item_id): the rule at the
@@ -75,15 +81,21 @@ def replay_report(per_slice: RoiCache, presence_from: RoiCache, truth_dir: str |
         if config.z_smooth:
             maps = np.stack([per_slice.read_saliency(int(i), (s, s)) for i in have])
             masks = smoothed_support(masks, maps, positions, refine["threshold"], refine["top_k"])
-        scores = presence.reindex(rows.item_id[have]).to_numpy(dtype=np.float64)
-        masks, _absent = volume_rule(masks, scores, positions, config)
+        presence_z = presence.reindex(rows.item_id[have]).to_numpy(dtype=np.float64)
+        masks, _absent = volume_rule(masks, presence_z, positions, config)
         truth = [read_mask_image(truth_dir / f"{rows.item_id[i]}.png") for i in have]
         pred = [
             cv2.resize(m.astype(np.uint8), (t.shape[1], t.shape[0]), interpolation=cv2.INTER_NEAREST)
             for m, t in zip(masks, truth, strict=True)
         ]
-        per_series[str(key)[:12]] = series_scores(np.stack(pred), np.stack(truth), positions)
-    return {"rule": config.provenance(), "series": len(per_series), "mean_over_series": _summary(per_series)}
+        scores = series_scores(np.stack(pred), np.stack(truth), positions)
+        per_series[str(key)[:12]] = {"modality": str(rows.modality.iloc[0]), **scores}
+    return {
+        "rule": config.provenance(),
+        "series": len(per_series),
+        "mean_over_series": _summary(per_series),
+        "mean_by_modality": _by_modality(per_series),
+    }
 
 
 def volume_report(cache: RoiCache, truth_dir: str | Path) -> dict:
@@ -103,12 +115,14 @@ def volume_report(cache: RoiCache, truth_dir: str | Path) -> dict:
         truth = [read_mask_image(truth_dir / f"{rows.item_id[i]}.png") for i in have]
         pred = [cache.read_mask(int(i), t.shape) for i, t in zip(have, truth, strict=True)]
         scores = series_scores(np.stack(pred), np.stack(truth), rows.slice_index[have].to_numpy())
-        per_series[str(key)[:12]] = scores  # a prefix of the keyed hash: enough to tell series apart
+        # a prefix of the keyed hash: enough to tell series apart (and for `localize inspect --series`)
+        per_series[str(key)[:12]] = {"modality": str(rows.modality.iloc[0]), **scores}
     summary = _summary(per_series)
     return {
         "cache": str(cache.path),
         "rule": cache.provenance.get("volume", {}).get("rule", "slice (the release)"),
         "series": len(per_series),
         "mean_over_series": summary,
+        "mean_by_modality": _by_modality(per_series),
         "per_series": per_series,
     }
