@@ -84,8 +84,8 @@ def replay_report(per_slice: RoiCache, presence_from: RoiCache, truth_dir: str |
         presence_z = presence.reindex(rows.item_id[have]).to_numpy(dtype=np.float64)
         masks, _absent = volume_rule(masks, presence_z, positions, config)
         truth = [read_mask_image(truth_dir / f"{rows.item_id[i]}.png") for i in have]
-        pred = [
-            cv2.resize(m.astype(np.uint8), (t.shape[1], t.shape[0]), interpolation=cv2.INTER_NEAREST)
+        pred = [  # as RoiCache.read_mask resizes
+            cv2.resize(m.astype(np.uint8), (t.shape[1], t.shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
             for m, t in zip(masks, truth, strict=True)
         ]
         scores = series_scores(np.stack(pred), np.stack(truth), positions)

@@ -77,3 +77,29 @@ def test_replay_equals_the_series_pass(tmp_path: Path, config: VolumeConfig):
     assert got["mean_over_series"] == pytest.approx(expected)
     before = volume_report(RoiCache.open(per_slice.path), tmp_path / "truth")["mean_over_series"]
     assert before["false_roi_rate"] == 1.0 and expected["false_roi_rate"] == 0.0  # both ends absent in every setting
+
+
+def test_bench_prints_both_rules_and_a_grid_whose_replay_matches_the_run(tmp_path: Path):
+    import json
+    import subprocess
+    import sys
+
+    from data.sample import write_sample_corpus
+    from localize.standins import write_standins
+
+    corpus = tmp_path / "volumes"
+    write_sample_corpus(corpus, 12, 0, size=48, mode="volumes")
+    config = write_standins(tmp_path / "standins")
+    args = ["--corpus", str(corpus), "--config", str(config), "--work", str(tmp_path / "w"), "--grid"]
+    args += ["--set", "saliency={method: similarity}", "--set", "refine.use_sam=false"]
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "bench/volume_rule.py", *args], cwd=repo, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    assert out["slice"]["series"] == 2 and set(out["slice"]["mean_by_modality"]) == {"CT", "MR"}
+    assert out["series"]["rule"].startswith("series") and out["replay_matches_run"] is True
+    assert len(out["grid"]) == 4 * 3 * 3 * 2 and set(out["best"]) == {"all", "CT", "MR"}
+    # the per-slice rule gives every organ-free slice of these untrained models' run a ROI or not: a rate in [0, 1]
+    assert 0.0 <= out["slice"]["mean_over_series"]["false_roi_rate"] <= 1.0
