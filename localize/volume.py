@@ -8,7 +8,12 @@ neck slices of a chest CT asked for "lungs", and neighbouring slices disagree. W
    the prompts, computed by the Localizer) is scaled to its series, r = (p - min) / (max - min); a slice with
    r < `presence_threshold` is *absent*: its ROI is emptied and it is flagged FLAG_ABSENT. A series whose scores
    span less than `min_presence_range` shows no contrast between slices: none of its slices is marked absent.
-2. consistency: an 8-connected component of a slice's ROI that overlaps no ROI pixel of the slices within
+2. (optional, `z_smooth: true`) smoothing along the slice axis: the stored saliency maps are smoothed with the
+   weights [1, 2, 1] / 4 over slice positions z-1, z, z+1 (slice_index order; a missing neighbour's weight is
+   left out and the others renormalised, so an end slice gets (2 s_0 + s_1) / 3), then binarised as the per-slice
+   refinement does (the cache's refine threshold and top_k components). SAM is not run again (the pass has no
+   images): the components of the slice's ROI that overlap no part of the smoothed map's ROI are dropped.
+3. consistency: an 8-connected component of a slice's ROI that overlaps no ROI pixel of the slices within
    ±`consistency_k` positions (slice_index, the other slices only) is dropped (k = 0: no consistency rule). A series
    of one slice position (a 2-D image) is left as it is.
 
@@ -26,6 +31,7 @@ import cv2
 import numpy as np
 
 from data.roi_cache import DONE, FLAG_ABSENT, FLAG_EMPTY_ROI, FLAG_SERIES_PASS, PENDING, RoiCache
+from localize.components import binarise, largest_components
 
 log = logging.getLogger(__name__)
 VOLUME_MODES = ("slice", "series")
@@ -39,6 +45,7 @@ class VolumeConfig:
     presence_threshold: float = 0.5  # relative presence (0 = the series' lowest, 1 = its highest) below: absent
     min_presence_range: float = 0.02  # in similarity units; a flatter series has no absent slice
     consistency_k: int = 1  # a component needs a ROI within ±k slices; 0 disables
+    z_smooth: bool = False  # smooth the saliency along the slice axis ([1, 2, 1] / 4) and keep what it still shows
 
     def __post_init__(self) -> None:
         if self.mode not in VOLUME_MODES:
@@ -53,7 +60,10 @@ class VolumeConfig:
         return self.mode == "series"
 
     def provenance(self) -> dict:
-        return {"rule": "series (presence + consistency)", **asdict(self)}
+        fields = asdict(self)
+        if not self.z_smooth:  # only when set: caches written before the option existed stay resumable
+            del fields["z_smooth"]
+        return {"rule": "series (presence + consistency)", **fields}
 
 
 def absent_slices(presence: np.ndarray, config: VolumeConfig) -> np.ndarray:
@@ -70,6 +80,47 @@ def absent_slices(presence: np.ndarray, config: VolumeConfig) -> np.ndarray:
     relative = (presence[finite] - lo) / (hi - lo)
     absent[finite] = relative < config.presence_threshold
     return absent
+
+
+Z_WEIGHTS = (0.25, 0.5, 0.25)  # slices z-1, z, z+1
+
+
+def smooth_along_slices(maps_zhw: np.ndarray, slice_index: np.ndarray) -> np.ndarray:
+    """Each map replaced by the `Z_WEIGHTS` mean of itself and the maps at slice positions z-1 and z+1 (rows in any
+    order; neighbours by `slice_index`); a missing neighbour's weight is left out and the rest renormalised."""
+    maps_zhw = np.asarray(maps_zhw, dtype=np.float32)
+    slice_index = np.asarray(slice_index, dtype=np.int64)
+    row_of = {int(z): j for j, z in enumerate(slice_index)}
+    out = np.empty_like(maps_zhw)
+    for j, z in enumerate(slice_index):
+        total, weight = np.zeros(maps_zhw.shape[1:], np.float32), 0.0
+        for offset, w in zip((-1, 0, 1), Z_WEIGHTS, strict=True):
+            row = j if offset == 0 else row_of.get(int(z) + offset)
+            if row is not None:
+                total += w * maps_zhw[row]
+                weight += w
+        out[j] = total / weight
+    return out
+
+
+def smoothed_support(
+    masks_zhw: np.ndarray, maps_zhw: np.ndarray, slice_index: np.ndarray, threshold: float, top_k: int
+) -> np.ndarray:
+    """Each slice's ROI without the components that overlap nothing of the smoothed map's own ROI (binarised at
+    `threshold`, the `top_k` largest components: the per-slice refinement's first step)."""
+    masks_zhw = np.asarray(masks_zhw, dtype=bool)
+    if len(np.unique(slice_index)) < 2:
+        return masks_zhw.copy()
+    smoothed = smooth_along_slices(maps_zhw, slice_index)
+    out = np.zeros_like(masks_zhw)
+    for z in range(len(masks_zhw)):
+        if not masks_zhw[z].any():
+            continue
+        support_hw = largest_components(binarise(smoothed[z], threshold), top_k)
+        n, labels_hw = cv2.connectedComponents(masks_zhw[z].astype(np.uint8), connectivity=8)
+        overlapping = np.unique(labels_hw[support_hw & masks_zhw[z]])
+        out[z] = np.isin(labels_hw, overlapping[overlapping > 0])
+    return out
 
 
 def consistent_masks(masks_zhw: np.ndarray, slice_index: np.ndarray, k: int) -> np.ndarray:
@@ -128,6 +179,7 @@ def series_pass(cache: RoiCache, config: VolumeConfig) -> dict[str, int]:
         return counts
     status = cache.status()
     table["status_code"] = status
+    refine = {"threshold": 0.3, "top_k": 2, **cache.provenance.get("refine", {})}  # the release's, when unrecorded
     s = cache.mask_size
     for _series, rows in table.groupby("series_key", sort=False):
         if (rows.status_code == PENDING).any() or rows.series_pass[rows.status_code == DONE].all():
@@ -137,8 +189,12 @@ def series_pass(cache: RoiCache, config: VolumeConfig) -> dict[str, int]:
         # a fresh reader per series: a reader keeps the shard indexes it saw first, and this pass rewrites shards
         reader = RoiCache.open(cache.path)
         masks = np.stack([reader.read_mask(int(i), (s, s)).astype(bool) for i in idx])
-        new_masks, absent = volume_rule(masks, rows.presence.to_numpy(), rows.slice_index.to_numpy(), config)
         saliency = [reader.read_saliency(int(i), (s, s)) for i in idx]
+        positions = rows.slice_index.to_numpy()
+        filtered = masks
+        if config.z_smooth:
+            filtered = smoothed_support(masks, np.stack(saliency), positions, refine["threshold"], refine["top_k"])
+        new_masks, absent = volume_rule(filtered, rows.presence.to_numpy(), positions, config)
         rects, scores, flags = [], [], []
         for j, i in enumerate(idx):
             size_hw = int(rows.height.iloc[j]), int(rows.width.iloc[j])

@@ -16,12 +16,17 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m data sample",
         description="Deterministic synthetic corpus: the sample corpus (brain MRI as NIfTI, chest CT as DICOM, "
         "chest X-ray as 16-bit PNG) or, with --mode control, the masking study's positive control (the class "
-        "lies only in a lesion's texture).",
+        "lies only in a lesion's texture) or, with --mode volumes, CT and MR series whose target lies on the middle "
+        "slices only (organ-free end slices).",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder to write (new, empty, or an earlier sample)")
     parser.add_argument("--mode", choices=sorted(MODES), default="sample", help="which corpus (default sample)")
     parser.add_argument(
-        "--n", type=int, default=12, help="2-D items per modality (default 12, at least 3; control: items, >= 4)"
+        "--n",
+        type=int,
+        default=12,
+        help="2-D items per modality (default 12, at least 3; control: items, >= 4; volumes: slices per modality in "
+        "series of 12, >= 12)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(

@@ -1,8 +1,9 @@
 """The corpus assembly: every modality's items, their truth masks, then the annotations written beside them.
 
-Two modes (`MODES`, `python -m data sample --mode NAME`): 'sample', the three-modality sample corpus
-(`MAKERS`, `ANNOTATIONS`), and 'control', the masking study's positive control (`data.sample.control`: one
-class per item decided by the lesion's texture only; `CONTROL_ANNOTATIONS` add the pretraining manifest).
+Three modes (`MODES`, `python -m data sample --mode NAME`): 'sample', the three-modality sample corpus
+(`MAKERS`, `ANNOTATIONS`), 'control', the masking study's positive control (`data.sample.control`: one
+class per item decided by the lesion's texture only; `CONTROL_ANNOTATIONS` add the pretraining manifest), and
+'volumes', CT and MR series whose target lies on the middle slices only (`data.sample.volumes`).
 
 Extending the generator:
 
@@ -23,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.manifest import SCANIGNORE
-from data.sample import control, ct, mr, xr
+from data.sample import control, ct, mr, volumes, xr
 from data.sample.annotations import (
     COCO_JSON,
     LABELS_CSV,
@@ -95,6 +96,16 @@ MODES: dict[str, CorpusMode] = {
         default_size=96,
         min_n=4,
         min_size=32,
+    ),
+    # CT and MR series with the target on the middle slices only (bench/volume_rule.py); n = slices per modality
+    "volumes": CorpusMode(
+        (ModalityMaker(mr.SPEC, volumes.make_mr_items), ModalityMaker(ct.SPEC, volumes.make_ct_items)),
+        (
+            Annotation("coco/", write_coco),
+            Annotation(LABELS_CSV, write_labels),
+            Annotation(README, volumes.write_volumes_readme),
+        ),
+        min_n=volumes.VOLUME_DEPTH,
     ),
 }
 

@@ -46,7 +46,10 @@ def _ct_series(rng: np.random.Generator, size: int) -> _CtSeries:
     )
 
 
-def _ct_slice(ser: _CtSeries, k: int, n_lesions: int, rng: np.random.Generator, size: int) -> Slice:
+def _ct_slice(
+    ser: _CtSeries, k: float, n_lesions: int, rng: np.random.Generator, size: int, with_lungs: bool = True
+) -> Slice:
+    """One slice; `with_lungs=False` draws a slice above or below the lungs (the volumes corpus' ends)."""
     shape = (size, size)
     cr, cc = ser.center_rc
     body = ellipse(shape, ser.center_rc, ser.body_half_rc)
@@ -65,7 +68,7 @@ def _ct_slice(ser: _CtSeries, k: int, n_lesions: int, rng: np.random.Generator, 
         half = (ser.lung_half_rc[0] * scale, ser.lung_half_rc[1] * scale * rng.uniform(0.92, 1.05))
         lungs |= ellipse(shape, center, half, side * rng.uniform(0, 12))
     heart = ellipse(shape, (cr - 0.02 * size, cc + 0.05 * size), (0.11 * size, 0.09 * size), 30)
-    lungs &= ~heart & erode(muscle, 2)
+    lungs &= ~heart & erode(muscle, 2) & with_lungs
     hu[lungs] = ser.lung_hu + 25 * smooth_noise(rng, shape, size / 30)[lungs]
     hu[heart & ~lungs] = 35.0
     hu[ellipse(shape, (cr + 0.06 * size, cc - 0.035 * size), (0.03 * size, 0.03 * size))] = 45.0  # aorta

@@ -41,7 +41,15 @@ def _mr_volume(rng: np.random.Generator, size: int) -> _MrVolume:
     )
 
 
-def _mr_slice(vol: _MrVolume, k: int, n_lesions: int, rng: np.random.Generator, size: int) -> Slice:
+def _mr_slice(
+    vol: _MrVolume,
+    k: float,
+    n_lesions: int,
+    rng: np.random.Generator,
+    size: int,
+    lesions: tuple[np.ndarray, ...] | None = None,
+) -> Slice:
+    """One slice; `lesions` given (the volumes corpus' tumour sections) replaces the `n_lesions` random ones."""
     shape = (size, size)
     shrink = 1.0 - 0.04 * k  # the head narrows towards the vertex
     half = (vol.head_half_rc[0] * shrink, vol.head_half_rc[1] * shrink)
@@ -66,9 +74,10 @@ def _mr_slice(vol: _MrVolume, k: int, n_lesions: int, rng: np.random.Generator, 
     img[vent & brain] = csf
     img = blur(img, 0.8) * (1 + rng.uniform(0.02, 0.08) * smooth_noise(rng, shape, size / 40))
 
-    lesions = place_lesions(
-        rng, erode(brain, 2), n_lesions, (0.035 * size, 0.12 * size), irregularity=0.5, min_radius=3.0
-    )
+    if lesions is None:
+        lesions = place_lesions(
+            rng, erode(brain, 2), n_lesions, (0.035 * size, 0.12 * size), irregularity=0.5, min_radius=3.0
+        )
     for lesion in lesions:
         # Contrast from faint to obvious, either sign; texture inside; some with a bright rim (T1 enhancement).
         strength = rng.uniform(0.04, 0.1) if rng.random() < 0.2 else rng.uniform(0.12, 0.38)

@@ -9,6 +9,7 @@ from typing import Any
 
 from localize.viewer.panels import Panel
 from localize.viewer.selection import Selection
+from localize.viewer.strip import Strip
 
 UNTRAINED_BANNER = "ROIs from UNTRAINED stand-in models carry no meaning"
 _CSS = """
@@ -24,7 +25,12 @@ pre { background: #f5f5f5; padding: 1em; overflow-x: auto; }
 
 
 def render_html(
-    stats: dict[str, Any], plots: dict[str, str], panels: list[Panel], selection: Selection, corpus: Path | None
+    stats: dict[str, Any],
+    plots: dict[str, str],
+    panels: list[Panel],
+    selection: Selection,
+    corpus: Path | None,
+    strips: list[Strip] | None = None,
 ) -> str:
     """The report page; every string from the cache is HTML-escaped."""
     e = html.escape
@@ -79,6 +85,19 @@ def render_html(
         parts.append(
             f"<figure id='{e(panel.item_id)}'><img src='{e(panel.file)}' alt='{e(panel.item_id)}'>{note}</figure>"
         )
+
+    for strip in strips or []:
+        parts.append(f"<h2 id='series-{e(strip.series)}'>Series {e(strip.series)} ({len(strip.item_ids)} slices)</h2>")
+        if strip.note:
+            parts.append(f"<p class='note'>{e(strip.note)}</p>")
+        parts.append(f"<figure><img src='{e(strip.file)}' alt='series {e(strip.series)}'></figure>")
+        parts.append("<table class='summary'><tr><th>slice</th><th>item</th><th>presence</th><th>absent</th></tr>")
+        for z, item_id, p, absent in zip(strip.slice_index, strip.item_ids, strip.presence, strip.absent, strict=True):
+            presence = "n/a" if p is None else f"{p:.3f}"
+            parts.append(
+                f"<tr><td>{z}</td><td>{e(item_id)}</td><td>{presence}</td><td>{'yes' if absent else ''}</td></tr>"
+            )
+        parts.append("</table>")
 
     parts.append("<h2>Provenance</h2>")
     parts.append(f"<pre>{e(json.dumps(stats['provenance'], indent=2, sort_keys=True))}</pre>")
