@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import pretrain.cpu_backbones  # noqa: F401  (registers resnet10_narrow_os16 / _os8)
-from pretrain.export import load_backbone
+from pretrain.export import input_statistics, load_backbone, read_sidecar
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--corpus", type=Path, required=True, help="the control corpus (labels.csv, truth/)")
@@ -55,12 +55,19 @@ def load(split):
     )
 
 
-mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def statistics(path: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (mean, std) the backbone was pretrained with (its export's sidecar, as `finetune` normalises), else
+    ImageNet's: a pretrained encoder's BatchNorm statistics are those of its own input normalisation."""
+    mean, std = (input_statistics(read_sidecar(path)) if path is not None else None) or IMAGENET
+    return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
 
 
 @torch.no_grad()
-def features(model, img, roi):
+def features(model, img, roi, stats):
+    mean, std = stats
     g, r = [], []
     for i in range(0, len(img), 100):
         f = model.forward_features((img[i : i + 100] - mean) / std)
@@ -97,8 +104,9 @@ for name, (seed, path) in arms.items():
     torch.manual_seed(seed)
     model = timm.create_model(args.backbone, num_classes=0) if path is None else load_backbone(path)
     model.eval()
-    gtr, rtr = features(model, *tr[:2])
-    gte, rte = features(model, *te[:2])
+    stats = statistics(path)
+    gtr, rtr = features(model, *tr[:2], stats)
+    gte, rte = features(model, *te[:2], stats)
     out[name] = {"global_pool_acc": probe(gtr, tr[2], gte, te[2]), "roi_pool_acc": probe(rtr, tr[2], rte, te[2])}
     print(name, out[name], file=sys.stderr, flush=True)
 print(json.dumps({"train": len(tr[2]), "test": len(te[2]), "chance": 1 / len(classes), "probes": out}))

@@ -40,6 +40,8 @@ def test_grid_expands_arms_and_checks_sources():
     assert (config.arms[0].pretrains, config.arms[4].nominal, config.arms[1].roi_label) == (False, "0.8 / 0.4", "-")
     for name in ("gpu_paper.yaml", "toy.yaml", "positive_control_tiny.yaml"):
         assert ExperimentConfig.load(CONFIGS / name).arms
+    pilot = ExperimentConfig.load(CONFIGS / "positive_control_pilot.yaml")  # issue 26's pilot: one chain, 2 arms
+    assert [arm.name for arm in pilot.arms] == ["random-0.6", "none"] and (pilot.jobs, tuple(pilot.seeds)) == (1, (0,))
     probe = ExperimentConfig.load(CONFIGS / "gpu_paper.yaml").downstream[0]
     assert probe.config == "configs/finetune/probe_r50.yaml" and "model.lr" not in probe.args  # lr from MAE's rule
     control = ExperimentConfig.load(CONFIGS / "positive_control.yaml")

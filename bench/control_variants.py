@@ -1,0 +1,83 @@
+"""Pilot tool for issue 26 (docs/STUDY.md, "Pilots for a control in which pretraining learns"): writes the
+positive-control corpus with its texture classes or grain changed, to measure whether a variant lets masked
+pretraining beat a randomly initialised encoder before the generator itself is changed.
+
+Variants (`--variant`): `angular` the corpus of `python -m data sample --mode control` unchanged; `orient45`
+one grating per image at a class-specific orientation (0, 45, 90, 135 degrees, +-6 degrees); `orient15` the
+same at 0, 15, 30, 45 degrees (+-2 degrees); `orient15_clean` as `orient15` without the background's and the
+lesion's pixel grain (the only unpredictable content of a flat patch). Everything else (shapes, places,
+levels, periods, splits, manifest) is the generator's, from the same seeds.
+
+This is a throwaway measurement, not a corpus mode: it replaces `data.sample.textures._orientations`,
+`data.sample.control.draw_background` and `draw_region` inside this process only (the pipeline never runs it).
+
+    python bench/control_variants.py --variant orient15 --out work/pilots/corpus_fine
+"""
+
+# ruff: noqa: E402  (the sys.path fix below must run before the project imports)
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import inspect
+
+import numpy as np
+
+from data.sample import control, textures
+from data.sample.corpus import write_sample_corpus
+
+ORIENTATIONS_DEG = {"orient45": ((0, 45, 90, 135), 6.0), "orient15": ((0, 15, 30, 45), 2.0)}
+GRAIN_LINE = "img += rng.uniform(0.01, 0.03) * rng.standard_normal(shape).astype(np.float32)"
+
+
+def one_orientation_per_class(degrees: tuple[int, ...], jitter_deg: float):
+    """`_orientations` replacement: a single grating at the class's angle (+- jitter), whatever the base angle."""
+    angles = dict(zip(textures.TEXTURE_CLASSES, np.deg2rad(degrees), strict=True))
+
+    def orientations(kind: str, base_rad: float, rng: np.random.Generator) -> np.ndarray:
+        return np.array([angles[kind] + np.deg2rad(rng.uniform(-jitter_deg, jitter_deg))])
+
+    return orientations
+
+
+def without_grain() -> None:
+    """The background without its last draw (the grain) and lesions with zero grain; earlier draws unchanged."""
+    source = inspect.getsource(control.draw_background)
+    if GRAIN_LINE not in source:
+        raise RuntimeError("data.sample.control.draw_background changed: update bench/control_variants.py")
+    namespace = dict(vars(control))
+    exec(source.replace(GRAIN_LINE, "pass"), namespace)  # noqa: S102  (the generator's own source, one line out)
+    control.draw_background = namespace["draw_background"]
+    draw_region = control.draw_region
+
+    def region_without_grain(rng: np.random.Generator, size: int):
+        mask_hw, level, contrast, _grain = draw_region(rng, size)
+        return mask_hw, level, contrast, 0.0
+
+    control.draw_region = region_without_grain
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", required=True, choices=["angular", "orient45", "orient15", "orient15_clean"])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    orientation_set = args.variant.removesuffix("_clean")
+    if orientation_set in ORIENTATIONS_DEG:
+        textures._orientations = one_orientation_per_class(*ORIENTATIONS_DEG[orientation_set])
+    if args.variant.endswith("_clean"):
+        without_grain()
+    summary = write_sample_corpus(args.out, n=args.n, seed=args.seed, size=args.size, mode="control")
+    print(f"{args.variant} control corpus in {summary.root}: {summary.items}")
+
+
+if __name__ == "__main__":
+    main()
