@@ -80,7 +80,7 @@ def tiny_maskedclip(**overrides):
     module = MaskedClipPretraining(**tiny_model_args(**overrides))
     from pretrain.maskedclip.tokenizer import ReportTokenizer
 
-    return module.model, ReportTokenizer(None, module.text.context_length)
+    return module.model, ReportTokenizer(None, module.text_cfg.context_length)
 
 
 def cpu_preset_fit_args(corpus: Path, cache: Path, reports: Path, *extra: str) -> list[str]:

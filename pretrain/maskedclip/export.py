@@ -72,7 +72,7 @@ def load_trained_model(ckpt_path: str | Path) -> TrainedMaskedClip:
     module = MaskedClipPretraining(**kwargs)
     module.load_state_dict(ckpt["state_dict"])
     source = {"checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}
-    text = module.text
+    text = module.text_cfg
     return TrainedMaskedClip(module.model.eval(), ReportTokenizer(text.model, text.context_length), hparams, source)
 
 

@@ -80,17 +80,17 @@ class MaskedClipPretraining(pl.LightningModule):
         # checkpoints stay loadable with weights_only=True
         vision, text, decoders, losses = (dataclasses.asdict(cfg) for cfg in cfgs)
         self.save_hyperparameters()
-        self.vision, self.text, decoders, losses = cfgs
+        self.vision_cfg, self.text_cfg, decoders, losses = cfgs
         if optimizer != "adamw":
             raise ValueError(f"unknown optimizer {optimizer!r}; MaskedCLIP trains with 'adamw'")
-        self.model = MaskedCLIP(embed_dim, self.vision, self.text, decoders, losses)
-        if self.vision.init is not None:
+        self.model = MaskedCLIP(embed_dim, self.vision_cfg, self.text_cfg, decoders, losses)
+        if self.vision_cfg.init is not None:
             from pretrain.maskedclip.image_init import load_vit_weights, read_vit_weights
 
-            init = self.vision.init
+            init = self.vision_cfg.init
             load_vit_weights(self.model.encoder, self.model.bridge, read_vit_weights(init), init)
-        if self.text.lock:
-            self.model.text.lock(self.text.lock_unlocked_layers, self.text.lock_freeze_layer_norm)
+        if self.text_cfg.lock:
+            self.model.text.lock(self.text_cfg.lock_unlocked_layers, self.text_cfg.lock_freeze_layer_norm)
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         if masking == "differentiated":
@@ -199,7 +199,7 @@ class MaskedClipPretraining(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         lr = hp.lr if hp.lr is not None else scaled_lr(hp.base_lr, self.trainer)
-        groups = param_groups(self.model, lr, hp.weight_decay, self.vision, self.text)
+        groups = param_groups(self.model, lr, hp.weight_decay, self.vision_cfg, self.text_cfg)
         # foreach: one fused update over the many small tensors of two towers and two decoders (CPU too)
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, foreach=True)
         scheduler = WarmupCosineSchedule(optimizer, weight_decay_end=hp.weight_decay_end, min_lr_ratio=hp.min_lr_ratio)
