@@ -35,6 +35,7 @@ from collections.abc import Callable
 import timm
 import torch
 
+from pretrain.maskedclip.config import DecoderCfg, LossCfg, TextCfg, VisionCfg
 from pretrain.maskedclip.model import MaskedCLIP
 from pretrain.maskedclip.tokenizer import ReportTokenizer
 from pretrain.masking import DifferentiatedMasking, RandomMasking
@@ -80,24 +81,14 @@ WORDS = "left right upper lower lobe frontal lesion mass nodule opacity no acute
 
 def build(size: dict, tokenizer: ReportTokenizer, clip_and_mkd: bool) -> MaskedCLIP:
     width, depth, heads, feature_depth = size["decoder"]
-    text = dict(
-        vocab_size=tokenizer.vocab_size,
-        pad_token_id=tokenizer.pad_token_id,
-        context_length=size["context_length"],
-        bert=size["bert"],
-    )
+    weight = 1.0 if clip_and_mkd else 0.0
     return MaskedCLIP(
-        size["vit"],
-        2,
         size["embed_dim"],
-        size["input_size"],
-        text,
-        decoder_width=width,
-        decoder_depth=depth,
-        decoder_heads=heads,
-        feature_decoder_depth=feature_depth,
-        lambda_clip=1.0 if clip_and_mkd else 0.0,
-        lambda_mkd=1.0 if clip_and_mkd else 0.0,
+        VisionCfg(vit=size["vit"], bridge_depth=2, input_size=size["input_size"]),
+        TextCfg(bert=size["bert"], context_length=size["context_length"]),
+        DecoderCfg(width=width, depth=depth, heads=heads, feature_depth=feature_depth),
+        LossCfg(lambda_clip=weight, lambda_mkd=weight),
+        tokenizer=tokenizer,
     )
 
 

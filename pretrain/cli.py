@@ -51,9 +51,11 @@ class PretrainCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {key: value for key, value in LightningCLI.subcommands().items() if key in ("fit", "validate")}
 
+    INPUT_SIZE_KEY = "model.input_size"  # the module's key that sets data.input_size
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # one value each: Lightning also refuses module and data hparams that disagree on a shared key
-        parser.link_arguments("model.input_size", "data.input_size")
+        parser.link_arguments(self.INPUT_SIZE_KEY, "data.input_size")
         parser.link_arguments("model.seed", "data.seed")
         parser.add_lightning_class_args(PortableModelCheckpoint, "checkpoint")  # its state: relative paths
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_epochs": 1})

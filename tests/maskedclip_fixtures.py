@@ -53,7 +53,10 @@ def write_paired_corpus(root: Path, n: int = 16, paired_share: float = 0.5) -> t
 
 
 def tiny_model_args(**overrides) -> dict:
-    """MaskedClipPretraining arguments of a tiny model (test_vit: 6 blocks of width 64, 2 of them the bridge)."""
+    """MaskedClipPretraining arguments of a tiny model (test_vit: 6 blocks of width 64, 2 of them the bridge),
+    grouped (`vision`, `text`, ...) from flat names (`pretrain.maskedclip.config.FLAT_KEYS`: vit, lambda_clip, ...)."""
+    from pretrain.maskedclip.config import nest_flat_args
+
     args = dict(
         vit="test_vit",
         bridge_depth=2,
@@ -67,7 +70,7 @@ def tiny_model_args(**overrides) -> dict:
         feature_decoder_depth=1,
         warmup_epochs=0.5,
     )
-    return {**args, **overrides}
+    return nest_flat_args({**args, **overrides})
 
 
 def tiny_maskedclip(**overrides):
@@ -77,7 +80,7 @@ def tiny_maskedclip(**overrides):
     module = MaskedClipPretraining(**tiny_model_args(**overrides))
     from pretrain.maskedclip.tokenizer import ReportTokenizer
 
-    return module.model, ReportTokenizer(None, module.hparams.context_length)
+    return module.model, ReportTokenizer(None, module.text_cfg.context_length)
 
 
 def cpu_preset_fit_args(corpus: Path, cache: Path, reports: Path, *extra: str) -> list[str]:

@@ -31,7 +31,7 @@ def test_two_process_ddp_fit_with_unpaired_batches(tmp_path):
             pairs,
             "--data.batch_size=4",
             "--data.val_fraction=0.2",
-            "--model.input_size=64",
+            "--model.vision.input_size=64",
             "--trainer.devices=2",
             "--trainer.strategy=ddp_find_unused_parameters_true",
             "--trainer.max_steps=3",
@@ -47,7 +47,7 @@ def test_two_process_ddp_fit_with_unpaired_batches(tmp_path):
     runs = sorted((root / "logs").iterdir())
     assert [r.name for r in runs] == ["version_0"], runs
     ckpt = torch.load(runs[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 3 and ckpt["hyper_parameters"]["vit"] == "test_vit2"
+    assert ckpt["global_step"] == 3 and ckpt["hyper_parameters"]["vision"]["vit"] == "test_vit2"
     train = pd.read_csv(runs[0] / "metrics.csv").dropna(subset=["train/loss"])
     assert sorted(train["step"]) == [0, 1, 2] and train["train/loss_mim"].gt(0).all()
     assert (runs[0] / "panels" / "step_0000002.png").is_file()

@@ -49,7 +49,7 @@ def test_open_clip_export_loads_through_the_localize_loader_with_the_trained_emb
     assert preprocess.image_size == (64, 64) and preprocess.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     model = module.model.eval()
     img = torch.randn(2, 3, 64, 64)
-    module_tokens = ReportTokenizer(None, module.hparams.context_length)(TEXTS)
+    module_tokens = ReportTokenizer(None, module.text_cfg.context_length)(TEXTS)
     ids = tokenizer(TEXTS)
     assert torch.equal(ids, module_tokens)  # open_clip tokenises as the data loader did in training
     with torch.no_grad():

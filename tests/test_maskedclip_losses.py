@@ -7,13 +7,8 @@ import math
 import pytest
 import torch
 
-from pretrain.maskedclip.losses import (
-    MAX_LOGIT_SCALE,
-    distillation_target,
-    info_nce,
-    info_nce_over_processes,
-    masked_mse,
-)
+from pretrain.maskedclip.losses import MAX_LOGIT_SCALE, info_nce, info_nce_over_processes, masked_mse
+from pretrain.maskedclip.teacher import distillation_target
 from tests.maskedclip_fixtures import TINY_BERT, tiny_maskedclip
 
 
@@ -50,11 +45,12 @@ def test_masked_mse_averages_over_masked_positions_of_the_batch():
     pred = torch.zeros(2, 3, 2)
     target = torch.tensor([[[1.0, 3.0], [2.0, 2.0], [9.0, 9.0]], [[0.0, 2.0], [5.0, 5.0], [5.0, 5.0]]])
     masked = torch.tensor([[True, True, False], [True, False, False]])
+    visible = ~masked  # the argument's polarity: True = visible
     # per-position means over the last axis: 5, 4, (81 visible), 2 -> (5 + 4 + 2) / 3 masked positions
-    assert masked_mse(pred, target, masked).item() == pytest.approx(11 / 3)
-    target[~masked] = float("nan")  # visible positions cannot reach the loss, not even as NaN
-    assert masked_mse(pred, target, masked).item() == pytest.approx(11 / 3)
-    assert masked_mse(pred, target, torch.zeros_like(masked)).item() == 0.0
+    assert masked_mse(pred, target, visible).item() == pytest.approx(11 / 3)
+    target[visible] = float("nan")  # visible positions cannot reach the loss, not even as NaN
+    assert masked_mse(pred, target, visible).item() == pytest.approx(11 / 3)
+    assert masked_mse(pred, target, torch.ones_like(visible)).item() == 0.0
 
 
 def test_distillation_target_is_layer_normalised_per_token_when_asked():
@@ -185,7 +181,7 @@ def test_clip_and_distillation_terms_are_the_formulas_on_a_mixed_batch():
     model, tokenizer = tiny_maskedclip(mim=False)
     model.eval()
     img, active, ids, paired = batch(tokenizer, [False, True, True, False, True])
-    masked_bn = ~active.flatten(1)
+    visible_bn = active.flatten(1)
     with torch.no_grad():
         out = model(img, active, ids, paired)
         tokens, embeddings = zip(
@@ -195,7 +191,7 @@ def test_clip_and_distillation_terms_are_the_formulas_on_a_mixed_batch():
         expected_clip = info_nce(img_pd, model.text(ids[paired]), model.logit_scale)
         target_bnc = distillation_target(torch.cat(tokens)[:, model.encoder.num_prefix_tokens :], True)
         pred_bnc = model.feature_decoder(model.encoder(img, active.flatten(1)), (4, 4))
-        expected_mkd = masked_mse(pred_bnc, target_bnc, masked_bn)
+        expected_mkd = masked_mse(pred_bnc, target_bnc, visible_bn)
     assert out["loss_clip"].item() == pytest.approx(expected_clip.item(), rel=1e-5)
     assert out["loss_mkd"].item() == pytest.approx(expected_mkd.item(), rel=1e-5)
 

@@ -55,7 +55,7 @@ def pretrained(tmp_path_factory) -> dict[str, Path]:
         cache,
         corpus / "reports.csv",
         f"--trainer.default_root_dir={root / 'run'}",
-        f"--model.input_size={SIZE}",
+        f"--model.vision.input_size={SIZE}",
         "--data.val_fraction=0",
         "--trainer.max_steps=4",
         "--trainer.enable_progress_bar=false",

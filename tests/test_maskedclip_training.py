@@ -155,7 +155,7 @@ def preset_run(tmp_path_factory):
         pairs,
         f"--trainer.default_root_dir={root / 'run'}",
         "--data.val_fraction=0",
-        "--model.input_size=64",
+        "--model.vision.input_size=64",
         "--model.warmup_epochs=0",
         "--data.scale=[1.0, 1.0]",  # the same crop every step: one batch to fit
         "--data.ratio=[1.0, 1.0]",
@@ -212,12 +212,12 @@ def test_no_report_text_reaches_any_output_of_a_run(preset_run):
         (
             "gpu_vitb16.yaml",
             {
-                "model.vit": "vit_base_patch16_224",
-                "model.input_size": 224,
-                "model.context_length": 256,
-                "model.text_model": "work/models/BiomedBERT",
-                "model.text_pretrained": True,
-                "model.bert": None,
+                "model.vision.vit": "vit_base_patch16_224",
+                "model.vision.input_size": 224,
+                "model.text.context_length": 256,
+                "model.text.model": "work/models/BiomedBERT",
+                "model.text.pretrained": True,
+                "model.text.bert": None,
                 "model.masking": "differentiated",
                 "model.base_lr": 1.5e-4,
                 "model.betas": [0.9, 0.95],
@@ -226,7 +226,10 @@ def test_no_report_text_reaches_any_output_of_a_run(preset_run):
                 "trainer.strategy": "ddp_find_unused_parameters_true",
             },
         ),
-        ("cpu_tiny.yaml", {"model.vit": "test_vit2", "trainer.accelerator": "cpu", "trainer.precision": "32-true"}),
+        (
+            "cpu_tiny.yaml",
+            {"model.vision.vit": "test_vit2", "trainer.accelerator": "cpu", "trainer.precision": "32-true"},
+        ),
     ],
 )
 def test_presets_parse_with_the_documented_settings(preset, expected, capsys):

@@ -36,6 +36,7 @@ from data.clip_folder import (
     write_tokenizer,
 )
 from pretrain.export import sidecar_path
+from pretrain.maskedclip.config import nest_flat_args
 from pretrain.maskedclip.losses import MAX_LOGIT_SCALE
 from pretrain.maskedclip.model import MaskedCLIP
 from pretrain.maskedclip.module import MaskedClipPretraining
@@ -46,7 +47,7 @@ from pretrain.maskedclip.tokenizer import ReportTokenizer
 class TrainedMaskedClip(NamedTuple):
     model: MaskedCLIP
     tokenizer: ReportTokenizer
-    hparams: dict[str, Any]
+    hparams: dict[str, Any]  # the module's, grouped (`vision`, `text`, ... as dicts)
     source: dict[str, Any]  # checkpoint file name, epoch, global step
 
 
@@ -61,16 +62,19 @@ def load_trained_model(ckpt_path: str | Path) -> TrainedMaskedClip:
     except Exception as err:  # noqa: BLE001 - re-raised with the file and the reason
         raise ValueError(f"{ckpt_path}: cannot load as a weights-only checkpoint ({type(err).__name__})") from err
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or "vit" not in hparams or "state_dict" not in ckpt:
+    if isinstance(hparams, dict):
+        hparams = nest_flat_args(dict(hparams))  # checkpoints of the code before the grouping are flat
+    if not isinstance(hparams, dict) or "vit" not in hparams["vision"] or "state_dict" not in ckpt:
         raise ValueError(f"{ckpt_path}: not a MaskedCLIP checkpoint (no state_dict or no 'vit' hyper-parameter)")
     accepted = inspect.signature(MaskedClipPretraining.__init__).parameters
+    kwargs = {k: v for k, v in hparams.items() if k in accepted}
     # the checkpoint holds the weights: no pretrained start to read again (its file may be gone)
-    kwargs = {k: v for k, v in hparams.items() if k in accepted and k != "vit_init"}
+    kwargs["vision"] = {**hparams["vision"], "init": None}
     module = MaskedClipPretraining(**kwargs)
     module.load_state_dict(ckpt["state_dict"])
     source = {"checkpoint": ckpt_path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}
-    tokenizer = ReportTokenizer(hparams.get("text_model"), hparams["context_length"])
-    return TrainedMaskedClip(module.model.eval(), tokenizer, dict(hparams), source)
+    text = module.text_cfg
+    return TrainedMaskedClip(module.model.eval(), ReportTokenizer(text.model, text.context_length), hparams, source)
 
 
 def open_clip_state_dict(model: MaskedCLIP) -> dict[str, torch.Tensor]:
@@ -101,17 +105,19 @@ def export_open_clip(trained: TrainedMaskedClip, folder: str | Path) -> dict[str
 
     folder = Path(folder).expanduser().resolve()
     hp, model = trained.hparams, trained.model
+    vision = hp["vision"]
     folder.mkdir(parents=True, exist_ok=True)
     write_tokenizer(folder, trained.tokenizer.hf)
     model.text.config.save_pretrained(folder)
     vision_cfg = {
-        "timm_model_name": hp["vit"],
+        "timm_model_name": vision["vit"],
         "timm_model_pretrained": False,
         "timm_pool": "",  # the ViT's own pooling, as BiomedCLIP
         "timm_proj": "linear",
-        "image_size": hp["input_size"],
+        "image_size": vision["input_size"],
     }
-    config = clip_config(folder, embed_dim=hp["embed_dim"], vision_cfg=vision_cfg, context_length=hp["context_length"])
+    context_length = hp["text"]["context_length"]
+    config = clip_config(folder, embed_dim=hp["embed_dim"], vision_cfg=vision_cfg, context_length=context_length)
     state = open_clip_state_dict(model)
     model_cfg = with_text_folder(config, folder)["model_cfg"]
     check = CustomTextCLIP(
@@ -124,10 +130,10 @@ def export_open_clip(trained: TrainedMaskedClip, folder: str | Path) -> dict[str
         "folder": str(folder),
         "clip_spec": f"local-dir:{folder}",
         "weights": weights.name,
-        "vit": hp["vit"],
+        "vit": vision["vit"],
         "embed_dim": hp["embed_dim"],
-        "image_size": hp["input_size"],
-        "context_length": hp["context_length"],
+        "image_size": vision["input_size"],
+        "context_length": context_length,
         **trained.source,
     }
 
@@ -135,18 +141,18 @@ def export_open_clip(trained: TrainedMaskedClip, folder: str | Path) -> dict[str
 def export_timm(trained: TrainedMaskedClip, out_path: str | Path) -> dict[str, Any]:
     """Write E as a plain timm state dict + sidecar JSON; checked to load strictly before it is saved."""
     out_path = Path(out_path)
-    hp, encoder = trained.hparams, trained.model.encoder
+    vision, encoder = trained.hparams["vision"], trained.model.encoder
     timm_kwargs = {"depth": len(encoder.vit.blocks), "num_classes": 0}
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.vit.state_dict().items()}
     with torch.device("meta"):
-        reference = timm.create_model(hp["vit"], pretrained=False, **timm_kwargs)
+        reference = timm.create_model(vision["vit"], pretrained=False, **timm_kwargs)
     reference.load_state_dict(state, strict=True, assign=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, out_path)
     summary = {
-        "backbone": hp["vit"],
+        "backbone": vision["vit"],
         "timm_kwargs": timm_kwargs,
-        "input_size": hp["input_size"],
+        "input_size": vision["input_size"],
         "mean": list(OPENAI_MEAN),  # what the encoder saw in training
         "std": list(OPENAI_STD),
         "out": out_path.name,  # the sidecar sits beside it: no absolute path

@@ -55,10 +55,10 @@ class ImageDecoder(nn.Module):
         return self.decoder(visible, grid_hw)
 
     def reconstruction(
-        self, pred_bnd: torch.Tensor, img_bCHW: torch.Tensor, target: PatchTarget, masked_bn: torch.Tensor
+        self, pred_bnd: torch.Tensor, img_bCHW: torch.Tensor, target: PatchTarget, visible_bn: torch.Tensor
     ) -> torch.Tensor:
         """The prediction in pixel values (each patch's own mean/std restored), visible patches pasted from the
-        input: for panels."""
+        input (`visible_bn`: True = visible): for panels."""
         pred_bnd = pred_bnd.detach().float() * target.std_bn1 + target.mean_bn1
-        patches_bnd = torch.where(masked_bn[..., None], pred_bnd, patchify(img_bCHW.float(), self.patch))
+        patches_bnd = torch.where(visible_bn[..., None], patchify(img_bCHW.float(), self.patch), pred_bnd)
         return unpatchify(patches_bnd, self.patch, tuple(img_bCHW.shape[-2:]))

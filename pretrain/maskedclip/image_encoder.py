@@ -80,16 +80,16 @@ class ImageEncoder(nn.Module):
         # _pos_embed is the ViT's own step (class token, resampling for dynamic sizes): reused, not rewritten
         return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(img_b3HW))))
 
-    def forward(self, img_b3HW: torch.Tensor, active_bn: torch.Tensor | None = None) -> VisibleTokens:
-        """Encode the patches where `active_bn` (bool (B, N), grid row-major) is True; None = every patch."""
-        return self.encode(self.embed(img_b3HW), active_bn)
+    def forward(self, img_b3HW: torch.Tensor, visible_bn: torch.Tensor | None = None) -> VisibleTokens:
+        """Encode the patches where `visible_bn` (bool (B, N), grid row-major) is True; None = every patch."""
+        return self.encode(self.embed(img_b3HW), visible_bn)
 
-    def encode(self, tokens_btc: torch.Tensor, active_bn: torch.Tensor | None = None) -> VisibleTokens:
+    def encode(self, tokens_btc: torch.Tensor, visible_bn: torch.Tensor | None = None) -> VisibleTokens:
         """`forward` from embedded tokens (`embed`), so that passes over the same images embed them once."""
         batch, n_tokens, width = tokens_btc.shape
         n_patches = n_tokens - self.num_prefix_tokens
         attn_mask = None
-        if active_bn is None:
+        if visible_bn is None:
             # the full image: every patch in grid order, nothing to gather or mask
             x_btc = tokens_btc
             ids_bl = torch.arange(n_patches, device=tokens_btc.device).expand(batch, -1)
@@ -97,9 +97,9 @@ class ImageEncoder(nn.Module):
         else:
             # 1. gather the visible patches, grid order kept, right-padded to the batch's largest count
             prefix_bpc, patches_bnc = tokens_btc.split([self.num_prefix_tokens, n_patches], dim=1)
-            counts_b = active_bn.sum(1)
+            counts_b = visible_bn.sum(1)
             n_slots = int(counts_b.max())
-            ids_bl = torch.argsort((~active_bn).to(torch.int8), dim=1, stable=True)[:, :n_slots]
+            ids_bl = torch.argsort((~visible_bn).to(torch.int8), dim=1, stable=True)[:, :n_slots]
             valid_bl = torch.arange(n_slots, device=ids_bl.device) < counts_b[:, None]
             visible_blc = patches_bnc.gather(1, ids_bl[..., None].expand(-1, -1, width))
             x_btc = torch.cat([prefix_bpc, visible_blc], dim=1)

@@ -1,4 +1,5 @@
-"""The three loss terms of MaskedCLIP: L_MIM and L_MKD (masked regression), L_CLIP (symmetric InfoNCE)."""
+"""MaskedCLIP's loss functions: masked regression (L_MIM, L_MKD) and the contrastive loss L_CLIP (symmetric InfoNCE),
+across DDP processes in `ClipLoss` (open_clip's signature). The distillation target is the teacher's (teacher.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from pretrain.maskedclip.gather import gather_rows, pair_counts, process_count
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's cap on the learned inverse temperature (open_clip clamps to it too)
 
 
-def masked_mse(pred_bnd: torch.Tensor, target_bnd: torch.Tensor, masked_bn: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per position (averaged over the last axis), averaged over the masked positions of
-    the whole batch (MAE's reduction). Visible positions take no part; 0 when nothing is masked."""
+def masked_mse(pred_bnd: torch.Tensor, target_bnd: torch.Tensor, visible_bn: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per position (averaged over the last axis), averaged over the masked positions (those
+    not `visible_bn`, True = visible as everywhere in MaskedCLIP) of the whole batch (MAE's reduction). Visible
+    positions take no part; 0 when nothing is masked."""
+    masked_bn = ~visible_bn
     err_bn = (pred_bnd.float() - target_bnd.float()).square().mean(dim=-1)
     err_bn = torch.where(masked_bn, err_bn, 0.0)  # where, not a product: a visible position cannot even add NaN
     return err_bn.sum() / masked_bn.sum().clamp_min(1)
@@ -69,6 +72,12 @@ class ClipLoss(nn.Module):
         """Every process's pair count this step, in rank order (a collective under DDP)."""
         return pair_counts(n_pairs, device) if self.world() > 1 else [n_pairs]
 
+    def contrast_counts(self, n_pairs: int, device: torch.device) -> list[int] | None:
+        """`counts`, or None when the step has fewer than 2 pairs in all (no contrast: the term is left out, so
+        nothing needs encoding for it). Every process calls it, with or without pairs of its own."""
+        counts = self.counts(n_pairs, device)
+        return counts if sum(counts) >= 2 else None
+
     def forward(
         self,
         image_features: torch.Tensor,
@@ -97,13 +106,6 @@ class ClipLoss(nn.Module):
                 image_features, text_features, logit_scale, all_img, all_txt, offset, world, all_groups
             )
         return {"contrastive_loss": loss} if output_dict else loss
-
-
-def distillation_target(tokens_bnc: torch.Tensor, normalise: bool) -> torch.Tensor:
-    """The feature-distillation target: the teacher's tokens, each layer-normalised without affine parameters
-    when `normalise` (as MaskFeat / data2vec do with feature targets), so the target's scale cannot drift."""
-    tokens_bnc = tokens_bnc.float()
-    return F.layer_norm(tokens_bnc, tokens_bnc.shape[-1:]) if normalise else tokens_bnc
 
 
 def info_nce_over_processes(

@@ -7,26 +7,23 @@ towers see images as in training.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from timm.optim import param_groups_weight_decay
-from torch import nn
 
 from data.clip_folder import OPENAI_MEAN, OPENAI_STD
+from pretrain.maskedclip.config import DecoderCfg, LossCfg, TextCfg, VisionCfg, as_cfg
 from pretrain.maskedclip.gather import gather_rows, pair_counts, process_count
-from pretrain.maskedclip.model import MaskedCLIP, Teacher
+from pretrain.maskedclip.model import LOSS_TERMS, MaskedCLIP
+from pretrain.maskedclip.optim import param_groups
 from pretrain.maskedclip.retrieval import recall_at_k
-from pretrain.maskedclip.tokenizer import ReportTokenizer
 from pretrain.masking import DifferentiatedMasking, RandomMasking
 from pretrain.schedules import WarmupCosineSchedule, effective_batch_size, scaled_lr, set_run_horizon
 from pretrain.seeding import derive_seed, seeded_generator
 
-# Besides 1-D parameters (norms, biases, the logit scale), these never decay (fnmatch patterns).
-NO_WEIGHT_DECAY = ("*mask_token*", "*pos_embed*", "*cls_token*", "*reg_token*")
 MASK_STATS = ("mask/expected_ratio", "mask/realised_ratio", "mask/empty_roi_share")
-LOSS_TERMS = ("loss_mim", "loss_clip", "loss_mkd")
 
 
 def pair_keys(batch: dict[str, Any]) -> torch.Tensor | None:
@@ -41,61 +38,25 @@ class MaskedClipPretraining(pl.LightningModule):
     masking of the ViT patch grid.
 
     Args:
-        vit, bridge_depth, embed_dim, input_size: the image side (timm ViT name, its last blocks that form the
-            bridge, joint-space width, square input side).
-        text_model, text_pretrained, bert, context_length: the text side (see `TextEncoder`, `ReportTokenizer`).
-        decoder_width, decoder_depth, decoder_heads, feature_decoder_depth: the two decoders' sizes.
-        mim, lambda_clip, lambda_mkd: the loss terms (0 switches a weighted term off).
-        gather_negatives: under DDP, L_CLIP's negatives are the pairs of every process (CLIP's); False: own only.
-        pairs_per_study: at most this many images of a study enter a step's L_CLIP (None: all).
-        mask_related_pairs: pairs of one report text or one study are not each other's negatives in L_CLIP
-            (False: CLIP's every-other-pair negatives, duplicates included).
-        vit_init: start E and B from a pretrained ViT `vit`: a timm state dict file, or an open_clip folder in
-            BiomedCLIP's layout (`local-dir:DIR`; its P_I too), e.g. BiomedCLIP's ViT-B/16. The text tower starts
-            from `text_model`'s weights with `text_pretrained`.
-        text_lr_scale, image_lr_scale: the text tower's (T + P_T) and the image tower's (E + B + P_I) learning rate
-            as a multiple of `lr` (decoders and temperature: x1).
-        lock_text, lock_text_unlocked_layers, lock_text_freeze_layer_norm: open_clip's `lock_text_tower`: freeze
-            the BERT but its last `unlocked_layers` layers (LayerNorms too unless `freeze_layer_norm` is false);
-            the projection P_T stays trainable.
+        embed_dim: the joint image-text space's width.
+        vision, text, decoders, losses: the model's groups (`pretrain.maskedclip.config`: `model.vision.vit`,
+            `model.text.context_length`, `model.losses.lambda_clip`, ...); a dict is read as its group.
         grad_checkpointing: recompute the ViT's and BERT's blocks in the backward pass (less memory, more time).
-        teacher, ema_momentum, mkd_target_norm: the distillation target.
         masking: "differentiated" (MWM: ROI cells at `r_roi`, background at `r_bg`, ROI by `roi_rule` /
             `roi_min_fraction`) or "random" (MAE: uniform at `mask_ratio`).
         optimizer: "adamw" (MAE's); base_lr per 256 images scaled by the effective batch unless `lr` is given;
-            betas, weight_decay (constant unless `weight_decay_end`), warmup_epochs, min_lr_ratio: the schedule.
+            betas, weight_decay (constant unless `weight_decay_end`), warmup_epochs, min_lr_ratio: the schedule
+            (per-tower multiples and layer decay: `vision` / `text`).
         seed: seeds the masks, drawn per batch from (seed, epoch, batch, rank), as `MaskedPretraining` does.
     """
 
     def __init__(
         self,
-        vit: str = "vit_base_patch16_224",
-        bridge_depth: int = 2,
         embed_dim: int = 512,
-        input_size: int = 224,
-        text_model: str | None = None,
-        text_pretrained: bool = False,
-        bert: dict[str, Any] | None = None,
-        context_length: int = 256,
-        decoder_width: int = 512,
-        decoder_depth: int = 8,
-        decoder_heads: int = 16,
-        feature_decoder_depth: int = 4,
-        mim: bool = True,
-        lambda_clip: float = 1.0,
-        lambda_mkd: float = 1.0,
-        teacher: Teacher = "stop_gradient",
-        ema_momentum: float = 0.996,
-        mkd_target_norm: bool = True,
-        gather_negatives: bool = True,
-        pairs_per_study: int | None = None,
-        mask_related_pairs: bool = True,
-        vit_init: str | None = None,
-        text_lr_scale: float = 1.0,
-        image_lr_scale: float = 1.0,
-        lock_text: bool = False,
-        lock_text_unlocked_layers: int = 0,
-        lock_text_freeze_layer_norm: bool = True,
+        vision: VisionCfg = VisionCfg(),  # noqa: B008 - frozen: one shared default is safe
+        text: TextCfg = TextCfg(),  # noqa: B008
+        decoders: DecoderCfg = DecoderCfg(),  # noqa: B008
+        losses: LossCfg = LossCfg(),  # noqa: B008
         grad_checkpointing: bool = False,
         masking: Literal["differentiated", "random"] = "differentiated",
         r_roi: float = 0.8,
@@ -114,43 +75,22 @@ class MaskedClipPretraining(pl.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()  # plain values only: checkpoints stay loadable with weights_only=True
+        cfgs = (as_cfg(VisionCfg, vision), as_cfg(TextCfg, text), as_cfg(DecoderCfg, decoders), as_cfg(LossCfg, losses))
+        # save_hyperparameters reads the arguments' current values: the groups as dicts, plain values only, so
+        # checkpoints stay loadable with weights_only=True
+        vision, text, decoders, losses = (dataclasses.asdict(cfg) for cfg in cfgs)
+        self.save_hyperparameters()
+        self.vision_cfg, self.text_cfg, decoders, losses = cfgs
         if optimizer != "adamw":
             raise ValueError(f"unknown optimizer {optimizer!r}; MaskedCLIP trains with 'adamw'")
-        tokenizer = ReportTokenizer(text_model, context_length)
-        text = dict(
-            vocab_size=tokenizer.vocab_size,
-            pad_token_id=tokenizer.pad_token_id,
-            context_length=context_length,
-            text_model=text_model,
-            bert=bert,
-            pretrained=text_pretrained,
-        )
-        self.model = MaskedCLIP(
-            vit,
-            bridge_depth,
-            embed_dim,
-            input_size,
-            text,
-            decoder_width=decoder_width,
-            decoder_depth=decoder_depth,
-            decoder_heads=decoder_heads,
-            feature_decoder_depth=feature_decoder_depth,
-            mim=mim,
-            lambda_clip=lambda_clip,
-            lambda_mkd=lambda_mkd,
-            teacher=teacher,
-            ema_momentum=ema_momentum,
-            mkd_target_norm=mkd_target_norm,
-            gather_negatives=gather_negatives,
-            pairs_per_study=pairs_per_study,
-        )
-        if vit_init is not None:
+        self.model = MaskedCLIP(embed_dim, self.vision_cfg, self.text_cfg, decoders, losses)
+        if self.vision_cfg.init is not None:
             from pretrain.maskedclip.image_init import load_vit_weights, read_vit_weights
 
-            load_vit_weights(self.model.encoder, self.model.bridge, read_vit_weights(vit_init), vit_init)
-        if lock_text:
-            self.model.text.lock(lock_text_unlocked_layers, lock_text_freeze_layer_norm)
+            init = self.vision_cfg.init
+            load_vit_weights(self.model.encoder, self.model.bridge, read_vit_weights(init), init)
+        if self.text_cfg.lock:
+            self.model.text.lock(self.text_cfg.lock_unlocked_layers, self.text_cfg.lock_freeze_layer_norm)
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         if masking == "differentiated":
@@ -172,9 +112,9 @@ class MaskedClipPretraining(pl.LightningModule):
         """Mask one batch and compute the loss terms -> MaskedCLIP's outputs + `active_b1hw` + mask statistics."""
         img_b3HW = self.normalise(batch["image"])
         grid_hw = self.model.grid_hw(tuple(img_b3HW.shape[-2:]))
+        # the samplers' `active` map is True = visible, MaskedCLIP's polarity
         active_b1hw, stats = self.masking(batch["roi"], grid_hw, generator=generator)
-        keys_bk = pair_keys(batch) if self.hparams.mask_related_pairs else None
-        out = self.model(img_b3HW, active_b1hw, batch["text_ids"], batch["paired"].bool(), keys_bk)
+        out = self.model(img_b3HW, active_b1hw, batch["text_ids"], batch["paired"].bool(), pair_keys(batch))
         return {**out, **stats, "active_b1hw": active_b1hw}
 
     # ------------------------------------------------------------------ steps
@@ -201,7 +141,8 @@ class MaskedClipPretraining(pl.LightningModule):
             self.log(name, out[name])
         self.log("train/temperature", self.temperature())
         groups = self.trainer.optimizers[0].param_groups  # the values this step's update uses
-        self.log("lr", groups[0]["lr"])
+        # the lr of the groups at x1 (decoders, temperature: always present), not a tower's multiple
+        self.log("lr", next(g["lr"] for g in groups if g["lr_scale"] == 1.0))
         self.log("wd", max(g["weight_decay"] for g in groups))
         result = {"loss": out["loss"], "active_b1hw": out["active_b1hw"]}
         if "recon_b3HW" in out:  # for ReconstructionPanel, without a second forward pass
@@ -258,25 +199,11 @@ class MaskedClipPretraining(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         lr = hp.lr if hp.lr is not None else scaled_lr(hp.base_lr, self.trainer)
-        # trainable parameters only: the EMA teacher, BERT's unused pooler and locked layers are frozen
-        groups = []
-        for part, scale in self._lr_parts():
-            for group in param_groups_weight_decay(part, hp.weight_decay, no_weight_decay_list=NO_WEIGHT_DECAY):
-                if group["params"]:
-                    groups.append({**group, "lr": lr * scale})
+        groups = param_groups(self.model, lr, hp.weight_decay, self.vision_cfg, self.text_cfg)
         # foreach: one fused update over the many small tensors of two towers and two decoders (CPU too)
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, foreach=True)
         scheduler = WarmupCosineSchedule(optimizer, weight_decay_end=hp.weight_decay_end, min_lr_ratio=hp.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _lr_parts(self) -> list[tuple[nn.Module, float]]:
-        """The model in parts with their learning-rate multiples: text tower, image tower, the rest."""
-        hp, model = self.hparams, self.model
-        towers = {"text", "encoder", "bridge"}
-        rest = nn.ModuleDict({name: child for name, child in model.named_children() if name not in towers})
-        rest.register_parameter("logit_scale", model.logit_scale)
-        image = nn.ModuleList([model.encoder, model.bridge])
-        return [(model.text, hp.text_lr_scale), (image, hp.image_lr_scale), (rest, 1.0)]
 
     def on_train_start(self) -> None:
         # the horizon is known only now (see MaskedPretraining.configure_optimizers)
