@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from data.clip_folder import OPENAI_MEAN, OPENAI_STD
+from data.portable import portable
 from pretrain.maskedclip.config import DecoderCfg, LossCfg, TextCfg, VisionCfg, as_cfg
 from pretrain.maskedclip.gather import gather_rows, pair_counts, process_count
 from pretrain.maskedclip.model import LOSS_TERMS, MaskedCLIP
@@ -80,6 +81,7 @@ class MaskedClipPretraining(pl.LightningModule):
         # checkpoints stay loadable with weights_only=True
         vision, text, decoders, losses = (dataclasses.asdict(cfg) for cfg in cfgs)
         self.save_hyperparameters()
+        self.hparams.update(portable(dict(self.hparams)))  # no absolute path in checkpoints (docs/CORPUS.md)
         self.vision_cfg, self.text_cfg, decoders, losses = cfgs
         if optimizer != "adamw":
             raise ValueError(f"unknown optimizer {optimizer!r}; MaskedCLIP trains with 'adamw'")
