@@ -7,6 +7,7 @@ import re
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -148,3 +149,21 @@ def test_files_are_read_with_the_manifests_modality_and_the_given_intensity_rule
     v = cv2.imread(str(root / manifest.path[grey]), cv2.IMREAD_UNCHANGED).astype(np.float64)
     expected = torch.from_numpy((v - v.min()) / (v.max() - v.min())).float()
     torch.testing.assert_close(image, expected, atol=1e-6, rtol=0)
+
+
+def test_integer_images_need_a_uint8_store_and_three_channels(corpus, tmp_path):
+    root, manifest, cache_path, _ = corpus
+    uint8 = PackedStore.create(tmp_path / "u8.zarr", manifest, IntensityConfig())
+    wide = PackedStore.create(tmp_path / "u16.zarr", manifest, IntensityConfig(), dtype="uint16")
+    for store, wide_or_grey in ((uint8, {"channels": 1}), (wide, {"channels": 3})):
+        with pytest.raises(ValueError, match=r"^integer_images needs a packed store of uint8 images and channels 3"):
+            RoiDataset(root, cache=cache_path, packed=store, integer_images=True, **wide_or_grey)
+
+
+def test_the_datasets_manifest_is_the_given_one_renumbered(corpus):
+    """Rows keep their columns (no old index added as a column) and are numbered 0..n-1: item i is row i."""
+    root, manifest, _, _ = corpus
+    given = manifest.set_axis([10, 11, 12])
+    dataset = RoiDataset(root, manifest=given)
+    pd.testing.assert_frame_equal(dataset.manifest, manifest.reset_index(drop=True))
+    assert dataset[1]["index"] == 1 and dataset[1]["item_id"] == manifest.item_id[1]
