@@ -21,7 +21,7 @@ ZEROSHOT_PROMPTS ?= configs/zeroshot/sample.yaml
 
 .PHONY: install test sample standins smallmodels localize eval inspect pretrain export finetune demo bench lint \
 	experiment maskedclip maskedclip-export zeroshot bench-gpu bench-gpu-dry bench-gpu-wheels \
-	mutate mutate-report
+	mutate mutate-recheck mutate-report
 
 install:
 	python3 -m venv .venv
@@ -165,6 +165,9 @@ MODULE ?=
 MUTATE_JOBS ?= 2
 mutate:
 	$(PY) tools/mutate.py run $(MODULE) --jobs $(MUTATE_JOBS)
+
+mutate-recheck:
+	$(PY) tools/mutate.py recheck $(MODULE) --jobs $(MUTATE_JOBS)
 
 mutate-report:
 	$(PY) tools/mutate.py report

@@ -127,3 +127,75 @@ def test_roi_cells_count_only_positive_pixels_and_a_full_cell_at_fraction_one():
     roi[0, 0, 0, 0] = 0.0  # 15 of 16 pixels
     assert not roi_cells(roi, (2, 2), "fraction", 1.0).any()
     assert roi_cells(roi, (2, 2), "fraction", 15 / 16)[0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_masks_and_statistics_stay_on_the_requested_device(device):
+    """The device is honoured everywhere. A CPU-only suite cannot tell `device=None` from the CPU; the meta device
+    tells for the outputs (a tensor left on the CPU shows), but accepts a CPU index in its scatter: the random
+    order and the keep flags made on the CPU fail only on CUDA."""
+    mask = sample_random_mask(2, (3, 4), 0.5, device=device)
+    assert mask.device.type == device and mask.shape == (2, 1, 3, 4)
+    roi = torch.zeros(2, 1, 96, 128, device=device)
+    for masking in (RandomMasking(0.5), DifferentiatedMasking()):
+        active, stats = masking(roi, (3, 4))
+        assert active.device.type == device
+        assert {name: value.device.type for name, value in stats.items()} == dict.fromkeys(stats, device)
+
+
+def test_the_generator_alone_decides_the_mask():
+    """Same generator seed, same mask, whatever the global RNG did in between (an 8 x 8 grid keeping 25 or 38
+    cells: two independent draws agree with probability 1 / C(64, 25) or less)."""
+    roi = torch.zeros(2, 1, 256, 256)
+    roi[:, :, :128, :96] = 1
+    for masking in (RandomMasking(0.6), DifferentiatedMasking(0.8, 0.4)):
+        first = masking(roi, (8, 8), generator=torch.Generator().manual_seed(3))[0]
+        torch.rand(5)  # moves the global RNG on: a mask drawn from it would differ
+        second = masking(roi, (8, 8), generator=torch.Generator().manual_seed(3))[0]
+        assert torch.equal(first, second)
+    one = sample_random_mask(1, (8, 8), 0.6, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(one, sample_random_mask(1, (8, 8), 0.6, generator=torch.Generator().manual_seed(3)))
+
+
+def test_random_masking_defaults_to_sparks_ratio():
+    """SparK's default mask ratio 0.6: 7 x 7 = 49 cells keep round(49 * 0.4) = 20."""
+    masking = RandomMasking()
+    assert masking.ratio == 0.6 and masking.min_visible == 1
+    active, stats = masking(torch.zeros(3, 1, 224, 224), (7, 7))
+    assert active.flatten(1).sum(1).tolist() == [20, 20, 20]
+    assert stats["mask/expected_ratio"].item() == pytest.approx(0.6)
+
+
+def test_fraction_rule_tolerates_a_share_a_millionth_short():
+    """Rule "fraction" counts a cell whose share is within 1e-6 below `min_fraction` (the tolerance that absorbs
+    the float error of the pooled share): a half-ROI cell is ROI at min_fraction 0.5 + 1e-6, not at 0.5 + 2e-6."""
+    roi = torch.zeros(1, 1, 2, 6)
+    roi[0, 0, 0, :] = 1  # each of the three 2 x 2 cells: 2 of 4 pixels
+    assert roi_cells(roi, (1, 3), "fraction", 0.5 + 1e-6).all()
+    assert not roi_cells(roi, (1, 3), "fraction", 0.5 + 2e-6).any()
+
+
+def test_differentiated_masking_names_the_bad_ratio():
+    with pytest.raises(ValueError, match=r"^r_roi must be in \[0, 1\], got 1.2$"):
+        DifferentiatedMasking(1.2, 0.4)
+    with pytest.raises(ValueError, match=r"^r_roi must be in \[0, 1\], got -0.1$"):
+        sample_differentiated_mask(torch.zeros(1, 1, 2, 2, dtype=torch.bool), -0.1, 0.4)
+
+
+def test_the_top_up_counts_the_background_cells_already_kept():
+    """1 ROI + 3 background cells, r_roi 1, r_bg 0.5: keeps int(3 * 0.5) = 1 background cell; a minimum of 4
+    needs the 2 background cells left and then the ROI cell (a top-up that forgot the kept cell would ask 3 more
+    background cells and leave the ROI cell masked)."""
+    roi = torch.zeros(1, 1, 2, 2, dtype=torch.bool)
+    roi[0, 0, 1, 0] = True
+    assert sample_differentiated_mask(roi, 1.0, 0.5, min_visible=0).sum() == 1
+    assert sample_differentiated_mask(roi, 1.0, 0.5, min_visible=4).all()
+
+
+def test_exact_counts_apply_to_the_background_too():
+    """5 background cells at r_bg 0.8: int(5 * 0.19999999999999996) = 0 in floats, the exact floor 1."""
+    roi = torch.zeros(1, 1, 2, 4, dtype=torch.bool)
+    roi[0, 0, 0, :3] = True  # 3 ROI cells (all masked at r_roi 1), 5 background cells
+    assert sample_differentiated_mask(roi, 1.0, 0.8, min_visible=0).sum() == 0
+    exact = sample_differentiated_mask(roi, 1.0, 0.8, min_visible=0, exact_counts=True)
+    assert exact.sum() == 1 and not (exact & roi).any()

@@ -8,6 +8,7 @@ only them for each mutant. The editable install points at the original tree, so 
 then imports from the copy before trusting a "survived".
 
     python tools/mutate.py run [MODULE ...] [--jobs N] [--resume]   # default: every module of MODULES, in order
+    python tools/mutate.py recheck MODULE [NAME ...] [--jobs N]      # rerun only its survivors, with the new tests
     python tools/mutate.py report                                    # work/mutation/report.{md,json}
 
 Not part of `make test`: a module takes minutes, the whole list an hour or more on 2 cores.
@@ -175,6 +176,31 @@ def run(module: str, jobs: int, resume: bool) -> int:
     return code
 
 
+def recheck(module: str, jobs: int, only: list[str] | None = None) -> int:
+    """Rerun only the module's survivors (and mutants no test reached) against the current test files: after new
+    kill tests, this takes minutes where a full run takes tens. mutmut collects the new tests' coverage first."""
+    ws = WORK / slug(module)
+    meta = ws / "mutants" / (module + ".meta")
+    if not meta.exists():
+        raise SystemExit(f"mutate: {module} has no results in {ws}; run `make mutate MODULE={module}` first")
+    from mutmut.stats import status_by_exit_code
+
+    exit_codes = json.loads(meta.read_text())["exit_code_by_key"]
+    names = sorted(k for k, c in exit_codes.items() if status_by_exit_code[c] in ("survived", "no tests"))
+    if only:
+        names = [n for n in names if n in only or n.rsplit(".", 1)[-1] in only]
+    prepare(module, resume=True)  # the current test selection in the workspace's pyproject.toml
+    shutil.rmtree(ws / "mutants" / "tests")  # the tests as they are now (mutmut copied them at the first run)
+    shutil.copytree(ROOT / "tests", ws / "mutants" / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    print(f"mutate: rechecking {len(names)} mutants of {module}", flush=True)
+    if not names:
+        return 0
+    cmd = ["nice", "-n", "10", sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *names]
+    code = subprocess.call(cmd, cwd=ws, env=environment(ws))
+    check_imports_copy(module, ws)
+    return code
+
+
 def module_results(module: str) -> dict | None:
     """Counts per status and each survivor's diff, from mutmut's .meta file (None when not run)."""
     ws = WORK / slug(module)
@@ -267,11 +293,19 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("modules", nargs="*", help="e.g. data/readers/nifti.py")
     run_p.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
     run_p.add_argument("--resume", action="store_true", help="keep the workspace's earlier results")
+    recheck_p = sub.add_parser("recheck", help="rerun a module's survivors only (after adding kill tests)")
+    recheck_p.add_argument("module", help="e.g. data/readers/nifti.py")
+    recheck_p.add_argument("names", nargs="*", help="only these survivors (mutmut's names, module prefix optional)")
+    recheck_p.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
     sub.add_parser("report", help="write work/mutation/report.{md,json} from the workspaces")
     args = parser.parse_args(argv)
     if args.command == "report":
         report()
         return 0
+    if args.command == "recheck":
+        code = recheck(args.module.removeprefix("./"), args.jobs, args.names)
+        report()
+        return code
     codes = [run(m.removeprefix("./"), args.jobs, args.resume) for m in (args.modules or list(MODULES))]
     report()
     return max(codes, default=0)
