@@ -69,6 +69,11 @@ def read_done(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def as_recorded(value: Any, run_dir: Path) -> Any:
+    """`value` as `write_done` records it in `run_dir` (absolute paths relative to `run_dir`): compare with this."""
+    return portable(value, base=run_dir.resolve())
+
+
 def done_path(run_dir: Path, recorded: str) -> Path:
     """A path from `run_dir`'s done record (relative to `run_dir`, or absolute in records of older versions)."""
     return absolute_path(recorded, base=run_dir)
@@ -79,5 +84,5 @@ def write_done(run_dir: Path, record: dict[str, Any]) -> None:
     Paths in the record are written relative to `run_dir` (no absolute path in an output; `done_path` reads one)."""
     done = run_dir / DONE_FILE
     tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(portable(record, base=run_dir.resolve()), indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(as_recorded(record, run_dir), indent=2, default=str) + "\n")
     tmp.replace(done)

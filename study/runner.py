@@ -25,7 +25,7 @@ import pandas as pd
 from data.portable import portable
 from study.arms import Arm
 from study.config import Downstream, ExperimentConfig, ExperimentError, as_flags
-from study.layout import LOG_FILE, StudyLayout, read_done, write_done
+from study.layout import LOG_FILE, StudyLayout, as_recorded, read_done, write_done
 from study.matched import GridSetting, TrainingItems, calibrate, calibration_setting
 from study.report import write_report
 from study.rois import roi_command
@@ -152,7 +152,7 @@ class ExperimentRunner:
         record = read_done(run_dir)
         grid = GridSetting.from_pretrain_config(self.config.pretrain_config, self.config.pretrain_args)
         items = TrainingItems.from_pretrain_config(self.config.pretrain_config, self.config.pretrain_args)
-        if record is not None and record.get("setting") != calibration_setting(grid, items):
+        if record is not None and record.get("setting") != as_recorded(calibration_setting(grid, items), run_dir):
             self._say(f"calibration of {arm.name}: the pretraining settings changed since it was made; recalibrating")
             previous, record = record["mask_ratio"], None
         else:
