@@ -9,7 +9,7 @@ Defaults are written once, in the classes that use them: saliency methods (`loca
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import yaml
 
 from configs import resolve_config
 from data.intensity import IntensityConfig
+from data.portable import portable_path
 from data.roi_cache import CacheGeometry
 from localize.clip_loader import BIOMEDCLIP_HUB_SPEC
 from localize.precision import PRECISIONS
@@ -152,19 +153,29 @@ def anchor_paths(raw: Mapping[str, Any], folder: Path) -> dict[str, Any]:
         p = Path(value).expanduser()
         return value if p.is_absolute() else str(folder / p)
 
+    return _map_file_paths(raw, anchored)
+
+
+def relative_paths(raw: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """The inverse of `anchor_paths` for a config written into `folder`: its absolute file paths made relative to
+    that folder, so that the written file names no machine's folders and can move with what it names."""
+    return _map_file_paths(raw, lambda value: portable_path(value, folder))
+
+
+def _map_file_paths(raw: Mapping[str, Any], change: Callable[[str], str]) -> dict[str, Any]:
     out = dict(raw)
     if isinstance(out.get("prompts"), str):
-        out["prompts"] = anchored(out["prompts"])
+        out["prompts"] = change(out["prompts"])
     clip = out.get("clip")
     for prefix in ("local-dir:", "hf-biomedclip:"):
         if isinstance(clip, str) and clip.startswith(prefix):
-            out["clip"] = prefix + anchored(clip.removeprefix(prefix))
+            out["clip"] = prefix + change(clip.removeprefix(prefix))
     sam = out.get("sam")
     if isinstance(sam, Mapping) and isinstance(sam.get("checkpoint"), str):
-        out["sam"] = {**sam, "checkpoint": anchored(sam["checkpoint"])}
+        out["sam"] = {**sam, "checkpoint": change(sam["checkpoint"])}
     elif isinstance(sam, str) and ":" in sam:
         arch, _, checkpoint = sam.partition(":")
-        out["sam"] = f"{arch}:{anchored(checkpoint)}"
+        out["sam"] = f"{arch}:{change(checkpoint)}"
     return out
 
 

@@ -37,7 +37,7 @@ from data.manifest import scan_corpus
 from data.masks import read_mask_image
 from data.readers import load_image
 from localize.clip_loader import load_biomedclip
-from localize.config import LocalizeConfig, anchor_paths
+from localize.config import LocalizeConfig, anchor_paths, relative_paths
 from localize.evaluate import dice_iou
 from localize.prompts import PromptConfig
 from localize.refine import refine_batch
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.config.with_name(args.config.stem + ".tuned.yaml")
     config_path = resolve_config(args.config)  # a shipped config by name too; its relative paths made absolute:
     raw = anchor_paths(yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}, config_path.resolve().parent)
-    tuned = tuned_config(raw, report["chosen"], PromptConfig.load(config.prompts))
+    # ... and written relative to OUT's folder, as a config file's paths are read (no machine's folders in it)
+    tuned = relative_paths(tuned_config(raw, report["chosen"], PromptConfig.load(config.prompts)), out.resolve().parent)
     out.write_text("# written by `python -m localize tune`\n" + yaml.safe_dump(tuned, sort_keys=False))
     table.to_csv(out.with_suffix(".grid.csv"), index=False)
     out.with_suffix(".report.json").write_text(json.dumps(report, indent=2))

@@ -5,6 +5,7 @@ config and report. How well each criterion tracks Dice on the small models is me
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -114,10 +115,16 @@ def test_choose_takes_each_modality_best_prompt_then_the_best_triple():
 def test_tune_writes_a_config_localize_takes(standins, tmp_path):  # noqa: F811
     corpus = tmp_path / "corpus"
     write_sample_corpus(corpus, 3, 5, size=64)
-    out = tmp_path / "tuned.yaml"
+    out = tmp_path / "tuned" / "tuned.yaml"  # another folder than the input config's: its paths must follow
+    out.parent.mkdir()
     argv = ["--corpus", str(corpus), "--config", str(standins["path"]), "--out", str(out), "--per-modality", "2"]
     assert tune_main([*argv, "--layers", "2", "3", "--betas", "0.1", "--thresholds", "0.3", "0.5"]) == 0
+    # No machine's folders in the written file, and its relative model paths lead to the stand-ins' own files.
+    written = out.read_text()
+    assert str(tmp_path.parent) not in written and str(standins["path"].parent) not in written
     config = LocalizeConfig.load(out)
+    assert Path(config.clip.removeprefix("local-dir:")).resolve() == Path(standins["clip"].removeprefix("local-dir:"))
+    assert Path(config.sam["checkpoint"]).resolve() == Path(standins["sam"]["checkpoint"]).resolve()
     assert config.saliency["layer"] in (2, 3) and config.refine.threshold in (0.3, 0.5)
     assert all(len(config.prompts["modalities"][m]["prompts"]) == 1 for m in ("MR", "CT", "XR"))
     report = json.loads(out.with_suffix(".report.json").read_text())
