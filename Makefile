@@ -32,7 +32,7 @@ install:
 	.venv/bin/pip install -c constraints.txt -e '.[dev]'
 
 test:
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 -q --durations=15
 
 sample:
 	$(PY) -m data sample --out $(CORPUS)

@@ -11,6 +11,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one worker per core; more threads per worker oversubscribe the cores (a ResNet-18 step
     # measured 3.5 s with 2 threads vs 0.2 s with 1 on the 2-core CI machine).
     torch.set_num_threads(1)
+    # ... and so do the processes a test starts (`python -m pretrain fit`, the demo's steps, dask workers): with
+    # torch's default of one thread per core, each would contend with the other worker's tests.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True, scope="session")

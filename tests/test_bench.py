@@ -1,7 +1,8 @@
 """The benchmarks run at toy sizes, print one JSON object, and their baselines do the same work as the fast paths.
 
 Timings here mean nothing (2 shared cores, tiny inputs); these tests keep the benchmark scripts working and check
-the equalities each benchmark's ratio rests on.
+the equalities each benchmark's ratio rests on. The localization and pretraining-step benches are run (once) by the
+GPU run's dry run, and their equalities checked there (tests/test_bench_gpu.py).
 """
 
 from __future__ import annotations
@@ -22,36 +23,6 @@ def run_bench(script: str, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
-TINY = ["--size", "tiny", "--images", "3", "--batch-size", "3", "--repeats", "1", "--steps", "2", "--threads", "1"]
-
-
-def test_localize_bench_paths_agree():
-    result = run_bench("localize.py", *TINY, "--no-warmup", "--no-stages")
-    # The authors'-loop baseline and the unbatched path compute the batched path's masks: same work, timed.
-    assert result["naive_whole_tower_per_step"] is True  # the authors' M2IB loop, not ours unbatched
-    assert result["naive_saliency"]["noise_samples"] == 10 and result["batched_saliency"]["noise_samples"] == 10
-    assert result["mask_agreement"] == 1.0 and result["rects_identical"] is True
-    assert result["unbatched_mask_agreement"] == 1.0
-    assert result["saliency_mae"] < 1e-5
-    assert result["nonempty_roi_share"] > 0  # the agreement is not the trivial one of empty masks
-    assert result["modalities"] == {"MR": 1, "CT": 1, "XR": 1}
-    for key in ("batched_images_per_s", "naive_images_per_s", "unbatched_images_per_s"):
-        assert result[key] > 0
-    parts = result["speedup_from_batching"] * result["speedup_from_m2ib_loop"]
-    assert abs(result["speedup_vs_naive"] - parts) < 1e-6
-    if result["device"].startswith("cpu"):  # bf16 is a GPU option: not compared unless asked
-        assert result["bf16_roi_pixel_disagreement"] is None and "GPU" in result["bf16_skipped"]
-
-
-def test_localize_bench_fast_preset_and_cpu_bf16_comparison():
-    result = run_bench("localize.py", *TINY, "--no-warmup", "--no-stages", "--preset", "fast", "--bf16-on-cpu")
-    assert result["preset"] == "fast" and result["batched_saliency"]["noise_samples"] == 1
-    assert result["naive_saliency"]["preset"] == "release"  # the baseline stays the authors' loop
-    assert result["bf16_skipped"] is None and 0 <= result["bf16_roi_pixel_disagreement"] < 1
-    assert result["bf16_roi_pixels_differing"] >= 0 and result["bf16_images_with_any_difference"] <= 3
-    assert result["bf16_saliency_mae"] > 0  # autocast really ran: the maps are not bit-identical
-
-
 def test_cache_io_bench_reads_what_zarr_reads():
     result = run_bench(
         "cache_io.py", "--items", "40", "--mask-size", "32", "--image-size", "64", "--batch", "16", "--reads", "100"
@@ -59,36 +30,6 @@ def test_cache_io_bench_reads_what_zarr_reads():
     assert result["reads_equal_zarr"] is True and result["reads_compared"] == 100
     assert result["items"] == 40 and result["store_files"] > 0
     assert result["reads_per_s"] > 0 and result["writes_per_s"] > 0
-
-
-def test_pretrain_step_bench_runs():
-    result = run_bench(
-        "pretrain_step.py",
-        "--backbone",
-        "resnet18",
-        "--size",
-        "32",
-        "--batch",
-        "2",
-        "--steps",
-        "1",
-        "--warmup",
-        "1",
-        "--threads",
-        "1",
-        "--decoder-width",
-        "32",
-        "--breakdown",
-    )
-    assert result["config"]["backbone"] == "resnet18" and result["config"]["size"] == 32
-    assert result["config"]["decoder"] == "spark"
-    parts = result["breakdown_share"]
-    assert (
-        set(parts) >= {"encoder", "densify", "decoder.proj"} and sum(k.startswith("decoder.blocks") for k in parts) == 5
-    )
-    assert abs(sum(parts.values()) - 1) < 0.01
-    assert result["step_ratio_vs_dense"] > 0
-    assert 0 <= result["mask_share"] < 1
 
 
 def test_loader_bench_reads_the_same_images_both_ways(tmp_path):
@@ -109,10 +50,10 @@ def test_loader_bench_reads_the_same_images_both_ways(tmp_path):
 
 
 def test_reference_benches_skip_without_the_reference_code(tmp_path, monkeypatch):
-    """Without the fetched folder (or with one lacking the reference's files) both benches say why and exit 0."""
+    """With a folder lacking the reference's files both benches say why and exit 0 (without any folder: the GPU
+    dry run, tests/test_bench_gpu.py)."""
     monkeypatch.delenv("SPARK_DIR", raising=False)
     monkeypatch.delenv("M2IB_REF_DIR", raising=False)
-    assert "no --spark-dir" in run_bench("spark_reference.py")["skipped"]
     assert "no spark.py" in run_bench("spark_reference.py", "--spark-dir", str(tmp_path))["skipped"]
     assert "no scripts/iba.py" in run_bench("m2ib_reference.py", "--ref-dir", str(tmp_path))["skipped"]
 

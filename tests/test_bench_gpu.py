@@ -88,12 +88,38 @@ def test_dry_run_runs_every_part_and_writes_the_summary(tmp_path):
     parts = json.loads((out / "parts.json").read_text())
     loc = parts["loc_vitb_release"]
     assert loc["preset"] == "release" and loc["batched_precision"] == "fp32" and loc["bf16_skipped"] is None
-    assert parts["loc_vitb_fast"]["preset"] == "fast"
+    assert_localize_paths_agree(loc)
+    fast = parts["loc_vitb_fast"]
+    assert fast["preset"] == "fast" and fast["batched_saliency"]["noise_samples"] == 1
+    assert fast["naive_saliency"]["preset"] == "release"  # the baseline stays the authors' loop
+    assert fast["bf16_skipped"] is None and 0 <= fast["bf16_roi_pixel_disagreement"] < 1
+    assert fast["bf16_roi_pixels_differing"] >= 0 and fast["bf16_images_with_any_difference"] <= 3
+    assert fast["bf16_saliency_mae"] > 0  # autocast really ran: the maps are not bit-identical
     pretrain = parts["pretrain_resnet50"]
+    assert pretrain["config"]["backbone"] == "resnet18" and pretrain["config"]["decoder"] == "spark"
+    shares = pretrain["breakdown_share"]
+    assert {"encoder", "densify", "decoder.proj"} <= set(shares)
+    assert sum(k.startswith("decoder.blocks") for k in shares) == 5 and abs(sum(shares.values()) - 1) < 0.01
+    assert pretrain["step_ratio_vs_dense"] > 0 and 0 <= pretrain["mask_share"] < 1
     assert pretrain["config"]["optimizer"] == "lamb" and pretrain["config"]["loader"]["items"] == 3 * 3 * 2
     assert pretrain["loader_images_per_s"] > 0 and pretrain["fed_step_images_per_s"] > 0
     tests = parts["gpu_tests"]
     assert tests["result_line"] and tests["passed"] + tests["skipped"] >= 2  # the Lightning and the saliency test
+
+
+def assert_localize_paths_agree(result: dict) -> None:
+    """bench/localize.py's baselines compute the batched path's masks: the same work, timed."""
+    assert result["naive_whole_tower_per_step"] is True  # the authors' M2IB loop, not ours unbatched
+    assert result["naive_saliency"]["noise_samples"] == 10 and result["batched_saliency"]["noise_samples"] == 10
+    assert result["mask_agreement"] == 1.0 and result["rects_identical"] is True
+    assert result["unbatched_mask_agreement"] == 1.0
+    assert result["saliency_mae"] < 1e-5
+    assert result["nonempty_roi_share"] > 0  # the agreement is not the trivial one of empty masks
+    assert result["modalities"] == {"MR": 1, "CT": 1, "XR": 1}
+    for key in ("batched_images_per_s", "naive_images_per_s", "unbatched_images_per_s"):
+        assert result[key] > 0
+    parts = result["speedup_from_batching"] * result["speedup_from_m2ib_loop"]
+    assert abs(result["speedup_vs_naive"] - parts) < 1e-6
 
 
 def test_the_real_run_has_the_issues_settings_and_fits_its_budget():
