@@ -188,3 +188,16 @@ def test_a_run_with_k_images_per_study_masks_same_study_negatives(tmp_path):
         train_studies |= set(counts)
     val_studies = {study_of_row[data.val_set[i]["index"]] for i in range(len(data.val_set))}
     assert val_studies and not val_studies & train_studies
+
+    # a run restored inside epoch 1 after 2 batches gets that epoch's batches from the third on
+    def loader_positions(epochs_started: int, batches_done: int, epochs_done: int = 1) -> list[list[int]]:
+        restored = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+        restored.fit_loop.epoch_progress.current.processed = epochs_done
+        restored.fit_loop.epoch_progress.current.started = epochs_started
+        restored.fit_loop.epoch_loop.batch_progress.current.processed = batches_done
+        data.trainer = restored
+        return [batch["index"].tolist() for batch in data.train_dataloader()]
+
+    whole_epoch = loader_positions(epochs_started=1, batches_done=0)  # between epochs: epoch 1 from its start
+    assert loader_positions(epochs_started=2, batches_done=2) == whole_epoch[2:]
+    assert whole_epoch != loader_positions(epochs_started=2, batches_done=0, epochs_done=2)  # epoch 2: a new order
