@@ -67,9 +67,11 @@ class StudyBatchSampler(DistributedSampler):
         self._skip = n_batches
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:  # type: ignore[override]
+        # a generator: nothing runs (and the skip stays) until the first batch is asked for; a DataLoader with
+        # workers makes and drops one iterator of its sampler before the one it reads
         epoch, skip, self._skip = self.epoch, self._skip, 0
-        batches = self.rank_batches(epoch, self.rank)
-        return ([(epoch, int(i)) for i in batch] for batch in batches[skip:])
+        for batch in self.rank_batches(epoch, self.rank)[skip:]:
+            yield [(epoch, int(i)) for i in batch]
 
     def rank_studies(self, epoch: int, rank: int) -> list[int]:
         """The studies (numbers) dealt to `rank` in `epoch`: every `num_replicas`-th of the epoch's shuffle."""
