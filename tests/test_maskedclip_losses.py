@@ -218,3 +218,40 @@ def test_gathered_info_nce_gives_each_process_the_union_loss_and_ddp_the_union_g
     assert losses == pytest.approx([union.item()] * 2, rel=1e-6)
     for name, want, got_0, got_1 in zip(("w_img", "w_txt", "scale"), expect, *grads, strict=True):
         torch.testing.assert_close((got_0 + got_1) / 2, want, msg=name)
+
+
+def test_every_parameters_gradient_is_that_of_the_formulas_each_image_on_its_own():
+    """The step's shared embedding, the CLIP pass's tokens reused as the paired images' teacher targets and the
+    full-image passes without E's final norm must give every parameter the gradient of L written term by term:
+    each whole image through E and B on its own, the teacher's target detached."""
+    torch.manual_seed(0)
+    no_dropout = {**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    model, tokenizer = tiny_maskedclip(lambda_clip=0.7, lambda_mkd=1.5, bert=no_dropout)
+    model.train()
+    img, active, ids, paired = batch(tokenizer, [True, False, True, False, True], seed=3)
+    groups = torch.stack([torch.arange(5), torch.tensor([0, 1, 0, 2, 3])], dim=1)  # images 0 and 2: one study
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = torch.autograd.grad(model(img, active, ids, paired, groups)["loss"], params, allow_unused=True)
+
+    visible_bn = active.flatten(1)
+    hidden = model.encoder(img, visible_bn)
+    target = patch_target_of(img)
+    mim = masked_mse(model.image_decoder(hidden, (4, 4)), target, visible_bn)
+    whole = [model.bridge(model.encoder(img[i : i + 1]).stream_btc) for i in range(5)]
+    img_pd = torch.cat([whole[i][1] for i in range(5) if paired[i]])
+    clip = info_nce(img_pd, model.text(ids[paired]), model.logit_scale, groups[paired])
+    tokens = torch.cat([w[0] for w in whole]).detach()[:, model.encoder.num_prefix_tokens :]
+    mkd = masked_mse(model.feature_decoder(hidden, (4, 4)), distillation_target(tokens, True), visible_bn)
+    expected = torch.autograd.grad(mim + 0.7 * clip + 1.5 * mkd, params, allow_unused=True)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sum(g is not None for g in got) > 0.9 * len(params)
+    for name, g, e in zip(names, got, expected, strict=True):
+        assert (g is None) == (e is None), name
+        if g is not None:
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def patch_target_of(img: torch.Tensor) -> torch.Tensor:
+    from pretrain.maskedclip.image_decoder import patch_target
+
+    return patch_target(img, 16).normalised_bnd

@@ -92,14 +92,18 @@ def test_items_carry_report_tokens_and_the_paired_flag(paired_data):
     assert seen[True] > 0 and seen[False] > 0
 
 
-def test_resume_from_a_mid_epoch_checkpoint_is_exact(paired_data, tmp_path):
-    """EMA teacher, optimizer, schedule, data position and masks all come back: same losses, same weights."""
+@pytest.mark.parametrize("images_per_study", [None, 1])
+def test_resume_from_a_mid_epoch_checkpoint_is_exact(paired_data, tmp_path, images_per_study):
+    """EMA teacher, optimizer, schedule, data position and masks all come back: same losses, same weights; with
+    the random order over images and with batches drawn by study (`data.images_per_study`)."""
     model_args = tiny_model_args(teacher="ema", ema_momentum=0.9, lr=2e-3)
     every_step = ModelCheckpoint(save_top_k=-1, every_n_train_steps=1, filename="{step}")
     pl.seed_everything(0)
     trainer_a = tiny_trainer(tmp_path / "a", callbacks=[every_step])
     # one worker process: tokenisation runs in the workers, and they start before a resumed epoch begins
-    trainer_a.fit(MaskedClipPretraining(**model_args), tiny_data(paired_data, num_workers=1))
+    trainer_a.fit(
+        MaskedClipPretraining(**model_args), tiny_data(paired_data, num_workers=1, images_per_study=images_per_study)
+    )
     rows_a, final_a = train_rows(trainer_a), trainer_a.lightning_module.state_dict()
     steps_per_epoch = trainer_a.global_step // 2
     assert rows_a["train/loss_clip"].notna().any() and rows_a["train/loss_mkd"].notna().all()
@@ -109,7 +113,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(paired_data, tmp_path):
     trainer_b = tiny_trainer(tmp_path / "b")
     trainer_b.fit(
         MaskedClipPretraining(**model_args),
-        tiny_data(paired_data, num_workers=1),
+        tiny_data(paired_data, num_workers=1, images_per_study=images_per_study),
         ckpt_path=Path(every_step.dirpath) / f"step={step}.ckpt",
     )
     rows_b = train_rows(trainer_b)

@@ -39,17 +39,25 @@ class Bridge(nn.Module):
 
     def forward(self, stream_btc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder residual stream (B, P+N, C) -> (CLIP-space tokens (B, P+N, C), image embedding (B, embed_dim))."""
+        tokens_btc = self.tokens(stream_btc)
+        return tokens_btc, self.embedding(tokens_btc)
+
+    def tokens(self, stream_btc: torch.Tensor) -> torch.Tensor:
+        """Encoder residual stream (B, P+N, C) -> CLIP-space tokens (B, P+N, C): the blocks and the final norm."""
         x_btc = stream_btc
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x_btc = checkpoint(block, x_btc, use_reentrant=False)
             else:
                 x_btc = block(x_btc)
-        tokens_btc = self.norm(x_btc)
+        return self.norm(x_btc)
+
+    def embedding(self, tokens_btc: torch.Tensor) -> torch.Tensor:
+        """CLIP-space tokens -> image embedding (B, embed_dim): the ViT's pooling, then P_I."""
         pooled_bc = global_pool_nlc(
             tokens_btc,
             pool_type=self.global_pool,
             num_prefix_tokens=self.num_prefix_tokens,
             reduce_include_prefix=self.pool_include_prefix,
         )
-        return tokens_btc, self.proj(self.fc_norm(pooled_bc))
+        return self.proj(self.fc_norm(pooled_bc))

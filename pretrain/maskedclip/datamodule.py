@@ -1,6 +1,7 @@
 """Image-report pairs on top of the pretraining data module: every item gets its report's token ids and a
 `paired` flag; everything else (ROI cache, joint augmentation, seeded order, exact mid-epoch resume) is
-`RoiDataModule`'s."""
+`RoiDataModule`'s, except the training order with `images_per_study`: batches of K images per study
+(`StudyBatchSampler`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from data.portable import portable_path
 from data.reports import read_report_table, report_sections, reports_for_manifest, studies_for_manifest
-from pretrain.datamodule import RoiDataModule
+from pretrain.datamodule import ResumableLoader, RoiDataModule, SeededItems, _batches_done_in_epoch, _epoch_to_run
+from pretrain.maskedclip.study_sampler import KeyedBatches, StudyBatchSampler
 from pretrain.maskedclip.tokenizer import ReportTokenizer
 
 
@@ -83,6 +85,10 @@ class PairedDataModule(RoiDataModule):
         text_model, context_length: the tokenizer (see `ReportTokenizer`); the CLI links them to the model's.
         report_sections: e.g. [impression, findings]: only these sections of each report are tokenised, in this
             order (`data.reports.report_sections`; a report without any is kept whole); None: the whole report.
+        images_per_study: K: each training batch holds batch_size / K studies with K images each (fewer when a
+            study has fewer), drawn without replacement, studies shuffled per epoch (`StudyBatchSampler`); a
+            study is the report table's or manifest's `study_key`, else the image's file. None (the default):
+            batches drawn at random over images, as `RoiDataModule`'s.
         everything else: `RoiDataModule`'s arguments.
     """
 
@@ -94,9 +100,14 @@ class PairedDataModule(RoiDataModule):
         text_model: str | None = None,
         context_length: int = 256,
         report_sections: list[str] | None = None,
+        images_per_study: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(corpus, cache, **kwargs)
+        if images_per_study is not None and images_per_study < 1:
+            raise ValueError(f"data.images_per_study must be >= 1 or null, got {images_per_study}")
+        self.images_per_study = images_per_study
+        self.train_studies: np.ndarray | None = None
         self.report_sections = tuple(report_sections) if report_sections else None
         # plain strings in the hyper-parameters: a path, never report text
         self.hparams.update(reports=None if reports is None else portable_path(reports))
@@ -123,6 +134,7 @@ class PairedDataModule(RoiDataModule):
         if self.val_set is not None:
             self.val_set = PairedItems(self.val_set, reports, self.tokenizer, studies)
         indices = _manifest_rows(self.train_set.items)
+        self.train_studies = studies[indices]
         n_paired = sum(reports[i] is not None for i in indices)
         n_studies = len({studies[i] for i in indices if reports[i] is not None})
         rank_zero_info(
@@ -135,6 +147,32 @@ class PairedDataModule(RoiDataModule):
                 f"MaskedCLIP data: {truncated} of {distinct} distinct reports ({self.truncated_report_share:.1%}) are "
                 f"longer than the context length {self.tokenizer.context_length} tokens and are truncated"
             )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.images_per_study is None:
+            return super().train_dataloader()
+        return self._study_loader()
+
+    def _study_loader(self) -> DataLoader:
+        """Batches of `images_per_study` images per study: the sampler yields whole batches (`StudyBatchSampler`),
+        set to the epoch to run and past the batches a resumed epoch already trained on, as `RoiDataModule`'s."""
+        if self.train_set is None or self.train_studies is None:
+            raise RuntimeError("PairedDataModule.setup() has not run")
+        hp = self.hparams
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = StudyBatchSampler(self.train_studies, self.images_per_study, self.batch_size, world, rank, hp.seed)
+        sampler.set_epoch(_epoch_to_run(trainer))
+        sampler.skip_next(_batches_done_in_epoch(trainer))
+        on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
+        return ResumableLoader(
+            KeyedBatches(SeededItems(self.train_set, hp.seed)),
+            batch_size=None,  # the sampler's items are batches
+            sampler=sampler,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            pin_memory=on_gpu if hp.pin_memory is None else hp.pin_memory,
+        )
 
 
 def _manifest_of(items: Dataset) -> Any:

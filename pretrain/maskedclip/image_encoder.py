@@ -108,10 +108,20 @@ class ImageEncoder(nn.Module):
                 keys_valid_bt = torch.cat([valid_bl.new_ones(batch, self.num_prefix_tokens), valid_bl], dim=1)
                 attn_mask = keys_valid_bt[:, None, None, :]
         # 2. transformer blocks
+        x_btc = self._blocks(x_btc, attn_mask)
+        norm = self.feature_norm if self.feature_norm is not None else self.vit.norm
+        return VisibleTokens(x_btc, norm(x_btc), ids_bl, valid_bl)
+
+    def stream(self, tokens_btc: torch.Tensor) -> torch.Tensor:
+        """The residual stream after E's blocks over whole images' embedded tokens (B, P+N, C): what the bridge
+        continues. `encode(tokens).stream_btc` without the final norm, grid indices and slot flags, which the
+        full-image passes (L_CLIP, the teacher) never read."""
+        return self._blocks(tokens_btc, None)
+
+    def _blocks(self, x_btc: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         for block in self.vit.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x_btc = checkpoint(block, x_btc, attn_mask=attn_mask, use_reentrant=False)
             else:
                 x_btc = block(x_btc, attn_mask=attn_mask)
-        norm = self.feature_norm if self.feature_norm is not None else self.vit.norm
-        return VisibleTokens(x_btc, norm(x_btc), ids_bl, valid_bl)
+        return x_btc

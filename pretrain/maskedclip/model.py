@@ -193,7 +193,7 @@ class MaskedCLIP(nn.Module):
 
     def mkd_target(self, img_b3HW: torch.Tensor, embedded_btc: torch.Tensor, clip: ClipPass) -> torch.Tensor:
         """L_MKD's target at every patch position (B, N, C): the teacher's full-image tokens, prefix dropped."""
-        tokens_btc = self.teacher.tokens(img_b3HW, embedded_btc, self._encode_embedded, clip.rows_b, clip.tokens_btc)
+        tokens_btc = self.teacher.tokens(img_b3HW, embedded_btc, self._tokens_embedded, clip.rows_b, clip.tokens_btc)
         return distillation_target(tokens_btc[:, self.encoder.num_prefix_tokens :], self.losses.mkd_target_norm)
 
     # ------------------------------------------------------------------ the towers
@@ -206,7 +206,11 @@ class MaskedCLIP(nn.Module):
 
     def _encode_embedded(self, tokens_btc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`encode_image` from the encoder's embedded tokens of the full images."""
-        return self.bridge(self.encoder.encode(tokens_btc).stream_btc)
+        return self.bridge(self.encoder.stream(tokens_btc))
+
+    def _tokens_embedded(self, tokens_btc: torch.Tensor) -> torch.Tensor:
+        """B(E(x)) alone from the embedded tokens of the full images: the teacher's pass (no pooling, no P_I)."""
+        return self.bridge.tokens(self.encoder.stream(tokens_btc))
 
     # ------------------------------------------------------------------ after each optimizer step, options
     @torch.no_grad()

@@ -14,8 +14,8 @@ from torch import nn
 from pretrain.maskedclip.bridge import Bridge
 from pretrain.maskedclip.image_encoder import ImageEncoder
 
-# the online E then B from the encoder's embedded tokens: (B, P+N, C) -> (CLIP-space tokens, image embedding)
-OnlineEncode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# the online E then B from the encoder's embedded tokens: (B, P+N, C) -> CLIP-space tokens (B, P+N, C)
+OnlineTokens = Callable[[torch.Tensor], torch.Tensor]
 
 
 def distillation_target(tokens_bnc: torch.Tensor, normalise: bool) -> torch.Tensor:
@@ -35,20 +35,20 @@ class StopGradientTeacher(nn.Module):
         self,
         img_b3HW: torch.Tensor,
         embedded_btc: torch.Tensor,
-        online: OnlineEncode,
+        online: OnlineTokens,
         paired_b: torch.Tensor,
         paired_tokens_btc: torch.Tensor | None,
     ) -> torch.Tensor:
         """B(E(x)) of the full images (B, P+N, C), without gradient. `paired_tokens_btc`: the CLIP pass's tokens of
         the rows `paired_b` (None: no CLIP pass)."""
         if paired_tokens_btc is None:
-            return online(embedded_btc)[0]
+            return online(embedded_btc)
         tokens_btc = torch.empty(
             (img_b3HW.shape[0], *paired_tokens_btc.shape[1:]), dtype=paired_tokens_btc.dtype, device=img_b3HW.device
         )
         tokens_btc[paired_b] = paired_tokens_btc.detach()
         if not bool(paired_b.all()):
-            tokens_btc[~paired_b] = online(embedded_btc[~paired_b])[0].to(tokens_btc.dtype)
+            tokens_btc[~paired_b] = online(embedded_btc[~paired_b]).to(tokens_btc.dtype)
         return tokens_btc
 
     def update(self, encoder: ImageEncoder, bridge: Bridge) -> None:
@@ -83,14 +83,13 @@ class EmaTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, img_b3HW: torch.Tensor) -> torch.Tensor:
         """The teacher's CLIP-space tokens of the full image (B, P+N, C)."""
-        tokens_btc, _ = self.bridge(self.encoder(img_b3HW).stream_btc)
-        return tokens_btc
+        return self.bridge.tokens(self.encoder.stream(self.encoder.embed(img_b3HW)))
 
     def tokens(
         self,
         img_b3HW: torch.Tensor,
         embedded_btc: torch.Tensor,
-        online: OnlineEncode,
+        online: OnlineTokens,
         paired_b: torch.Tensor,
         paired_tokens_btc: torch.Tensor | None,
     ) -> torch.Tensor:

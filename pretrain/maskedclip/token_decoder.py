@@ -31,6 +31,8 @@ class MaskedTokenDecoder(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, out_dim)
         self.width = width
+        # the fixed positions of the last grid seen: (grid_hw, device, dtype) -> (N, width); not state (no buffer)
+        self._positions: tuple[tuple, torch.Tensor] | None = None
 
     def forward(self, visible: VisibleTokens, grid_hw: tuple[int, int]) -> torch.Tensor:
         """-> (B, N, out_dim) for the N = h*w grid positions, row-major."""
@@ -46,7 +48,17 @@ class MaskedTokenDecoder(nn.Module):
         grid_bnw = grid_bnw.scatter(1, target_bl[..., None].expand(-1, -1, width), tokens_btw[:, n_prefix:])
         grid_bnw = grid_bnw[:, :n_patches]
         # 2. fixed 2-D sin-cos positions, prefix tokens in front
-        pos_nw = build_sincos2d_pos_embed(list(grid_hw), width, device=grid_bnw.device).to(grid_bnw.dtype)
+        pos_nw = self.positions(grid_hw, grid_bnw.device, grid_bnw.dtype)
         x_btw = torch.cat([tokens_btw[:, :n_prefix], grid_bnw + pos_nw], dim=1)
         # 3. transformer, norm, per-patch head; prefix tokens dropped
         return self.head(self.norm(self.blocks(x_btw)))[:, n_prefix:]
+
+    def positions(self, grid_hw: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The fixed 2-D sin-cos position embeddings of the grid (N, width), built once per grid, not every step."""
+        key = (tuple(grid_hw), device, dtype)
+        if self._positions is None or self._positions[0] != key:
+            # a plain tensor even when first built under Lightning's inference mode (validation), for training next
+            with torch.inference_mode(False):
+                pos_nw = build_sincos2d_pos_embed(list(grid_hw), self.width, device=device).to(dtype)
+            self._positions = (key, pos_nw)
+        return self._positions[1]
