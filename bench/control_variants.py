@@ -8,7 +8,8 @@ same at 0, 15, 30, 45 degrees (+-2 degrees); `orient15_clean` as `orient15` with
 lesion's pixel grain (the only unpredictable content of a flat patch); `orient15_smooth` as `orient15_clean` over
 a smooth background (the ramp and the low-frequency mottling only: no flat shapes, arcs or grain, so the background
 is nearly free to reconstruct and the loss is spent on the lesion) with larger lesions (radius 22-30% of the side
-instead of 14-22%). Everything else (shapes, places,
+instead of 14-22%); `angular_smooth` the generator's classes on that smooth background with those larger lesions.
+Everything else (shapes, places,
 levels, periods, splits, manifest) is the generator's, from the same seeds.
 
 This is a throwaway measurement, not a corpus mode: it replaces `data.sample.textures._orientations`,
@@ -77,7 +78,7 @@ def smooth_background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    variants = ["angular", "orient45", "orient15", "orient15_clean", "orient15_smooth"]
+    variants = ["angular", "orient45", "orient15", "orient15_clean", "orient15_smooth", "angular_smooth"]
     parser.add_argument("--variant", required=True, choices=variants)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n", type=int, default=2000)
