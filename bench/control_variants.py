@@ -5,11 +5,16 @@ pretraining beat a randomly initialised encoder before the generator itself is c
 Variants (`--variant`): `angular` the corpus of `python -m data sample --mode control` unchanged; `orient45`
 one grating per image at a class-specific orientation (0, 45, 90, 135 degrees, +-6 degrees); `orient15` the
 same at 0, 15, 30, 45 degrees (+-2 degrees); `orient15_clean` as `orient15` without the background's and the
-lesion's pixel grain (the only unpredictable content of a flat patch). Everything else (shapes, places,
+lesion's pixel grain (the only unpredictable content of a flat patch); `orient15_smooth` as `orient15_clean` over
+a smooth background (the ramp and the low-frequency mottling only: no flat shapes, arcs or grain, so the background
+is nearly free to reconstruct and the loss is spent on the lesion) with larger lesions (radius 22-30% of the side
+instead of 14-22%); `angular_smooth` the generator's classes on that smooth background with those larger lesions.
+Everything else (shapes, places,
 levels, periods, splits, manifest) is the generator's, from the same seeds.
 
 This is a throwaway measurement, not a corpus mode: it replaces `data.sample.textures._orientations`,
-`data.sample.control.draw_background` and `draw_region` inside this process only (the pipeline never runs it).
+`data.sample.control.draw_background`, `draw_region` and `RADIUS_RANGE` inside this process only (the pipeline
+never runs it).
 
     python bench/control_variants.py --variant orient15 --out work/pilots/corpus_fine
 """
@@ -62,19 +67,32 @@ def without_grain() -> None:
     control.draw_region = region_without_grain
 
 
+def smooth_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """The generator's ramp and mottling only (its first and last-but-one draws): no shapes, arcs or grain."""
+    rows, cols = np.mgrid[:size, :size].astype(np.float32) / size - 0.5
+    angle = rng.uniform(0, 2 * np.pi)
+    img = rng.uniform(0.3, 0.6) + rng.uniform(0.2, 0.5) * (cols * np.cos(angle) + rows * np.sin(angle))
+    img = img + rng.uniform(0.02, 0.06) * control.smooth_noise(rng, (size, size), size / 12)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", required=True, choices=["angular", "orient45", "orient15", "orient15_clean"])
+    variants = ["angular", "orient45", "orient15", "orient15_clean", "orient15_smooth", "angular_smooth"]
+    parser.add_argument("--variant", required=True, choices=variants)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    orientation_set = args.variant.removesuffix("_clean")
+    orientation_set = args.variant.removesuffix("_clean").removesuffix("_smooth")
     if orientation_set in ORIENTATIONS_DEG:
         textures._orientations = one_orientation_per_class(*ORIENTATIONS_DEG[orientation_set])
-    if args.variant.endswith("_clean"):
+    if args.variant.endswith(("_clean", "_smooth")):
         without_grain()
+    if args.variant.endswith("_smooth"):
+        control.draw_background = smooth_background
+        control.RADIUS_RANGE = (0.22, 0.30)
     summary = write_sample_corpus(args.out, n=args.n, seed=args.seed, size=args.size, mode="control")
     print(f"{args.variant} control corpus in {summary.root}: {summary.items}")
 
