@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     module_name, model_name, data_name = TASKS[task]
     module = importlib.import_module(module_name)
     from finetune.cli import FinetuneCLI
+    from pretrain.sigterm import exit_code
 
     if from_command_line:  # LightningCLI reads sys.argv itself; its usage line then names the task
         sys.argv = [f"python -m finetune {task}", *rest]
-    FinetuneCLI(getattr(module, model_name), getattr(module, data_name), args=None if from_command_line else rest)
-    return 0
+    model, data = getattr(module, model_name), getattr(module, data_name)
+    return exit_code(lambda: FinetuneCLI(model, data, args=None if from_command_line else rest))
 
 
 if __name__ == "__main__":

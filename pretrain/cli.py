@@ -30,6 +30,7 @@ from pretrain.datamodule import RoiDataModule
 from pretrain.export import export_backbone
 from pretrain.module import MaskedPretraining
 from pretrain.portable import PortableModelCheckpoint, PortableSaveConfig
+from pretrain.sigterm import exit_code
 
 LOG_FOLDER = "logs"
 
@@ -124,10 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pretrain.maskedclip.cli import main as maskedclip_main
 
         return maskedclip_main(argv[1:])
-    PretrainCLI(
-        MaskedPretraining,
-        RoiDataModule,
-        args=None if from_command_line else argv,  # LightningCLI reads sys.argv itself
-        auto_configure_optimizers=False,  # the module builds LAMB/AdamW and the schedules itself
+    return exit_code(
+        lambda: PretrainCLI(
+            MaskedPretraining,
+            RoiDataModule,
+            args=None if from_command_line else argv,  # LightningCLI reads sys.argv itself
+            auto_configure_optimizers=False,  # the module builds LAMB/AdamW and the schedules itself
+        )
     )
-    return 0

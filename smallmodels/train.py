@@ -50,7 +50,7 @@ def train_small_models(
             import_masks(corpus / "truth", cache, corpus=corpus, progress=False)
         _say("small CLIP: MaskedCLIP trainer, L_CLIP on the corpus's image-report pairs")
         run_dir = out / "clip_run"
-        maskedclip_main(
+        code = maskedclip_main(
             [
                 "fit",
                 "--config",
@@ -64,6 +64,8 @@ def train_small_models(
                 *clip_args,
             ]
         )
+        if code != 0:  # stopped (SIGTERM): its last checkpoint is not the trained model; a rerun resumes
+            raise SystemExit(code)
         last = max((run_dir / "logs").glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         export_open_clip(load_trained_model(last), clip_dir)
     if not sam_ckpt.is_file():

@@ -1,8 +1,13 @@
-"""A callback the DDP tests add through the command line: after every optimizer step, each process writes the
-item indices of its batch and its flattened parameters to `out_dir/rank{R}_step{S}.pt`."""
+"""Callbacks tests add through the command line (`--trainer.callbacks+=tests.ddp_probe.NAME`).
+
+StepProbe (the DDP tests): after every optimizer step, each process writes the item indices of its batch and its
+flattened parameters to `out_dir/rank{R}_step{S}.pt`. SigtermAtStep: the process sends itself SIGTERM after a given
+optimizer step, as a scheduler's pre-emption would."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -21,3 +26,14 @@ class StepProbe(pl.Callback):
         params = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
         record = {"index": batch["index"].tolist(), "params": params}
         torch.save(record, self.out_dir / f"rank{trainer.global_rank}_step{trainer.global_step}.pt")
+
+
+class SigtermAtStep(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -26,6 +26,7 @@ from pretrain.cli import PretrainCLI
 from pretrain.maskedclip.config import flat_key_errors
 from pretrain.maskedclip.datamodule import PairedDataModule
 from pretrain.maskedclip.module import MaskedClipPretraining
+from pretrain.sigterm import exit_code
 
 USAGE = """usage: python -m pretrain maskedclip {fit,validate,export} ...
 
@@ -103,10 +104,11 @@ def main(argv: Sequence[str]) -> int:
     if errors:
         print("\n".join(errors), file=sys.stderr)
         return 2
-    MaskedClipCLI(
-        MaskedClipPretraining,
-        PairedDataModule,
-        args=argv,
-        auto_configure_optimizers=False,  # the module builds AdamW and the schedule itself
+    return exit_code(
+        lambda: MaskedClipCLI(
+            MaskedClipPretraining,
+            PairedDataModule,
+            args=argv,
+            auto_configure_optimizers=False,  # the module builds AdamW and the schedule itself
+        )
     )
-    return 0
