@@ -236,7 +236,9 @@ def test_zero_rows_is_no_geometry(tmp_path):
     ds = pydicom.dcmread(write_dicom(tmp_path / "g.dcm", STORED))
     ds.Rows = 0
     ds.save_as(tmp_path / "rows0.dcm")
-    assert reason_of(tmp_path / "rows0.dcm") == "no image geometry (Rows/Columns missing or zero)"
+    with pytest.raises(UnreadableImage) as caught:
+        read_frame(tmp_path / "rows0.dcm", 0)
+    assert str(caught.value) == f"{tmp_path / 'rows0.dcm'}: no image geometry (Rows/Columns missing or zero)"
 
 
 def test_an_unreadable_frame_count_counts_as_one_frame(tmp_path):
@@ -248,3 +250,75 @@ def test_an_unreadable_frame_count_counts_as_one_frame(tmp_path):
     (tmp_path / "nf.dcm").write_bytes(data.replace(b"IS\x02\x007 ", b"IS\x02\x00x1"))
     with pytest.raises(IndexError, match=r"frame 1 out of range \(the file has 1 frames\)"):
         read_frame(tmp_path / "nf.dcm", 1)
+
+
+def test_missing_rows_is_no_geometry_and_a_short_payload_names_the_file(tmp_path):
+    ds = pydicom.dcmread(write_dicom(tmp_path / "g.dcm", STORED))
+    del ds.Rows
+    ds.save_as(tmp_path / "norows.dcm")
+    with pytest.raises(UnreadableImage) as caught:
+        read_frame(tmp_path / "norows.dcm", 0)
+    assert str(caught.value) == f"{tmp_path / 'norows.dcm'}: no image geometry (Rows/Columns missing or zero)"
+    ds = pydicom.dcmread(write_dicom(tmp_path / "multi.dcm", np.zeros((2, 8, 8), np.int16)))
+    ds.NumberOfFrames = 3
+    ds.save_as(tmp_path / "multi.dcm")
+    with pytest.raises(UnreadableImage) as caught:
+        read_frame(tmp_path / "multi.dcm", 0)
+    assert (
+        str(caught.value) == f"{tmp_path / 'multi.dcm'}: pixel data shorter than its geometry needs (256 of 384 bytes)"
+    )
+
+
+# ------------------------------------------------------------------------------------------ the pixel data element
+
+
+def _cut_after_pixel_tag(path, keep: int, out):
+    """`path` cut `keep` bytes after the start of its pixel data element."""
+    data = path.read_bytes()
+    at = data.rindex(b"\xe0\x7f\x10\x00")
+    out.write_bytes(data[: at + keep])
+    return out
+
+
+@pytest.mark.parametrize(
+    ("keep", "reason"),
+    [
+        (6, "no pixel data"),  # not even a tag and a VR: no element there
+        (12, "pixel data truncated (0 of 128 bytes present)"),
+        (12 + 120, "pixel data truncated (120 of 128 bytes present)"),
+    ],
+)
+def test_a_cut_pixel_data_element_is_named(tmp_path, keep, reason):
+    path = write_dicom(tmp_path / "g.dcm", STORED)  # 8 x 8 x 2 bytes, explicit VR
+    cut = _cut_after_pixel_tag(path, keep, tmp_path / "cut.dcm")
+    with pytest.raises(UnreadableImage) as caught:
+        read_frame(cut, 0)
+    assert str(caught.value) == f"{cut}: {reason}"
+
+
+def test_a_cut_implicit_vr_pixel_data_element(tmp_path):
+    path = write_dicom(tmp_path / "g.dcm", STORED, file_meta=False)  # implicit VR: 8 bytes of header
+    assert (
+        reason_of(_cut_after_pixel_tag(path, 8, tmp_path / "cut.dcm"))
+        == "pixel data truncated (0 of 128 bytes present)"
+    )
+
+
+def test_a_bare_big_endian_data_set_is_read(tmp_path):
+    ds = pydicom.dcmread(write_dicom(tmp_path / "g.dcm", STORED, modality="MR"))
+    del ds.file_meta
+    ds.preamble = None
+    ds.PixelData = STORED.astype(">u2").tobytes()  # pydicom writes OW bytes as they are
+    pydicom.dcmwrite(tmp_path / "be.dcm", ds, implicit_vr=False, little_endian=False, force_encoding=True)
+    assert (tmp_path / "be.dcm").read_bytes()[:2] == b"\x00\x08"  # group 0008 first, big-endian
+    np.testing.assert_array_equal(read_frame(tmp_path / "be.dcm", 0).pixels, STORED.astype(np.float32))
+
+
+def test_a_deflated_file_without_pixel_data(tmp_path):
+    ds = pydicom.dcmread(write_dicom(tmp_path / "g.dcm", STORED))
+    del ds.PixelData
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    with pytest.raises(UnreadableImage) as caught:
+        read_frame(tmp_path / "deflated.dcm", 0)
+    assert str(caught.value) == f"{tmp_path / 'deflated.dcm'}: no pixel data"
