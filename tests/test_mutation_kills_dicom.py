@@ -322,3 +322,11 @@ def test_a_deflated_file_without_pixel_data(tmp_path):
     with pytest.raises(UnreadableImage) as caught:
         read_frame(tmp_path / "deflated.dcm", 0)
     assert str(caught.value) == f"{tmp_path / 'deflated.dcm'}: no pixel data"
+
+
+def test_a_file_meta_without_a_transfer_syntax_falls_back_to_the_detected_encoding(tmp_path):
+    ds = pydicom.dcmread(write_dicom(tmp_path / "g.dcm", STORED))
+    del ds.file_meta.TransferSyntaxUID
+    pydicom.dcmwrite(tmp_path / "nots.dcm", ds, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    assert "MediaStorageSOPClassUID" in pydicom.dcmread(tmp_path / "nots.dcm", stop_before_pixels=True).file_meta
+    np.testing.assert_array_equal(read_frame(tmp_path / "nots.dcm", 0).pixels, STORED.astype(np.float32))
