@@ -240,6 +240,14 @@ def test_map_only_skips_the_last_step_and_keeps_the_map(model, images):
         torch.testing.assert_close(short.saliency_bphw, full.saliency_bphw, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(short.loss_s, full.loss_s[:2])
         torch.testing.assert_close(method(model, images, text), full.saliency_bphw, atol=1e-6, rtol=1e-5)
+    # calling the method skips that last pass: the clean pass, then steps - 1 passes through the last block
+    calls = []
+    handle = model.visual.trunk.blocks[-1].register_forward_hook(lambda m, i, out: calls.append(1))
+    try:
+        M2IBSaliency(layer=2, steps=3, noise_samples=2, reuse_prefix=False)(model, images, text)
+    finally:
+        handle.remove()
+    assert len(calls) == 1 + 2
     # the map at the final mask: map_only skips nothing
     final = M2IBSaliency(layer=2, steps=3, noise_samples=2, map_at="final")
     full, short = final.run(model, images, text), final.run(model, images, text, map_only=True)
