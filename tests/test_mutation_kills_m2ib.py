@@ -10,6 +10,7 @@ capacity at the initial mask is a closed form of the layer's clean features.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import open_clip
@@ -148,7 +149,8 @@ def test_the_last_block_is_used_as_is_and_one_beyond_is_clamped_with_a_warning_n
     assert str(record[0].message) == (
         "m2ib layer 6 does not exist in a 6-block vision tower; using the last block (5)."
     )
-    assert record[0].filename == __file__  # stacklevel: the caller of provenance, not m2ib.py
+    if "MUTANT_UNDER_TEST" not in os.environ:  # mutmut's trampolines add frames between caller and callee
+        assert record[0].filename == __file__  # stacklevel: the caller of provenance, not m2ib.py
 
 
 # ------------------------------------------------------------------------------------------ the optimisation
