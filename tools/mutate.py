@@ -34,7 +34,11 @@ SKIP = {".git", ".venv", "work", "mutants", "__pycache__", ".pytest_cache", ".ru
 # module -> the test files that exercise it (unit-level ones: each mutant is run against the tests of these files
 # that reach its function). The order is the order `make mutate` runs them in.
 MODULES: dict[str, tuple[str, ...]] = {
-    "data/readers/dicom.py": ("tests/test_readers_dicom.py", "tests/test_readers.py"),
+    "data/readers/dicom.py": (
+        "tests/test_readers_dicom.py",
+        "tests/test_readers.py",
+        "tests/test_mutation_kills_dicom.py",
+    ),
     "data/readers/nifti.py": (
         "tests/test_readers.py",
         "tests/test_nifti_flipped.py",
