@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
 from data.readers import UnreadableImage, iter_frames, read_frame
-from data.readers.dicom import _whitelisted_dataset, dicom_decodes_whole
+from data.readers.dicom import _read_dicom_header, _whitelisted_dataset, dicom_decodes_whole, has_dicm_marker
 from tests._readers_files import PLANTED_TAGS, pydicom_file, write_dicom
 
 STORED = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 3).astype(np.uint16)
@@ -330,3 +330,75 @@ def test_a_file_meta_without_a_transfer_syntax_falls_back_to_the_detected_encodi
     pydicom.dcmwrite(tmp_path / "nots.dcm", ds, implicit_vr=False, little_endian=True, enforce_file_format=False)
     assert "MediaStorageSOPClassUID" in pydicom.dcmread(tmp_path / "nots.dcm", stop_before_pixels=True).file_meta
     np.testing.assert_array_equal(read_frame(tmp_path / "nots.dcm", 0).pixels, STORED.astype(np.float32))
+
+
+# ------------------------------------------------------------------------------------------ header, frames, marker
+
+
+def test_the_header_holds_the_whitelisted_tags_only(tmp_path):
+    path = write_dicom(tmp_path / "planted.dcm", STORED, tags=PLANTED_TAGS)
+    header, _, _ = _read_dicom_header(path)
+    assert header.Rows == 8 and header.Modality == "CT"
+    assert not any(keyword in header for keyword in PLANTED_TAGS)
+
+
+def test_a_header_pydicom_cannot_parse_is_named_by_its_error_class(tmp_path):
+    ds = pydicom.dcmread(write_dicom(tmp_path / "g.dcm", STORED))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes((tmp_path / "deflated.dcm").read_bytes()[:-40])  # the deflate stream cut: zlib.error
+    with pytest.raises(UnreadableImage) as caught:
+        read_frame(cut, 0)
+    assert str(caught.value) == f"{cut}: not a readable DICOM file (error)"
+
+
+def test_a_bare_data_set_needs_both_rows_and_columns(tmp_path):
+    ds = pydicom.dcmread(write_dicom(tmp_path / "g.dcm", STORED, file_meta=False), force=True)
+    del ds.Columns
+    ds.save_as(tmp_path / "nocols.dcm", implicit_vr=True, little_endian=True)
+    assert (tmp_path / "nocols.dcm").read_bytes()[128:132] != b"DICM"
+    assert reason_of(tmp_path / "nocols.dcm") == "not a DICOM file (no 'DICM' marker and no image pixel elements)"
+
+
+def test_a_deflated_file_without_geometry_names_the_file(tmp_path):
+    ds = pydicom.dcmread(write_dicom(tmp_path / "g.dcm", STORED))
+    ds.Rows = 0
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    with pytest.raises(UnreadableImage) as caught:
+        read_frame(tmp_path / "deflated.dcm", 0)
+    assert str(caught.value) == f"{tmp_path / 'deflated.dcm'}: no image geometry (Rows/Columns missing or zero)"
+
+
+def test_a_dicom_without_modality_takes_it_from_its_path(tmp_path):
+    path = write_dicom(tmp_path / "brain_mr" / "slice.dcm", STORED, modality=None)
+    assert read_frame(path, 0).modality == "MR"  # the folder's token
+    assert read_frame(path, 0, modality="CT").modality == "CT"  # the caller's wins
+    other = write_dicom(tmp_path / "scans" / "slice.dcm", STORED, modality=None)
+    assert read_frame(other, 0).modality == "OT"
+
+
+def test_one_frame_of_several_is_that_frame_with_its_own_rescale(tmp_path):
+    stored = np.stack([np.full((4, 4), 100, np.int16), np.full((4, 4), 200, np.int16)])
+    tags = {"PerFrameFunctionalGroupsSequence": [_transform(1, -1000), _transform(2, -500)]}
+    path = write_dicom(tmp_path / "enhanced.dcm", stored, tags=tags)
+    frame = read_frame(path, 1)
+    assert frame.frame == 1 and float(frame.pixels[0, 0]) == 2 * 200 - 500
+
+
+def test_encapsulated_pixel_data_with_fewer_frames_than_declared(tmp_path):
+    stored = np.stack([np.full((4, 4), 1, np.uint16), np.full((4, 4), 2, np.uint16)])
+    path = write_dicom(tmp_path / "rle.dcm", stored, compress=RLELossless)
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 3
+    ds.save_as(path)
+    with pytest.raises(UnreadableImage) as caught:
+        list(iter_frames(path))
+    assert str(caught.value) == f"{path}: pixel data holds fewer frames than the 3 declared"
+
+
+def test_no_marker_where_the_file_cannot_be_opened(tmp_path):
+    assert has_dicm_marker(tmp_path / "missing.dcm") is False
+    assert has_dicm_marker(tmp_path) is False  # a folder
+    assert has_dicm_marker(write_dicom(tmp_path / "g.dcm", STORED)) is True
