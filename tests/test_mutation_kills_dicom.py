@@ -402,3 +402,12 @@ def test_no_marker_where_the_file_cannot_be_opened(tmp_path):
     assert has_dicm_marker(tmp_path / "missing.dcm") is False
     assert has_dicm_marker(tmp_path) is False  # a folder
     assert has_dicm_marker(write_dicom(tmp_path / "g.dcm", STORED)) is True
+
+
+def test_a_bare_data_set_that_switches_vr_at_its_pixel_data_is_decoded(tmp_path):
+    """Found with the mutation run: such a file is read whole (the frame-by-frame reader cannot follow the switch),
+    and pydicom decodes a data set by its file meta's transfer syntax alone, which a bare data set lacks; the reader
+    refused it ("cannot decode pixel data ... no (0002,0010)")."""
+    path = _bare_with_implicit_pixel_element(tmp_path / "switch.dcm", STORED)
+    np.testing.assert_array_equal(read_frame(path, 0).pixels, STORED.astype(np.float32))
+    assert [f.frame for f in iter_frames(path)] == [0]
