@@ -55,10 +55,10 @@ def clean_features(model, images, layer: int) -> torch.Tensor:
     return captured[0].double()
 
 
-def capacity_at_alpha(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """KL[N(lam x, (1 - lam)^2) || N(0, 1)] element by element (the raw-feature prior of the release)."""
+def capacity_at_alpha(x: torch.Tensor, alpha: float, var: float = 1.0) -> torch.Tensor:
+    """KL[N(lam x, (1 - lam)^2 var) || N(0, var)] element by element (raw features; the release's var is 1)."""
     lam = 1 / (1 + math.exp(-alpha))
-    return -math.log(1 - lam) + ((1 - lam) ** 2 + (lam * x) ** 2) / 2 - 0.5
+    return -math.log(1 - lam) + ((1 - lam) ** 2 * var + (lam * x) ** 2) / (2 * var) - 0.5
 
 
 def own_and_opposite_prompts(model, image_13hw) -> torch.Tensor:
@@ -156,14 +156,15 @@ def test_the_last_block_is_used_as_is_and_one_beyond_is_clamped_with_a_warning_n
 # ------------------------------------------------------------------------------------------ the optimisation
 
 
-def test_first_loss_is_beta_times_the_mean_capacity_minus_the_similarity(model, images):
+@pytest.mark.parametrize("noise_var", [1.0, 4.0])
+def test_first_loss_is_beta_times_the_mean_capacity_minus_the_similarity(model, images, noise_var):
     """Step 0 runs at alpha = 5 everywhere: its capacity is a closed form of the clean features; the fitting term
     of the prompt that is the image's own embedding is ~1 (the noise is 0.7% of the input), of its opposite ~-1."""
     beta, layer = 0.3, 2
     x = clean_features(model, images, layer)  # (2, T, C)
     text = torch.cat([own_and_opposite_prompts(model, images[b : b + 1]) for b in range(2)])[[0, 1, 3]]
-    run = M2IBSaliency(layer=layer, beta=beta, steps=2, noise_samples=2).run(model, images, text)
-    capacity_b = capacity_at_alpha(x, 5.0).mean(dim=(1, 2))  # per image
+    run = M2IBSaliency(layer=layer, beta=beta, steps=2, noise_samples=2, noise_var=noise_var).run(model, images, text)
+    capacity_b = capacity_at_alpha(x, 5.0, noise_var).mean(dim=(1, 2))  # per image
     # items: (image 0; own, opposite, image 1's opposite), (image 1; image 0's own, its own opposite, ...)
     cos_with = F.normalize(model.encode_image(images).detach().float(), dim=-1) @ text.T  # clean similarities (2, 3)
     expected = (beta * capacity_b[:, None] - cos_with).mean()
