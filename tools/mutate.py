@@ -34,7 +34,11 @@ SKIP = {".git", ".venv", "work", "mutants", "__pycache__", ".pytest_cache", ".ru
 # module -> the test files that exercise it (unit-level ones: each mutant is run against the tests of these files
 # that reach its function). The order is the order `make mutate` runs them in.
 MODULES: dict[str, tuple[str, ...]] = {
-    "data/readers/dicom.py": ("tests/test_readers_dicom.py", "tests/test_readers.py"),
+    "data/readers/dicom.py": (
+        "tests/test_readers_dicom.py",
+        "tests/test_readers.py",
+        "tests/test_mutation_kills_dicom.py",
+    ),
     "data/readers/nifti.py": (
         "tests/test_readers.py",
         "tests/test_nifti_flipped.py",
@@ -49,7 +53,9 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_packed_square.py",
     ),
     "pretrain/spark.py": ("tests/test_spark.py",),
-    "localize/saliency/m2ib.py": ("tests/test_m2ib_method.py", "tests/test_saliency.py"),
+    # test_saliency.py runs M2IB on the BiomedCLIP stand-in (10-20 s a test, minutes a mutant): its M2IB checks are
+    # repeated on test_m2ib_method.py's toy CLIP in test_mutation_kills_m2ib.py
+    "localize/saliency/m2ib.py": ("tests/test_m2ib_method.py", "tests/test_mutation_kills_m2ib.py"),
     "localize/refine.py": ("tests/test_refine.py", "tests/test_empty_roi_flag.py"),
     "data/intensity.py": ("tests/test_intensity.py", "tests/test_ct_windows.py"),
     "data/roi_cache.py": ("tests/test_roi_cache.py", "tests/test_roi_rects.py", "tests/test_dataset_pairing.py"),

@@ -131,12 +131,15 @@ def _read_dicom_header(path: str | os.PathLike):
     _check_geometry(path, header, declared)
     if explicit_vr == transfer_syntax.is_implicit_VR:
         # The file contradicts its transfer syntax; pydicom copes only when reading the dataset whole.
-        return header, transfer_syntax, _whitelisted_dataset(path)
+        return header, transfer_syntax, _whitelisted_dataset(path, transfer_syntax)
     return header, transfer_syntax, Path(path)
 
 
-def _whitelisted_dataset(path: str | os.PathLike):
-    """The file's _DICOM_TAGS and pixel data as a dataset (for files pydicom cannot decode frame by frame)."""
+def _whitelisted_dataset(path: str | os.PathLike, transfer_syntax=None):
+    """The file's _DICOM_TAGS and pixel data as a dataset (for files pydicom cannot decode frame by frame).
+
+    A bare data set (no file meta) gets `transfer_syntax` as its file meta's: pydicom decodes a dataset by that
+    element alone (an explicit `transfer_syntax_uid` is only for a path)."""
     import pydicom
 
     with warnings.catch_warnings(), decoding(path, "cannot read DICOM dataset"):
@@ -146,6 +149,11 @@ def _whitelisted_dataset(path: str | os.PathLike):
             pass
     if not any(keyword in dataset for keyword in _PIXEL_DATA_KEYWORDS):
         raise UnreadableImage(path, "no pixel data")
+    if transfer_syntax is not None and not _has_file_meta_syntax(dataset):
+        from pydicom.dataset import FileMetaDataset
+
+        dataset.file_meta = FileMetaDataset()
+        dataset.file_meta.TransferSyntaxUID = transfer_syntax
     return dataset
 
 
