@@ -175,3 +175,16 @@ def test_fast_path_settings_reach_the_model():
     for name in ("encoder.model.conv1.weight", "decoder.blocks.0.1.weight"):
         assert fast.get_parameter(name).is_contiguous(memory_format=torch.channels_last), name
     assert fast.decoder._compiled_call_impl is not None  # compiled lazily, at the first call
+
+
+def test_the_encoder_gets_an_nhwc_input_only_on_the_channels_last_path():
+    img = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    active = torch.tensor([[[[True, False, True], [False, True, False]]]])
+    for fast, nhwc in [(FastPath(), False), (FastPath(channels_last=True), True)]:
+        model = tiny(fast=fast)
+        seen = []
+        model.encoder.register_forward_pre_hook(lambda module, inputs, seen=seen: seen.append(inputs[0]))
+        with torch.no_grad():
+            model(img, active)
+        assert seen[0].is_contiguous(memory_format=torch.channels_last) is nhwc
+        assert torch.equal(seen[0], img) and (seen[0] is img) is not nhwc  # the plain path passes it as given
