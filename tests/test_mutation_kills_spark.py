@@ -7,6 +7,7 @@ off by a known amount per masked patch), not from the code's own output.
 from __future__ import annotations
 
 import math
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -188,3 +189,33 @@ def test_the_encoder_gets_an_nhwc_input_only_on_the_channels_last_path():
             model(img, active)
         assert seen[0].is_contiguous(memory_format=torch.channels_last) is nhwc
         assert torch.equal(seen[0], img) and (seen[0] is img) is not nhwc  # the plain path passes it as given
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_autocast_on_a_gpu_is_bf16_whatever_the_cpu(monkeypatch, bf16):
+    """On CUDA, bf16 (not CUDA's default float16) whenever asked for, even where the CPU has no native bf16."""
+    monkeypatch.setattr(spark, "cpu_has_native_bf16", lambda: False)
+    owner = SimpleNamespace(fast=FastPath(bf16=bf16))
+    if torch.cuda.is_available():
+        ctx = SparkMIM._autocast(owner, torch.device("cuda"))
+        assert ctx._enabled is bf16
+    elif bf16:  # without CUDA, torch turns an enabled CUDA autocast off with a warning: so it was enabled
+        with pytest.warns(UserWarning, match="CUDA is not available"):
+            ctx = SparkMIM._autocast(owner, torch.device("cuda"))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ctx = SparkMIM._autocast(owner, torch.device("cuda"))
+    assert ctx.device == "cuda" and ctx.fast_dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_reconstruction_has_the_images_dtype(dtype):
+    img = torch.rand(1, 3, P, 2 * P, generator=torch.Generator().manual_seed(2)).to(dtype)
+    target = patch_target(img, P)
+    active = torch.tensor([[[[True, False]]]])
+    recon = SparkMIM.reconstruction(None, torch.zeros(1, 3, P, 2 * P), img, target, active)
+    assert recon.dtype == dtype
+    assert torch.equal(recon[..., :P], img[..., :P])  # the visible patch: the input itself
+    mean = target.mean_bch1w1[0, 0, 0, 0, 1, 0].expand(1, 3, P, P)  # a zero prediction: the patch's mean
+    torch.testing.assert_close(recon[..., P:].float(), mean, rtol=1e-3, atol=1e-3)
