@@ -6,6 +6,7 @@ off by a known amount per masked patch), not from the code's own output.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from types import SimpleNamespace
@@ -219,3 +220,18 @@ def test_reconstruction_has_the_images_dtype(dtype):
     assert torch.equal(recon[..., :P], img[..., :P])  # the visible patch: the input itself
     mean = target.mean_bch1w1[0, 0, 0, 0, 1, 0].expand(1, 3, P, P)  # a zero prediction: the patch's mean
     torch.testing.assert_close(recon[..., P:].float(), mean, rtol=1e-3, atol=1e-3)
+
+
+def test_defaults_are_sparks():
+    """SparK's release: ResNet-50 at 224, its UNet decoder of width 768, the C x p x p joint patch target."""
+    defaults = {k: p.default for k, p in inspect.signature(SparkMIM).parameters.items()}
+    assert defaults == {
+        "backbone": "resnet50",
+        "input_size": 224,
+        "decoder_width": 768,
+        "decoder": "spark",
+        "per_channel_target": False,
+        "drop_path_rate": None,  # SparK's rate for the backbone
+        "sync_bn": False,
+        "fast": None,
+    }
