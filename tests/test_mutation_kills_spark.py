@@ -6,7 +6,6 @@ off by a known amount per masked patch), not from the code's own output.
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from types import SimpleNamespace
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 import pretrain.spark as spark
+from pretrain.decoder import SparkDecoder
 from pretrain.masking import sample_random_mask
 from pretrain.spark import FastPath, SparkMIM, masked_patch_loss, patch_target, spark_drop_path
 from pretrain.sparse_norm import SparseBatchNorm2d
@@ -223,15 +223,12 @@ def test_reconstruction_has_the_images_dtype(dtype):
 
 
 def test_defaults_are_sparks():
-    """SparK's release: ResNet-50 at 224, its UNet decoder of width 768, the C x p x p joint patch target."""
-    defaults = {k: p.default for k, p in inspect.signature(SparkMIM).parameters.items()}
-    assert defaults == {
-        "backbone": "resnet50",
-        "input_size": 224,
-        "decoder_width": 768,
-        "decoder": "spark",
-        "per_channel_target": False,
-        "drop_path_rate": None,  # SparK's rate for the backbone
-        "sync_bn": False,
-        "fast": None,
-    }
+    """SparK's release: ResNet-50 at 224, its UNet decoder of width 768, the C x p x p joint patch target, SparK's
+    drop-path rate, plain BatchNorm, no fast path. Built, not read from the signature: a default is what a call
+    without the argument gets."""
+    model = SparkMIM()
+    assert model.backbone == "resnet50" and model.input_size == 224 and model.grid_hw((224, 224)) == (7, 7)
+    assert isinstance(model.decoder, SparkDecoder) and model.decoder.widths[0] == 768
+    assert not model.per_channel_target and model.fast == FastPath()
+    assert model.encoder.model.layer4[-1].drop_path.drop_prob == pytest.approx(0.05)
+    assert not any(m.sync for m in model.modules() if isinstance(m, SparseBatchNorm2d))
