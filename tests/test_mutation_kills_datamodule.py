@@ -152,7 +152,8 @@ def test_resumable_loader_without_a_distributed_sampler():
         warnings.simplefilter("error")
         loader.load_state_dict({})  # an old checkpoint: nothing to compare
         loader.load_state_dict({"num_replicas": 1})
-    with pytest.warns(UserWarning, match="on 1 device\\(s\\) a run checkpointed on 4"):
+    warned = "on 1 device\\(s\\) a run checkpointed on 4: the rest of the epoch is split differently"
+    with pytest.warns(UserWarning, match=warned):
         loader.load_state_dict({"num_replicas": 4})
 
 
@@ -181,6 +182,7 @@ def test_seeded_items_draw_under_the_seed_of_seed_epoch_and_item():
 # ------------------------------------------------------------------------------------------------ checks
 def test_per_device_batch_by_hand():
     assert per_device_batch(24, fake_trainer(world=2, accumulate=3)) == 4
+    assert type(per_device_batch(24, fake_trainer(world=2, accumulate=3))) is int  # a batch size
     assert per_device_batch(1, None) == 1
     with pytest.raises(ValueError, match="0 is not divisible by 1 device\\(s\\) x 1 gradient .* multiple of 1"):
         per_device_batch(0, None)

@@ -232,3 +232,4 @@ def test_defaults_are_sparks():
     assert not model.per_channel_target and model.fast == FastPath()
     assert model.encoder.model.layer4[-1].drop_path.drop_prob == pytest.approx(0.05)
     assert not any(m.sync for m in model.modules() if isinstance(m, SparseBatchNorm2d))
+    assert all(isinstance(n, SparseBatchNorm2d) for n in model.densify.norms)  # a ResNet: BatchNorm in densify
