@@ -104,12 +104,15 @@ def test_the_validation_loader_keeps_every_item_in_order():
 
 def test_loader_without_a_trainer_and_an_explicit_pin_memory():
     dm = module(batch_size=2, pin_memory=True)
-    with pytest.raises(RuntimeError, match="setup"):
+    with pytest.raises(RuntimeError, match="^RoiDataModule.setup\\(\\) has not run$"):
         dm.train_dataloader()
     dm.train_set = list(range(5))
     loader = dm.train_dataloader()
     assert loader.pin_memory and loader.sampler.num_replicas == 1 and loader.sampler.rank == 0
     assert [i for _, i in loader.sampler] == torch.randperm(5, generator=torch.Generator().manual_seed(3)).tolist()
+    one_worker = module(num_workers=1, persistent_workers=True)
+    one_worker.train_set = list(range(4))
+    assert one_worker.train_dataloader().persistent_workers  # one worker is kept too
 
 
 @pytest.mark.parametrize(
@@ -273,6 +276,7 @@ def test_pixel_stats_are_written_to_the_run_folder_by_rank_zero_only(tmp_path):
     dm._record_pixel_stats()  # a logger without a folder
     dm.trainer = fake_trainer(log_dir=str(tmp_path / "run" / "v0"))
     dm._record_pixel_stats()
+    dm._record_pixel_stats()  # again (e.g. a second fit): the folder exists already
     assert json.loads((tmp_path / "run" / "v0" / "pixel_stats.json").read_text())["mean"] == [0.1, 0.2, 0.3]
 
 
