@@ -52,14 +52,54 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_mutation_kills_dataset.py",
         "tests/test_packed_square.py",
     ),
-    "pretrain/spark.py": ("tests/test_spark.py",),
+    # test_spark.py without its slowest tests (the 16-step training run, the bf16 fast paths that are ignored on a
+    # CPU without native bf16; the kill tests cover their mutants): a model is built per test, on every mutant
+    "pretrain/spark.py": (
+        *(
+            f"tests/test_spark.py::{name}"
+            for name in (
+                "test_loss_matches_a_patch_by_patch_reference",
+                "test_loss_ignores_visible_patches",
+                "test_per_patch_normalisation_by_hand_on_a_two_patch_rgb_image",
+                "test_target_is_normalised_per_masked_patch",
+                "test_spark_decoder_widths_and_shapes_for_resnet50_at_224",
+                "test_convnext_small_coarsest_level_needs_no_projection",
+                "test_pixel_shuffle_decoder_option",
+                "test_reconstruction_pastes_visible_patches_and_denormalises",
+                "test_forward_outputs_and_gradients",
+                "test_convnext_uses_layer_norm_densify",
+                "test_sync_bn_flag_reaches_every_batch_norm",
+                "test_bf16_autocast_forward_backward",
+                "test_fast_path_computes_the_plain_function_under_a_differentiated_mask[channels_last]",
+            )
+        ),
+        "tests/test_mutation_kills_spark.py",
+    ),
     # test_saliency.py runs M2IB on the BiomedCLIP stand-in (10-20 s a test, minutes a mutant): its M2IB checks are
     # repeated on test_m2ib_method.py's toy CLIP in test_mutation_kills_m2ib.py
     "localize/saliency/m2ib.py": ("tests/test_m2ib_method.py", "tests/test_mutation_kills_m2ib.py"),
     "localize/refine.py": ("tests/test_refine.py", "tests/test_empty_roi_flag.py"),
     "data/intensity.py": ("tests/test_intensity.py", "tests/test_ct_windows.py"),
     "data/roi_cache.py": ("tests/test_roi_cache.py", "tests/test_roi_rects.py", "tests/test_dataset_pairing.py"),
-    "pretrain/datamodule.py": ("tests/test_dataset_pairing.py", "tests/test_pretrain_roi_shape.py"),
+    # the data tests of the pretraining files, not their training runs (a Trainer.fit per mutant)
+    "pretrain/datamodule.py": (
+        "tests/test_dataset_pairing.py",
+        "tests/test_pretrain_roi_shape.py",
+        "tests/test_mutation_kills_datamodule.py",
+        "tests/test_pretrain_lightning.py::test_datamodule_keeps_done_items_and_splits_validation_stably",
+        "tests/test_pretrain_lightning.py::test_intensity_settings_reach_the_images",
+        "tests/test_pretrain_lightning.py::test_joint_augmentation_moves_the_roi_with_the_image_and_is_seeded_by_epoch_and_item",
+        "tests/test_pretrain_lightning.py::test_epoch_sampler_shards_ranks_and_reshuffles_per_epoch",
+        "tests/test_pretrain_lightning.py::test_resumable_loader_warns_when_the_device_count_changed",
+        "tests/test_pretrain_recipe.py::test_global_batch_is_divided_over_devices_and_accumulation",
+        "tests/test_packed_square.py::test_square_batches_equal_the_raw_batches",
+        "tests/test_packed_square.py::test_integer_batches_become_exactly_the_float_batches",
+        "tests/test_packed_square.py::test_pretraining_refuses_a_square_store_it_would_resize_otherwise",
+        "tests/test_patient_splits.py::test_pretraining_validation_holds_out_whole_patients",
+        "tests/test_slice_neighbours.py::test_the_datamodule_feeds_2_5d_batches_and_keeps_the_option",
+        "tests/test_packed_datasets.py::test_pretraining_follows_the_cache_intensity_and_reads_the_store",
+        "tests/test_packed_datasets.py::test_an_override_is_warned_and_a_store_of_other_rules_refused",
+    ),
     "pretrain/maskedclip/losses.py": ("tests/test_maskedclip_losses.py", "tests/test_maskedclip_fixes.py"),
     # the teacher's targets (distillation_target, the stop-gradient tokens) are tested with the loss terms
     "pretrain/maskedclip/teacher.py": ("tests/test_maskedclip_model.py", "tests/test_maskedclip_losses.py"),
