@@ -52,6 +52,27 @@ def write_paired_corpus(root: Path, n: int = 16, paired_share: float = 0.5) -> t
     return corpus, cache, write_pairs(corpus, root / "pairs.csv", paired_share)
 
 
+def write_study_corpus(
+    root: Path, n: int = 16, phrases: int | None = None, images_per_patient: int | None = None
+) -> tuple[Path, Path, pd.DataFrame, Path, Path]:
+    """A paired corpus of n images, two by two in a study, with a study-level report table (report i names finding
+    i, or i % `phrases`) and, with `images_per_patient`, patient keys: (corpus, cache, manifest, its parquet,
+    reports.csv)."""
+    from data.manifest import scan_corpus
+
+    corpus, cache, _ = write_paired_corpus(root / "data", n=n, paired_share=0.0)
+    manifest, _ = scan_corpus(corpus, workers=1, progress=False)  # as the cache's, plus the keys of issue 23
+    manifest["study_key"] = [f"study{i // 2:02d}" for i in range(len(manifest))]
+    if images_per_patient is not None:
+        manifest["patient_key"] = [f"patient{i // images_per_patient:02d}" for i in range(len(manifest))]
+    manifest_path = root / "manifest.parquet"
+    manifest.to_parquet(manifest_path, index=False)
+    studies = sorted(set(manifest["study_key"]))
+    texts = [f"{MARKER} finding {i if phrases is None else i % phrases}" for i in range(len(studies))]
+    pd.DataFrame({"study_key": studies, "report": texts}).to_csv(root / "reports.csv", index=False)
+    return corpus, cache, manifest, manifest_path, root / "reports.csv"
+
+
 def tiny_model_args(**overrides) -> dict:
     """MaskedClipPretraining arguments of a tiny model (test_vit: 6 blocks of width 64, 2 of them the bridge),
     grouped (`vision`, `text`, ...) from flat names (`pretrain.maskedclip.config.FLAT_KEYS`: vit, lambda_clip, ...)."""

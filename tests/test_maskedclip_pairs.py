@@ -18,7 +18,7 @@ from pretrain.maskedclip.datamodule import PairedDataModule, PairedItems, report
 from pretrain.maskedclip.module import MaskedClipPretraining
 from pretrain.maskedclip.retrieval import recall_at_k
 from pretrain.maskedclip.tokenizer import ReportTokenizer
-from tests.maskedclip_fixtures import MARKER, tiny_maskedclip, tiny_model_args, write_paired_corpus
+from tests.maskedclip_fixtures import tiny_maskedclip, tiny_model_args, write_study_corpus
 
 MANIFEST = pd.DataFrame(
     {
@@ -107,21 +107,12 @@ def test_recall_at_k_by_hand():
 def test_a_run_with_study_level_pairs_logs_recall_and_masks_same_study_negatives(tmp_path):
     """Images two by two in a study, a report per study; validation pairs give recall@K each epoch, and every
     L_CLIP call receives the study keys, under which two images of one study are never each other's negatives."""
-    corpus, cache, _ = write_paired_corpus(tmp_path / "data", n=16, paired_share=0.0)
-    from data.manifest import scan_corpus
-
-    manifest, _ = scan_corpus(corpus, workers=1, progress=False)  # as the cache's, plus a study key (issue 23's)
-    manifest["study_key"] = [f"study{i // 2:02d}" for i in range(len(manifest))]
-    manifest_path = tmp_path / "manifest.parquet"
-    manifest.to_parquet(manifest_path, index=False)
-    studies = sorted(set(manifest["study_key"]))
-    reports = pd.DataFrame({"study_key": studies, "report": [f"{MARKER} finding {i % 3}" for i in range(len(studies))]})
-    reports.to_csv(tmp_path / "reports.csv", index=False)
+    corpus, cache, manifest, manifest_path, reports = write_study_corpus(tmp_path, phrases=3)
     data = PairedDataModule(
         corpus,
         cache,
         manifest=manifest_path,
-        reports=tmp_path / "reports.csv",
+        reports=reports,
         input_size=64,
         batch_size=8,
         num_workers=0,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 
-import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -14,7 +13,7 @@ import torch
 from pretrain.maskedclip.datamodule import PairedDataModule
 from pretrain.maskedclip.module import MaskedClipPretraining
 from pretrain.maskedclip.study_sampler import KeyedBatches, StudyBatchSampler
-from tests.maskedclip_fixtures import MARKER, tiny_model_args, write_paired_corpus
+from tests.maskedclip_fixtures import tiny_model_args, write_study_corpus
 
 
 def sampler(studies, k=2, batch=4, world=1, rank=0, seed=0) -> StudyBatchSampler:
@@ -134,22 +133,12 @@ def test_keyed_batches_collate_the_items_of_a_batch():
 def test_a_run_with_k_images_per_study_masks_same_study_negatives(tmp_path):
     """Two images per study in every batch: each L_CLIP call gets pairs of one study side by side, with their
     study keys (the negatives' mask); validation is split by patient, whole studies."""
-    corpus, cache, _ = write_paired_corpus(tmp_path / "data", n=16, paired_share=0.0)
-    from data.manifest import scan_corpus
-
-    manifest, _ = scan_corpus(corpus, workers=1, progress=False)
-    manifest["study_key"] = [f"study{i // 2:02d}" for i in range(len(manifest))]
-    manifest["patient_key"] = [f"patient{i // 4:02d}" for i in range(len(manifest))]
-    manifest_path = tmp_path / "manifest.parquet"
-    manifest.to_parquet(manifest_path, index=False)
-    studies = sorted(set(manifest["study_key"]))
-    reports = pd.DataFrame({"study_key": studies, "report": [f"{MARKER} finding {i}" for i in range(len(studies))]})
-    reports.to_csv(tmp_path / "reports.csv", index=False)
+    corpus, cache, manifest, manifest_path, reports = write_study_corpus(tmp_path, images_per_patient=4)
     data = PairedDataModule(
         corpus,
         cache,
         manifest=manifest_path,
-        reports=tmp_path / "reports.csv",
+        reports=reports,
         input_size=64,
         batch_size=4,
         images_per_study=2,
