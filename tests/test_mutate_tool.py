@@ -17,7 +17,11 @@ def test_every_mapped_module_and_test_file_exists():
     assert list(mutate.MODULES)[:3] == ["data/readers/dicom.py", "data/readers/nifti.py", "data/readers/raster.py"]
     for module, tests in mutate.MODULES.items():
         assert (ROOT / module).is_file(), module
-        assert tests and all((ROOT / t).is_file() for t in tests), module
+        assert tests, module
+        for test in tests:  # a file, or one test of it (`file::name[param]`): the file holds that test function
+            path, _, node = test.partition("::")
+            assert (ROOT / path).is_file(), (module, test)
+            assert not node or f"def {node.split('[')[0]}(" in (ROOT / path).read_text(), (module, test)
 
 
 def test_workspace_config_mutates_one_module_against_its_tests():
