@@ -140,3 +140,20 @@ def test_the_export_records_the_rules_pretraining_used(tmp_path):
     torch.save(checkpoint, tmp_path / "last.ckpt")
     export_backbone(tmp_path / "last.ckpt", tmp_path / "backbone.pt")
     assert read_sidecar(tmp_path / "backbone.pt")["intensity"] == used
+
+
+def test_a_cache_without_intensity_rules_takes_the_stores(data, tmp_path):
+    """A cache of imported masks records no intensity rules: pretraining takes the packed store's (the lung window
+    here), silently; the default rules would differ from the store's and be refused."""
+    corpus, cache, store = data
+    manifest, _ = scan_corpus(corpus, workers=1, progress=False)
+    bare = RoiCache.create(tmp_path / "imported.zarr", manifest, {}, mask_size=32)
+    masks = [np.ones((h, w), np.uint8) for h, w in zip(manifest.height, manifest.width, strict=True)]
+    bare.write(range(len(manifest)), masks, masks, [np.zeros((0, 4))] * len(masks), [1.0] * len(masks))
+    kw = dict(input_size=32, batch_size=4, num_workers=0, normalize="imagenet", hflip=0.0)
+    dm = RoiDataModule(corpus, tmp_path / "imported.zarr", packed=store, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IntensityOverride)
+        dm.setup("fit")
+    assert LUNG.differences(IntensityConfig()) != []  # the store's rules are not the defaults
+    assert dm.hparams["intensity_used"] == LUNG.to_dict()

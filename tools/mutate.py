@@ -99,6 +99,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_slice_neighbours.py::test_the_datamodule_feeds_2_5d_batches_and_keeps_the_option",
         "tests/test_packed_datasets.py::test_pretraining_follows_the_cache_intensity_and_reads_the_store",
         "tests/test_packed_datasets.py::test_an_override_is_warned_and_a_store_of_other_rules_refused",
+        "tests/test_packed_datasets.py::test_a_cache_without_intensity_rules_takes_the_stores",
     ),
     "pretrain/maskedclip/losses.py": ("tests/test_maskedclip_losses.py", "tests/test_maskedclip_fixes.py"),
     # the teacher's targets (distillation_target, the stop-gradient tokens) are tested with the loss terms
