@@ -9,6 +9,8 @@ permutation split as DistributedSampler does).
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +19,12 @@ import pandas as pd
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from torchvision.transforms import InterpolationMode, v2
 
+from data.intensity import IntensityConfig
+from data.packed_store import PackedStore
+from data.packing import pack_corpus
+from data.roi_cache import RoiCache
 from data.splits import assign_group_splits
 from pretrain.datamodule import (
     EpochSampler,
@@ -319,3 +326,124 @@ def test_setup_splits_and_records(roi_data):
     every.setup("fit")
     assert every.val_set is None and len(every.train_set) == 6
     assert np.array_equal(sorted(every.train_set[i]["index"] for i in range(6)), range(6))
+
+
+# ------------------------------------------------------------------------------------- what setup wires
+def spy_dataset_stats(monkeypatch) -> list[tuple[tuple, dict]]:
+    """Record the arguments setup hands to the dataset statistics (the real function still computes them)."""
+    import pretrain.datamodule as datamodule
+
+    calls, real = [], datamodule.dataset_stats
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datamodule, "dataset_stats", spy)
+    return calls
+
+
+def test_setup_wires_the_crop_the_evaluation_resize_the_channels_and_the_statistics(roi_data, monkeypatch):
+    """SparK's crop with every parameter off its default: each reaches the transform it is meant for. The
+    statistics' images are resized square with the crop reference's resampling (bicubic, antialiased), since
+    interpolation and antialias are left to the reference."""
+    corpus, cache = roi_data
+    calls = spy_dataset_stats(monkeypatch)
+    dm = RoiDataModule(
+        corpus,
+        cache,
+        input_size=32,
+        batch_size=2,
+        augment="random_resized_crop",
+        scale=(0.4, 0.9),
+        ratio=(0.8, 1.25),
+        hflip=0.25,
+        normalize="dataset",
+        stats_images=3,
+        stats_sample="first",
+        num_workers=1,
+        seed=7,
+        val_fraction=0.4,
+        input_channels="2.5d",
+    )
+    dm.setup("fit")
+    train = dm.train_set.dataset
+    crop, flip = train.transform.transforms
+    assert type(crop) is v2.RandomResizedCrop and tuple(crop.size) == (32, 32)
+    assert tuple(crop.scale) == (0.4, 0.9) and tuple(crop.ratio) == (0.8, 1.25)
+    assert (crop.interpolation, crop.antialias) == (InterpolationMode.BICUBIC, True)  # SparK's reference
+    assert flip.p == 0.25
+    assert train.input_channels == "2.5d" and dm.val_set.dataset.input_channels == "2.5d"
+    assert not train.integer_images and not dm.val_set.dataset.integer_images  # no square store
+    resize, centre = dm.val_set.dataset.transform.transforms  # shorter side to 32, then the centre
+    assert type(resize) is v2.Resize and list(resize.size) == [32] and type(centre) is v2.CenterCrop
+    assert (resize.interpolation, resize.antialias) == (InterpolationMode.BICUBIC, True)
+    # the statistics: once, over the training items resized square, with the run's count, sample and seed
+    ((args, kwargs),) = calls
+    resized, n_images = args
+    assert n_images == 3 and kwargs == {"num_workers": 1, "sample": "first", "seed": 7}
+    assert list(resized.indices) == list(dm.train_set.indices)
+    square = resized.dataset.transform
+    assert type(square) is v2.Resize and list(square.size) == [32, 32]
+    assert (square.interpolation, square.antialias) == (InterpolationMode.BICUBIC, True)
+    assert dm.pixel_stats != PixelStats.imagenet() and dm.hparams["pixel_stats"] == dm.pixel_stats.as_dict()
+
+
+def test_setup_passes_an_explicit_resampling_to_every_transform(roi_data, monkeypatch):
+    """bilinear without antialiasing asked for with the crop (whose reference is bicubic with it): the training
+    crop, the evaluation resize and the statistics' resize all take it."""
+    corpus, cache = roi_data
+    calls = spy_dataset_stats(monkeypatch)
+    kw = dict(input_size=32, batch_size=2, num_workers=0, val_fraction=0.4, interpolation="bilinear", antialias=False)
+    dm = RoiDataModule(corpus, cache, augment="random_resized_crop", **kw)
+    dm.setup("fit")
+    crop = dm.train_set.dataset.transform.transforms[0]
+    resize = dm.val_set.dataset.transform.transforms[0]
+    square = calls[0][0][0].dataset.transform
+    for transform in (crop, resize, square):
+        assert (transform.interpolation, transform.antialias) == (InterpolationMode.BILINEAR, False)
+    assert dm.train_set.dataset.input_channels == "2d"  # the default
+    # "resize" (the MWM fork): a plain resize for training, evaluation and statistics
+    fork = RoiDataModule(corpus, cache, augment="resize", **kw)
+    fork.setup("fit")
+    assert type(fork.train_set.dataset.transform.transforms[0]) is v2.Resize
+    assert type(fork.val_set.dataset.transform) is v2.Resize and list(fork.val_set.dataset.transform.size) == [32, 32]
+
+
+def test_a_square_uint8_store_feeds_integer_images_to_training_and_validation(roi_data, tmp_path):
+    corpus, cache = roi_data
+    store = tmp_path / "square.zarr"
+    manifest = RoiCache.open(cache).manifest()
+    pack_corpus(PackedStore.create(store, manifest, IntensityConfig(), square=32), corpus, progress=False)
+    dm = RoiDataModule(corpus, cache, packed=store, input_size=32, batch_size=2, num_workers=0, val_fraction=0.4)
+    dm.setup("fit")
+    assert dm.train_set.dataset.integer_images and dm.val_set.dataset.integer_images
+    assert dm.train_set.dataset.packed is not None and dm.hparams["pixel_stats"] == dm.pixel_stats.as_dict()
+
+
+def test_setup_says_what_it_split_and_what_it_refuses(roi_data, caplog):
+    corpus, cache = roi_data
+    kw = dict(input_size=32, batch_size=2, num_workers=0, normalize="imagenet")
+    with pytest.raises(
+        ValueError,
+        match=r"^\S*roi_cache\.zarr: no done items to train on \(localize the corpus first, or set "
+        r"data\.only_done false to train on every item with an empty ROI\)$",
+    ):
+        RoiDataModule(corpus, cache, modalities=["MR"], **kw).setup("fit")
+    # 5 done items, each its own patient: rank quantiles 0.1 ... 0.9 are all below 0.95
+    with pytest.raises(ValueError, match=r"^\S*roi_cache\.zarr: val_fraction 0\.95 leaves no training item out of 5$"):
+        RoiDataModule(corpus, cache, val_fraction=0.95, **kw).setup("fit")
+    # ... and none is below 0.05: asked for validation, none drawn, said so
+    with pytest.warns(UserWarning, match=r"^val_fraction 0\.05 selects none of 5 items' patients: no validation$"):
+        RoiDataModule(corpus, cache, val_fraction=0.05, **kw).setup("fit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no validation asked for, or some drawn: no warning
+        RoiDataModule(corpus, cache, val_fraction=0.0, **kw).setup("fit")
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            RoiDataModule(corpus, cache, val_fraction=0.4, **kw).setup("fit")
+    said = [r.getMessage() for r in caplog.records if "pretraining splits" in r.getMessage()]
+    assert said == [
+        "pretraining splits (patients / items): "
+        "{'train': {'patients': 3, 'items': 3}, 'val': {'patients': 2, 'items': 2}}"
+    ]
