@@ -16,6 +16,9 @@ def test_maskedclip_step_bench_runs_against_the_same_mae():
     assert 0 < result["text_tower_share"] < 1 and 0 < result["teacher_pass_share"] < 1
     assert 0 < result["clip_image_share"] < 1 and 0 < result["feature_decoder_share"] < 1
     assert result["objective_passes_ratio"] > 1  # the MAE step plus passes that take time
+    # the same forward + backward plus the CLIP, text, teacher and D_F passes: more FLOPs, counted exactly
+    assert result["step_flop_ratio_vs_mim"] > 1 and result["mim_gflop"] > 0
+    assert result["step_flop_ratio_vs_mim"] == pytest.approx(result["step_gflop"] / result["mim_gflop"], rel=1e-2)
 
 
 def test_breakdown_adds_the_objectives_passes_to_the_mae_step():
