@@ -7,11 +7,18 @@ the same process, interleaved step by step after warm-up (alternating which goes
 
     python bench/maskedclip_step.py [--size tiny|vit-b16] [--batch N] [--paired-share 0.5] [--steps 10]
     python bench/maskedclip_step.py --dry-run          # one untimed-quality step of each: checks that it runs
+    python bench/maskedclip_step.py --breakdown        # + the CLIP image pass and D_F timed alone
 
-`step_ratio_vs_mim` = MaskedCLIP step / MAE step. The shares are of the MaskedCLIP step, each measured on its
-own in the same loop: `text_tower_share` = text tower forward + backward on the batch's paired reports;
-`teacher_pass_share` = the gradient-free full-image pass through encoder + bridge over the unpaired images
-(the stop-gradient teacher; paired images take their target from the CLIP pass). Sizes: `tiny` is
+`step_ratio_vs_mim` = MaskedCLIP step / MAE step; `step_flop_ratio_vs_mim` = the same for the FLOPs of one
+forward + backward (matrix products, convolutions, attention: `torch.utils.flop_counter`), which no other load on
+the machine moves: where the time ratio exceeds it, the extra passes are less efficient per FLOP than the MAE
+step. The shares are of the MaskedCLIP step, each measured on its own in the same loop: `text_tower_share` = text
+tower forward + backward on the batch's paired reports; `teacher_pass_share` = the gradient-free full-image pass
+through encoder + bridge over the unpaired images from the step's shared patch embedding, to B's tokens (the
+stop-gradient teacher; paired images take their target from the CLIP pass). `--breakdown` also times the CLIP
+pass of the paired images through E and B (forward + backward, `clip_image_share`) and D_F (forward + backward on
+fixed encoder tokens, `feature_decoder_share`), and reports `objective_passes_ratio` = (MAE step + those four
+passes) / MAE step: the ratio if the step cost nothing beyond the passes its objective defines. Sizes: `tiny` is
 configs/maskedclip/cpu_tiny.yaml's model (test_vit2 at 96 px, 2-layer BERT, batch 8); `vit-b16` is
 configs/maskedclip/gpu_vitb16.yaml's (ViT-B/16 at 224, BERT-base, context 256, MAE decoder, batch 64).
 """
@@ -34,6 +41,7 @@ from collections.abc import Callable
 
 import timm
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from pretrain.maskedclip.config import DecoderCfg, LossCfg, TextCfg, VisionCfg
 from pretrain.maskedclip.model import MaskedCLIP
@@ -109,6 +117,18 @@ def synthetic_batch(batch: int, size: int, report_words: int, paired_share: floa
     return img, roi[:, None].float(), ids, paired, groups
 
 
+def breakdown(median: dict[str, float]) -> dict[str, float]:
+    """Shares of the CLIP image pass and D_F in the step, and the ratio of MAE + the objective's extra passes."""
+    passes = median["clip_image"] + median["text"] + median["teacher"] + median["feature_decoder"]
+    return {
+        "clip_image_share": round(median["clip_image"] / median["step"], 4),
+        "feature_decoder_share": round(median["feature_decoder"] / median["step"], 4),
+        "objective_passes_ratio": round((median["mim"] + passes) / median["mim"], 3),
+        "clip_image_s_median": round(median["clip_image"], 4),
+        "feature_decoder_s_median": round(median["feature_decoder"], 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
@@ -118,6 +138,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps of each kind (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--dry-run", action="store_true", help="1 step of each, no warm-up: checks that it runs")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time the CLIP image pass and the feature decoder alone"
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
@@ -182,16 +205,48 @@ def main() -> None:
         out.float().sum().backward()
         full.zero_grad(set_to_none=True)
 
+    # the step embeds the batch once for all its passes: the parts below start from that embedding (fixed here;
+    # the weights move, which does not matter for timing) and from the encoder's tokens of fixed masks
+    with torch.no_grad(), autocast:
+        embedded = full.encoder.embed(img)
+        fixed_visible, _ = masking(roi, grid_hw, generator=torch.Generator(device=device).manual_seed(1))
+        hidden = full.encoder.encode(embedded, fixed_visible.flatten(1))
+
     def teacher_pass() -> None:
         with torch.no_grad(), autocast:
-            full.encode_image(img[~paired])
+            full.bridge.tokens(full.encoder.stream(embedded[~paired]))
+
+    def clip_image_pass() -> None:
+        with autocast:
+            _, img_pd = full.bridge(full.encoder.stream(embedded[paired]))
+        img_pd.float().sum().backward()
+        full.zero_grad(set_to_none=True)
+
+    def feature_decoder() -> None:
+        with autocast:
+            pred_bnc = full.feature_decoder(hidden, grid_hw)
+        pred_bnc.float().sum().backward()
+        full.zero_grad(set_to_none=True)
 
     # the baseline is the same E and D_I: same initial weights, hence the same L_MIM on the same masks
     with torch.no_grad(), autocast:
         active, _ = masking(roi, grid_hw, generator=torch.Generator(device=device).manual_seed(1))
         same_mim_loss = bool(full(img, active, ids, paired)["loss_mim"] == mim(img, active, ids, paired)["loss_mim"])
 
+    def step_flops(model: MaskedCLIP) -> int:
+        """FLOPs of one forward + backward on the masks above (no optimizer step: the weights stay)."""
+        with FlopCounterMode(display=False) as counter:
+            with autocast:
+                loss = model(img, active, ids, paired, groups)["loss"]
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+    flops = {"step": step_flops(full), "mim": step_flops(mim)}
+
     kinds = {"step": train_step(full), "mim": train_step(mim), "text": text_tower, "teacher": teacher_pass}
+    if args.breakdown:
+        kinds |= {"clip_image": clip_image_pass, "feature_decoder": feature_decoder}
     times: dict[str, list[float]] = {name: [] for name in kinds}
     cpu_times: dict[str, list[float]] = {name: [] for name in kinds}
     for i in range(args.warmup + args.steps):
@@ -207,13 +262,17 @@ def main() -> None:
         "step_ratio_vs_mim": round(median["step"] / median["mim"], 3),
         # the same ratio by process CPU time: steadier than wall time when other jobs share the cores
         "step_ratio_vs_mim_cpu": round(cpu_median["step"] / cpu_median["mim"], 3),
+        "step_flop_ratio_vs_mim": round(flops["step"] / flops["mim"], 3),
         "text_tower_share": round(median["text"] / median["step"], 4),
         "teacher_pass_share": round(median["teacher"] / median["step"], 4),
         "step_s_median": round(median["step"], 4),
         "mim_s_median": round(median["mim"], 4),
         "text_s_median": round(median["text"], 4),
         "teacher_s_median": round(median["teacher"], 4),
+        "step_gflop": round(flops["step"] / 1e9, 3),
+        "mim_gflop": round(flops["mim"] / 1e9, 3),
         "baseline_same_mim_loss": same_mim_loss,
+        **(breakdown(median) if args.breakdown else {}),
         "images_per_s": round(batch_size / median["step"], 2),
         "mim_images_per_s": round(batch_size / median["mim"], 2),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({args.threads} threads)",
