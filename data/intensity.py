@@ -179,7 +179,9 @@ def normalize(
     low, high = rule.bounds(finite_values)
     del finite_values
 
-    scale = np.float32(1.0 / (high - low)) if high > low else np.float32(0.0)
+    # high == low only for a flat image: its finite values all equal low and map to 0 with any scale; 1 keeps
+    # +Inf at +Inf (then 1, as documented) where 0 would make it NaN (then 0)
+    scale = np.float32(1.0 / (high - low)) if high > low else np.float32(1.0)
     out = np.subtract(pixels, np.float32(low), out=pixels if in_place else None)  # then * scale: (x - low) * scale
     np.multiply(out, scale, out=out)
     if not all_finite:

@@ -79,7 +79,13 @@ MODULES: dict[str, tuple[str, ...]] = {
     # repeated on test_m2ib_method.py's toy CLIP in test_mutation_kills_m2ib.py
     "localize/saliency/m2ib.py": ("tests/test_m2ib_method.py", "tests/test_mutation_kills_m2ib.py"),
     "localize/refine.py": ("tests/test_refine.py", "tests/test_empty_roi_flag.py"),
-    "data/intensity.py": ("tests/test_intensity.py", "tests/test_ct_windows.py"),
+    "data/intensity.py": (
+        "tests/test_intensity.py",
+        "tests/test_ct_windows.py",
+        "tests/test_intensity_follow.py",
+        "tests/test_localize_memory.py",
+        "tests/test_mutation_kills_intensity.py",
+    ),
     "data/roi_cache.py": ("tests/test_roi_cache.py", "tests/test_roi_rects.py", "tests/test_dataset_pairing.py"),
     # the data tests of the pretraining files, not their training runs (a Trainer.fit per mutant)
     "pretrain/datamodule.py": (
