@@ -85,15 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # a few dozen small images: more threads only wait on each other on a busy machine
 
-    config = LocalizeConfig.load(args.config)
-    clip = load_open_clip(config.clip, "cpu")
-    table = labelled_table(args.corpus, "labels.csv", [args.modality], 0)
-    if table.empty:
-        parser.exit(2, f"error: {args.corpus / 'labels.csv'}: no {args.modality} items\n")
+    try:  # a bad corpus or config: one line naming the file, as `finetune zeroshot` says it
+        config = LocalizeConfig.load(args.config)
+        table = labelled_table(args.corpus, "labels.csv", [args.modality], 0)
+        positive = _truth_positive(args.corpus, table["item_id"].tolist())
+        clip = load_open_clip(config.clip, "cpu")
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        parser.exit(2, f"error: {err}\n")
     classes = sorted(table["label"].unique())
     images = LabelledImages(args.corpus, table, classes, ClipImage(clip.preprocess), IntensityConfig())
     x_b3hw = torch.stack([images[i][0] for i in range(len(images))])
-    positive = _truth_positive(args.corpus, table["item_id"].tolist())
     model = clip.model
     prompts = PromptConfig.load(config.prompts).for_modality(args.modality).prompts
     presence = image_text_scores(model, x_b3hw, encode_prompts(model, clip.tokenizer, prompts)).max(1).values.numpy()

@@ -46,7 +46,7 @@ def test_within_series_is_the_mean_over_series_with_both_classes_not_the_pooled_
     assert n == 2 and value == pytest.approx(0.5)
 
 
-def test_the_command_prints_the_presence_aurocs_of_a_volumes_corpus(tmp_path):
+def test_the_command_prints_the_presence_aurocs_of_a_volumes_corpus(tmp_path, capsys):
     from data.sample import write_sample_corpus
     from localize.standins import write_standins
 
@@ -65,3 +65,10 @@ def test_the_command_prints_the_presence_aurocs_of_a_volumes_corpus(tmp_path):
         assert 0.0 <= out[key] <= 1.0
     # a single series: the within-series figure is that series' own, the pooled one
     assert out["within_series_auroc"] == pytest.approx(out["presence_auroc"])
+    # a missing truth mask: exit 2 with one line naming the file
+    mr_item = next(line.split(",")[0] for line in (corpus / "labels.csv").read_text().splitlines() if ",MR," in line)
+    missing = corpus / "truth" / f"{mr_item}.png"
+    missing.unlink()
+    with pytest.raises(SystemExit) as stop:
+        _bench().main(args)
+    assert stop.value.code == 2 and str(missing) in capsys.readouterr().err
