@@ -122,3 +122,11 @@ def test_differences_name_each_per_modality_rule_as_written():
     # the same window by name and by (level, width) maps alike: no difference
     same = IntensityConfig(per_modality={"CT": {"window": [-600, 1500]}, "XR": IntensityRule(percentiles=(1, 99))})
     assert lung.differences(same) == [] and same.differences(lung) == []
+
+
+def test_equal_percentiles_fall_back_to_the_full_range():
+    """Over 99.5% background: both percentiles are 0, so the rule maps min..max instead (a 5 is then half-way)."""
+    mostly_zero = np.zeros((100, 100), np.float32)
+    mostly_zero[0, :3], mostly_zero[1, :3] = 5.0, 10.0  # 6 of 10000 pixels
+    assert IntensityRule(percentiles=(0.5, 99.5)).bounds(mostly_zero) == (0.0, 10.0)
+    assert normalize(mostly_zero, "MR")[0, 0] == 0.5
