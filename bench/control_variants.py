@@ -9,6 +9,10 @@ lesion's pixel grain (the only unpredictable content of a flat patch); `orient15
 a smooth background (the ramp and the low-frequency mottling only: no flat shapes, arcs or grain, so the background
 is nearly free to reconstruct and the loss is spent on the lesion) with larger lesions (radius 22-30% of the side
 instead of 14-22%); `angular_smooth` the generator's classes on that smooth background with those larger lesions.
+`shapes_smooth`: the class is the lesion's outline (disc, square, triangle, cross; random rotation), the lesion
+filled with a texture of a class-free kind, on that smooth background with those larger lesions (since made the
+generator's `--mode control_shapes`, pixel for pixel); `shapes` the same outlines at the generator's lesion size over
+its loud background.
 Everything else (shapes, places,
 levels, periods, splits, manifest) is the generator's, from the same seeds.
 
