@@ -1,8 +1,9 @@
 """Diagnostic for the positive control (docs/STUDY.md): is the class in the frozen encoder's features at the
 lesion, and does global pooling drown it? Logistic probes trained on the train split, scored on the test split:
 global average pool vs the average over the truth ROI's cells on the encoder grid, for a randomly initialised
-encoder (one per --init-seeds) and each arm's seed-0 backbone of a study (and any --extra NAME=BACKBONE.pt,
-e.g. an export of an unfinished run's last.ckpt). Prints one JSON object.
+encoder (one per --init-seeds) and each arm's backbone of a study (seed 0, or each of --study-seeds), and any
+--extra NAME=BACKBONE.pt (e.g. an export of an unfinished run's last.ckpt); with --recalibrate-bn also after
+re-estimating BatchNorm statistics on the dense training images. Prints one JSON object.
 
     python bench/control_probe.py --corpus work/experiment/control_corpus_64 \
         --study work/experiment/positive_control_64 --backbone resnet10_narrow_os8
@@ -34,7 +35,16 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--corpus", type=Path, required=True, help="the control corpus (labels.csv, truth/)")
 parser.add_argument("--study", type=Path, help="a study's output folder (runs/<arm>/s0/pretrain/backbone.pt)")
 parser.add_argument("--backbone", default="resnet10_narrow_os8", help="the randomly initialised encoder's name")
+parser.add_argument(
+    "--study-seeds", type=int, nargs="+", default=[0], help="the study's seeds whose backbones to probe (s0: name)"
+)
 parser.add_argument("--init-seeds", type=int, nargs="+", default=[0], help="seeds of the random initialisations")
+parser.add_argument(
+    "--recalibrate-bn",
+    action="store_true",
+    help="besides, re-estimate every BatchNorm's running statistics on the dense (unmasked) training images "
+    "before probing (keys '*_bn'): pretraining saw masked inputs only",
+)
 parser.add_argument("--extra", nargs="*", default=[], help="more backbones to probe, NAME=PATH (pretrain export)")
 args = parser.parse_args()
 torch.set_num_threads(1)
@@ -77,6 +87,20 @@ def features(model, img, roi, stats):
     return torch.cat(g), torch.cat(r)
 
 
+@torch.no_grad()
+def recalibrate_bn(model, img, stats) -> None:
+    """Running statistics of every BatchNorm as the plain average over the training images, seen densely."""
+    mean, std = stats
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    model.train()
+    for i in range(0, len(img), 100):
+        model.forward_features((img[i : i + 100] - mean) / std)
+    model.eval()
+
+
 def probe(xtr, ytr, xte, yte):
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
@@ -98,7 +122,9 @@ tr, te = load("train"), load("test")
 out = {}
 arms: dict[str, tuple[int, Path | None]] = {f"random_init_s{s}": (s, None) for s in args.init_seeds}
 if args.study is not None:
-    arms |= {p.parents[2].name: (0, p) for p in sorted((args.study / "runs").glob("*/s0/pretrain/backbone.pt"))}
+    for seed in args.study_seeds:
+        found = sorted((args.study / "runs").glob(f"*/s{seed}/pretrain/backbone.pt"))
+        arms |= {f"{p.parents[2].name}_s{seed}" if seed else p.parents[2].name: (seed, p) for p in found}
 arms |= {name: (0, Path(path)) for name, path in (item.split("=", 1) for item in args.extra)}
 for name, (seed, path) in arms.items():
     torch.manual_seed(seed)
@@ -108,5 +134,13 @@ for name, (seed, path) in arms.items():
     gtr, rtr = features(model, *tr[:2], stats)
     gte, rte = features(model, *te[:2], stats)
     out[name] = {"global_pool_acc": probe(gtr, tr[2], gte, te[2]), "roi_pool_acc": probe(rtr, tr[2], rte, te[2])}
+    if args.recalibrate_bn:
+        recalibrate_bn(model, tr[0], stats)
+        gtr, rtr = features(model, *tr[:2], stats)
+        gte, rte = features(model, *te[:2], stats)
+        out[name] |= {
+            "global_pool_acc_bn": probe(gtr, tr[2], gte, te[2]),
+            "roi_pool_acc_bn": probe(rtr, tr[2], rte, te[2]),
+        }
     print(name, out[name], file=sys.stderr, flush=True)
 print(json.dumps({"train": len(tr[2]), "test": len(te[2]), "chance": 1 / len(classes), "probes": out}))

@@ -9,6 +9,10 @@ lesion's pixel grain (the only unpredictable content of a flat patch); `orient15
 a smooth background (the ramp and the low-frequency mottling only: no flat shapes, arcs or grain, so the background
 is nearly free to reconstruct and the loss is spent on the lesion) with larger lesions (radius 22-30% of the side
 instead of 14-22%); `angular_smooth` the generator's classes on that smooth background with those larger lesions.
+`shapes_smooth`: the class is the lesion's outline (disc, square, triangle, cross; random rotation), the lesion
+filled with a texture of a class-free kind, on that smooth background with those larger lesions (since made the
+generator's `--mode control_shapes`, pixel for pixel); `shapes` the same outlines at the generator's lesion size over
+its loud background.
 Everything else (shapes, places,
 levels, periods, splits, manifest) is the generator's, from the same seeds.
 
@@ -31,6 +35,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 import argparse
 import inspect
 
+import cv2
 import numpy as np
 
 from data.sample import control, textures
@@ -76,9 +81,61 @@ def smooth_background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(img, 0, 1).astype(np.float32)
 
 
+SHAPE_VERTICES = {  # unit-circumradius outlines of the shape classes (x, y), before rotation
+    "disc": np.stack(
+        [np.cos(np.linspace(0, 2 * np.pi, 48, endpoint=False)), np.sin(np.linspace(0, 2 * np.pi, 48, endpoint=False))],
+        1,
+    ),
+    "square": np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]]) / np.sqrt(2),
+    "triangle": np.stack([np.cos(np.arange(3) * 2 * np.pi / 3), np.sin(np.arange(3) * 2 * np.pi / 3)], 1),
+    "cross": np.array(
+        [
+            [1, 0.33],
+            [0.33, 0.33],
+            [0.33, 1],
+            [-0.33, 1],
+            [-0.33, 0.33],
+            [-1, 0.33],
+            [-1, -0.33],
+            [-0.33, -0.33],
+            [-0.33, -1],
+            [0.33, -1],
+            [0.33, -0.33],
+            [1, -0.33],
+        ]
+    )
+    / np.hypot(1, 0.33),
+}
+
+
+def shape_lesion(region_rng: np.random.Generator, texture_rng: np.random.Generator, label: int, size: int):
+    """`draw_lesion` replacement: the class is the lesion's outline (disc, square, triangle, cross; random
+    rotation, radius, place, level), filled with a texture of a class-free kind (`shapes_*` variants)."""
+    radius = region_rng.uniform(*control.RADIUS_RANGE) * size
+    center = region_rng.uniform(radius + 2, size - radius - 2, 2)
+    angle = region_rng.uniform(0, 2 * np.pi)
+    level, contrast = float(region_rng.uniform(0.2, 0.8)), float(region_rng.uniform(0.06, 0.12))
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    outline = SHAPE_VERTICES[tuple(SHAPE_VERTICES)[label]] @ rot.T * radius + center
+    mask_hw = cv2.fillPoly(np.zeros((size, size), np.uint8), [np.round(outline).astype(np.int32)], 1).astype(bool)
+    period = float(texture_rng.uniform(*control.PERIOD_RANGE_PX))
+    kind = textures.TEXTURE_CLASSES[int(texture_rng.integers(len(textures.TEXTURE_CLASSES)))]
+    texture_hw = textures.texture_field(kind, (size, size), period, texture_rng)
+    return mask_hw, np.clip(level + contrast * texture_hw, 0, 1).astype(np.float32)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    variants = ["angular", "orient45", "orient15", "orient15_clean", "orient15_smooth", "angular_smooth"]
+    variants = [
+        "angular",
+        "orient45",
+        "orient15",
+        "orient15_clean",
+        "orient15_smooth",
+        "angular_smooth",
+        "shapes_smooth",
+        "shapes",
+    ]
     parser.add_argument("--variant", required=True, choices=variants)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n", type=int, default=2000)
@@ -93,6 +150,8 @@ def main() -> None:
     if args.variant.endswith("_smooth"):
         control.draw_background = smooth_background
         control.RADIUS_RANGE = (0.22, 0.30)
+    if args.variant.startswith("shapes"):
+        control.draw_lesion = shape_lesion
     summary = write_sample_corpus(args.out, n=args.n, seed=args.seed, size=args.size, mode="control")
     print(f"{args.variant} control corpus in {summary.root}: {summary.items}")
 

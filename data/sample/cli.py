@@ -1,4 +1,4 @@
-"""`python -m data sample --out DIR [--mode sample|control] [--n N] [--seed S] [--size PX] [--report-share F]`:
+"""`python -m data sample --out DIR [--mode MODE] [--n N] [--seed S] [--size PX] [--report-share F]`:
 a synthetic corpus."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from data.sample.reports import REPORT_SHARE
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m data sample --out DIR [--mode sample|control] [--n N] [--seed S] [--size PX] [--report-share F]`."""
+    """`python -m data sample --out DIR [--mode MODE] [--n N] [--seed S] [--size PX] [--report-share F]`."""
     parser = argparse.ArgumentParser(
         prog="python -m data sample",
         description="Deterministic synthetic corpus: the sample corpus (brain MRI as NIfTI, chest CT as DICOM, "
         "chest X-ray as 16-bit PNG) or, with --mode control, the masking study's positive control (the class "
-        "lies only in a lesion's texture) or, with --mode volumes, CT and MR series whose target lies on the middle "
+        "lies only in a lesion's texture; --mode control_shapes: in its outline) or, with --mode volumes, CT and MR "
+        "series whose target lies on the middle "
         "slices only (organ-free end slices).",
     )
     parser.add_argument("--out", type=Path, required=True, help="folder to write (new, empty, or an earlier sample)")
@@ -30,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
-        "--size", type=int, default=None, help="image size in pixels (default 128, at least 48; control 96, >= 32)"
+        "--size",
+        type=int,
+        default=None,
+        help="image size in pixels (default 128, at least 48; control 96, control_shapes 64, >= 32)",
     )
     parser.add_argument(
         "--report-share",

@@ -11,6 +11,7 @@ import pandas as pd
 
 from data.manifest import FAILURE_COLUMNS, MANIFEST_COLUMNS, write_manifest
 from data.readers import infer_modality, source_format
+from data.sample.control_shapes import SHAPE_CLASSES
 from data.sample.spec import README_MARKER, SampleCorpus
 from data.sample.textures import TEXTURE_CLASSES
 
@@ -48,6 +49,25 @@ Made by `python -m data sample --mode control` with n={corpus.n}, seed={corpus.s
 A positive control for the masking study: the class of an image is decided only by the texture inside its
 lesion ({", ".join(TEXTURE_CLASSES)}: gratings of one period at 1, 2, 3 or many orientations); the background
 (ramp, large flat shapes, arcs, mottling, grain) is drawn without the class. No patient data.
+
+  texture_lesions/img_XXXXX.png   8-bit grey PNG, {corpus.size}x{corpus.size}, modality OT
+  truth/<item_id>.png             uint8 0/255: the lesion (exactly the pixels drawn from the lesion)
+  labels.csv                      item_id,path,frame,modality,label,split (train/val/test 60/10/30 per class)
+  {PRETRAIN_MANIFEST}      the pretraining items (train + val) as a `data scan` manifest
+  coco/instances.json             one instance per image (category 'lesion')
+"""
+    )
+
+
+def write_control_shapes_readme(corpus: SampleCorpus) -> None:
+    (corpus.root / "README.txt").write_text(
+        f"""{README_MARKER} (positive control, shape design)
+{"=" * len(README_MARKER)}
+
+Made by `python -m data sample --mode control_shapes` with n={corpus.n}, seed={corpus.seed}, size={corpus.size}.
+A positive control for the masking study: the class of an image is decided only by the outline of its lesion
+({", ".join(SHAPE_CLASSES)}; random place, size and rotation); the lesion's grey level and texture and the
+smooth background (ramp, mottling) are drawn without the class. No patient data.
 
   texture_lesions/img_XXXXX.png   8-bit grey PNG, {corpus.size}x{corpus.size}, modality OT
   truth/<item_id>.png             uint8 0/255: the lesion (exactly the pixels drawn from the lesion)

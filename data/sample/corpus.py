@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.manifest import SCANIGNORE
-from data.sample import control, ct, mr, volumes, xr
+from data.sample import control, control_shapes, ct, mr, volumes, xr
 from data.sample.annotations import (
     COCO_JSON,
     LABELS_CSV,
@@ -39,6 +39,7 @@ from data.sample.control_annotations import (
     CONTROL_SPLIT_FRACTIONS,
     PRETRAIN_DIR,
     write_control_readme,
+    write_control_shapes_readme,
     write_pretrain_manifest,
 )
 from data.sample.label_volumes import write_label_volumes
@@ -97,6 +98,15 @@ MODES: dict[str, CorpusMode] = {
         min_n=4,
         min_size=32,
     ),
+    # issue 26: the class is the lesion's outline over a smooth background (data.sample.control_shapes)
+    "control_shapes": CorpusMode(
+        (ModalityMaker(control.SPEC, control_shapes.make_items),),
+        (*CONTROL_ANNOTATIONS[:-1], Annotation(README, write_control_shapes_readme)),
+        CONTROL_SPLIT_FRACTIONS,
+        default_size=64,
+        min_n=4,
+        min_size=32,
+    ),
     # CT and MR series with the target on the middle slices only (bench/volume_rule.py); n = slices per modality
     "volumes": CorpusMode(
         (ModalityMaker(mr.SPEC, volumes.make_mr_items), ModalityMaker(ct.SPEC, volumes.make_ct_items)),
@@ -134,12 +144,13 @@ def write_sample_corpus(
     progress: bool = False,
     mode: str = "sample",
 ) -> SampleSummary:
-    """Write the corpus of `mode` ('sample' or 'control', see `MODES`) into `out` and return what was written.
+    """Write the corpus of `mode` (`MODES`: sample, control, control_shapes, volumes) into `out`; return a summary.
 
     'sample' (size default 128): exactly `n` 2-D items per modality: MR slices in ceil(n/4) volumes; CT as
     max(2, n//4) frames of one multi-frame file plus the rest as single-frame slices in series of <= 4; n X-ray
     PNGs. n // 2 items per modality carry 1 or 2 lesions. 'control' (size default 96): `n` textured-lesion
-    images (`data.sample.control`). Sample mode also writes a short report for `report_share` of each modality's
+    images (`data.sample.control`); 'control_shapes' (size default 64) the same with the class in the lesion's
+    outline (`data.sample.control_shapes`). Sample mode also writes a short report for `report_share` of each modality's
     non-test images (reports.csv, `data.sample.reports`); the other files do not depend on it. The output depends
     only on (mode, n, seed, size, report_share) (`seed` >= 0, n >= 3 or 4, size >= 48 or 32, 0 <= report_share <= 1).
     `out` must be new, empty, or hold an earlier sample corpus, whose files are replaced.
