@@ -7,6 +7,8 @@ encoding at its pixel data element.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pydicom
 import pytest
@@ -91,13 +93,19 @@ def _bare_with_implicit_pixel_element(path, stored):
     return path
 
 
+def save_deflated(ds: pydicom.Dataset, path: Path) -> Path:
+    """`ds` written with the deflated transfer syntax (the whole data set zlib-compressed after the file meta)."""
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def test_which_files_are_decoded_whole(tmp_path):
     native = write_dicom(tmp_path / "native.dcm", STORED)
     assert dicom_decodes_whole(native) is False  # frames read at their offsets
     assert dicom_decodes_whole(write_dicom(tmp_path / "rle.dcm", STORED, compress=RLELossless)) is True
     ds = pydicom.dcmread(native)
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    save_deflated(ds, tmp_path / "deflated.dcm")
     assert dicom_decodes_whole(tmp_path / "deflated.dcm") is True
     # neither compressed nor deflated, but readable only as a whole data set
     assert dicom_decodes_whole(_bare_with_implicit_pixel_element(tmp_path / "switch.dcm", STORED)) is True
@@ -106,8 +114,7 @@ def test_which_files_are_decoded_whole(tmp_path):
 def test_a_deflated_file_is_read_with_the_whitelisted_tags_only(tmp_path):
     path = write_dicom(tmp_path / "native.dcm", STORED, tags=PLANTED_TAGS, slope=2, intercept=-7)
     ds = pydicom.dcmread(path)
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    save_deflated(ds, tmp_path / "deflated.dcm")
     np.testing.assert_array_equal(read_frame(tmp_path / "deflated.dcm", 0).pixels, STORED * 2.0 - 7)
     dataset = _whitelisted_dataset(tmp_path / "deflated.dcm")
     assert "PixelData" in dataset and dataset.RescaleIntercept == -7
@@ -317,8 +324,7 @@ def test_a_bare_big_endian_data_set_is_read(tmp_path):
 def test_a_deflated_file_without_pixel_data(tmp_path):
     ds = pydicom.dcmread(write_dicom(tmp_path / "g.dcm", STORED))
     del ds.PixelData
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    save_deflated(ds, tmp_path / "deflated.dcm")
     with pytest.raises(UnreadableImage) as caught:
         read_frame(tmp_path / "deflated.dcm", 0)
     assert str(caught.value) == f"{tmp_path / 'deflated.dcm'}: no pixel data"
@@ -344,8 +350,7 @@ def test_the_header_holds_the_whitelisted_tags_only(tmp_path):
 
 def test_a_header_pydicom_cannot_parse_is_named_by_its_error_class(tmp_path):
     ds = pydicom.dcmread(write_dicom(tmp_path / "g.dcm", STORED))
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    save_deflated(ds, tmp_path / "deflated.dcm")
     cut = tmp_path / "cut.dcm"
     cut.write_bytes((tmp_path / "deflated.dcm").read_bytes()[:-40])  # the deflate stream cut: zlib.error
     with pytest.raises(UnreadableImage) as caught:
@@ -364,8 +369,7 @@ def test_a_bare_data_set_needs_both_rows_and_columns(tmp_path):
 def test_a_deflated_file_without_geometry_names_the_file(tmp_path):
     ds = pydicom.dcmread(write_dicom(tmp_path / "g.dcm", STORED))
     ds.Rows = 0
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    save_deflated(ds, tmp_path / "deflated.dcm")
     with pytest.raises(UnreadableImage) as caught:
         read_frame(tmp_path / "deflated.dcm", 0)
     assert str(caught.value) == f"{tmp_path / 'deflated.dcm'}: no image geometry (Rows/Columns missing or zero)"
