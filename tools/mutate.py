@@ -110,7 +110,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "pretrain/maskedclip/losses.py": ("tests/test_maskedclip_losses.py", "tests/test_maskedclip_fixes.py"),
     # the teacher's targets (distillation_target, the stop-gradient tokens) are tested with the loss terms
     "pretrain/maskedclip/teacher.py": ("tests/test_maskedclip_model.py", "tests/test_maskedclip_losses.py"),
-    "study/comparison.py": ("tests/test_study_comparison.py",),
+    "study/comparison.py": ("tests/test_study_comparison.py", "tests/test_mutation_kills_comparison.py"),
 }
 
 PYTEST_ARGS = ["-p", "no:xdist", "-p", "no:cacheprovider", "-q", "-m", "not gpu"]
