@@ -251,7 +251,7 @@ def test_rectangles_come_back_in_pixels_of_a_non_square_image_and_fill_at_any_si
 # ---------------------------------------------------------------- bookkeeping
 def test_summary_record_and_table_keep_every_flag_apart(tmp_path):
     cache = new_cache(tmp_path)
-    flags = [FLAG_EMPTY_ROI | FLAG_ABSENT, FLAG_ABSENT, FLAG_SERIES_PASS, FLAG_EMPTY_ROI]
+    flags = [FLAG_EMPTY_ROI | FLAG_ABSENT, FLAG_ABSENT, FLAG_SERIES_PASS, FLAG_EMPTY_ROI | FLAG_ABSENT]
     write_items(cache, [4, 0, 2, 1], flags=flags)
     cache.write_failed([1], ["oom"])  # its flags stay stored but a failed item counts for nothing
     assert cache.summary() == {"items": 5, "done": 3, "failed": 1, "pending": 1, "empty_roi": 1, "absent": 2}
@@ -276,7 +276,7 @@ def test_summary_record_and_table_keep_every_flag_apart(tmp_path):
     assert table.status.tolist() == ["done", "failed", "done", "pending", "done"]
     assert list(table.status.cat.categories) == ["pending", "done", "failed"]
     assert table.empty_roi.tolist() == [False, True, False, False, True]
-    assert table.absent.tolist() == [True, False, False, False, True]
+    assert table.absent.tolist() == [True, True, False, False, True]
     assert table.series_pass.tolist() == [False, False, True, False, False]
     assert table.empty_rect.tolist() == [False] * 5
     assert table.reason.tolist() == ["", "oom", "", "", ""]
