@@ -222,6 +222,7 @@ def test_boxes_are_normalised_by_each_items_own_width_and_height(tmp_path):
     np.testing.assert_allclose(g["boxes"][0], [[0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 0.6, 4 / 6]], rtol=1e-6)
     np.testing.assert_allclose(cache.read_boxes(1), [[1.0, 2.0, 4.0, 6.0]], rtol=1e-6)
     np.testing.assert_allclose(cache.read_boxes(0), boxes[1], rtol=1e-6)
+    assert cache.read_boxes(0).dtype == np.float32  # the stored precision, not widened
     with pytest.raises(ValueError) as err:
         write_items_with_boxes(cache, [2, 4], [np.zeros((2, 4)), np.zeros((3, 4))])
     assert str(err.value) == "item 4: 3 boxes, the cache holds at most 2"
@@ -238,6 +239,7 @@ def test_rectangles_come_back_in_pixels_of_a_non_square_image_and_fill_at_any_si
     masks = [block_mask(*SIZES[i]) for i in (1, 2)]
     cache.write([1, 2], masks, masks, [np.zeros((0, 4))] * 2, [0.0] * 2, rects=rects)
     np.testing.assert_array_equal(cache.read_rects(1), [[1, 2, 4, 7]])  # item 1: 8 x 5
+    assert cache.read_rects(1).dtype == np.int64  # whole pixels
     np.testing.assert_array_equal(cache.read_rects(2), [[3, 0, 9, 2], [0, 4, 2, 5]])  # item 2: 7 x 9
     expected = np.zeros((7, 9), np.uint8)
     expected[0:2, 3:9] = 1
