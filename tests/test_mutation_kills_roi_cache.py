@@ -235,18 +235,25 @@ def write_items_with_boxes(cache: RoiCache, indices, boxes) -> None:
 
 def test_rectangles_come_back_in_pixels_of_a_non_square_image_and_fill_at_any_size(tmp_path):
     cache = new_cache(tmp_path)
-    rects = [np.array([[1, 2, 4, 7]]), np.array([[3, 0, 9, 2], [0, 4, 2, 5]])]
+    rects = [np.array([[1, 2, 4, 7]]), np.array([[3, 0, 9, 2], [0, 4, 2, 5], [3, 2, 5, 4]])]
     masks = [block_mask(*SIZES[i]) for i in (1, 2)]
     cache.write([1, 2], masks, masks, [np.zeros((0, 4))] * 2, [0.0] * 2, rects=rects)
     np.testing.assert_array_equal(cache.read_rects(1), [[1, 2, 4, 7]])  # item 1: 8 x 5
     assert cache.read_rects(1).dtype == np.int64  # whole pixels
-    np.testing.assert_array_equal(cache.read_rects(2), [[3, 0, 9, 2], [0, 4, 2, 5]])  # item 2: 7 x 9
+    np.testing.assert_array_equal(cache.read_rects(2), rects[1])  # item 2: 7 x 9
     expected = np.zeros((7, 9), np.uint8)
     expected[0:2, 3:9] = 1
     expected[4:5, 0:2] = 1
+    expected[2:4, 3:5] = 1  # with the first: an L, whose inner corner bilinear resizing would fill
     np.testing.assert_array_equal(cache.read_mask(2, shape="rect"), expected)
     # drawn at 7 x 9, then nearest to 14 x 9 (twice the rows): every row doubled, the columns kept
     np.testing.assert_array_equal(cache.read_mask(2, (14, 9), shape="rect"), np.repeat(expected, 2, axis=0))
+    # to 5 x 13, nearest-exact: output pixel i takes source floor((i + 0.5) * in / out)
+    rows, cols = (
+        np.floor((np.arange(5) + 0.5) * 7 / 5).astype(int),
+        np.floor((np.arange(13) + 0.5) * 9 / 13).astype(int),
+    )
+    np.testing.assert_array_equal(cache.read_mask(2, (5, 13), shape="rect"), expected[np.ix_(rows, cols)])
     assert cache.read_rects(3).shape == (0, 4) and cache.read_mask(3, shape="rect").sum() == 0
 
 
@@ -315,3 +322,15 @@ def test_a_legacy_provenance_gets_todays_key_names(tmp_path, stored, expected):
     got = RoiCache.open(tmp_path / "c.zarr").provenance
     assert got == (stored if expected is None else expected)
     assert list(got) == list(stored if expected is None else expected)
+
+
+def test_saliency_is_read_back_bilinear_at_the_items_size(tmp_path):
+    cache = RoiCache.create(tmp_path / "c.zarr", manifest_of([(2, 3)]), PROV, mask_size=3)
+    stored = np.array([[0, 0, 0], [200, 200, 200], [100, 100, 100]], np.uint8)  # any size: this one is S x S
+    cache.write([0], [np.ones((2, 3), np.uint8)], [stored], [np.zeros((0, 4))], [0.0])
+    # 3 -> 2 rows, bilinear: source rows (i + 0.5) * 3 / 2 - 0.5 = 0.25, 1.75 -> 0.75 * 0 + 0.25 * 200 = 50 and
+    # 0.25 * 200 + 0.75 * 100 = 125 (nearest would give 0 and 100)
+    got = cache.read_saliency(0)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, np.array([[50] * 3, [125] * 3]) / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(cache.read_saliency(0, (3, 3)), stored / 255.0, rtol=1e-6)
