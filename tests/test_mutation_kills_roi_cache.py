@@ -213,7 +213,7 @@ def cv2_nearest_to(stored_ss: np.ndarray, size_hw) -> np.ndarray:
 
 
 def test_boxes_are_normalised_by_each_items_own_width_and_height(tmp_path):
-    cache = new_cache(tmp_path, max_boxes=2)
+    cache = new_cache(tmp_path, max_boxes=2, max_rects=3)
     boxes = [np.array([1.0, 2.0, 4.0, 6.0]), np.array([[0.0, 0.0, 10.0, 6.0], [5.0, 3.0, 6.0, 4.0]])]  # flat: one box
     write_items_with_boxes(cache, [1, 0], boxes)
     g = zarr.open_group(tmp_path / "c.zarr", mode="r")
@@ -226,6 +226,10 @@ def test_boxes_are_normalised_by_each_items_own_width_and_height(tmp_path):
     with pytest.raises(ValueError) as err:
         write_items_with_boxes(cache, [2, 4], [np.zeros((2, 4)), np.zeros((3, 4))])
     assert str(err.value) == "item 4: 3 boxes, the cache holds at most 2"
+    masks = [block_mask(*SIZES[i]) for i in (3, 1)]
+    with pytest.raises(ValueError) as err:
+        cache.write([3, 1], masks, masks, [np.zeros((0, 4))] * 2, [0.0] * 2, rects=[np.zeros((1, 4)), np.ones((4, 4))])
+    assert str(err.value) == "item 1: 4 expanded-ROI rectangles, the cache holds at most 3"
 
 
 def write_items_with_boxes(cache: RoiCache, indices, boxes) -> None:
