@@ -174,6 +174,8 @@ def test_flags_presence_and_reasons_of_items_written_out_of_order(tmp_path):
     assert g["flags"][0] == 0 and g["presence"][0] == -0.5
     write_items(cache, [2], flags=[FLAG_SERIES_PASS], presence=[0.875])
     assert g["flags"][2] == FLAG_SERIES_PASS and g["presence"][2] == 0.875
+    np.testing.assert_array_equal(cache.presence(), [-0.5, np.nan, 0.875, 0.125, np.nan])
+    assert cache.presence().dtype == np.float32
 
 
 def test_a_cache_without_the_presence_array_reads_nan_and_ignores_presence(tmp_path):
@@ -285,6 +287,7 @@ def test_summary_record_and_table_keep_every_flag_apart(tmp_path):
     assert isinstance(record["index"], int) and isinstance(record["score"], float)
     assert cache.read_record(1)["status"] == "failed" and cache.read_record(1)["reason"] == "oom"
     assert cache.read_record(3)["status"] == "pending" and np.isnan(cache.read_record(3)["score"])
+    assert not cache.read_record(2)["absent"] and not cache.read_record(2)["empty_roi"]  # series pass only
     table = cache.table()
     assert table.status.tolist() == ["done", "failed", "done", "pending", "done"]
     assert list(table.status.cat.categories) == ["pending", "done", "failed"]
@@ -338,3 +341,14 @@ def test_saliency_is_read_back_bilinear_at_the_items_size(tmp_path):
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, np.array([[50] * 3, [125] * 3]) / 255.0, rtol=1e-6)
     np.testing.assert_allclose(cache.read_saliency(0, (3, 3)), stored / 255.0, rtol=1e-6)
+
+
+def test_an_integer_mask_at_its_own_size_is_stored_as_0_1(tmp_path):
+    cache = RoiCache.create(tmp_path / "c.zarr", manifest_of([(6, 10)]), PROV, mask_size=5)
+    mask = np.zeros((6, 10), np.int64)  # e.g. (labels > 0).astype(int): a 0/1 array of another dtype
+    mask[0:6, 0:4] = 1
+    cache.write([0], [mask], [mask.astype(np.float32)], [np.zeros((0, 4))], [1.0])
+    # nearest-exact to 5 x 5: columns floor((j + 0.5) * 10 / 5) = 1, 3, 5, 7, 9 -> the first two are inside
+    expected = np.zeros((5, 5), np.uint8)
+    expected[:, :2] = 1
+    np.testing.assert_array_equal(zarr.open_group(tmp_path / "c.zarr", mode="r")["mask"][0], expected)
