@@ -86,7 +86,12 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_localize_memory.py",
         "tests/test_mutation_kills_intensity.py",
     ),
-    "data/roi_cache.py": ("tests/test_roi_cache.py", "tests/test_roi_rects.py", "tests/test_dataset_pairing.py"),
+    "data/roi_cache.py": (
+        "tests/test_roi_cache.py",
+        "tests/test_roi_rects.py",
+        "tests/test_dataset_pairing.py",
+        "tests/test_mutation_kills_roi_cache.py",
+    ),
     # the data tests of the pretraining files, not their training runs (a Trainer.fit per mutant)
     "pretrain/datamodule.py": (
         "tests/test_dataset_pairing.py",
