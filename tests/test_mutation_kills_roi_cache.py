@@ -198,8 +198,8 @@ def test_saliency_is_stored_rounded_clipped_and_uint8_passes_through(tmp_path):
     g = zarr.open_group(tmp_path / "c.zarr", mode="r")
     # 0.5 * 255 = 127.5 rounds to 128; 2 clips to 255, -1 and NaN to 0; 0.1 * 255 = 25.5 -> 26
     expected_1 = np.array([[128, 255, 0], [0, 26, 255]], np.uint8)
-    np.testing.assert_array_equal(cv2_nearest_to(g["saliency"][1], (2, 3)), expected_1)
-    np.testing.assert_array_equal(cv2_nearest_to(g["saliency"][0], (2, 3)), as_u8)
+    np.testing.assert_array_equal(rows_bilinear_copies(g["saliency"][1], (2, 3)), expected_1)
+    np.testing.assert_array_equal(rows_bilinear_copies(g["saliency"][0], (2, 3)), as_u8)
     np.testing.assert_allclose(cache.read_saliency(0, (3, 3)), g["saliency"][0] / 255.0, rtol=1e-6)
     assert cache.read_saliency(0).dtype == np.float32 and cache.read_saliency(0).shape == (2, 3)
     np.testing.assert_array_equal(cache.read_mask(1), [[1, 0, 1], [0, 0, 1]])
@@ -207,7 +207,7 @@ def test_saliency_is_stored_rounded_clipped_and_uint8_passes_through(tmp_path):
         cache.write([0], [np.ones((1, 2, 3))], [sal], [np.zeros((0, 4))], [0.0], rects=[np.zeros((0, 4))])
 
 
-def cv2_nearest_to(stored_ss: np.ndarray, size_hw) -> np.ndarray:
+def rows_bilinear_copies(stored_ss: np.ndarray, size_hw) -> np.ndarray:
     """The rows of a 3 x 3 stored array that are copies of a 2 x 3 item's rows: bilinear 2 -> 3 rows samples source
     rows (i + 0.5) * 2 / 3 - 0.5 = -1/6, 1/2, 7/6, so rows 0 and 2 are the clamped rows 0 and 1 (row 1 mixes)."""
     assert stored_ss.shape == (3, 3) and size_hw == (2, 3)
